@@ -1,0 +1,35 @@
+# editguard: `make demo` runs the whole pipeline on the CPU; `make test` runs the test suite.
+# Both create .venv and install everything on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.editguard-installed
+DEMO   ?= demo
+# torch comes first and pinned: on the project's machines these two wheels are on local disk.
+TORCH  := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test test-fast clean help
+
+help:
+	@echo "make demo   synth -> train -> evaluate -> export -> serve -> score -> calibrate, on the CPU"
+	@echo "make test   the test suite (creates .venv first if needed)"
+	@echo "make clean  remove demo outputs"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py --out $(DEMO)
+
+clean:
+	rm -rf $(DEMO)

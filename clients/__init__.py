@@ -1,0 +1,1 @@
+"""editguard.clients."""

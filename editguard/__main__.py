@@ -1,0 +1,5 @@
+import sys
+
+from editguard.cli import main
+
+sys.exit(main())

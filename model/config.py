@@ -1,0 +1,152 @@
+"""Typed model configuration.
+
+The architecture is a small JSON (see ``presets/``) that names a timm image
+tower and a Hugging Face text tower; it is parsed into these dataclasses at the
+boundary. Unknown keys raise. The resolved config is saved as ``config.json``
+in every model dir, and it carries the one definition of preprocessing
+(:class:`PreprocessConfig`) that training, export, Triton and tests all read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = [
+    "ImageEncoderConfig",
+    "TextEncoderConfig",
+    "PreprocessConfig",
+    "ModelConfig",
+    "list_presets",
+    "preset_config",
+]
+
+
+@dataclass
+class ImageEncoderConfig:
+    name: str = "test_resnet"  # a timm model name (``timm.list_models()``), optionally with a pretrained tag
+    pretrained: bool = False  # load pretrained weights through timm (hub, or ``weights`` below)
+    weights: str | None = None  # a local weights file (.safetensors/.bin) used instead of the hub
+    drop_path_rate: float = 0.0  # stochastic depth for models that support it
+
+
+@dataclass
+class TextEncoderConfig:
+    name: str | None = None  # HF hub id or local dir; None builds a tiny random-init BERT from ``tiny``
+    pretrained: bool = False  # load weights with ``from_pretrained`` (else random init from the config)
+    tiny: dict[str, int] = field(
+        default_factory=lambda: {
+            "hidden_size": 64,  # width of the tiny BERT
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 128,
+        }
+    )
+    vocab_size: int = 1500  # WordPiece vocab trained on the training prompts when ``name`` is None
+    pooling: str = "mean"  # "mean" over real tokens, or "cls"
+
+
+@dataclass
+class PreprocessConfig:
+    image_size: int = 64  # square side, pixels, the network sees
+    resize: str = "letterbox"  # "letterbox": keep aspect and pad; "stretch": ignore aspect
+    pad_value: int = 0  # uint8 value of letterbox padding
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # per-channel, applied inside the network (0..1 scale)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)  # filled from timm's pretrained cfg when created
+    max_tokens: int = 24  # prompt tokens including special tokens; longer prompts are truncated
+    max_pixels: int = 50_000_000  # decoded width*height above this is refused (decompression bombs)
+    max_image_bytes: int = 32 * 1024 * 1024  # encoded bytes above this are refused
+    max_prompt_chars: int = 4000  # prompt characters kept; the rest is cut before tokenizing
+
+    def __post_init__(self) -> None:
+        if self.resize not in ("letterbox", "stretch"):
+            raise ValueError(f"preprocess.resize must be 'letterbox' or 'stretch', got {self.resize!r}")
+        if not 8 <= self.image_size <= 4096:
+            raise ValueError(f"preprocess.image_size must be 8..4096, got {self.image_size}")
+        if self.max_tokens < 4:
+            raise ValueError(f"preprocess.max_tokens must be at least 4, got {self.max_tokens}")
+        self.mean = tuple(float(x) for x in self.mean)
+        self.std = tuple(float(x) for x in self.std)
+
+
+@dataclass
+class ModelConfig:
+    image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    labels: list[str] = field(default_factory=list)  # category names, one sigmoid output each, in order
+    fusion_width: int = 128  # width of the joint embedding the fusion head works in
+    dropout: float = 0.1  # dropout in the fusion head
+    use_mask: bool = True  # feed the inpainting mask as a 4th image channel
+    use_input_image: bool = True  # False = output-only ablation (no input image, no mask)
+    use_prompt: bool = True  # False = no-prompt ablation
+    preset: str = "custom"  # the preset this config came from, for reports
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        return _from_dict(cls, d, "config")
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelConfig":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: {e}") from e
+
+    @property
+    def ablation(self) -> str:
+        if not self.use_input_image:
+            return "output-only"
+        if not self.use_prompt:
+            return "no-prompt"
+        return "triple"
+
+
+T = TypeVar("T")
+
+
+def _from_dict(cls: type[T], d: dict[str, Any], where: str) -> T:
+    """Build a (nested) dataclass from a dict; unknown keys raise ValueError."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be an object, got {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown keys in {where}: {sorted(unknown)}; known: {sorted(fields)}")
+    kw = {}
+    for k, v in d.items():
+        sub = _NESTED.get((cls.__name__, k))
+        kw[k] = _from_dict(sub, v, f"{where}.{k}") if sub is not None else v
+    return cls(**kw)
+
+
+_NESTED = {
+    ("ModelConfig", "image_encoder"): ImageEncoderConfig,
+    ("ModelConfig", "text_encoder"): TextEncoderConfig,
+    ("ModelConfig", "preprocess"): PreprocessConfig,
+}
+
+
+def list_presets() -> list[str]:
+    files = resources.files(__package__).joinpath("presets").iterdir()
+    return sorted(p.name[:-5] for p in files if p.name.endswith(".json"))
+
+
+def preset_config(name: str, **overrides: Any) -> ModelConfig:
+    """The config of preset ``name`` (``tiny``, ``small``, ``base``), with top-level overrides."""
+    if name not in list_presets():
+        raise ValueError(f"unknown preset {name!r}; choose one of {list_presets()}")
+    d = json.loads(resources.files(__package__).joinpath("presets", f"{name}.json").read_text())
+    d.update(overrides)
+    d["preset"] = name
+    return ModelConfig.from_dict(d)

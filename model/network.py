@@ -1,0 +1,205 @@
+"""The editguard network: one shared timm image tower, an HF text tower, a fusion head.
+
+Reads top to bottom: towers, fusion head, the model, then the factory.
+All inputs are what :mod:`editguard.model.preprocess` produces (uint8 images,
+int64 token ids); normalisation happens here, inside ``forward``, so the
+exported ONNX graph takes raw uint8 pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ImageEncoderConfig, ModelConfig, TextEncoderConfig
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["EditGuardNet", "build_network"]
+
+
+class ImageTower(nn.Module):
+    """A timm backbone shared by the input and output images.
+
+    Takes ``uint8 [B, S, S, 3]`` and, when ``with_mask``, ``uint8 [B, S, S]``
+    as a 4th channel; returns pooled features ``[B, num_features]``.
+    """
+
+    def __init__(self, cfg: ImageEncoderConfig, mean, std, with_mask: bool):
+        super().__init__()
+        import timm
+
+        kw = {"num_classes": 0, "in_chans": 4 if with_mask else 3}
+        if cfg.drop_path_rate:
+            kw["drop_path_rate"] = cfg.drop_path_rate
+        if cfg.pretrained and cfg.weights:
+            kw["pretrained_cfg_overlay"] = {"file": str(Path(cfg.weights).expanduser())}
+        self.backbone = timm.create_model(cfg.name, pretrained=cfg.pretrained, **kw)
+        self.with_mask = with_mask
+        self.num_features = self.backbone.num_features
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, 3, 1, 1) * 255.0), persistent=False)
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = (image.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
+        if self.with_mask:
+            x = torch.cat([x, mask.unsqueeze(1).float() * (1.0 / 255.0)], dim=1)
+        return self.backbone(x)
+
+
+class TextTower(nn.Module):
+    """A Hugging Face encoder; returns a pooled prompt embedding ``[B, hidden]``."""
+
+    def __init__(self, cfg: TextEncoderConfig, hf_config=None, vocab_size: int | None = None, max_tokens: int = 32):
+        super().__init__()
+        from transformers import AutoModel, BertConfig
+
+        if hf_config is not None:  # rebuilding from a model dir: architecture only, weights come after
+            self.encoder = AutoModel.from_config(hf_config)
+        elif cfg.name is None:
+            if vocab_size is None:
+                raise ValueError("a tiny text encoder needs the tokenizer's vocab_size")
+            bert = BertConfig(vocab_size=vocab_size, max_position_embeddings=max_tokens, type_vocab_size=1, **cfg.tiny)
+            self.encoder = AutoModel.from_config(bert, add_pooling_layer=False)
+        elif cfg.pretrained:
+            self.encoder = AutoModel.from_pretrained(cfg.name)
+        else:
+            from transformers import AutoConfig
+
+            self.encoder = AutoModel.from_config(AutoConfig.from_pretrained(cfg.name))
+        if getattr(self.encoder, "pooler", None) is not None:
+            self.encoder.pooler = None  # unused (we pool ourselves); unused weights would also stall DDP
+        self.pooling = cfg.pooling
+        self.hidden_size = self.encoder.config.hidden_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "cls":
+            return h[:, 0]
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class FusionHead(nn.Module):
+    """Sees both image embeddings, what changed between them, and the prompt.
+
+    Features: ``[out, in, out - in, |out - in|, text, text * (out - in)]``;
+    ablations leave out what they drop. Returns logits ``[B, num_labels]``.
+    """
+
+    def __init__(self, width: int, num_labels: int, use_input: bool, use_prompt: bool, dropout: float):
+        super().__init__()
+        self.use_input, self.use_prompt = use_input, use_prompt
+        n = 1 + 3 * use_input + use_prompt + (use_input and use_prompt)
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(n * width),
+            nn.Linear(n * width, 2 * width),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(2 * width, width),
+            nn.GELU(),
+            nn.Linear(width, num_labels),
+        )
+
+    def forward(self, e_out: torch.Tensor, e_in: torch.Tensor | None, t: torch.Tensor | None) -> torch.Tensor:
+        feats = [e_out]
+        if self.use_input:
+            d = e_out - e_in
+            feats += [e_in, d, d.abs()]
+        if self.use_prompt:
+            feats.append(t)
+            if self.use_input:
+                feats.append(t * d)
+        return self.mlp(torch.cat(feats, dim=-1))
+
+
+class EditGuardNet(nn.Module):
+    """Scores a (input image, prompt, output image, mask) triple; one logit per category."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int | None = None, text_hf_config=None):
+        super().__init__()
+        if not cfg.labels:
+            raise ValueError("the model config lists no labels")
+        self.cfg = cfg
+        p = cfg.preprocess
+        self.use_mask = cfg.use_mask and cfg.use_input_image
+        self.image = ImageTower(cfg.image_encoder, p.mean, p.std, self.use_mask)
+        self.image_proj = nn.Linear(self.image.num_features, cfg.fusion_width)
+        if cfg.use_prompt:
+            self.text = TextTower(cfg.text_encoder, text_hf_config, vocab_size, p.max_tokens)
+            self.text_proj = nn.Linear(self.text.hidden_size, cfg.fusion_width)
+        self.head = FusionHead(cfg.fusion_width, len(cfg.labels), cfg.use_input_image, cfg.use_prompt, cfg.dropout)
+
+    @property
+    def input_names(self) -> list[str]:
+        """The forward inputs this configuration actually uses, in ONNX order."""
+        names = ["output_image"]
+        if self.cfg.use_input_image:
+            names.insert(0, "input_image")
+            if self.use_mask:
+                names.append("mask")
+        if self.cfg.use_prompt:
+            names += ["input_ids", "attention_mask"]
+        return names
+
+    def encode_image(self, image: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self.image_proj(self.image(image, mask))
+
+    def forward(
+        self,
+        input_image: torch.Tensor | None = None,
+        output_image: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Shapes: images ``uint8 [B,S,S,3]``, mask ``uint8 [B,S,S]``, ids/attention ``int64 [B,T]``.
+
+        Returns logits ``float32 [B, num_labels]``; apply a sigmoid for probabilities.
+        """
+        if self.cfg.use_input_image:
+            # one backbone pass over both images: the tower is shared
+            both = torch.cat([input_image, output_image], dim=0)
+            m = torch.cat([mask, mask], dim=0) if self.use_mask else None
+            e_in, e_out = self.encode_image(both, m).chunk(2, dim=0)
+        else:
+            e_in, e_out = None, self.encode_image(output_image, None)
+        t = self.text_proj(self.text(input_ids, attention_mask)) if self.cfg.use_prompt else None
+        return self.head(e_out, e_in, t)
+
+
+class ProbabilityWrapper(nn.Module):
+    """Export wrapper: returns ``(logits, probabilities)``, positional inputs in ``input_names`` order."""
+
+    def __init__(self, net: EditGuardNet):
+        super().__init__()
+        self.net = net
+        self.names = net.input_names
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(**dict(zip(self.names, args)))
+        return logits, torch.sigmoid(logits)
+
+
+def build_network(
+    cfg: ModelConfig, vocab_size: int | None = None, text_hf_config=None, *, new: bool = True
+) -> EditGuardNet:
+    """Build the network.
+
+    ``new=True`` (a fresh model) takes the input contract (mean, std) from
+    timm's pretrained cfg into ``cfg.preprocess``; a reload (``new=False``)
+    keeps the stored one.
+    """
+    net = EditGuardNet(cfg, vocab_size=vocab_size, text_hf_config=text_hf_config)
+    if new:
+        from timm.data import resolve_data_config
+
+        dc = resolve_data_config(model=net.image.backbone)
+        cfg.preprocess.mean, cfg.preprocess.std = tuple(dc["mean"][:3]), tuple(dc["std"][:3])
+        net.image.mean.copy_(torch.tensor(cfg.preprocess.mean).view(1, 3, 1, 1) * 255.0)
+        net.image.inv_std.copy_(1.0 / (torch.tensor(cfg.preprocess.std).view(1, 3, 1, 1) * 255.0))
+    return net

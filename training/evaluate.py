@@ -1,0 +1,40 @@
+"""``editguard evaluate``: score a labelled manifest with a model dir and report metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..model.model_dir import load_model_dir
+from .data import TripleDataset, collate_batch, label_matrix
+from .manifest import read_manifest
+from .metrics import classification_report
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["evaluate"]
+
+
+def evaluate(model_dir: str | Path, manifest: str | Path, *, batch_size: int = 128, device: str = "cpu",
+             allow_outside_root: bool = False, progress: bool = True) -> dict:
+    """The :func:`classification_report` of ``model_dir`` on ``manifest`` (labels required)."""
+    net, pre = load_model_dir(model_dir, device=device)
+    labels = net.cfg.labels
+    records = read_manifest(manifest, labels=labels, allow_outside_root=allow_outside_root)
+    ds = TripleDataset(records, pre, labels, cache=False)
+    loader = DataLoader(ds, batch_size, collate_fn=collate_batch)
+    from .train import predict
+
+    probs = predict(net, loader, torch.device(device), progress=progress)
+    report = classification_report(label_matrix(records, labels), probs, labels)
+    report["model_dir"], report["manifest"] = str(model_dir), str(manifest)
+    report["ablation"] = net.cfg.ablation
+    return report
+
+
+def write_report(report: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")

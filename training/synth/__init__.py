@@ -1,0 +1,214 @@
+"""``editguard synth``: the synthetic proxy benchmark.
+
+Each triple is a random abstract scene (input), an edit operation applied to
+it (output), the operation's prompt in one of several phrasings, the mask of
+the pixels that changed, and the operation's labels. Everything is drawn from
+``numpy.random.default_rng((seed, split, index))``, so a run is deterministic
+by seed whatever the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import string
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from .ops import ALL_OP_NAMES, NEUTRAL, NEUTRAL_RATE, SAFE_OPS, SIDE_EFFECTS, UNSAFE_OPS, Op
+from .scene import IID_STYLES, OOD_STYLES, random_scene, render
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["generate", "list_ops", "load_prompts", "sample_edit", "SPLITS"]
+
+SPLITS = ("iid", "ood")
+_SPLIT_KEY = {"iid": 1, "ood": 2}
+_OPS = {o.name: o for o in SAFE_OPS + UNSAFE_OPS}
+
+
+def list_ops(prompts: dict[str, list[str]] | None = None) -> list[dict]:
+    """Every operation: name, labels, weight, and its iid and ood phrasings."""
+    rows = [{"name": o.name, "labels": list(o.labels), "weight": o.weight, "iid": list(o.iid), "ood": list(o.ood)}
+            for o in SAFE_OPS + UNSAFE_OPS]
+    for name, labels, weight, _, _ in SIDE_EFFECTS:
+        rows.append({"name": name, "labels": list(labels), "weight": weight,
+                     "iid": ["(the prompt of a random safe edit)"], "ood": ["(the prompt of a random safe edit)"]})
+    rows.append({"name": "(neutral prompts)", "labels": [], "weight": NEUTRAL_RATE,
+                 "iid": list(NEUTRAL["iid"]), "ood": list(NEUTRAL["ood"])})
+    if prompts:
+        for r in rows:
+            if r["name"] in prompts:
+                r["iid"] = r["ood"] = list(prompts[r["name"]])
+    return rows
+
+
+def load_prompts(path: str | Path) -> dict[str, list[str]]:
+    """Read a ``--prompts`` file: JSON ``{operation name: [phrasing, ...]}``; validated."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: can't read prompts JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: must be a JSON object mapping operation names to lists of phrasings")
+    for name, phr in data.items():
+        if name not in _OPS:
+            raise ValueError(f"{path}: unknown operation {name!r}; `editguard synth --list-ops` lists them")
+        if not isinstance(phr, list) or not phr or not all(isinstance(p, str) and p.strip() for p in phr):
+            raise ValueError(f"{path}: operation {name!r} needs a non-empty list of phrasings")
+        for p in phr:
+            try:
+                p.format(color="red", place="beach", object="ball")
+            except (KeyError, IndexError) as e:
+                raise ValueError(f"{path}: phrasing {p!r} uses an unknown slot {e}; slots are "
+                                 "{color}, {place}, {object}") from None
+    return data
+
+
+def _obfuscate(text: str, rng: np.random.Generator, split: str) -> str:
+    """Typos and obfuscations; the ood split uses kinds the iid split never shows."""
+    words = text.split(" ")
+    i = int(rng.integers(len(words)))
+    w = words[i]
+    kind = int(rng.integers(2))
+    if split == "iid":
+        if kind == 0:
+            w = w.translate(str.maketrans("eoai", "3041"))
+        elif len(w) > 3:
+            j = int(rng.integers(len(w) - 1))
+            w = w[:j] + w[j + 1] + w[j] + w[j + 2:]
+    else:
+        if kind == 0:
+            w = w.translate(str.maketrans("as", "@$"))
+        else:
+            w = ".".join(w)
+    words[i] = w
+    return " ".join(words)
+
+
+def _phrase(op: Op, split: str, rng: np.random.Generator, slots: dict, prompts: dict | None,
+            neutral: bool = False) -> tuple[str, bool]:
+    if neutral:
+        options = NEUTRAL[split]
+    else:
+        options = prompts[op.name] if prompts and op.name in prompts else (op.iid if split == "iid" else op.ood)
+    text = str(rng.choice(list(options))).format(**{"color": "", "place": "", "object": "", **slots})
+    text = " ".join(text.split())
+    obfuscated = bool(rng.random() < 0.15)
+    if obfuscated:
+        text = _obfuscate(text, rng, split)
+    if rng.random() < 0.2:
+        text = text[0].upper() + text[1:]
+    return text, obfuscated
+
+
+def _draw_op(rng: np.random.Generator) -> str:
+    names = [o.name for o in SAFE_OPS + UNSAFE_OPS] + [n for n, *_ in SIDE_EFFECTS]
+    w = np.array([o.weight for o in SAFE_OPS + UNSAFE_OPS] + [x[2] for x in SIDE_EFFECTS])
+    return str(rng.choice(names, p=w / w.sum()))
+
+
+def sample_edit(rng: np.random.Generator, split: str, prompts: dict | None = None) -> dict:
+    """Draw one edit: input/output scenes, prompt, labels and metadata."""
+    styles = IID_STYLES if split == "iid" else OOD_STYLES
+    name = _draw_op(rng)
+    side = next((s for s in SIDE_EFFECTS if s[0] == name), None)
+    for _ in range(100):
+        src = random_scene(rng, styles)
+        if side is not None:
+            _, labels, _, effect, beautify_w = side
+            base = _OPS["beautify"] if rng.random() < beautify_w else _draw_base(rng, src)
+            if base is None or not base.applies(src):
+                continue
+            out = src.copy()
+            slots = base.apply(out, rng)
+            effect(out, rng, base)
+            phrase_op = base
+        else:
+            op = _OPS[name]
+            if not op.applies(src):
+                continue
+            out, labels = src.copy(), op.labels
+            slots = op.apply(out, rng)
+            phrase_op = op
+        if "sexual" in labels and out.child:
+            labels = tuple(labels) + ("minors",)
+        # side effects keep the specific prompt: it is what says the person change was not asked for
+        neutral = side is None and rng.random() < NEUTRAL_RATE
+        prompt, obfuscated = _phrase(phrase_op, split, rng, slots, prompts, neutral)
+        meta = {"op": name, "split": split, "style": src.style, "skin_tone": src.skin,
+                "age": "child" if src.child else "adult", "obfuscated": obfuscated, "neutral_prompt": neutral}
+        return {"input": src, "output": out, "prompt": prompt, "labels": sorted(set(labels)), "meta": meta}
+    raise RuntimeError(f"could not find a scene for operation {name!r}")
+
+
+def _draw_base(rng: np.random.Generator, src) -> Op | None:
+    ok = [o for o in SAFE_OPS if o.applies(src)]
+    w = np.array([o.weight for o in ok])
+    return ok[int(rng.choice(len(ok), p=w / w.sum()))] if ok else None
+
+
+def _make_item(args: tuple) -> dict:
+    out_dir, seed, split, i, size, prompts = args
+    rng = np.random.default_rng((seed, _SPLIT_KEY[split], i))
+    for _ in range(10):
+        e = sample_edit(rng, split, prompts)
+        a, b = render(e["input"], size), render(e["output"], size)
+        changed = np.any(np.asarray(a) != np.asarray(b), axis=2)
+        if changed.any():
+            break
+    else:
+        raise RuntimeError(f"item {i}: the edit changed no pixels")
+    mask = Image.fromarray((changed * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(3))
+    ident = f"{split}{seed}-{i:06d}"
+    paths = {k: f"images/{ident}_{k}.png" for k in ("in", "out", "mask")}
+    a.save(Path(out_dir) / paths["in"], compress_level=1)
+    b.save(Path(out_dir) / paths["out"], compress_level=1)
+    mask.save(Path(out_dir) / paths["mask"], compress_level=1)
+    return {"id": ident, "input_image": paths["in"], "output_image": paths["out"], "mask": paths["mask"],
+            "prompt": e["prompt"], "labels": e["labels"], "meta": e["meta"]}
+
+
+def generate(
+    out_dir: str | Path,
+    n: int,
+    seed: int = 0,
+    split: str = "iid",
+    image_size: int = 128,
+    prompts: dict[str, list[str]] | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write ``n`` triples (PNG images and masks) and ``manifest.jsonl`` under ``out_dir``; returns the manifest."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if not 32 <= image_size <= 1024:
+        raise ValueError(f"image_size must be 32..1024, got {image_size}")
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    jobs = [(str(out_dir), seed, split, i, image_size, prompts) for i in range(n)]
+    workers = workers or min(mp.cpu_count(), 8)
+    from tqdm import tqdm
+
+    bar = tqdm(total=n, desc=f"synth {split}", unit="triple", disable=not progress)
+    manifest = out_dir / "manifest.jsonl"
+    tmp = out_dir / ".manifest.jsonl.tmp"
+    with open(tmp, "w") as f:
+        if workers > 1 and n >= 64:
+            with mp.get_context("fork").Pool(workers) as pool:
+                for rec in pool.imap(_make_item, jobs, chunksize=32):
+                    f.write(json.dumps(rec) + "\n")
+                    bar.update()
+        else:
+            for job in jobs:
+                f.write(json.dumps(_make_item(job)) + "\n")
+                bar.update()
+    bar.close()
+    tmp.replace(manifest)
+    return manifest

@@ -1,0 +1,295 @@
+"""``editguard train``: fit the triple classifier on a manifest.
+
+AdamW with linear warmup and cosine decay, gradient clipping, class
+imbalance via ``pos_weight``, early stopping on validation macro AUPRC, a
+resumable checkpoint (safetensors + JSON, no pickles), bf16 autocast on CUDA,
+and DDP when started by ``torchrun`` (rank 0 alone writes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..model.config import preset_config
+from ..model.model_dir import create_model, save_model_dir, write_json_atomic
+from ..model.taxonomy import default_taxonomy, load_taxonomy
+from .data import TripleDataset, collate_batch, label_matrix
+from .manifest import read_manifest
+from .metrics import classification_report
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "train", "predict"]
+
+ABLATIONS = {"triple": {}, "output-only": {"use_input_image": False}, "no-prompt": {"use_prompt": False}}
+
+
+@dataclass
+class TrainConfig:
+    train: str  # training manifest
+    val: str  # validation manifest (early stopping and the saved metrics)
+    out: str  # model dir to write
+    preset: str = "tiny"  # model preset: tiny, small, base
+    ablation: str = "triple"  # "triple", or "output-only" / "no-prompt" to measure what each input is worth
+    taxonomy: str | None = None  # a taxonomy JSON/YAML; default: the built-in categories
+    epochs: int = 12  # maximum epochs
+    batch_size: int = 64  # global batch (split over ranks and accumulation steps)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 2e-3  # peak learning rate of the head (and of random-init towers)
+    pretrained_lr_scale: float = 0.1  # lr multiplier for pretrained towers
+    weight_decay: float = 0.05  # AdamW decay, not applied to norms and biases
+    warmup: float = 0.05  # fraction of steps spent warming up
+    grad_clip: float = 1.0  # max global gradient norm
+    patience: int = 4  # epochs without a better val macro AUPRC before stopping
+    mask_dropout: float = 0.2  # rate of training items shown with "no mask"
+    seed: int = 0  # seeds init, shuffling and dropout
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
+    num_workers: int = 0  # DataLoader workers
+    resume: bool = False  # continue from out/checkpoint if present
+    allow_outside_root: bool = False  # accept manifest paths outside the manifest's folder
+    progress: bool = True  # show progress bars
+
+    def __post_init__(self) -> None:
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"ablation must be one of {list(ABLATIONS)}, got {self.ablation!r}")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.epochs < 1:
+            raise ValueError("batch_size, grad_accum and epochs must be positive")
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def _setup(cfg: TrainConfig) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if want_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device(f"cuda:{local}" if cfg.device in ("auto", "cuda") else cfg.device)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    return _Dist(rank, world, device)
+
+
+def _optimizer(net: torch.nn.Module, cfg: TrainConfig, total_steps: int):
+    groups: dict[tuple[float, float], list] = {}
+    pretrained = {"image.": net.cfg.image_encoder.pretrained, "text.": net.cfg.text_encoder.pretrained}
+    for name, p in net.named_parameters():
+        if not p.requires_grad:
+            continue
+        scale = next((cfg.pretrained_lr_scale for k, v in pretrained.items() if name.startswith(k) and v), 1.0)
+        decay = 0.0 if p.ndim < 2 else cfg.weight_decay
+        groups.setdefault((scale, decay), []).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": ps, "lr": cfg.lr * s, "weight_decay": d} for (s, d), ps in groups.items()], lr=cfg.lr
+    )
+    warm = max(1, int(cfg.warmup * total_steps))
+
+    def schedule(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total_steps - warm))))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
+@torch.no_grad()
+def predict(net: torch.nn.Module, loader, device: torch.device, amp: bool = False, progress: bool = False) -> np.ndarray:
+    """Probabilities ``float32 [N, C]`` for every batch of ``loader``, in order."""
+    from tqdm import tqdm
+
+    net.eval()
+    out = []
+    for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
+        inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            logits = net(**inputs)
+        out.append(torch.sigmoid(logits.float()).cpu().numpy())
+    return np.concatenate(out)
+
+
+def _train_epoch(net, loader, opt, sched, loss_fn, cfg: TrainConfig, d: _Dist, epoch: int) -> float:
+    from tqdm import tqdm
+
+    net.train()
+    total, count, t0 = 0.0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not (cfg.progress and d.main))
+    for i, batch in enumerate(bar):
+        batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
+        y = batch.pop("labels")
+        sync = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(loader)
+        ctx = net.no_sync() if d.world > 1 and not sync else _nullcontext()
+        with ctx, torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.amp and d.device.type == "cuda"):
+            loss = loss_fn(net(**batch).float(), y)
+            (loss / cfg.grad_accum).backward()
+        if sync:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+        total += loss.item() * len(y)
+        count += len(y)
+        rate = count * d.world / (time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{total / count:.4f}", triples_s=f"{rate:.0f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+    return total / max(1, count)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train and write the model dir ``cfg.out``; returns the best validation report."""
+    d = _setup(cfg)
+    out = Path(cfg.out)
+    taxonomy = load_taxonomy(cfg.taxonomy) if cfg.taxonomy else default_taxonomy()
+    read = dict(labels=taxonomy.names, allow_outside_root=cfg.allow_outside_root)
+    train_recs, val_recs = read_manifest(cfg.train, **read), read_manifest(cfg.val, **read)
+    mcfg = preset_config(cfg.preset, **ABLATIONS[cfg.ablation], labels=taxonomy.names)
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "train_config.json", dataclasses.asdict(cfg))
+        net, pre = create_model(mcfg, out, prompts=[r.prompt for r in train_recs], taxonomy=taxonomy)
+    d.barrier()
+    if not d.main:  # same tokenizer (rank 0 wrote it), same init (same seed; DDP also broadcasts)
+        net, pre = create_model(mcfg, out, prompts=[r.prompt for r in train_recs], taxonomy=taxonomy, reuse_tokenizer=True)
+    net.to(d.device)
+    per_rank = cfg.batch_size // (d.world * cfg.grad_accum)
+    if per_rank < 1:
+        raise ValueError(f"batch_size {cfg.batch_size} is too small for {d.world} ranks x {cfg.grad_accum} accumulation")
+    train_ds = TripleDataset(train_recs, pre, taxonomy.names, augment=True, mask_dropout=cfg.mask_dropout,
+                            seed=cfg.seed + d.rank)
+    val_ds = TripleDataset(val_recs, pre, taxonomy.names, cache=False)
+    sampler = DistributedSampler(train_ds, d.world, d.rank, shuffle=True, seed=cfg.seed) if d.world > 1 else None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(train_ds, per_rank, shuffle=sampler is None, sampler=sampler, generator=gen,
+                        collate_fn=collate_batch, num_workers=cfg.num_workers, drop_last=False)
+    val_loader = DataLoader(val_ds, 128, collate_fn=collate_batch, num_workers=cfg.num_workers)
+    steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
+    opt, sched = _optimizer(net, cfg, cfg.epochs * steps_per_epoch)
+    y = label_matrix(train_recs, taxonomy.names)
+    pos = y.sum(0)
+    pos_weight = torch.tensor(np.clip((len(y) - pos) / np.maximum(pos, 1), 1.0, 50.0), device=d.device)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[d.device] if d.device.type == "cuda" else None) \
+        if d.world > 1 else net
+    state = _load_checkpoint(out, net, opt, sched, d) if cfg.resume else {"epoch": 0, "best": -1.0, "bad": 0}
+    return _fit(cfg, d, model, net, loader, sampler, val_loader, opt, sched, loss_fn, state, val_recs, taxonomy)
+
+
+def _fit(cfg, d, model, net, loader, sampler, val_loader, opt, sched, loss_fn, state, val_recs, taxonomy) -> dict:
+    out = Path(cfg.out)
+    y_val = label_matrix(val_recs, taxonomy.names)
+    best_report = json.loads((out / "metrics.json").read_text()) if state["best"] >= 0 else None
+    for epoch in range(state["epoch"], cfg.epochs):
+        # shuffling and augmentation are seeded per epoch, so a resumed run repeats an uninterrupted one
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        else:
+            loader.generator.manual_seed(cfg.seed + epoch)
+        loader.dataset.rng = np.random.default_rng((cfg.seed, d.rank, epoch))
+        t0 = time.perf_counter()
+        loss = _train_epoch(model, loader, opt, sched, loss_fn, cfg, d, epoch)
+        stop = False
+        if d.main:
+            report = classification_report(y_val, predict(net, val_loader, d.device, cfg.amp), taxonomy.names)
+            score = report["macro"]["auprc"]
+            improved = score > state["best"]
+            state.update(epoch=epoch + 1, best=max(score, state["best"]), bad=0 if improved else state["bad"] + 1)
+            log = {"epoch": epoch + 1, "train_loss": loss, "val_macro_auprc": score,
+                   "val_macro_auroc": report["macro"]["auroc"], "lr": sched.get_last_lr()[0],
+                   "seconds": round(time.perf_counter() - t0, 2), "world_size": d.world}
+            with open(out / "train_log.jsonl", "a") as f:
+                f.write(json.dumps(log) + "\n")
+            _logger.info("epoch %d: loss %.4f, val macro AUPRC %.4f, AUROC %.4f%s", epoch + 1, loss, score,
+                         report["macro"]["auroc"], " (best)" if improved else "")
+            if improved:
+                best_report = dict(report, epoch=epoch + 1, ablation=cfg.ablation)
+                save_model_dir(net, out, tokenizer_dir=out / "tokenizer", taxonomy=taxonomy, metrics=best_report)
+            _save_checkpoint(out, net, opt, sched, state, d.world)
+            stop = state["bad"] >= cfg.patience
+        if d.world > 1:
+            flag = [stop]
+            dist.broadcast_object_list(flag, src=0)
+            stop = flag[0]
+        if stop:
+            if d.main:
+                _logger.info("early stop: no better val macro AUPRC for %d epochs", cfg.patience)
+            break
+    d.barrier()
+    return best_report
+
+
+def _save_checkpoint(out: Path, net, opt, sched, state: dict, world: int) -> None:
+    """Checkpoint as safetensors (weights, optimizer moments) plus JSON (everything else)."""
+    from safetensors.torch import save_file, save_model
+
+    ck = out / "checkpoint"
+    ck.mkdir(exist_ok=True)
+    save_model(net, str(ck / ".model.tmp"))
+    sd = opt.state_dict()
+    tensors = {f"{i}.{k}": v.contiguous() for i, st in sd["state"].items() for k, v in st.items()}
+    save_file(tensors, str(ck / ".optimizer.tmp"))
+    meta = {"state": state, "param_groups": sd["param_groups"], "scheduler": sched.state_dict(), "world_size": world,
+            "torch_rng": torch.get_rng_state().tolist()}
+    (ck / ".state.tmp").write_text(json.dumps(meta, default=lambda o: None))
+    for name in ("model", "optimizer", "state"):
+        os.replace(ck / f".{name}.tmp", ck / (f"{name}.json" if name == "state" else f"{name}.safetensors"))
+
+
+def _load_checkpoint(out: Path, net, opt, sched, d: _Dist) -> dict:
+    from safetensors.torch import load_file, load_model
+
+    ck = out / "checkpoint"
+    if not (ck / "state.json").exists():
+        raise FileNotFoundError(f"--resume: no checkpoint in {ck}; train once without --resume first")
+    meta = json.loads((ck / "state.json").read_text())
+    load_model(net, str(ck / "model.safetensors"), device=str(d.device))
+    tensors = load_file(str(ck / "optimizer.safetensors"), device=str(d.device))
+    st: dict[int, dict] = {}
+    for key, v in tensors.items():
+        i, k = key.split(".", 1)
+        st.setdefault(int(i), {})[k] = v.cpu() if k == "step" else v
+    opt.load_state_dict({"state": st, "param_groups": meta["param_groups"]})
+    sched.load_state_dict({k: v for k, v in meta["scheduler"].items() if k != "lr_lambdas"})
+    torch.set_rng_state(torch.tensor(meta["torch_rng"], dtype=torch.uint8))
+    if d.main:
+        _logger.info("resumed from %s at epoch %d (saved with world size %d, now %d)", ck, meta["state"]["epoch"],
+                     meta["world_size"], d.world)
+    return meta["state"]
