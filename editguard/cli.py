@@ -4,6 +4,8 @@ thin-client subcommands work on the base install (no torch).
     editguard synth     write a synthetic benchmark (images + manifest.jsonl)
     editguard train     fit a model on a manifest -> model dir
     editguard evaluate  metrics of a model dir on a labelled manifest
+    editguard export    ONNX / FP16 / TensorRT into a Triton model repository
+    editguard serve     start a local Triton on a repository
 """
 
 from __future__ import annotations
@@ -149,7 +151,109 @@ def _run_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
-_SUBCOMMANDS: list[Callable] = [_add_synth, _add_train, _add_evaluate]
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model dir to ONNX (FP32/FP16, TensorRT) as a new version in a Triton repository",
+        description="Export MODEL_DIR to ONNX, check it against torch (max |dprob| <= 1e-4 FP32, <= 1e-2 FP16), "
+        "and write it as a new numbered version of `editguard` and `editguard_classifier` in the repository, "
+        "atomically, without touching other versions.",
+        epilog="examples:\n  editguard export runs/tiny --repository model_repository\n"
+        "  editguard export runs/small --repository repo --fp16 --max-batch 64\n"
+        "  editguard export runs/small --repository repo --runtime tensorrt   # on a GPU with tensorrt installed\n"
+        "then: editguard serve --repository model_repository",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model_dir", help="a model dir written by `editguard train`")
+    p.add_argument("--repository", default="model_repository", help="Triton model repository (default: %(default)s)")
+    p.add_argument("--version", type=int, help="version number (default: one past the highest present)")
+    p.add_argument("--fp16", action="store_true", help="serve the FP16 graph (parity-checked)")
+    p.add_argument("--runtime", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+                   help="tensorrt also builds model.plan for the native TensorRT backend")
+    p.add_argument("--max-batch", type=int, default=64, help="max batch size of the served models (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="where the parity check runs: cpu or cuda")
+    p.add_argument("--server", metavar="URL", help="also load the new version into this running Triton (gRPC host:port)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(a: argparse.Namespace) -> int:
+    from editguard.export.repository import ExportConfig, export_version
+
+    r = export_version(ExportConfig(model_dir=a.model_dir, repository=a.repository, version=a.version, fp16=a.fp16,
+                                    runtime=a.runtime, max_batch=a.max_batch, device=a.device))
+    print(f"exported version {r.version} to {r.repository} in {r.seconds} s")
+    print(f"  parity FP32: max |dprob| {r.parity_fp32['max_abs_prob']:.2e} over {r.parity_fp32['n']} triples "
+          f"(limit {r.parity_fp32['tolerance']:.0e})")
+    if r.parity_fp16:
+        print(f"  parity FP16: max |dprob| {r.parity_fp16['max_abs_prob']:.2e} (limit {r.parity_fp16['tolerance']:.0e})")
+    if r.plan:
+        print(f"  TensorRT plan: {r.plan}")
+    if a.server:
+        from editguard.export.control import load_models
+
+        load_models(a.server)
+        print(f"  loaded into {a.server}")
+    return 0
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="start a local Triton on a model repository",
+        description="Start Triton on the repository: NVIDIA's tritonserver from PATH if present, else the binary "
+        "inside the nvidia-pytriton wheel (pip install 'editguard[serve]'). Waits until the models are ready, "
+        "prints the endpoints, and stops cleanly on Ctrl-C or SIGTERM.",
+        epilog="example:\n  editguard serve --repository model_repository\n"
+        "  python -c \"from editguard.clients import EditGuardClient; ...\"   # see the README",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--repository", default="model_repository", help="Triton model repository (default: %(default)s)")
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--timeout", type=float, default=180, help="seconds to wait for readiness")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(a: argparse.Namespace) -> int:
+    import signal
+
+    from editguard.export.triton import TritonError, TritonServer
+
+    server = TritonServer(a.repository, a.grpc_port, a.http_port, a.metrics_port, host=a.host)
+    stop = {"now": False}
+
+    def _stop(signum, frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        server.start(a.timeout)
+    except TritonError as e:
+        print(f"editguard serve: {e}", file=sys.stderr)
+        return 1
+    print(f"Triton is ready (pid {server.pid}), repository {a.repository}")
+    print(f"  gRPC     {server.grpc_url}")
+    print(f"  HTTP     http://{server.http_url}")
+    print(f"  metrics  http://{a.host}:{a.metrics_port}/metrics")
+    print(f"  log      {server.log_path}")
+    print("Ctrl-C to stop.", flush=True)
+    import time
+
+    while not stop["now"] and server.running:
+        time.sleep(0.2)
+    if not server.running:
+        print(f"editguard serve: tritonserver exited unexpectedly:\n{server.log_tail()}", file=sys.stderr)
+        return 1
+    print("stopping Triton ...", flush=True)
+    code = server.stop()
+    print(f"Triton stopped (exit code {code})")
+    return 0
+
+
+_SUBCOMMANDS: list[Callable] = [_add_synth, _add_train, _add_evaluate, _add_export, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         if args.verbose:
             raise
         print(f"editguard {args.command}: error: {e}", file=sys.stderr)

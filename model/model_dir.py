@@ -8,6 +8,7 @@ Self-contained and loadable offline, with no pickles::
     tokenizer/             HF fast tokenizer (tokenizer.json, tokenizer_config.json, ...)
     text_encoder/          HF config of the text tower, to rebuild it without the hub
     metrics.json           validation metrics of the saved weights
+    examples.safetensors   a few preprocessed validation triples (export parity checks)
 """
 
 from __future__ import annotations

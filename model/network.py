@@ -77,6 +77,9 @@ class TextTower(nn.Module):
         self.hidden_size = self.encoder.config.hidden_size
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # a last guard: ids are validated before they get here, but an out-of-range id must never index
+        # outside the embedding table (in an exported graph served by a native backend, say)
+        input_ids = input_ids.clamp(0, self.encoder.config.vocab_size - 1)
         h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.pooling == "cls":
             return h[:, 0]

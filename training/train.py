@@ -201,6 +201,8 @@ def train(cfg: TrainConfig) -> dict:
     loader = DataLoader(train_ds, per_rank, shuffle=sampler is None, sampler=sampler, generator=gen,
                         collate_fn=collate_batch, num_workers=cfg.num_workers, drop_last=False)
     val_loader = DataLoader(val_ds, 128, collate_fn=collate_batch, num_workers=cfg.num_workers)
+    if d.main:
+        _save_examples(val_ds, out / "examples.safetensors")
     steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
     opt, sched = _optimizer(net, cfg, cfg.epochs * steps_per_epoch)
     y = label_matrix(train_recs, taxonomy.names)
@@ -254,6 +256,17 @@ def _fit(cfg, d, model, net, loader, sampler, val_loader, opt, sched, loss_fn, s
             break
     d.barrier()
     return best_report
+
+
+def _save_examples(ds: TripleDataset, path: Path, n: int = 16) -> None:
+    """A few preprocessed validation triples, kept in the model dir for export parity checks."""
+    from safetensors.numpy import save_file
+
+    from ..model.preprocess import collate
+
+    batch = collate([ds[i] for i in range(min(n, len(ds)))])
+    batch.pop("labels")
+    save_file({k: np.ascontiguousarray(v) for k, v in batch.items()}, str(path))
 
 
 def _save_checkpoint(out: Path, net, opt, sched, state: dict, world: int) -> None:

@@ -113,7 +113,11 @@ def _draw_op(rng: np.random.Generator) -> str:
 
 
 def sample_edit(rng: np.random.Generator, split: str, prompts: dict | None = None) -> dict:
-    """Draw one edit: input/output scenes, prompt, labels and metadata."""
+    """Draw one edit: input/output scenes, prompt, labels and metadata.
+
+    ``unintended_change`` follows one rule for every edit: the output changed a
+    person field that the prompt did not ask for (a neutral prompt asks for none).
+    """
     styles = IID_STYLES if split == "iid" else OOD_STYLES
     name = _draw_op(rng)
     side = next((s for s in SIDE_EFFECTS if s[0] == name), None)
@@ -121,28 +125,28 @@ def sample_edit(rng: np.random.Generator, split: str, prompts: dict | None = Non
         src = random_scene(rng, styles)
         if side is not None:
             _, labels, _, effect, beautify_w = side
-            base = _OPS["beautify"] if rng.random() < beautify_w else _draw_base(rng, src)
-            if base is None or not base.applies(src):
+            op = _OPS["beautify"] if rng.random() < beautify_w else _draw_base(rng, src)
+            if op is None or not op.applies(src):
                 continue
             out = src.copy()
-            slots = base.apply(out, rng)
-            effect(out, rng, base)
-            phrase_op = base
+            slots = op.apply(out, rng)
+            effect(out, rng, op)
         else:
             op = _OPS[name]
             if not op.applies(src):
                 continue
             out, labels = src.copy(), op.labels
             slots = op.apply(out, rng)
-            phrase_op = op
+        neutral = bool((op.labels or not op.targets) and rng.random() < NEUTRAL_RATE)
+        labels = set(labels)
+        if src.person_changes(out) - (set() if neutral else op.targets):
+            labels.add("unintended_change")
         if "sexual" in labels and out.child:
-            labels = tuple(labels) + ("minors",)
-        # side effects keep the specific prompt: it is what says the person change was not asked for
-        neutral = side is None and rng.random() < NEUTRAL_RATE
-        prompt, obfuscated = _phrase(phrase_op, split, rng, slots, prompts, neutral)
+            labels.add("minors")
+        prompt, obfuscated = _phrase(op, split, rng, slots, prompts, neutral)
         meta = {"op": name, "split": split, "style": src.style, "skin_tone": src.skin,
                 "age": "child" if src.child else "adult", "obfuscated": obfuscated, "neutral_prompt": neutral}
-        return {"input": src, "output": out, "prompt": prompt, "labels": sorted(set(labels)), "meta": meta}
+        return {"input": src, "output": out, "prompt": prompt, "labels": sorted(labels), "meta": meta}
     raise RuntimeError(f"could not find a scene for operation {name!r}")
 
 

@@ -35,6 +35,10 @@ OBJECTS = ["ball", "tree", "cup", "lamp", "box", "balloon", "flower"]
 IID_STYLES = ["flat", "gradient", "stripes"]
 OOD_STYLES = ["dots", "checker"]
 RELIGIOUS_COVERINGS = ("wrap", "turban")
+# the fields of Scene that describe the person; an edit that changes one the prompt did not ask
+# for is an unintended change
+PERSON_FIELDS = ("child", "skin", "hair", "eyes", "covering", "covering_color", "coverage", "shirt", "pants",
+                 "glasses", "necklace", "blush", "shirt_mark", "blood", "weapon")
 
 
 @dataclass
@@ -70,6 +74,10 @@ class Scene:
     shirt_mark: str | None = None  # None, "logo", "hate"
     blood: bool = False
     weapon: bool = False
+
+    def person_changes(self, other: "Scene") -> set[str]:
+        """The person fields that differ between this scene and ``other``."""
+        return {f for f in PERSON_FIELDS if getattr(self, f) != getattr(other, f)}
 
     def copy(self) -> "Scene":
         return dataclasses.replace(self, things=[dataclasses.replace(t) for t in self.things])

@@ -1,0 +1,230 @@
+"""Writing a Triton model repository: a new numbered version, atomically, beside the others.
+
+Layout (the templates are the files under ``model_repository/``)::
+
+    REPO/editguard/config.pbtxt                 client-facing model (Python BLS)
+    REPO/editguard/labels.txt                   label file (one category per line)
+    REPO/editguard/N/{model.py, config.json, labels.json, tokenizer/, export.json[, thresholds.json]}
+    REPO/editguard_classifier/config.pbtxt      Python backend + onnxruntime (default)
+    REPO/editguard_classifier/configs/{onnxruntime,tensorrt}.pbtxt   native, NVIDIA's container
+    REPO/editguard_classifier/N/{model.py, model.onnx, export.json[, model.plan]}
+
+A version is written under a hidden temporary name and renamed into place, so
+Triton never sees half a version; the classifier's version lands before the
+front model's that calls it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["FRONT", "CLASSIFIER", "ExportConfig", "ExportResult", "export_version", "ensure_repository",
+           "versions", "read_config", "write_config", "templates_dir"]
+
+FRONT, CLASSIFIER = "editguard", "editguard_classifier"
+
+
+def templates_dir() -> Path:
+    """The committed ``model_repository/``: the source tree's (editable installs), else the copy a wheel
+    ships as ``editguard/model_repository`` (a namespace package: no ``__init__.py``, so no ``__pycache__``
+    that Triton would take for a model)."""
+    src = Path(__file__).resolve().parent.parent / "model_repository"
+    if (src / FRONT / "config.pbtxt").exists():
+        return src
+    return Path(str(resources.files("editguard.model_repository")))
+
+
+def read_config(path: str | Path):
+    """Parse a config.pbtxt with Triton's own schema (``model_config_pb2``)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(Path(path).read_text(), model_config_pb2.ModelConfig())
+
+
+def write_config(path: str | Path, config, header: str = "") -> None:
+    from google.protobuf import text_format
+
+    _write_atomic(Path(path), header + text_format.MessageToString(config))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def versions(repository: str | Path, model: str = FRONT) -> list[int]:
+    d = Path(repository) / model
+    return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit()) if d.exists() else []
+
+
+def ensure_repository(repository: str | Path) -> Path:
+    """Create the model folders and configs from the templates where they are missing."""
+    repo = Path(repository)
+    src = templates_dir()
+    for model in (FRONT, CLASSIFIER):
+        (repo / model).mkdir(parents=True, exist_ok=True)
+        if repo.resolve() == src.resolve():
+            continue
+        for f in [Path("config.pbtxt"), *(p.relative_to(src / model) for p in (src / model).glob("configs/*.pbtxt"))]:
+            if not (repo / model / f).exists():
+                (repo / model / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src / model / f, repo / model / f)
+    return repo
+
+
+@dataclass
+class ExportConfig:
+    model_dir: str  # a model dir written by `editguard train`
+    repository: str = "model_repository"  # the Triton model repository to add a version to
+    version: int | None = None  # version number; default: one past the highest present
+    fp16: bool = False  # serve the FP16 graph (converted from FP32, parity-checked)
+    runtime: str = "onnxruntime"  # "onnxruntime", or "tensorrt" to also build model.plan
+    max_batch: int = 64  # max_batch_size of both models; the TensorRT profile's max
+    opset: int = 17  # ONNX opset
+    device: str = "cpu"  # where the parity check runs ("cuda" for FP16 on a GPU)
+
+    def __post_init__(self) -> None:
+        if self.runtime not in ("onnxruntime", "tensorrt"):
+            raise ValueError(f"runtime must be 'onnxruntime' or 'tensorrt', got {self.runtime!r}")
+        if not 1 <= self.max_batch <= 4096:
+            raise ValueError(f"max_batch must be 1..4096, got {self.max_batch}")
+
+
+@dataclass
+class ExportResult:
+    version: int
+    repository: str
+    parity_fp32: dict
+    parity_fp16: dict | None = None
+    plan: str | None = None
+    seconds: float = 0.0
+    files: list[str] = field(default_factory=list)
+
+
+def export_version(cfg: ExportConfig) -> ExportResult:
+    """Export ``cfg.model_dir`` as a new version of both models; raises if parity fails."""
+    from ..model.model_dir import load_model_dir
+
+    t0 = time.perf_counter()
+    net, pre = load_model_dir(cfg.model_dir, device=cfg.device)
+    if not (net.cfg.use_input_image and net.cfg.use_prompt):
+        raise ValueError(f"{cfg.model_dir} is an ablation ({net.cfg.ablation}); only triple models can be served")
+    repo = ensure_repository(cfg.repository)
+    taken = set(versions(repo, FRONT)) | set(versions(repo, CLASSIFIER))
+    version = cfg.version or (max(taken, default=0) + 1)
+    if version in taken:
+        raise FileExistsError(f"version {version} already exists in {repo}; pick another --version or omit it")
+    _check_labels(repo, net.cfg.labels)
+    stage = Path(tempfile.mkdtemp(dir=repo / CLASSIFIER, prefix=f".v{version}-"))
+    try:
+        result = _write_classifier(cfg, net, pre, stage, version)
+        front = _write_front(cfg, repo, version, result)
+        os.replace(stage, repo / CLASSIFIER / str(version))
+        os.replace(front, repo / FRONT / str(version))
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    _update_configs(repo, cfg.max_batch, net)
+    result.repository, result.seconds = str(repo), round(time.perf_counter() - t0, 1)
+    return result
+
+
+def _write_classifier(cfg: ExportConfig, net, pre, stage: Path, version: int) -> ExportResult:
+    from .onnx_export import FP16_TOL, FP32_TOL, convert_fp16, export_onnx, parity, sample_inputs
+
+    samples = sample_inputs(cfg.model_dir, pre)
+    fp32 = export_onnx(net, stage / "model.fp32.onnx", samples, cfg.opset)
+    p32 = parity(net, fp32, samples, FP32_TOL, cfg.device)
+    _logger.info("FP32 parity: max |dprob| %.2e over %d triples (limit %.0e)", p32.max_abs_prob, p32.n, FP32_TOL)
+    if not p32.ok:
+        raise RuntimeError(f"FP32 ONNX parity failed: max |dprob| {p32.max_abs_prob:.3e} > {FP32_TOL}")
+    p16 = None
+    if cfg.fp16:
+        convert_fp16(fp32, stage / "model.onnx")
+        p16 = parity(net, stage / "model.onnx", samples, FP16_TOL, cfg.device)
+        _logger.info("FP16 parity: max |dprob| %.2e (limit %.0e)", p16.max_abs_prob, FP16_TOL)
+        if not p16.ok:
+            raise RuntimeError(f"FP16 ONNX parity failed: max |dprob| {p16.max_abs_prob:.3e} > {FP16_TOL}")
+        fp32.unlink()
+    else:
+        fp32.rename(stage / "model.onnx")
+    plan = None
+    if cfg.runtime == "tensorrt":
+        from .tensorrt import build_plan
+
+        plan = str(build_plan(stage / "model.onnx", stage / "model.plan", max_batch=cfg.max_batch, fp16=True,
+                              timing_cache=Path(cfg.repository) / CLASSIFIER / "timing.cache"))
+    shutil.copyfile(templates_dir() / CLASSIFIER / "model.py", stage / "model.py")
+    meta = {"version": version, "model_dir": str(Path(cfg.model_dir).resolve()), "fp16": cfg.fp16,
+            "vocab_size": net.text.encoder.config.vocab_size, "labels": net.cfg.labels,
+            "parity_fp32": asdict(p32), "parity_fp16": asdict(p16) if p16 else None,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (stage / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return ExportResult(version, str(cfg.repository), asdict(p32), asdict(p16) if p16 else None, plan)
+
+
+def _write_front(cfg: ExportConfig, repo: Path, version: int, result: ExportResult) -> Path:
+    src = Path(cfg.model_dir)
+    stage = Path(tempfile.mkdtemp(dir=repo / FRONT, prefix=f".v{version}-"))
+    try:
+        for f in ("config.json", "labels.json"):
+            shutil.copyfile(src / f, stage / f)
+        shutil.copytree(src / "tokenizer", stage / "tokenizer")
+        shutil.copyfile(templates_dir() / FRONT / "model.py", stage / "model.py")
+        (stage / "export.json").write_text(json.dumps(
+            {"version": version, "model_dir": str(src.resolve()), "fp16": cfg.fp16,
+             "parity_fp32": result.parity_fp32, "parity_fp16": result.parity_fp16}, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return stage
+
+
+def _check_labels(repo: Path, labels: list[str]) -> None:
+    path = repo / FRONT / "labels.txt"
+    if path.exists():
+        have = path.read_text().split()
+        if have != labels and versions(repo, FRONT):
+            raise ValueError(f"{path} lists {have} but the model has {labels}; versions served side by side "
+                             "must share labels: export into a new repository")
+    _write_atomic(path, "\n".join(labels) + "\n")
+
+
+def _update_configs(repo: Path, max_batch: int, net) -> None:
+    """max_batch_size for both models; exact dims in the native classifier configs."""
+    p = net.cfg.preprocess
+    dims = {"input_image": [p.image_size, p.image_size, 3], "output_image": [p.image_size, p.image_size, 3],
+            "mask": [p.image_size, p.image_size], "input_ids": [p.max_tokens], "attention_mask": [p.max_tokens],
+            "logits": [len(net.cfg.labels)], "probabilities": [len(net.cfg.labels)]}
+    paths = [repo / FRONT / "config.pbtxt", repo / CLASSIFIER / "config.pbtxt",
+             *sorted((repo / CLASSIFIER / "configs").glob("*.pbtxt"))]
+    for path in paths:
+        text = path.read_text()
+        header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+        cfg = read_config(path)
+        before = cfg.SerializeToString()
+        cfg.max_batch_size = max_batch
+        if cfg.dynamic_batching.preferred_batch_size:
+            sizes = [b for b in cfg.dynamic_batching.preferred_batch_size if b <= max_batch] or [max_batch]
+            del cfg.dynamic_batching.preferred_batch_size[:]
+            cfg.dynamic_batching.preferred_batch_size.extend(sizes)
+        if cfg.platform:  # native backends need the exact dims
+            for t in list(cfg.input) + list(cfg.output):
+                if t.name in dims:
+                    del t.dims[:]
+                    t.dims.extend(dims[t.name])
+        if cfg.SerializeToString() != before:
+            write_config(path, cfg, header)

@@ -1,0 +1,217 @@
+"""Starting a local Triton: NVIDIA's `tritonserver` from PATH, else the one in the nvidia-pytriton wheel.
+
+The wheel's binary needs a backend dir holding the Python backend with the
+stub built for the running Python copied beside it, the running Python's
+LIBDIR first in LD_LIBRARY_PATH (or the stub loads the system libpython),
+and the wheel's bundled libraries. The stub's embedded Python runs isolated
+(it ignores PYTHONPATH) and finds its prefix through ``python3`` on PATH, so
+this environment's bin dir goes first on PATH: the stub then sees this
+environment's packages (editguard's preprocessing, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["TritonServer", "TritonError", "find_tritonserver", "port_free"]
+
+
+class TritonError(RuntimeError):
+    """Triton could not be found, started, or did not become ready."""
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class _Install:
+    binary: Path
+    backends: Path | None = None  # a ready backend dir (NVIDIA's install); None = build one from the wheel
+    wheel_root: Path | None = None  # the pytriton/tritonserver folder of the wheel
+
+
+def find_tritonserver() -> _Install:
+    """`tritonserver` on PATH (with its own backends), else the nvidia-pytriton wheel's."""
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        backends = Path(os.environ.get("TRITON_BACKENDS_DIR", "/opt/tritonserver/backends"))
+        return _Install(Path(on_path), backends if backends.exists() else None)
+    try:
+        import pytriton
+    except ImportError:
+        raise TritonError(
+            "no Triton found: install the [serve] extra (pip install 'editguard[serve]', which brings the "
+            "tritonserver binary inside nvidia-pytriton), or put NVIDIA's tritonserver on PATH"
+        ) from None
+    root = Path(pytriton.__file__).parent / "tritonserver"
+    if not (root / "bin" / "tritonserver").exists():
+        raise TritonError(f"nvidia-pytriton is installed but {root}/bin/tritonserver is missing; reinstall it")
+    return _Install(root / "bin" / "tritonserver", None, root)
+
+
+def _prepare_wheel_backends(inst: _Install, workdir: Path) -> tuple[Path, dict[str, str]]:
+    """A backend dir with the Python backend and this Python's stub, plus the environment it needs."""
+    ver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = inst.wheel_root / "python_backend_stubs" / ver / "triton_python_backend_stub"
+    if not stub.exists():
+        raise TritonError(f"the nvidia-pytriton wheel has no Python backend stub for Python {ver}")
+    py = workdir / "backends" / "python"
+    py.mkdir(parents=True, exist_ok=True)
+    for f in (inst.wheel_root / "backends" / "python").iterdir():
+        if f.is_file():
+            shutil.copy2(f, py / f.name)
+    shutil.copy2(stub, py / stub.name)
+    libs = [sysconfig.get_config_var("LIBDIR"), str(inst.wheel_root.parent.parent / "nvidia_pytriton.libs")]
+    env = {
+        "LD_LIBRARY_PATH": os.pathsep.join([*libs, os.environ.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep),
+        # the stub's Python runs isolated (PYTHONPATH is ignored) and finds its prefix through the
+        # `python3` on PATH: this environment's first, so it sees this environment's packages
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    return workdir / "backends", env
+
+
+@dataclass
+class TritonServer:
+    """A real Triton process on loopback; a context manager. Ports default to Triton's 8000/8001/8002."""
+
+    repository: str | Path
+    grpc_port: int = 8001
+    http_port: int = 8000
+    metrics_port: int = 8002
+    host: str = "127.0.0.1"
+    model_control: str = "explicit"  # "explicit": load everything at start, reload through the API
+    log_file: str | Path | None = None  # Triton's output; default: a temp file
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for Triton and its stubs
+    _proc: subprocess.Popen | None = None
+    _workdir: Path | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    def command(self, backends: Path | None) -> list[str]:
+        cmd = [str(self.binary), f"--model-repository={Path(self.repository).resolve()}",
+               f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}",
+               f"--metrics-port={self.metrics_port}", f"--grpc-address={self.host}", f"--http-address={self.host}",
+               f"--model-control-mode={self.model_control}", "--log-verbose=0",
+               "--exit-timeout-secs=30", "--allow-cpu-metrics=true"]
+        if self.model_control == "explicit":
+            cmd.append("--load-model=*")
+        if backends is not None:
+            cmd.append(f"--backend-directory={backends}")
+        return cmd + list(self.extra_args)
+
+    def start(self, timeout: float = 120.0) -> "TritonServer":
+        repo = Path(self.repository)
+        if not repo.is_dir():
+            raise TritonError(f"model repository {repo} does not exist; create one with `editguard export`")
+        for name, port in (("grpc", self.grpc_port), ("http", self.http_port), ("metrics", self.metrics_port)):
+            if not port_free(port, self.host):
+                raise TritonError(f"{name} port {port} is in use; stop what holds it or pass --{name}-port")
+        inst = find_tritonserver()
+        self.binary = inst.binary
+        self._workdir = Path(tempfile.mkdtemp(prefix="editguard-triton-"))
+        env = dict(os.environ, **self.env)
+        backends = inst.backends
+        if inst.wheel_root is not None:
+            backends, extra = _prepare_wheel_backends(inst, self._workdir)
+            env.update(extra)
+        log = Path(self.log_file) if self.log_file else self._workdir / "triton.log"
+        self.log_path = log
+        self._log = open(log, "ab")
+        _logger.info("starting %s", " ".join(self.command(backends)))
+        self._proc = subprocess.Popen(self.command(backends), stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                      start_new_session=True)
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        import tritonclient.http as http
+
+        client = http.InferenceServerClient(self.http_url)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise TritonError(f"tritonserver exited with code {self._proc.returncode}:\n{self.log_tail()}")
+            try:
+                if client.is_server_ready():
+                    return
+            except Exception:  # not listening yet
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise TritonError(f"tritonserver was not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (Triton drains in-flight requests), then SIGKILL after ``timeout``; returns the exit code."""
+        if self._proc is None:
+            return None
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait()
+        self._log.close()
+        if self._workdir and not self.log_file:
+            pass  # keep the log for post-mortems; the temp dir is small
+        return self._proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (Triton and its Python stubs), as a crash would."""
+        if self._proc is not None and self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+
+    def __enter__(self) -> "TritonServer":
+        return self.start() if self._proc is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
