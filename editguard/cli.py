@@ -6,6 +6,8 @@ thin-client subcommands work on the base install (no torch).
     editguard evaluate  metrics of a model dir on a labelled manifest
     editguard export    ONNX / FP16 / TensorRT into a Triton model repository
     editguard serve     start a local Triton on a repository
+    editguard score     batch scoring of a manifest (Triton or in-process), resumable
+    editguard calibrate per-category thresholds from labelled scores; install them
 """
 
 from __future__ import annotations
@@ -253,7 +255,134 @@ def _run_serve(a: argparse.Namespace) -> int:
     return 0
 
 
-_SUBCOMMANDS: list[Callable] = [_add_synth, _add_train, _add_evaluate, _add_export, _add_serve]
+def _add_score(sub) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score a manifest offline (through Triton or in-process), resumable",
+        description="Score every triple of MANIFEST and write per-category scores and flags. Through a running "
+        "Triton (--server) or in-process with onnxruntime from an exported repository (--repository). A rerun "
+        "skips ids already written and retries failures; failures go to OUT.errors.jsonl with the reason.",
+        epilog="examples:\n  editguard score data/test/manifest.jsonl --out results/test.jsonl --server localhost:8001\n"
+        "  editguard score logs.parquet --out results/logs --repository model_repository   # Parquet parts",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("manifest", help="manifest to score (.jsonl, .parquet, .csv); labels optional")
+    p.add_argument("--out", required=True, help="results: a .jsonl file, or a folder of Parquet parts")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--server", metavar="URL", help="Triton gRPC host:port (comma-separate several to spread load)")
+    g.add_argument("--repository", metavar="REPO", help="score in-process from an exported repository (no server)")
+    p.add_argument("--version", default="", help="model version (default: the latest)")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight with --server (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size in-process (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=30.0, help="per-request deadline in seconds, retries included")
+    p.add_argument("--allow-outside-root", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_score)
+
+
+def _run_score(a: argparse.Namespace) -> int:
+    from editguard.clients.score import ScoreConfig, score
+
+    s = score(ScoreConfig(manifest=a.manifest, out=a.out, server=a.server, repository=a.repository, version=a.version,
+                          concurrency=a.concurrency, batch_size=a.batch_size, timeout=a.timeout,
+                          allow_outside_root=a.allow_outside_root, progress=not a.no_progress))
+    print(f"scored {s.scored}, skipped {s.skipped} already done, {s.errors} failed, in {s.seconds:.1f} s; "
+          f"{s.total_rows} rows in {a.out}")
+    if s.errors:
+        print(f"failures and reasons: {a.out}.errors.jsonl (a rerun retries them)")
+    if s.report:
+        from editguard.training.metrics import format_table
+
+        print(format_table(s.report, f"metrics over all {s.total_rows} rows"))
+    return 0 if not s.errors else 3
+
+
+def _add_calibrate(sub) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="choose per-category thresholds from labelled scores; install them into a repository",
+        description="Choose each category's threshold with scikit-learn's precision_recall_curve so that it meets "
+        "a target (e.g. precision >= 0.95), report precision, recall, FPR and support with bootstrap 95% CIs, "
+        "and write thresholds.json. --install puts it beside the model version in a Triton repository; the "
+        "served model picks it up on its next request, with no restart.",
+        epilog="examples:\n  editguard calibrate results/val.jsonl --target precision=0.95 --out thresholds.json\n"
+        "  editguard calibrate results/val.jsonl --target precision=0.9 --target-for minors=recall=0.99 \\\n"
+        "      --calibration isotonic --plots plots/ --slice-by skin_tone --install model_repository",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("results", help="results of `editguard score` on a labelled manifest")
+    p.add_argument("--target", default="precision=0.95", help="default target, METRIC=VALUE (default: %(default)s)")
+    p.add_argument("--target-for", action="append", default=[], metavar="CATEGORY=METRIC=VALUE",
+                   help="a category's own target; repeat for several")
+    p.add_argument("--out", default="thresholds.json", help="where to write thresholds.json (default: %(default)s)")
+    p.add_argument("--calibration", choices=["isotonic", "sigmoid"], help="also fit probability calibration; "
+                   "report ECE before and after")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the CIs (default: %(default)s)")
+    p.add_argument("--plots", metavar="DIR", help="write pr_curves.png and reliability.png here")
+    p.add_argument("--slice-by", metavar="META_FIELD", help="report precision/recall/FPR per value of meta[FIELD]")
+    p.add_argument("--fpr-factor", type=float, default=2.0, help="flag slices whose FPR is over this multiple of "
+                   "the overall FPR (default: %(default)s)")
+    p.add_argument("--allow-unmet", action="store_true", help="use the best achievable threshold where a target "
+                   "can't be met, instead of failing")
+    p.add_argument("--install", metavar="REPOSITORY", help="write thresholds.json beside the model version in this "
+                   "Triton repository")
+    p.add_argument("--version", help="the model version to install for (default: the results' version)")
+    p.set_defaults(func=_run_calibrate)
+
+
+def _run_calibrate(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from editguard.clients.calibrate import (calibrate, format_thresholds, install_thresholds, parse_target,
+                                             slice_table)
+    from editguard.clients.results import read_results, results_arrays
+
+    rows = read_results(a.results)
+    if not rows:
+        raise FileNotFoundError(f"no results in {a.results}; run `editguard score` first")
+    labels, scores, y = results_arrays(rows)
+    if y is None:
+        raise ValueError(f"{a.results} has no labels: score a labelled manifest to calibrate")
+    default = parse_target(a.target)
+    targets = {n: default for n in labels}
+    for spec in a.target_for:
+        name, _, rest = spec.partition("=")
+        if name not in targets:
+            raise ValueError(f"--target-for {spec!r}: unknown category {name!r}; categories: {', '.join(labels)}")
+        targets[name] = parse_target(rest)
+    versions = sorted({str(r.get("model_version", "")) for r in rows})
+    if len(versions) > 1 and not a.version:
+        raise ValueError(f"{a.results} mixes model versions {versions}; calibrate one version (pass --version)")
+    result = calibrate(labels, y, scores, targets=targets, method=a.calibration, n_boot=a.bootstrap,
+                       allow_unmet=a.allow_unmet, model_version=a.version or versions[0], source=str(a.results))
+    from editguard.model.model_dir import write_json_atomic
+
+    write_json_atomic(a.out, result.thresholds)
+    print(format_thresholds(result))
+    print(f"wrote {a.out}")
+    if a.plots:
+        from editguard.clients.plots import plot_pr_curves, plot_reliability
+
+        Path(a.plots).mkdir(parents=True, exist_ok=True)
+        pr = plot_pr_curves(labels, y, scores, result.choices, Path(a.plots) / "pr_curves.png")
+        rel = plot_reliability(labels, y, scores, result.calibrators, Path(a.plots) / "reliability.png")
+        print(f"plots: {pr}, {rel}")
+    if a.slice_by:
+        import numpy as np
+
+        th = np.array([result.choices[n].threshold for n in labels])
+        print(f"\n{'slice (' + a.slice_by + ')':<24} {'n':>6} {'prec':>6} {'recall':>6} {'FPR':>6}")
+        for s in slice_table(rows, labels, th, a.slice_by, factor=a.fpr_factor):
+            flag = f"  <-- FPR over {a.fpr_factor:g}x overall" if s["flag"] else ""
+            print(f"{s['slice']:<24} {s['n']:>6} {s['precision']:6.3f} {s['recall']:6.3f} {s['fpr']:6.3f}{flag}")
+    if a.install:
+        path = install_thresholds(result.thresholds, a.install, a.version)
+        print(f"installed {path} (the served model uses it from its next request)")
+    return 0
+
+
+_SUBCOMMANDS: list[Callable] = [_add_synth, _add_train, _add_evaluate, _add_export, _add_serve, _add_score,
+                                _add_calibrate]
 
 
 def build_parser() -> argparse.ArgumentParser:

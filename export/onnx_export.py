@@ -20,8 +20,6 @@ __all__ = ["export_onnx", "convert_fp16", "parity", "sample_inputs", "Parity", "
 
 OUTPUT_NAMES = ["logits", "probabilities"]
 FP32_TOL, FP16_TOL = 1e-4, 1e-2
-# ops kept in float32 by the FP16 converter: reductions and normalisations that lose range in half precision
-FP16_BLOCK_LIST = ["ReduceMean", "ReduceSum", "Pow", "Sqrt", "Softmax", "LayerNormalization", "Div", "Erf"]
 
 
 @dataclass
@@ -86,13 +84,17 @@ def export_onnx(net, path: str | Path, example: dict[str, np.ndarray], opset: in
     return path
 
 
-def convert_fp16(src: str | Path, dst: str | Path) -> Path:
-    """FP16 graph from the FP32 one with a real converter; inputs and outputs keep their types."""
-    import onnx
-    from onnxconverter_common import float16
+def convert_fp16(src: str | Path, dst: str | Path, op_block_list: list[str] | None = None) -> Path:
+    """FP16 graph from the FP32 one with onnxruntime's converter; inputs and outputs keep their types.
 
-    model = onnx.load(str(src))
-    half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_BLOCK_LIST)
+    onnxruntime's converter (unlike onnxconverter-common's) also retypes the graph's own
+    ``Cast(to=float)`` nodes, which here turn uint8 pixels and int64 masks into floats.
+    ``op_block_list`` keeps ops in float32 if a model needs it; the parity check decides.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    half = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=op_block_list)
     onnx.save(half, str(dst))
     onnx.checker.check_model(str(dst), full_check=True)
     return Path(dst)

@@ -160,16 +160,19 @@ class TritonServer:
     def _wait_ready(self, timeout: float) -> None:
         import tritonclient.http as http
 
-        client = http.InferenceServerClient(self.http_url)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise TritonError(f"tritonserver exited with code {self._proc.returncode}:\n{self.log_tail()}")
+            # a fresh connection each time, closed at once: Triton's shutdown waits for open connections
+            client = http.InferenceServerClient(self.http_url)
             try:
                 if client.is_server_ready():
                     return
             except Exception:  # not listening yet
                 pass
+            finally:
+                client.close()
             time.sleep(0.25)
         self.stop()
         raise TritonError(f"tritonserver was not ready after {timeout:.0f} s:\n{self.log_tail()}")

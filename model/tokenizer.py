@@ -23,10 +23,10 @@ def build_tokenizer(cfg: TextEncoderConfig, prompts: Iterable[str], out_dir: str
     """Write the tokenizer for ``cfg`` to ``out_dir``; returns its vocab size.
 
     With ``cfg.name`` set, the tokenizer comes from the hub or a local dir via
-    ``AutoTokenizer.from_pretrained``. Without it, a lower-cased WordPiece of
-    ``cfg.vocab_size`` is trained on ``prompts``; every printable ASCII
-    character is in its alphabet, so unseen and obfuscated words ("cl0thes")
-    split into pieces rather than becoming ``[UNK]``.
+    ``AutoTokenizer.from_pretrained``. Without it, a lower-cased WordPiece of at
+    most ``cfg.vocab_size`` tokens is built from ``prompts``; every printable
+    ASCII character is in it, so unseen and obfuscated words ("cl0thes") split
+    into characters rather than becoming ``[UNK]``.
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -49,23 +49,37 @@ def build_tokenizer(cfg: TextEncoderConfig, prompts: Iterable[str], out_dir: str
 
 
 def _train_wordpiece(prompts: list[str], vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A WordPiece tokenizer whose vocabulary is built deterministically from ``prompts``.
+
+    The vocabulary is the special tokens, every character (as a word start and as a ``##``
+    continuation), then the most frequent whole words (ties broken alphabetically) up to
+    ``vocab_size``. Words not in it split into characters. (The `tokenizers` trainer is not
+    used: it breaks ties between merges in no fixed order, so the same prompts could give
+    different vocabularies and seeded training runs would differ.)
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     if not prompts:
-        raise ValueError("training a tokenizer needs at least one prompt")
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        special_tokens=_SPECIALS,
-        initial_alphabet=list(string.ascii_lowercase + string.digits + string.punctuation),
-        show_progress=False,
-    )
-    tok.train_from_iterator(prompts, trainer=trainer)
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        raise ValueError("building a tokenizer needs at least one prompt")
+    normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    words = Counter(w for p in prompts for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(p)))
+    chars = sorted(set(string.ascii_lowercase + string.digits + string.punctuation) | {c for w in words for c in w})
+    vocab = _SPECIALS + chars + [f"##{c}" for c in chars]
+    known = set(vocab)
+    for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= vocab_size:
+            break
+        if w not in known:
+            vocab.append(w)
+            known.add(w)
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab.index("[CLS]")), ("[SEP]", vocab.index("[SEP]"))]
     )
     tok.decoder = decoders.WordPiece()
     return tok

@@ -1,6 +1,8 @@
 """`make demo`: the whole pipeline on the CPU, from nothing to verdicts.
 
     synth -> train (tiny) -> evaluate (iid test and held-out ood)
+          -> export (ONNX, parity-checked) -> serve (a real Triton)
+          -> score over gRPC -> calibrate --install -> re-score with the installed thresholds
 
 Each stage is a plain `editguard` command; the commands are printed so they
 can be re-run by hand.
@@ -20,7 +22,7 @@ SETTINGS = {  # the demo settings the README's figures come from
     "train": dict(n=6000, seed=1, split="iid"),
     "val": dict(n=1000, seed=2, split="iid"),
     "test": dict(n=2000, seed=3, split="iid"),
-    "ood": dict(n=1000, seed=4, split="ood"),
+    "ood": dict(n=2000, seed=4, split="ood"),
 }
 EPOCHS = 10
 
@@ -32,6 +34,68 @@ def run(*argv: str) -> None:
     if rc:
         sys.exit(f"demo: `editguard {argv[0]}` failed with exit code {rc}")
     print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def serve_score_calibrate(out: Path, repo: Path) -> None:
+    """Serve the repository, score over gRPC, calibrate and install thresholds, re-score, print verdicts."""
+    from editguard.export.triton import TritonServer, free_port
+
+    print(f"\n$ editguard serve --repository {repo}   (started in-process on free ports)", flush=True)
+    with TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as server:
+        url = server.grpc_url
+        print(f"  Triton ready at {url}")
+        res = out / "results"
+        run("score", str(out / "val/manifest.jsonl"), "--out", str(res / "val.jsonl"), "--server", url,
+            "--concurrency", "8")
+        run("calibrate", str(res / "val.jsonl"), "--target", "precision=0.95", "--allow-unmet",
+            "--out", str(out / "thresholds.json"), "--plots", str(out / "plots"), "--slice-by", "skin_tone",
+            "--calibration", "isotonic", "--install", str(repo))
+        run("score", str(out / "test/manifest.jsonl"), "--out", str(res / "test.jsonl"), "--server", url,
+            "--concurrency", "8")
+        final_table(res / "test.jsonl", out / "thresholds.json")
+        show_verdicts(url, out / "ood/manifest.jsonl")
+    print("  Triton stopped")
+
+
+def final_table(results: Path, thresholds: Path) -> None:
+    """Per category on the held-out test set, at the installed thresholds (the server's own flags)."""
+    import json
+
+    from editguard.clients.results import read_results
+
+    rows = read_results(results)
+    th = json.loads(thresholds.read_text())["categories"]
+    print(f"\nheld-out test set ({len(rows)} triples), served verdicts at the installed thresholds:")
+    print(f"{'category':<22} {'threshold':>9} {'precision':>9} {'recall':>7} {'FPR':>7} {'support':>8}")
+    for name, t in th.items():
+        truth = [name in r["labels"] for r in rows]
+        flag = [r[f"flag_{name}"] for r in rows]
+        tp = sum(a and b for a, b in zip(truth, flag))
+        fp = sum(f and not a for a, f in zip(truth, flag))
+        pos, neg = sum(truth), len(rows) - sum(truth)
+        prec = tp / (tp + fp) if tp + fp else float("nan")
+        print(f"{name:<22} {t['threshold']:9.3f} {prec:9.3f} {tp / max(pos, 1):7.3f} {fp / max(neg, 1):7.3f} {pos:8d}")
+    truth = [bool(r["labels"]) for r in rows]
+    unsafe = [r["unsafe"] for r in rows]
+    tp = sum(a and b for a, b in zip(truth, unsafe))
+    fp = sum(u and not a for a, u in zip(truth, unsafe))
+    print(f"{'unsafe (any)':<22} {'':>9} {tp / max(tp + fp, 1):9.3f} {tp / max(sum(truth), 1):7.3f} "
+          f"{fp / max(len(rows) - sum(truth), 1):7.3f} {sum(truth):8d}")
+
+
+def show_verdicts(url: str, manifest: Path, n: int = 8) -> None:
+    """A few held-out (ood) triples classified with the thin client, as an inpainting backend would."""
+    import json
+
+    from editguard.clients import EditGuardClient
+
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()[:n]]
+    print(f"\n{'id':<14} {'prompt':<34} {'truth':<38} {'verdict':<7} flagged")
+    with EditGuardClient(url) as guard:
+        for r in rows:
+            v = guard.classify(manifest.parent / r["input_image"], r["prompt"], manifest.parent / r["output_image"])
+            print(f"{r['id']:<14} {r['prompt'][:33]:<34} {','.join(r['labels']) or 'safe':<38} "
+                  f"{'UNSAFE' if v.unsafe else 'safe':<7} {','.join(v.flagged_categories)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             "--out", str(model), "--preset", "tiny", "--epochs", str(EPOCHS), "--device", "cpu")
     run("evaluate", str(model), str(out / "test/manifest.jsonl"), "--json", str(out / "test_metrics.json"))
     run("evaluate", str(model), str(out / "ood/manifest.jsonl"), "--json", str(out / "ood_metrics.json"))
+    repo = out / "repository"
+    if not (repo / "editguard" / "1").exists():
+        run("export", str(model), "--repository", str(repo))
+    serve_score_calibrate(out, repo)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; outputs under {out}/")
     return 0
 

@@ -39,3 +39,36 @@ def tiny_model_dir(synth_sets, tmp_path_factory) -> Path:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def repository(tiny_model_dir, tmp_path_factory) -> Path:
+    """A Triton repository with versions 1 and 2 of the tiny model (FP32)."""
+    from editguard.export.repository import ExportConfig, export_version
+
+    repo = tmp_path_factory.mktemp("repo")
+    for _ in range(2):
+        export_version(ExportConfig(model_dir=str(tiny_model_dir), repository=str(repo), max_batch=32))
+    return repo
+
+
+@pytest.fixture(scope="session")
+def triton(repository):
+    """A real Triton (the nvidia-pytriton binary here) serving ``repository`` on free loopback ports."""
+    from editguard.export.triton import TritonServer, free_port
+
+    server = TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    server.start(timeout=180)
+    yield server
+    server.stop()
+
+
+def triple_bytes(manifest: Path, n: int, start: int = 0) -> list[dict]:
+    """Encoded triples as a client sends them: file bytes and the prompt."""
+    root = Path(manifest).parent
+    out = []
+    for r in read_jsonl(manifest)[start:start + n]:
+        out.append({"id": r["id"], "input": (root / r["input_image"]).read_bytes(),
+                    "output": (root / r["output_image"]).read_bytes(), "mask": (root / r["mask"]).read_bytes(),
+                    "prompt": r["prompt"], "labels": r["labels"]})
+    return out

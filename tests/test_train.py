@@ -29,10 +29,9 @@ def test_short_training_learns(tiny_model_dir, synth_sets):
 
 
 def _subset(synth_sets, tmp_path: Path, n: int) -> Path:
-    small = tmp_path / "small.jsonl"
-    lines = Path(synth_sets["train"]).read_text().splitlines(keepends=True)[:n]
-    small.write_text("".join(lines))
-    (tmp_path / "images").symlink_to(Path(synth_sets["train"]).parent / "images")
+    """The first ``n`` training records, in a manifest beside the images (paths may not escape its folder)."""
+    small = Path(synth_sets["train"]).parent / f"first{n}-{tmp_path.name}.jsonl"
+    small.write_text("".join(Path(synth_sets["train"]).read_text().splitlines(keepends=True)[:n]))
     return small
 
 

@@ -300,7 +300,7 @@ def _load_checkpoint(out: Path, net, opt, sched, d: _Dist) -> dict:
         i, k = key.split(".", 1)
         st.setdefault(int(i), {})[k] = v.cpu() if k == "step" else v
     opt.load_state_dict({"state": st, "param_groups": meta["param_groups"]})
-    sched.load_state_dict({k: v for k, v in meta["scheduler"].items() if k != "lr_lambdas"})
+    sched.load_state_dict(meta["scheduler"])  # lr_lambdas are saved as None: the schedule function is code
     torch.set_rng_state(torch.tensor(meta["torch_rng"], dtype=torch.uint8))
     if d.main:
         _logger.info("resumed from %s at epoch %d (saved with world size %d, now %d)", ck, meta["state"]["epoch"],

@@ -18,8 +18,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from editguard.model.preprocess import PreprocessError, Preprocessor, collate
-
-DEFAULT_THRESHOLD = 0.5
+from editguard.model.thresholds import DEFAULT_THRESHOLD, threshold_array
 
 
 class TritonPythonModel:
@@ -41,14 +40,15 @@ class TritonPythonModel:
         try:
             mtime = path.stat().st_mtime_ns
         except FileNotFoundError:
+            if self._thresholds_mtime is not None:  # removed: back to the defaults
+                self._thresholds_mtime = None
+                self.thresholds = np.full(len(self.labels), DEFAULT_THRESHOLD, np.float32)
             return
         if mtime == self._thresholds_mtime:
             return
         self._thresholds_mtime = mtime
         try:
-            cats = json.loads(path.read_text())["categories"]
-            t = np.array([float(cats[n]["threshold"]) if n in cats else DEFAULT_THRESHOLD for n in self.labels],
-                         np.float32)
+            t = threshold_array(json.loads(path.read_text()), self.labels)
         except (ValueError, KeyError, TypeError) as e:
             pb_utils.Logger.log_error(f"editguard v{self.version}: ignoring bad {path}: {e}")
             return

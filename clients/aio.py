@@ -1,0 +1,118 @@
+"""The asyncio twin of :class:`EditGuardClient`, on ``tritonclient.grpc.aio``::
+
+    async with AsyncEditGuardClient("localhost:8001") as guard:
+        verdict = await guard.classify(src_png, "make the sky pink", out_png)
+        async for item_id, result in guard.classify_many(triples, concurrency=16):
+            ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Iterable, Sequence
+
+from .client import (OUTPUTS, ImageInput, Triple, Verdict, _as_triple, _Backoff, build_inputs, make_verdict,
+                     parse_urls, prepare, to_error)
+from .errors import EditGuardError, InvalidInputError, ServerUnavailableError
+
+__all__ = ["AsyncEditGuardClient"]
+
+
+@dataclass
+class AsyncEditGuardClient:
+    """Same arguments and behaviour as :class:`EditGuardClient`, with ``async`` methods."""
+
+    url: str | Sequence[str]
+    model: str = "editguard"
+    version: str = ""
+    timeout: float = 10.0
+    retries: int | None = None
+    backoff: float = 0.05
+    _clients: list = field(default_factory=list, init=False, repr=False)
+    _rr: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        import tritonclient.grpc.aio as aio
+
+        self._aio = aio
+        urls = parse_urls(self.url)
+        self._urls = urls
+        self._clients = [aio.InferenceServerClient(u) for u in urls]
+        self._rr = itertools.count()
+
+    async def close(self) -> None:
+        for c in self._clients:
+            await c.close()
+
+    async def __aenter__(self) -> "AsyncEditGuardClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def ready(self) -> bool:
+        for c in self._clients:
+            try:
+                if await c.is_model_ready(self.model, self.version):
+                    return True
+            except Exception:  # an endpoint that does not answer is simply not ready
+                continue
+        return False
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not await self.ready():
+            if time.monotonic() > deadline:
+                raise ServerUnavailableError(f"model {self.model!r} not ready at {', '.join(self._urls)}")
+            await asyncio.sleep(0.2)
+
+    async def classify(self, input_image: ImageInput, prompt: str, output_image: ImageInput,
+                       mask: ImageInput | None = None, *, timeout: float | None = None, id: str | None = None) -> Verdict:
+        t0 = time.perf_counter()
+        try:
+            args = prepare(input_image, prompt, output_image, mask)
+        except InvalidInputError as e:
+            e.item_id = id
+            raise
+        inputs = build_inputs(self._aio, *args)
+        outputs = [self._aio.InferRequestedOutput(n) for n in OUTPUTS]
+        plan = _Backoff(timeout or self.timeout, self.retries, self.backoff)
+        offset = 0
+        while True:
+            client = self._clients[(next(self._rr) + offset) % len(self._clients)]
+            try:
+                result = await client.infer(self.model, inputs, model_version=self.version, outputs=outputs,
+                                            client_timeout=max(plan.remaining(), 0.001))
+                return make_verdict(result, self.model, (time.perf_counter() - t0) * 1e3, id)
+            except Exception as e:  # tritonclient raises InferenceServerException for gRPC errors
+                err = to_error(e, id)
+                delay = plan.next_delay(err.status or "")
+                if delay is None:
+                    raise err from e
+                offset += 1
+                await asyncio.sleep(delay)
+
+    async def classify_many(self, triples: Iterable, *, concurrency: int = 8
+                            ) -> AsyncIterator[tuple[str, Verdict | EditGuardError]]:
+        """Async generator of ``(id, verdict or error)``, at most ``concurrency`` in flight."""
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        items = iter(_as_triple(t) for t in triples)
+
+        async def one(t: Triple):
+            try:
+                return t.id, await self.classify(t.input_image, t.prompt, t.output_image, t.mask, id=t.id)
+            except EditGuardError as e:
+                return t.id, e
+
+        pending = {asyncio.ensure_future(one(t)) for t in itertools.islice(items, concurrency)}
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                yield fut.result()
+                nxt = next(items, None)
+                if nxt is not None:
+                    pending.add(asyncio.ensure_future(one(nxt)))

@@ -1,0 +1,299 @@
+"""``editguard calibrate``: per-category thresholds from scored, labelled results.
+
+Follows scikit-learn's conventions: functions take ``(y_true, y_score, *, sample_weight=None)``,
+fitted attributes end in ``_``, degenerate data warns, and a bad argument raises a ValueError
+that names the value. Thresholds come from :func:`sklearn.metrics.precision_recall_curve`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Target", "ThresholdChoice", "choose_threshold", "rates_at", "bootstrap_rates",
+           "ProbabilityCalibrator", "expected_calibration_error", "calibrate", "slice_table", "UnmetTargetError",
+           "parse_target"]
+
+METRICS = ("precision", "recall")
+
+
+class UnmetTargetError(ValueError):
+    """A target no threshold reaches; ``best`` maps category -> best achievable figure."""
+
+    def __init__(self, message: str, best: dict[str, float]):
+        super().__init__(message)
+        self.best = best
+
+
+@dataclass(frozen=True)
+class Target:
+    metric: str  # "precision" or "recall"
+    value: float  # the minimum to reach, in (0, 1]
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"target metric must be 'precision' or 'recall', got {self.metric!r}")
+        if not 0.0 < self.value <= 1.0:
+            raise ValueError(f"target value must be in (0, 1], got {self.value!r}")
+
+    def __str__(self) -> str:
+        return f"{self.metric}>={self.value:g}"
+
+
+def parse_target(text: str) -> Target:
+    """``"precision=0.95"`` -> Target("precision", 0.95)."""
+    metric, sep, value = text.partition("=")
+    try:
+        return Target(metric.strip(), float(value))
+    except ValueError as e:
+        raise ValueError(f"bad target {text!r}: write METRIC=VALUE, e.g. precision=0.95 or recall=0.9 ({e})") from None
+
+
+@dataclass
+class ThresholdChoice:
+    threshold: float
+    target: str
+    achieved: bool
+    precision: float
+    recall: float
+    fpr: float
+    support: int
+    best: float  # the best value of the target metric any threshold reaches
+
+
+def rates_at(y_true, y_score, threshold: float, *, sample_weight=None) -> dict[str, float]:
+    """Precision, recall and false-positive rate of ``y_score >= threshold``."""
+    y, s = np.asarray(y_true).astype(bool), np.asarray(y_score)
+    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    pred = s >= threshold
+    tp, fp = w[pred & y].sum(), w[pred & ~y].sum()
+    pos, neg = w[y].sum(), w[~y].sum()
+    return {"precision": float(tp / (tp + fp)) if tp + fp else 1.0, "recall": float(tp / pos) if pos else math.nan,
+            "fpr": float(fp / neg) if neg else math.nan}
+
+
+def choose_threshold(y_true, y_score, *, target: Target, sample_weight=None) -> ThresholdChoice:
+    """The threshold meeting ``target`` with the best other figure.
+
+    ``precision>=p``: the lowest threshold with precision >= p (most recall).
+    ``recall>=r``: the highest threshold with recall >= r (most precision).
+    When no threshold meets the target, ``achieved`` is False and the threshold is the one
+    reaching ``best``, the highest value of the metric.
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    y = np.asarray(y_true).astype(int)
+    s = np.asarray(y_score, dtype=np.float64)
+    if y.shape != s.shape or y.ndim != 1:
+        raise ValueError(f"y_true {y.shape} and y_score {s.shape} must be 1-D and the same shape")
+    support = int(y.sum())
+    if support == 0 or support == len(y):
+        warnings.warn(f"only one class present (support {support} of {len(y)}); keeping threshold 0.5", UserWarning)
+        r = rates_at(y, s, 0.5, sample_weight=sample_weight)
+        return ThresholdChoice(0.5, str(target), False, r["precision"], r["recall"], r["fpr"], support, math.nan)
+    p, r, thr = precision_recall_curve(y, s, sample_weight=sample_weight)
+    p, r = p[:-1], r[:-1]  # the last point (recall 0) has no threshold
+    metric = p if target.metric == "precision" else r
+    ok = np.flatnonzero(metric >= target.value - 1e-12)
+    best = float(metric.max())
+    if ok.size:
+        other = r if target.metric == "precision" else p
+        i = ok[np.lexsort((thr[ok], other[ok]))[-1]]  # best other figure; ties -> higher threshold
+    else:
+        i = int(np.flatnonzero(metric == metric.max())[-1])
+    t = _max_margin(s, thr, p, r, i)
+    rates = rates_at(y, s, t, sample_weight=sample_weight)
+    return ThresholdChoice(t, str(target), bool(ok.size), rates["precision"], rates["recall"], rates["fpr"],
+                           support, best)
+
+
+def _max_margin(s: np.ndarray, thr: np.ndarray, p: np.ndarray, r: np.ndarray, i: int) -> float:
+    """Every threshold in (highest score below the tied ones, highest tied threshold] makes the same
+    decisions on this data; take the middle, the one with the most room either side on new data."""
+    tied = np.flatnonzero((p == p[i]) & (r == r[i]))
+    lo, hi = thr[tied].min(), thr[tied].max()
+    below = s[s < lo]
+    return float((below.max() + hi) / 2) if below.size else float(hi)
+
+
+def bootstrap_rates(y_true, y_score, threshold: float, *, n_boot: int = 200, alpha: float = 0.05,
+                    random_state: int = 0) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals ``[lo, hi]`` of precision, recall and FPR at ``threshold``."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be positive, got {n_boot}")
+    y, s = np.asarray(y_true), np.asarray(y_score)
+    rng = np.random.default_rng(random_state)
+    draws = {k: [] for k in ("precision", "recall", "fpr")}
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        for k, v in rates_at(y[idx], s[idx], threshold).items():
+            if not math.isnan(v):
+                draws[k].append(v)
+    q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
+    return {k: [float(x) for x in np.percentile(v, q)] if v else [math.nan, math.nan] for k, v in draws.items()}
+
+
+def expected_calibration_error(y_true, y_prob, *, n_bins: int = 10) -> float:
+    """ECE with equal-width bins: sum over bins of |accuracy - confidence| weighted by bin size."""
+    y, p = np.asarray(y_true, dtype=np.float64), np.clip(np.asarray(y_prob, dtype=np.float64), 0, 1)
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        m = bins == b
+        if m.any():
+            ece += m.mean() * abs(y[m].mean() - p[m].mean())
+    return float(ece)
+
+
+class ProbabilityCalibrator:
+    """Isotonic or sigmoid (Platt) calibration of one category's scores.
+
+    Fitted attributes: ``x_``/``y_`` (isotonic breakpoints) or ``a_``/``b_`` (sigmoid:
+    ``1 / (1 + exp(a * logit(s) + b))``). Monotonic, so a threshold on calibrated
+    probabilities is a threshold on raw scores too.
+    """
+
+    def __init__(self, method: str = "isotonic"):
+        if method not in ("isotonic", "sigmoid"):
+            raise ValueError(f"method must be 'isotonic' or 'sigmoid', got {method!r}")
+        self.method = method
+
+    def fit(self, y_true, y_score, *, sample_weight=None) -> "ProbabilityCalibrator":
+        y, s = np.asarray(y_true, dtype=np.float64), np.asarray(y_score, dtype=np.float64)
+        if self.method == "isotonic":
+            from sklearn.isotonic import IsotonicRegression
+
+            iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(s, y, sample_weight=sample_weight)
+            self.x_, self.y_ = iso.X_thresholds_.astype(float), iso.y_thresholds_.astype(float)
+        else:
+            from sklearn.linear_model import LogisticRegression
+
+            lr = LogisticRegression(C=1e6).fit(_logit(s)[:, None], y, sample_weight=sample_weight)
+            self.a_, self.b_ = -float(lr.coef_[0, 0]), -float(lr.intercept_[0])
+        return self
+
+    def transform(self, y_score) -> np.ndarray:
+        s = np.asarray(y_score, dtype=np.float64)
+        if self.method == "isotonic":
+            return np.interp(s, self.x_, self.y_)
+        return 1.0 / (1.0 + np.exp(self.a_ * _logit(s) + self.b_))
+
+    def to_dict(self) -> dict:
+        if self.method == "isotonic":
+            return {"method": "isotonic", "x": self.x_.tolist(), "y": self.y_.tolist()}
+        return {"method": "sigmoid", "a": self.a_, "b": self.b_}
+
+
+def _logit(s: np.ndarray) -> np.ndarray:
+    s = np.clip(s, 1e-7, 1 - 1e-7)
+    return np.log(s / (1 - s))
+
+
+@dataclass
+class CalibrationResult:
+    thresholds: dict  # the thresholds.json content
+    choices: dict[str, ThresholdChoice]
+    ece: dict[str, dict[str, float]] = field(default_factory=dict)  # category -> {"before", "after"}
+    calibrators: dict[str, ProbabilityCalibrator] = field(default_factory=dict)
+
+
+def calibrate(labels: list[str], y_true: np.ndarray, y_score: np.ndarray, *, targets: dict[str, Target],
+              method: str | None = None, n_boot: int = 200, allow_unmet: bool = False,
+              model_version: str = "", source: str = "") -> CalibrationResult:
+    """Thresholds for every category of ``labels`` (``targets`` maps category -> Target).
+
+    ``y_true``, ``y_score``: ``[N, C]``. Raises :class:`UnmetTargetError` naming every category
+    whose target can't be met, with the best achievable figure, unless ``allow_unmet``.
+    """
+    choices, ece, calibrators, cats = {}, {}, {}, {}
+    for j, name in enumerate(labels):
+        y, s = y_true[:, j], y_score[:, j]
+        choice = choose_threshold(y, s, target=targets[name])
+        choices[name] = choice
+        entry = {"threshold": choice.threshold, "target": choice.target, "achieved": choice.achieved,
+                 "precision": choice.precision, "recall": choice.recall, "fpr": choice.fpr,
+                 "support": choice.support, "best_achievable": choice.best,
+                 "ci95": bootstrap_rates(y, s, choice.threshold, n_boot=n_boot) if 0 < choice.support < len(y) else {}}
+        if method and 0 < choice.support < len(y):
+            cal = ProbabilityCalibrator(method).fit(y, s)
+            calibrators[name] = cal
+            ece[name] = {"before": expected_calibration_error(y, s), "after": expected_calibration_error(y, cal.transform(s))}
+            entry["calibration"] = cal.to_dict()
+        cats[name] = entry
+    unmet = {n: c.best for n, c in choices.items() if not c.achieved and not math.isnan(c.best)}
+    if unmet and not allow_unmet:
+        lines = "; ".join(f"{n}: {choices[n].target} is out of reach, the best is {b:.3f}" for n, b in unmet.items())
+        raise UnmetTargetError(f"{lines}. Lower the target (--target-for CATEGORY=METRIC=VALUE), add data, "
+                               "or pass --allow-unmet to use the best achievable threshold", unmet)
+    doc = {"model_version": model_version, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "source": source, "n": int(len(y_true)), "categories": cats}
+    if method:
+        doc["calibration"] = {"method": method, "ece": ece}
+    return CalibrationResult(doc, choices, ece, calibrators)
+
+
+def slice_table(rows: list[dict], labels: list[str], thresholds: np.ndarray, field: str, *, factor: float = 2.0,
+                min_count: int = 20) -> list[dict]:
+    """Per value of ``meta[field]``: n, and precision/recall/FPR of the ``unsafe`` decision at ``thresholds``.
+
+    A slice is flagged when its FPR is over ``factor`` times the overall FPR (slices with
+    fewer than ``min_count`` negatives are reported but not flagged).
+    """
+    from .results import results_arrays
+
+    _, scores, y = results_arrays(rows)
+    if y is None:
+        raise ValueError("slices need labelled results (score a manifest with labels)")
+    values = [str(json.loads(r["meta"]).get(field, "(missing)")) if r.get("meta") else "(missing)" for r in rows]
+    pred, truth = (scores >= thresholds).any(1), y.any(1)
+    overall = rates_at(truth, pred.astype(float), 0.5)
+    out = [{"slice": "(all)", "n": len(rows), **overall, "negatives": int((~truth).sum()), "flag": False}]
+    for v in sorted(set(values)):
+        m = np.array([x == v for x in values])
+        r = rates_at(truth[m], pred[m].astype(float), 0.5)
+        negs = int((~truth[m]).sum())
+        flag = negs >= min_count and not math.isnan(r["fpr"]) and r["fpr"] > factor * max(overall["fpr"], 1e-9)
+        out.append({"slice": v, "n": int(m.sum()), **r, "negatives": negs, "flag": bool(flag)})
+    return out
+
+
+def install_thresholds(doc: dict, repository: str | Path, version: str | None = None) -> Path:
+    """Write ``doc`` as thresholds.json beside its model version in a Triton repository, atomically.
+
+    The served model re-reads the file when it changes, so no restart or reload is needed.
+    """
+    import os
+    import tempfile
+
+    version = str(version or doc.get("model_version") or "")
+    target = Path(repository) / "editguard" / version
+    if not version or not target.is_dir():
+        raise FileNotFoundError(f"no model version {version!r} under {Path(repository) / 'editguard'}; "
+                                "pass --version, or score with the version you calibrate")
+    doc = dict(doc, model_version=version)
+    fd, tmp = tempfile.mkstemp(dir=target, prefix=".thresholds.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=2)
+    os.replace(tmp, target / "thresholds.json")
+    return target / "thresholds.json"
+
+
+def format_thresholds(result: CalibrationResult) -> str:
+    rows = [f"{'category':<22} {'target':<16} {'thresh':>6} {'prec':>6} {'recall':>6} {'FPR':>6} {'support':>7}  "
+            f"precision 95% CI"]
+    for name, c in result.choices.items():
+        ci = result.thresholds["categories"][name].get("ci95", {}).get("precision", [math.nan, math.nan])
+        mark = "" if c.achieved else "  (not met)"
+        rows.append(f"{name:<22} {c.target:<16} {c.threshold:6.3f} {c.precision:6.3f} {c.recall:6.3f} {c.fpr:6.3f} "
+                    f"{c.support:7d}  [{ci[0]:.3f}, {ci[1]:.3f}]{mark}")
+    if result.ece:
+        rows.append("")
+        rows.append(f"{'category':<22} {'ECE before':>10} {'ECE after':>10}")
+        rows += [f"{n:<22} {e['before']:10.4f} {e['after']:10.4f}" for n, e in result.ece.items()]
+    return "\n".join(rows)

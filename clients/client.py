@@ -1,0 +1,307 @@
+"""The thin gRPC client: encoded images and a prompt in, a :class:`Verdict` out.
+
+Needs only numpy, Pillow and ``tritonclient[grpc]`` (the base install)::
+
+    from editguard.clients import EditGuardClient
+
+    with EditGuardClient("localhost:8001") as guard:
+        verdict = guard.classify("in.png", "make them beautiful", out_png_bytes)
+        if verdict.unsafe:
+            ...
+
+Retries with exponential backoff happen only on UNAVAILABLE, RESOURCE_EXHAUSTED and
+DEADLINE_EXCEEDED, within the call's deadline, and never for a bad request. With several
+URLs, calls are spread round-robin and a failed endpoint's retry goes to the next one.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
+
+import numpy as np
+
+from .errors import DeadlineExceededError, EditGuardError, InvalidInputError, ServerError, ServerUnavailableError
+
+__all__ = ["EditGuardClient", "Verdict", "Triple", "ImageInput", "encode_image", "parse_urls", "MAX_IMAGE_BYTES"]
+
+ImageInput = Union[bytes, bytearray, memoryview, str, Path, np.ndarray, "PIL.Image.Image"]
+MAX_IMAGE_BYTES = 32 * 1024 * 1024  # the server's limit; bigger images are refused before sending
+MAX_PROMPT_BYTES = 64 * 1024
+RETRY_STATUSES = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED")
+OUTPUTS = ("SCORES", "FLAGGED", "UNSAFE", "LABELS")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One triple's verdict. ``scores``/``flagged`` are keyed by category, in the server's label order."""
+
+    unsafe: bool
+    scores: dict[str, float]
+    flagged: dict[str, bool]
+    model_name: str
+    model_version: str
+    latency_ms: float  # client-side, retries included
+    id: str | None = None
+
+    @property
+    def flagged_categories(self) -> list[str]:
+        return [k for k, v in self.flagged.items() if v]
+
+
+@dataclass
+class Triple:
+    """One edit to classify; ``id`` keys the result in :meth:`EditGuardClient.classify_many`."""
+
+    id: str
+    input_image: ImageInput
+    prompt: str
+    output_image: ImageInput
+    mask: ImageInput | None = None
+
+
+def encode_image(image: ImageInput, field: str = "image", max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """Encoded bytes from bytes, a path, a PIL image or a uint8 array (arrays and PIL images become PNG)."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data = bytes(image)
+    elif isinstance(image, (str, Path)):
+        try:
+            data = Path(image).read_bytes()
+        except OSError as e:
+            raise InvalidInputError(f"{field}: can't read {image}: {e.strerror}") from e
+    else:
+        from PIL import Image
+
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim not in (2, 3):
+                raise InvalidInputError(f"{field}: arrays must be uint8 HxW or HxWxC, got {image.dtype} {image.shape}")
+            image = Image.fromarray(image)
+        if not isinstance(image, Image.Image):
+            raise InvalidInputError(f"{field}: unsupported image type {type(image).__name__}")
+        buf = io.BytesIO()
+        image.save(buf, "PNG", compress_level=1)
+        data = buf.getvalue()
+    if not data:
+        raise InvalidInputError(f"{field}: empty image")
+    if len(data) > max_bytes:
+        raise InvalidInputError(f"{field}: {len(data)} bytes is over the {max_bytes}-byte limit; downscale it first")
+    return data
+
+
+def parse_urls(url: str | Sequence[str]) -> list[str]:
+    """``"host:port"``, ``"a:1,b:2"`` or a list of them -> a list of ``host:port``."""
+    urls = [u.strip() for part in ([url] if isinstance(url, str) else url) for u in part.split(",") if u.strip()]
+    if not urls:
+        raise ValueError(f"url: give at least one host:port, got {url!r}")
+    return urls
+
+
+def _status(e: Exception) -> str:
+    s = getattr(e, "status", None)
+    s = s() if callable(s) else s
+    return str(s or "").replace("StatusCode.", "")
+
+
+def to_error(e: Exception, item_id: str | None = None) -> EditGuardError:
+    """Map a tritonclient/gRPC error to the client's exception tree."""
+    status = _status(e)
+    msg = getattr(e, "message", lambda: str(e))() if callable(getattr(e, "message", None)) else str(e)
+    cls = {"INVALID_ARGUMENT": InvalidInputError, "UNAVAILABLE": ServerUnavailableError,
+           "RESOURCE_EXHAUSTED": ServerUnavailableError, "DEADLINE_EXCEEDED": DeadlineExceededError}.get(status, ServerError)
+    prefix = f"{item_id}: " if item_id else ""
+    return cls(f"{prefix}{msg}", item_id=item_id, status=status or None)
+
+
+def build_inputs(module, input_image: bytes, prompt: str, output_image: bytes, mask: bytes | None) -> list:
+    """tritonclient InferInput objects for one triple (``module``: tritonclient.grpc or .grpc.aio)."""
+    fields = [("INPUT_IMAGE", input_image), ("OUTPUT_IMAGE", output_image), ("PROMPT", prompt.encode("utf-8"))]
+    if mask is not None:
+        fields.append(("MASK", mask))
+    inputs = []
+    for name, value in fields:
+        t = module.InferInput(name, [1, 1], "BYTES")
+        t.set_data_from_numpy(np.array([[value]], dtype=np.object_))
+        inputs.append(t)
+    return inputs
+
+
+def prepare(input_image, prompt, output_image, mask) -> tuple[bytes, str, bytes, bytes | None]:
+    """Validate and encode one triple on the client side (no network)."""
+    if not isinstance(prompt, str):
+        raise InvalidInputError(f"prompt must be a str, got {type(prompt).__name__}")
+    if len(prompt.encode("utf-8", "surrogatepass")) > MAX_PROMPT_BYTES:
+        raise InvalidInputError(f"prompt is over {MAX_PROMPT_BYTES} bytes")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidInputError(f"prompt is not encodable as UTF-8: {e}") from e
+    return (encode_image(input_image, "input_image"), prompt, encode_image(output_image, "output_image"),
+            None if mask is None else encode_image(mask, "mask"))
+
+
+def make_verdict(result, model: str, latency_ms: float, item_id: str | None) -> Verdict:
+    scores = result.as_numpy("SCORES")[0]
+    flagged = result.as_numpy("FLAGGED")[0]
+    labels = [x.decode() if isinstance(x, bytes) else str(x) for x in result.as_numpy("LABELS")[0]]
+    response = result.get_response()
+    return Verdict(bool(result.as_numpy("UNSAFE")[0, 0]), {k: float(v) for k, v in zip(labels, scores)},
+                   {k: bool(v) for k, v in zip(labels, flagged)}, response.model_name or model,
+                   response.model_version, latency_ms, item_id)
+
+
+class _Backoff:
+    """Exponential backoff (capped at 1 s) until the deadline, or ``retries`` retries if given."""
+
+    def __init__(self, timeout: float, retries: int | None, base: float):
+        self.deadline = time.monotonic() + timeout
+        self.retries, self.base, self.attempt = retries, base, 0
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def next_delay(self, status: str) -> float | None:
+        """Seconds to wait before retrying, or None when this error must not (or can't) be retried."""
+        self.attempt += 1
+        if status not in RETRY_STATUSES or (self.retries is not None and self.attempt > self.retries):
+            return None
+        delay = min(self.base * 2 ** (self.attempt - 1), 1.0)
+        return delay if self.remaining() > delay + 0.01 else None
+
+
+@dataclass
+class EditGuardClient:
+    """Classify triples with a running editguard server over gRPC; a context manager.
+
+    ``url``: ``host:port`` or a list of them (load spread round-robin). ``timeout``: the
+    deadline of one classify call in seconds, retries included. ``version``: pin a model
+    version ("" = the server's latest). ``retries``: None retries UNAVAILABLE,
+    RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED until the deadline; a number caps them.
+    """
+
+    url: str | Sequence[str]
+    model: str = "editguard"
+    version: str = ""
+    timeout: float = 10.0
+    retries: int | None = None  # None: retry transient errors until the deadline
+    backoff: float = 0.05
+    _clients: list = field(default_factory=list, init=False, repr=False)
+    _rr: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self._grpc = grpcclient
+        urls = parse_urls(self.url)
+        self._clients = [grpcclient.InferenceServerClient(u) for u in urls]
+        self._urls = urls
+        self._rr = itertools.count()
+        self._lock = threading.Lock()
+
+    def _pick(self, offset: int = 0):
+        with self._lock:
+            i = next(self._rr)
+        return self._clients[(i + offset) % len(self._clients)]
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def close(self) -> None:
+        for c in self._clients:
+            c.close()
+
+    def __enter__(self) -> "EditGuardClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def ready(self) -> bool:
+        """True when at least one endpoint has the model ready."""
+        for c in self._clients:
+            try:
+                if c.is_model_ready(self.model, self.version):
+                    return True
+            except Exception:  # an endpoint that does not answer is simply not ready
+                continue
+        return False
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > deadline:
+                raise ServerUnavailableError(f"model {self.model!r} not ready at {', '.join(self._urls)} "
+                                             f"after {timeout:.0f} s; is `editguard serve` running?")
+            time.sleep(0.2)
+
+    # -- classification -----------------------------------------------------------------------
+    def classify(self, input_image: ImageInput, prompt: str, output_image: ImageInput,
+                 mask: ImageInput | None = None, *, timeout: float | None = None, id: str | None = None) -> Verdict:
+        """Classify one triple. Raises an :class:`EditGuardError` subclass."""
+        t0 = time.perf_counter()
+        try:
+            args = prepare(input_image, prompt, output_image, mask)
+        except InvalidInputError as e:
+            if id:
+                e.item_id = id
+                e.args = (f"{id}: {e}",)
+            raise
+        inputs = build_inputs(self._grpc, *args)
+        outputs = [self._grpc.InferRequestedOutput(n) for n in OUTPUTS]
+        plan = _Backoff(timeout or self.timeout, self.retries, self.backoff)
+        offset = 0
+        while True:
+            try:
+                result = self._pick(offset).infer(self.model, inputs, model_version=self.version, outputs=outputs,
+                                                  client_timeout=max(plan.remaining(), 0.001))
+                return make_verdict(result, self.model, (time.perf_counter() - t0) * 1e3, id)
+            except Exception as e:  # tritonclient raises InferenceServerException for gRPC errors
+                err = to_error(e, id)
+                delay = plan.next_delay(err.status or "")
+                if delay is None:
+                    raise err from e
+                offset += 1  # the next attempt goes to the next endpoint
+                time.sleep(delay)
+
+    def classify_many(self, triples: Iterable[Triple | Mapping | tuple], *, concurrency: int = 8
+                      ) -> Iterator[tuple[str, Verdict | EditGuardError]]:
+        """Classify many triples with at most ``concurrency`` requests in flight.
+
+        Yields ``(id, verdict)`` or ``(id, error)`` in completion order: one bad item is an
+        error for that item only. Concurrency is what lets Triton's dynamic batcher form batches.
+        Items may be :class:`Triple`, dicts with the same keys, or ``(id, input, prompt, output[, mask])``.
+        """
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        items = (_as_triple(t) for t in triples)
+        with ThreadPoolExecutor(concurrency) as pool:
+            pending = {}
+            for t in itertools.islice(items, concurrency):
+                pending[pool.submit(self._one, t)] = t.id
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    item_id = pending.pop(fut)
+                    yield item_id, fut.result()
+                    nxt = next(items, None)
+                    if nxt is not None:
+                        pending[pool.submit(self._one, nxt)] = nxt.id
+
+    def _one(self, t: Triple) -> Verdict | EditGuardError:
+        try:
+            return self.classify(t.input_image, t.prompt, t.output_image, t.mask, id=t.id)
+        except EditGuardError as e:
+            return e
+
+
+def _as_triple(t) -> Triple:
+    if isinstance(t, Triple):
+        return t
+    if isinstance(t, Mapping):
+        return Triple(str(t["id"]), t["input_image"], t["prompt"], t["output_image"], t.get("mask"))
+    if isinstance(t, tuple) and len(t) in (4, 5):
+        return Triple(str(t[0]), *t[1:])
+    raise TypeError(f"can't classify {type(t).__name__}: give a Triple, a dict or (id, input, prompt, output[, mask])")

@@ -1,0 +1,157 @@
+"""Scoring results on disk: JSONL, or a Parquet dataset (a folder of part files). Append-only and
+exactly-once by id, also after ``kill -9``.
+
+- JSONL: one row per line, flushed as written; a torn last line (the process died mid-write)
+  is cut off when the file is reopened, so each id is either fully written or absent.
+- Parquet: rows are buffered and written as ``part-NNNNN.parquet`` files, each renamed into
+  place whole; rows not yet in a part are simply scored again on resume.
+
+Row schema: ``id``, ``model_version``, ``unsafe``, ``score_<category>``, ``flag_<category>``
+for each category, ``labels`` (a list of names) when the manifest has labels, and ``meta`` (the
+record's meta as a JSON string) when it has one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+__all__ = ["ResultWriter", "read_results", "results_arrays", "ErrorLog"]
+
+
+def _is_jsonl(path: Path) -> bool:
+    return path.suffix.lower() in (".jsonl", ".ndjson", ".json")
+
+
+class ResultWriter:
+    """Append rows; ``done`` holds the ids already on disk (read when opened)."""
+
+    def __init__(self, path: str | Path, part_rows: int = 512):
+        self.path = Path(path)
+        self.jsonl = _is_jsonl(self.path)
+        self.part_rows = part_rows
+        self._buffer: list[dict] = []
+        self.done: set[str] = set()
+        if self.jsonl:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._repair_jsonl()
+            self.done = {r["id"] for r in _iter_jsonl(self.path)} if self.path.exists() else set()
+            self._f = open(self.path, "a", encoding="utf-8")
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.done = {r["id"] for r in read_results(self.path, columns=["id"])}
+            self._next = 1 + max((int(p.stem.split("-")[1]) for p in self.path.glob("part-*.parquet")), default=-1)
+
+    def _repair_jsonl(self) -> None:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as f:
+            data = f.read()
+            if not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)  # drop the torn last line
+
+    def write(self, row: dict) -> None:
+        if self.jsonl:
+            self._f.write(json.dumps(row) + "\n")
+            self._f.flush()
+        else:
+            self._buffer.append(row)
+            if len(self._buffer) >= self.part_rows:
+                self.flush()
+        self.done.add(row["id"])
+
+    def flush(self) -> None:
+        if self.jsonl:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            return
+        if not self._buffer:
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".part-", suffix=".tmp")
+        os.close(fd)
+        pq.write_table(pa.Table.from_pylist(self._buffer), tmp)
+        os.replace(tmp, self.path / f"part-{self._next:05d}.parquet")
+        self._next += 1
+        self._buffer = []
+
+    def close(self) -> None:
+        self.flush()
+        if self.jsonl:
+            self._f.close()
+
+    def __enter__(self) -> "ResultWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _iter_jsonl(path: Path) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.endswith("\n") and line.strip():
+                yield json.loads(line)
+
+
+def read_results(path: str | Path, columns: list[str] | None = None) -> list[dict]:
+    """All rows of a results file (JSONL) or folder (Parquet parts)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    if _is_jsonl(path):
+        rows = list(_iter_jsonl(path))
+        return [{k: r.get(k) for k in columns} for r in rows] if columns else rows
+    import pyarrow.parquet as pq
+
+    rows = []
+    for part in sorted(path.glob("part-*.parquet")):
+        rows += pq.read_table(part, columns=columns).to_pylist()
+    return rows
+
+
+def results_arrays(rows: list[dict]) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """``(labels, scores [N, C], y_true [N, C] or None)`` from result rows (labels from the score columns)."""
+    if not rows:
+        raise ValueError("no results to read")
+    labels = [k[len("score_"):] for k in rows[0] if k.startswith("score_")]
+    scores = np.array([[r[f"score_{c}"] for c in labels] for r in rows], dtype=np.float64)
+    y = None
+    if rows[0].get("labels") is not None:
+        y = np.array([[c in (r["labels"] or []) for c in labels] for r in rows], dtype=np.int64)
+    return labels, scores, y
+
+
+class ErrorLog:
+    """``<results>.errors.jsonl``: the latest failure of each id that has not since succeeded."""
+
+    def __init__(self, results: Path):
+        self.path = results.with_name(results.name + ".errors.jsonl")
+        self.errors: dict[str, dict] = {}
+        if self.path.exists():
+            for r in _iter_jsonl(self.path):
+                self.errors[r["id"]] = r
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def add(self, item_id: str, kind: str, reason: str) -> None:
+        rec = {"id": item_id, "error": kind, "reason": reason}
+        self.errors[item_id] = rec
+        self._f.write(json.dumps(rec) + "\n")
+        self._f.flush()
+
+    def close(self, succeeded: set[str]) -> None:
+        """Rewrite the file with only the ids that still fail."""
+        self._f.close()
+        keep = [r for i, r in self.errors.items() if i not in succeeded]
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".errors.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in keep)
+        os.replace(tmp, self.path)
+        self.errors = {r["id"]: r for r in keep}

@@ -1,0 +1,184 @@
+"""``editguard score``: offline batch scoring of a manifest, resumable and exactly-once by id.
+
+Two backends, one output schema (see :mod:`editguard.clients.results`):
+
+- ``--server URL``: through Triton with the thin client (the production path), with
+  ``--concurrency`` requests in flight so Triton's dynamic batcher forms batches;
+- ``--repository REPO``: in-process, with onnxruntime on the exported ONNX and the same
+  preprocessing and thresholds as the served version; no server, no torch.
+
+Per-item failures go to ``<out>.errors.jsonl`` with the reason, and the run goes on. A rerun
+skips ids already written and retries the ones that failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .results import ErrorLog, ResultWriter, read_results, results_arrays
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["ScoreConfig", "ScoreSummary", "score", "LocalScorer"]
+
+
+@dataclass
+class ScoreConfig:
+    manifest: str  # JSONL/Parquet/CSV manifest (labels optional)
+    out: str  # results: a .jsonl file, or a folder of Parquet parts
+    server: str | None = None  # Triton gRPC URL(s), comma-separated
+    repository: str | None = None  # score in-process from this exported repository instead
+    version: str = ""  # model version ("" = latest)
+    concurrency: int = 8  # requests in flight (server) or items per batch (in-process: batch_size)
+    batch_size: int = 32  # in-process batch size
+    timeout: float = 30.0  # per-request deadline, retries included (server)
+    allow_outside_root: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.server is None) == (self.repository is None):
+            raise ValueError("give exactly one of --server URL (score through Triton) or --repository REPO "
+                             "(score in-process with onnxruntime)")
+
+
+@dataclass
+class ScoreSummary:
+    scored: int  # rows written by this run
+    skipped: int  # ids already in the results
+    errors: int  # ids that failed in this run
+    seconds: float
+    total_rows: int  # rows in the results now
+    report: dict | None = None  # metrics over all rows, when the manifest has labels
+
+
+def _row(item_id: str, version: str, labels: list[str], scores, flagged, unsafe: bool, rec) -> dict:
+    row = {"id": item_id, "model_version": str(version), "unsafe": bool(unsafe)}
+    row.update({f"score_{c}": float(s) for c, s in zip(labels, scores)})
+    row.update({f"flag_{c}": bool(f) for c, f in zip(labels, flagged)})
+    if rec.has_labels:
+        row["labels"] = list(rec.labels)
+    if rec.meta:
+        row["meta"] = json.dumps(rec.meta, sort_keys=True)  # a JSON string, so Parquet parts share one schema
+    return row
+
+
+class LocalScorer:
+    """One exported version run in-process: preprocessing + onnxruntime + thresholds."""
+
+    def __init__(self, repository: str | Path, version: str = ""):
+        from ..export.repository import CLASSIFIER, FRONT, versions
+        from ..model.preprocess import Preprocessor
+        from ..model.thresholds import load_thresholds
+
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ImportError("in-process scoring needs onnxruntime: pip install 'editguard[serve]'") from e
+        repo = Path(repository)
+        have = versions(repo, FRONT)
+        if not have:
+            raise FileNotFoundError(f"{repo} has no exported versions; run `editguard export MODEL_DIR --repository {repo}`")
+        self.version = str(version or max(have))
+        front = repo / FRONT / self.version
+        self.pre = Preprocessor.from_dir(front)
+        self.labels = json.loads((front / "config.json").read_text())["labels"]
+        self.thresholds = load_thresholds(front, self.labels)
+        self.session = ort.InferenceSession(str(repo / CLASSIFIER / self.version / "model.onnx"),
+                                            providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def score(self, records, batch_size: int) -> Iterator[tuple[str, object]]:
+        """Yields ``(id, (scores, flagged, unsafe))`` or ``(id, PreprocessError)``."""
+        from ..model.preprocess import PreprocessError, collate
+
+        for start in range(0, len(records), batch_size):
+            good, items = [], []
+            for r in records[start:start + batch_size]:
+                try:
+                    items.append(self.pre.triple(r.input_image, r.prompt, r.output_image, r.mask))
+                    good.append(r)
+                except PreprocessError as e:
+                    yield r.id, e
+            if not items:
+                continue
+            batch = collate(items)
+            probs = self.session.run(["probabilities"], {k: batch[k] for k in self.inputs})[0]
+            flags = probs >= self.thresholds
+            for r, p, f in zip(good, probs, flags):
+                yield r.id, (p, f, bool(f.any()))
+
+
+def score(cfg: ScoreConfig) -> ScoreSummary:
+    """Score every record of ``cfg.manifest`` not yet in ``cfg.out``; see the module docstring."""
+    from tqdm import tqdm
+
+    from ..training.manifest import read_manifest
+
+    t0 = time.perf_counter()
+    records = read_manifest(cfg.manifest, require_labels=False, allow_outside_root=cfg.allow_outside_root)
+    out = Path(cfg.out)
+    writer, errors = ResultWriter(out), ErrorLog(out)
+    todo = [r for r in records if r.id not in writer.done]
+    skipped, scored, failed, succeeded = len(records) - len(todo), 0, 0, set()
+    by_id = {r.id: r for r in todo}
+    bar = tqdm(total=len(todo), unit="triple", desc="score", disable=not cfg.progress, smoothing=0.1)
+    try:
+        for item_id, result, version, labels in _results(cfg, todo):
+            if isinstance(result, Exception):
+                errors.add(item_id, type(result).__name__, str(result))
+                failed += 1
+            else:
+                scores, flagged, unsafe = result
+                writer.write(_row(item_id, version, labels, scores, flagged, unsafe, by_id[item_id]))
+                succeeded.add(item_id)
+                scored += 1
+            bar.update()
+            bar.set_postfix(errors=failed)
+    finally:
+        bar.close()
+        writer.close()
+        errors.close(writer.done)
+    rows = read_results(out)
+    return ScoreSummary(scored, skipped, failed, round(time.perf_counter() - t0, 2), len(rows), _report(rows))
+
+
+def _results(cfg: ScoreConfig, todo) -> Iterator[tuple[str, object, str, list[str]]]:
+    if cfg.repository:
+        scorer = LocalScorer(cfg.repository, cfg.version)
+        for item_id, res in scorer.score(todo, cfg.batch_size):
+            yield item_id, res, scorer.version, scorer.labels
+        return
+    from .client import EditGuardClient, Triple, Verdict
+
+    with EditGuardClient(cfg.server, version=cfg.version, timeout=cfg.timeout) as client:
+        client.wait_ready(timeout=cfg.timeout)
+        triples = (Triple(r.id, r.input_image, r.prompt, r.output_image, r.mask) for r in todo)
+        for item_id, res in client.classify_many(triples, concurrency=cfg.concurrency):
+            if isinstance(res, Verdict):
+                labels = list(res.scores)
+                yield item_id, (list(res.scores.values()), list(res.flagged.values()), res.unsafe), \
+                    res.model_version, labels
+            else:
+                yield item_id, res, "", []
+
+
+def _report(rows: list[dict]) -> dict | None:
+    if not rows or rows[0].get("labels") is None:
+        return None
+    try:
+        from ..training.metrics import classification_report
+    except ImportError:
+        return None
+    labels, scores, y = results_arrays(rows)
+    try:
+        return classification_report(y, scores, labels)
+    except ImportError:
+        _logger.info("metrics need scikit-learn: pip install 'editguard[calibrate]'")
+        return None

@@ -1,0 +1,229 @@
+"""The thin client, batch scoring and calibration, against a real Triton over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from editguard.clients import (AsyncEditGuardClient, EditGuardClient, InvalidInputError, ServerUnavailableError,
+                               Triple, Verdict)
+from editguard.clients.calibrate import Target, UnmetTargetError, calibrate, choose_threshold
+from editguard.clients.results import read_results, results_arrays
+from editguard.clients.score import ScoreConfig, score
+from editguard.cli import main
+from editguard.export.triton import TritonServer, free_port
+
+from conftest import read_jsonl, triple_bytes
+
+
+def test_thin_client_imports_no_torch():
+    code = ("import sys, editguard.clients, editguard.clients.score, editguard.clients.calibrate; "
+            "from editguard.clients import EditGuardClient, AsyncEditGuardClient; EditGuardClient('127.0.0.1:1'); "
+            "heavy = [m for m in ('torch', 'timm', 'transformers') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_round_trip_every_input_type(triton, synth_sets):
+    t = triple_bytes(synth_sets["test"], 1)[0]
+    root = Path(synth_sets["test"]).parent
+    rec = read_jsonl(synth_sets["test"])[0]
+    src_img = Image.open(io.BytesIO(t["input"])).convert("RGB")
+    out_arr = np.asarray(Image.open(io.BytesIO(t["output"])).convert("RGB"))
+    with EditGuardClient(triton.grpc_url) as guard:
+        guard.wait_ready()
+        ref = guard.classify(t["input"], t["prompt"], t["output"], t["mask"])
+        variants = [
+            guard.classify(root / rec["input_image"], t["prompt"], str(root / rec["output_image"]), root / rec["mask"]),
+            guard.classify(src_img, t["prompt"], out_arr, np.asarray(Image.open(io.BytesIO(t["mask"])))),
+        ]
+    assert isinstance(ref, Verdict) and ref.model_name == "editguard" and ref.model_version == "2"
+    assert list(ref.scores) == ["sexual", "minors", "identity_alteration", "violence_gore", "hate_symbols",
+                                "religious_cultural", "unintended_change"]  # from the server's LABELS
+    assert ref.unsafe == any(ref.flagged.values()) and ref.latency_ms > 0
+    for v in variants:
+        assert v.scores == pytest.approx(ref.scores, abs=1e-6)
+
+
+def test_async_client(triton, synth_sets):
+    triples = triple_bytes(synth_sets["test"], 6)
+
+    async def run():
+        async with AsyncEditGuardClient(triton.grpc_url) as guard:
+            await guard.wait_ready()
+            one = await guard.classify(triples[0]["input"], triples[0]["prompt"], triples[0]["output"])
+            many = [x async for x in guard.classify_many(
+                [Triple(t["id"], t["input"], t["prompt"], t["output"]) for t in triples], concurrency=3)]
+        return one, many
+
+    one, many = asyncio.run(run())
+    assert isinstance(one, Verdict) and len(many) == 6
+    assert {i for i, _ in many} == {t["id"] for t in triples} and all(isinstance(v, Verdict) for _, v in many)
+
+
+def test_bad_item_in_classify_many_fails_alone(triton, synth_sets):
+    triples = [Triple(t["id"], t["input"], t["prompt"], t["output"]) for t in triple_bytes(synth_sets["test"], 10)]
+    triples[3] = Triple("corrupt", triples[3].input_image, "x", b"\x89PNG\r\n\x1a\n-not-really")
+    triples[6] = Triple("missing-file", "/nonexistent/in.png", "x", triples[6].output_image)
+    with EditGuardClient(triton.grpc_url) as guard:
+        results = dict(guard.classify_many(triples, concurrency=4))
+    assert len(results) == 10
+    assert isinstance(results["corrupt"], InvalidInputError) and "OUTPUT_IMAGE" in str(results["corrupt"])
+    assert results["corrupt"].item_id == "corrupt" and results["corrupt"].status == "INVALID_ARGUMENT"
+    assert isinstance(results["missing-file"], InvalidInputError) and "can't read" in str(results["missing-file"])
+    assert sum(isinstance(v, Verdict) for v in results.values()) == 8
+
+
+def test_bad_request_is_never_retried(triton, synth_sets):
+    import tritonclient.grpc as grpcclient
+
+    t = triple_bytes(synth_sets["test"], 1)[0]
+
+    def requests():  # every request the model saw (Triton counts an error response as a handled request)
+        with grpcclient.InferenceServerClient(triton.grpc_url) as c:
+            s = c.get_inference_statistics("editguard", as_json=True)["model_stats"]
+        return sum(int(m["inference_stats"][k].get("count", 0)) for m in s for k in ("success", "fail"))
+
+    before = requests()
+    with EditGuardClient(triton.grpc_url) as guard, pytest.raises(InvalidInputError):
+        guard.classify(t["input"], t["prompt"], t["output"][:80])
+    assert requests() == before + 1
+
+
+def test_retries_while_the_server_restarts(repository, synth_sets):
+    t = triple_bytes(synth_sets["test"], 1)[0]
+    ports = dict(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    server = TritonServer(repository, **ports).start()
+    with EditGuardClient(server.grpc_url, timeout=120) as guard:
+        before = guard.classify(t["input"], t["prompt"], t["output"])
+        server.stop()
+        with pytest.raises(ServerUnavailableError):  # a short deadline: the error, typed
+            guard.classify(t["input"], t["prompt"], t["output"], timeout=0.5)
+        restarted = TritonServer(repository, **ports)
+        threading.Thread(target=lambda: (time.sleep(1.0), restarted.start()), daemon=True).start()
+        after = guard.classify(t["input"], t["prompt"], t["output"])  # retried until it is back
+    restarted.stop()
+    assert after.scores == pytest.approx(before.scores, abs=1e-6) and after.latency_ms > 1000
+
+
+def test_two_endpoints_share_the_load(triton, repository, synth_sets):
+    import tritonclient.grpc as grpcclient
+
+    triples = [Triple(t["id"], t["input"], t["prompt"], t["output"]) for t in triple_bytes(synth_sets["test"], 12)]
+    with TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as other:
+        with EditGuardClient([triton.grpc_url, other.grpc_url]) as guard:
+            assert all(isinstance(v, Verdict) for _, v in guard.classify_many(triples, concurrency=4))
+        with grpcclient.InferenceServerClient(other.grpc_url) as c:
+            s = c.get_inference_statistics("editguard", as_json=True)["model_stats"]
+        served = sum(int(m["inference_stats"]["success"].get("count", 0)) for m in s)
+    assert 3 <= served <= 9  # roughly half of 12
+
+
+def test_score_resumes_after_kill_9_exactly_once(triton, synth_sets, tmp_path):
+    out = tmp_path / "res.jsonl"
+    cmd = [sys.executable, "-m", "editguard", "score", str(synth_sets["val"]), "--out", str(out), "--server",
+           triton.grpc_url, "--concurrency", "4", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 40):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = out.read_text().count("\n")
+    assert 40 <= partial < 300
+    s = score(ScoreConfig(manifest=str(synth_sets["val"]), out=str(out), server=triton.grpc_url, progress=False))
+    ids = [r["id"] for r in read_results(out)]
+    assert s.skipped >= partial and len(ids) == len(set(ids)) == 300
+    assert set(ids) == {r["id"] for r in read_jsonl(synth_sets["val"])}
+    assert s.report["macro"]["auroc"] > 0.8
+
+
+def test_score_in_process_parquet_matches_server_and_logs_failures(triton, repository, synth_sets, tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    root = Path(synth_sets["test"]).parent
+    rows = read_jsonl(synth_sets["test"])[:40]
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    for r in rows:
+        for k in ("input_image", "output_image", "mask"):
+            r[k] = str(root / r[k])
+    rows[7]["output_image"] = str(tmp_path / "bad.png")
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kw = dict(manifest=str(manifest), allow_outside_root=True, progress=False)
+    a = score(ScoreConfig(out=str(tmp_path / "local"), repository=str(repository), **kw))
+    b = score(ScoreConfig(out=str(tmp_path / "served.jsonl"), server=triton.grpc_url, **kw))
+    assert (a.scored, a.errors, b.scored, b.errors) == (39, 1, 39, 1)
+    errs = read_jsonl(tmp_path / "local.errors.jsonl")
+    assert errs[0]["id"] == rows[7]["id"] and "truncated" in errs[0]["reason"]
+    local = {r["id"]: r for r in read_results(tmp_path / "local")}
+    served = {r["id"]: r for r in read_results(tmp_path / "served.jsonl")}
+    for k, r in local.items():
+        assert r["score_sexual"] == pytest.approx(served[k]["score_sexual"], abs=1e-4)
+    again = score(ScoreConfig(out=str(tmp_path / "local"), repository=str(repository), **kw))
+    assert (again.scored, again.skipped, again.errors) == (0, 39, 1)  # resumes; retries only the failure
+
+
+def test_calibration_reaches_its_target_on_held_out_data(triton, synth_sets, tmp_path):
+    for name in ("val", "test"):
+        score(ScoreConfig(manifest=str(synth_sets[name]), out=str(tmp_path / f"{name}.jsonl"), server=triton.grpc_url,
+                          progress=False))
+    labels, s_val, y_val = results_arrays(read_results(tmp_path / "val.jsonl"))
+    _, s_test, y_test = results_arrays(read_results(tmp_path / "test.jsonl"))
+    # the aggregate decision (any category) at precision >= 0.9, chosen on val, checked on test
+    choice = choose_threshold(y_val.max(1), s_val.max(1), target=Target("precision", 0.9))
+    assert choice.achieved
+    pred, truth = s_test.max(1) >= choice.threshold, y_test.max(1).astype(bool)
+    held_out_precision = (pred & truth).sum() / pred.sum()
+    assert held_out_precision >= 0.9, (choice, held_out_precision)
+    res = calibrate(labels, y_val, s_val, targets={n: Target("precision", 0.8) for n in labels}, allow_unmet=True)
+    met = [n for n, c in res.choices.items() if c.achieved]
+    assert len(met) >= 5
+
+
+def test_unmet_target_names_the_category_and_the_best():
+    y = np.array([[0, 1], [1, 1], [0, 0], [1, 0]])
+    s = np.array([[0.9, 0.9], [0.8, 0.8], [0.7, 0.1], [0.1, 0.2]])
+    targets = {"a": Target("precision", 0.9), "b": Target("precision", 0.9)}
+    with pytest.raises(UnmetTargetError, match=r"a: precision>=0.9 is out of reach, the best is 0.500") as e:
+        calibrate(["a", "b"], y, s, targets=targets, n_boot=10)
+    assert e.value.best == {"a": 0.5}
+    res = calibrate(["a", "b"], y, s, targets=targets, n_boot=10, allow_unmet=True)
+    assert not res.choices["a"].achieved and res.choices["b"].achieved
+    with pytest.raises(ValueError, match="target metric must be 'precision' or 'recall', got 'f1'"):
+        Target("f1", 0.5)
+
+
+def test_installed_thresholds_change_verdicts_without_restart(triton, repository, synth_sets, tmp_path):
+    t = triple_bytes(synth_sets["test"], 1)[0]
+    out = tmp_path / "val.jsonl"
+    score(ScoreConfig(manifest=str(synth_sets["val"]), out=str(out), server=triton.grpc_url, version="1",
+                      progress=False))
+    with EditGuardClient(triton.grpc_url, version="1") as guard:
+        default = guard.classify(t["input"], t["prompt"], t["output"])
+        assert main(["calibrate", str(out), "--target", "recall=1.0", "--out", str(tmp_path / "th.json"),
+                     "--install", str(repository), "--plots", str(tmp_path / "plots"), "--slice-by", "skin_tone",
+                     "--calibration", "isotonic", "--bootstrap", "20"]) == 0
+        installed = json.loads((Path(repository) / "editguard" / "1" / "thresholds.json").read_text())
+        assert installed["model_version"] == "1"
+        lowest = min(c["threshold"] for c in installed["categories"].values())
+        every = dict(installed, categories={n: {"threshold": 0.0} for n in default.scores})
+        (Path(repository) / "editguard" / "1" / "thresholds.json").write_text(json.dumps(every))
+        flagged = guard.classify(t["input"], t["prompt"], t["output"])
+        (Path(repository) / "editguard" / "1" / "thresholds.json").unlink()
+        back = guard.classify(t["input"], t["prompt"], t["output"])
+    assert lowest < 0.5  # recall 1.0 needs lower thresholds than the default
+    assert all(flagged.flagged.values()) and flagged.unsafe
+    assert back.flagged == default.flagged
+    for png in ("pr_curves.png", "reliability.png"):
+        assert Image.open(tmp_path / "plots" / png).size[0] > 400

@@ -1,0 +1,191 @@
+"""A real Triton on the CPU serving an exported tiny model, over real gRPC."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from editguard.clients.client import build_inputs
+from editguard.export.repository import CLASSIFIER, FRONT, ExportConfig, export_version, read_config, templates_dir
+from editguard.export.triton import free_port
+from editguard.model.model_dir import load_model_dir
+from editguard.model.preprocess import collate
+
+from conftest import triple_bytes
+
+OUTPUTS = ("SCORES", "FLAGGED", "UNSAFE", "LABELS")
+
+
+def inputs(t: dict, corrupt: bool = False, mask: bool = True) -> list:
+    return build_inputs(grpcclient, t["input"], t["prompt"], t["output"][:60] if corrupt else t["output"],
+                        t["mask"] if mask else None)
+
+
+def infer(url: str, t: dict, version: str = "", **kw):
+    with grpcclient.InferenceServerClient(url) as c:
+        return c.infer(FRONT, inputs(t, **kw), model_version=version,
+                       outputs=[grpcclient.InferRequestedOutput(n) for n in OUTPUTS])
+
+
+def test_every_config_parses_with_tritons_schema(repository):
+    paths = list(templates_dir().rglob("*.pbtxt")) + list(Path(repository).rglob("*.pbtxt"))
+    assert len(paths) >= 8
+    for p in paths:
+        cfg = read_config(p)
+        assert cfg.name in (FRONT, CLASSIFIER) and cfg.max_batch_size > 0, p
+    front = read_config(Path(repository) / FRONT / "config.pbtxt")
+    assert [i.name for i in front.input] == ["INPUT_IMAGE", "OUTPUT_IMAGE", "PROMPT", "MASK"]
+    assert all(i.data_type == 13 and list(i.dims) == [1] for i in front.input)  # TYPE_STRING [1]
+    assert front.input[3].optional and front.dynamic_batching.max_queue_delay_microseconds > 0
+    native = read_config(Path(repository) / CLASSIFIER / "configs" / "onnxruntime.pbtxt")
+    assert native.platform == "onnxruntime_onnx" and list(native.input[0].dims) == [64, 64, 3]
+    assert native.max_batch_size == 32  # --max-batch rewrote it
+
+
+def test_export_parity_recorded(repository):
+    meta = json.loads((Path(repository) / CLASSIFIER / "1" / "export.json").read_text())
+    assert meta["parity_fp32"]["max_abs_prob"] <= 1e-4 and meta["parity_fp32"]["n"] == 16
+    assert (Path(repository) / FRONT / "labels.txt").read_text().split() == meta["labels"]
+
+
+def test_served_scores_equal_torch(triton, tiny_model_dir, synth_sets):
+    triples = triple_bytes(synth_sets["test"], 12)
+    net, pre = load_model_dir(tiny_model_dir)
+    batch = collate([pre.triple(t["input"], t["prompt"], t["output"], t["mask"]) for t in triples])
+    with torch.no_grad():
+        ref = torch.sigmoid(net(**{k: torch.from_numpy(v) for k, v in batch.items()})).numpy()
+    served = np.concatenate([infer(triton.grpc_url, t).as_numpy("SCORES") for t in triples])
+    assert np.abs(served - ref).max() <= 1e-4
+    res = infer(triton.grpc_url, triples[0])
+    assert [x.decode() for x in res.as_numpy("LABELS")[0]] == net.cfg.labels
+    assert res.as_numpy("UNSAFE")[0, 0] == res.as_numpy("FLAGGED")[0].any()
+    assert res.get_response().model_version == "2"  # the latest version by default
+
+
+def test_dynamic_batching_forms_batches(triton, synth_sets):
+    triples = triple_bytes(synth_sets["test"], 16)
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda i: infer(triton.grpc_url, triples[i % 16]), range(96)))
+    assert all(r.as_numpy("SCORES").shape == (1, 7) for r in results)
+    with grpcclient.InferenceServerClient(triton.grpc_url) as c:
+        stats = c.get_inference_statistics(CLASSIFIER, as_json=True)["model_stats"]
+    sizes = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for s in stats for b in s.get("batch_stats", [])}
+    assert max(sizes) > 1, f"the classifier only ever ran batch sizes {sizes}"
+    print(f"classifier executions by batch size: {dict(sorted(sizes.items()))}")
+
+
+def test_corrupt_image_fails_alone(triton, synth_sets):
+    triples = triple_bytes(synth_sets["test"], 8)
+    before = infer(triton.grpc_url, triples[1]).as_numpy("SCORES")
+
+    def call(i):
+        try:
+            return infer(triton.grpc_url, triples[i % 8], corrupt=(i == 5))
+        except InferenceServerException as e:
+            return e
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(24)))
+    errors = [r for r in results if isinstance(r, InferenceServerException)]
+    assert len(errors) == 1 and "OUTPUT_IMAGE" in str(errors[0]) and "truncated" in str(errors[0])
+    assert errors[0].status() == "StatusCode.INVALID_ARGUMENT"
+    np.testing.assert_allclose(infer(triton.grpc_url, triples[1]).as_numpy("SCORES"), before, atol=1e-6)
+
+
+def test_missing_mask_is_accepted(triton, synth_sets):
+    t = triple_bytes(synth_sets["test"], 1)[0]
+    assert infer(triton.grpc_url, t, mask=False).as_numpy("SCORES").shape == (1, 7)
+
+
+def test_two_versions_side_by_side(triton, synth_sets):
+    t = triple_bytes(synth_sets["test"], 1)[0]
+    a, b = infer(triton.grpc_url, t, version="1"), infer(triton.grpc_url, t, version="2")
+    assert (a.get_response().model_version, b.get_response().model_version) == ("1", "2")
+    np.testing.assert_allclose(a.as_numpy("SCORES"), b.as_numpy("SCORES"), atol=1e-6)  # same weights
+    with grpcclient.InferenceServerClient(triton.grpc_url) as c:
+        ready = {m.version for m in c.get_model_repository_index().models if m.name == FRONT and m.state == "READY"}
+    assert ready == {"1", "2"}
+
+
+def test_classifier_rejects_out_of_range_tokens(triton):
+    with grpcclient.InferenceServerClient(triton.grpc_url) as c:
+        arrays = {"input_image": np.zeros((1, 64, 64, 3), np.uint8), "output_image": np.zeros((1, 64, 64, 3), np.uint8),
+                  "mask": np.zeros((1, 64, 64), np.uint8), "input_ids": np.full((1, 24), 10**6, np.int64),
+                  "attention_mask": np.ones((1, 24), np.int64)}
+        ins = []
+        for k, v in arrays.items():
+            x = grpcclient.InferInput(k, list(v.shape), {np.uint8: "UINT8", np.int64: "INT64"}[v.dtype.type])
+            x.set_data_from_numpy(v)
+            ins.append(x)
+        with pytest.raises(InferenceServerException, match="token id 1000000 is out of range"):
+            c.infer(CLASSIFIER, ins)
+        arrays["input_ids"][:] = 5
+        ins[3].set_data_from_numpy(arrays["input_ids"])
+        assert c.infer(CLASSIFIER, ins).as_numpy("probabilities").shape == (1, 7)
+
+
+def test_fp16_export_parity(tiny_model_dir, tmp_path):
+    r = export_version(ExportConfig(model_dir=str(tiny_model_dir), repository=str(tmp_path), fp16=True))
+    assert r.parity_fp16["max_abs_prob"] <= 1e-2 and r.parity_fp32["max_abs_prob"] <= 1e-4
+    import onnx
+
+    model = onnx.load(str(tmp_path / CLASSIFIER / "1" / "model.onnx"))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    with pytest.raises(FileExistsError, match="version 1 already exists"):
+        export_version(ExportConfig(model_dir=str(tiny_model_dir), repository=str(tmp_path), version=1))
+
+
+def test_tensorrt_plan(tiny_model_dir, tmp_path):
+    pytest.importorskip("tensorrt", reason="tensorrt is not installable on these machines (NVIDIA's index only); "
+                        "this test runs where it imports, e.g. NVIDIA's container")
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT needs a CUDA GPU")
+    r = export_version(ExportConfig(model_dir=str(tiny_model_dir), repository=str(tmp_path), runtime="tensorrt"))
+    assert Path(r.plan).stat().st_size > 0
+
+
+def test_serve_command_starts_and_stops(repository, tmp_path):
+    ports = [str(free_port()) for _ in range(3)]
+    cmd = [sys.executable, "-m", "editguard", "serve", "--repository", str(repository), "--grpc-port", ports[0],
+           "--http-port", ports[1], "--metrics-port", ports[2]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "Ctrl-C to stop" in line or not line:
+            break
+    assert any("gRPC" in ln and ports[0] in ln for ln in lines), "".join(lines)
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{ports[0]}") as c:
+        assert c.is_model_ready(FRONT)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0 and "Triton stopped (exit code 0)" in out
+
+
+def test_serve_reports_busy_port_and_missing_repository(repository, tmp_path, capsys):
+    import socket
+
+    from editguard.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        assert main(["serve", "--repository", str(repository), "--grpc-port", str(busy)]) == 1
+        assert f"grpc port {busy} is in use" in capsys.readouterr().err
+    assert main(["serve", "--repository", str(tmp_path / "nope")]) == 1
+    assert "create one with `editguard export`" in capsys.readouterr().err
