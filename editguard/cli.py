@@ -8,6 +8,7 @@ thin-client subcommands work on the base install (no torch).
     editguard serve     start a local Triton on a repository
     editguard score     batch scoring of a manifest (Triton or in-process), resumable
     editguard calibrate per-category thresholds from labelled scores; install them
+    editguard bench     benchmarks of the hot paths (tables + JSON)
 """
 
 from __future__ import annotations
@@ -381,8 +382,41 @@ def _run_calibrate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmark the hot paths: torch vs onnxruntime, served throughput, preprocessing",
+        description="Measure in-process torch eager vs onnxruntime (FP32/FP16) per batch size, a closed-loop "
+        "concurrency sweep against a real Triton through the real client, and image decode + resize "
+        "throughput. Prints markdown tables and writes bench.json and bench.md to --out.",
+        epilog="example:\n  editguard bench --model-dir demo/model --repository demo/repository --out bench/cpu",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model-dir", required=True, help="a trained model dir")
+    p.add_argument("--repository", required=True, help="an exported repository of the same model")
+    p.add_argument("--out", default="bench", help="output folder (default: %(default)s)")
+    p.add_argument("--batch-sizes", default="1,8,32,64", help="in-process batch sizes (default: %(default)s)")
+    p.add_argument("--concurrency", default="1,4,16,32,64", help="served concurrency sweep (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (default: %(default)s)")
+    p.add_argument("--server", metavar="URL", help="benchmark this running Triton instead of starting one")
+    p.add_argument("--sections", default="inprocess,served,preprocess", help="which sections (default: all)")
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(a: argparse.Namespace) -> int:
+    from editguard.bench import BenchConfig, run_bench, to_markdown
+
+    ints = lambda s: [int(x) for x in s.split(",") if x]
+    r = run_bench(BenchConfig(model_dir=a.model_dir, repository=a.repository, out=a.out,
+                              batch_sizes=ints(a.batch_sizes), concurrency=ints(a.concurrency), seconds=a.seconds,
+                              server=a.server, sections=[s for s in a.sections.split(",") if s]))
+    print(to_markdown(r))
+    print(f"wrote {a.out}/bench.json and {a.out}/bench.md")
+    return 0
+
+
 _SUBCOMMANDS: list[Callable] = [_add_synth, _add_train, _add_evaluate, _add_export, _add_serve, _add_score,
-                                _add_calibrate]
+                                _add_calibrate, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

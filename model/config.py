@@ -61,6 +61,7 @@ class PreprocessConfig:
     max_pixels: int = 50_000_000  # decoded width*height above this is refused (decompression bombs)
     max_image_bytes: int = 32 * 1024 * 1024  # encoded bytes above this are refused
     max_prompt_chars: int = 4000  # prompt characters kept; the rest is cut before tokenizing
+    jpeg_draft: bool = True  # decode big JPEGs at a reduced DCT scale (Pillow's draft), still >= image_size
 
     def __post_init__(self) -> None:
         if self.resize not in ("letterbox", "stretch"):

@@ -65,6 +65,7 @@ class Preprocessor:
 
     # -- images ---------------------------------------------------------------
     def decode(self, data: ImageSource, field: str = "image") -> Image.Image:
+        # (masks are never drafted: a mask must keep the input image's exact size)
         """Decode encoded bytes (or a path, PIL image, uint8 array) to an RGB PIL image."""
         if isinstance(data, Image.Image):
             img = data
@@ -98,11 +99,22 @@ class Preprocessor:
                     )
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)  # animated GIF/WebP/APNG: the first frame
+                full = img.size
+                if self.cfg.jpeg_draft and img.format == "JPEG" and field != "mask":
+                    s = self.cfg.image_size  # both sides stay >= s, so any EXIF rotation still has enough pixels
+                    img.draft("RGB", (s, s))
                 img.load()
+                loaded = img.size
                 img = ImageOps.exif_transpose(img)
+                if img.size != loaded:  # rotated by its EXIF orientation
+                    full = (full[1], full[0])
+                img.info["source_size"] = full  # before any draft: what a mask must match
         except PreprocessError:
             raise
-        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise PreprocessError(field, f"image declares too many pixels, over the limit of {self.cfg.max_pixels} "
+                                  f"(a decompression bomb?): {e}") from e
+        except UnidentifiedImageError as e:
             raise PreprocessError(field, f"not a decodable image ({type(e).__name__}: {e})") from e
         except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
             raise PreprocessError(field, f"corrupt or truncated image ({e})") from e
@@ -175,7 +187,7 @@ class Preprocessor:
         return {
             "input_image": self.resize(src, Image.BILINEAR),
             "output_image": self.resize(out, Image.BILINEAR),
-            "mask": self.mask(mask, src.size),
+            "mask": self.mask(mask, src.info.get("source_size", src.size)),
             "input_ids": ids[0],
             "attention_mask": att[0],
         }

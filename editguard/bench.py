@@ -1,0 +1,287 @@
+"""``editguard bench``: how fast each hot path is, as tables and JSON (never timed tests).
+
+Three sections, each measured in one run so the ratios compare like with like:
+
+- **inprocess**: torch eager vs onnxruntime (FP32 and FP16) on the same model, triples/s and
+  batch-latency percentiles per batch size; plus the in-process *pipeline* (decode + resize
+  + tokenize + onnxruntime from encoded bytes), the same work the server does;
+- **served**: a closed-loop concurrency sweep through the real client against a real Triton,
+  with encoded images as clients send them: throughput, p50/p95/p99, the mean executed batch
+  size and the queue vs compute split from Triton's statistics API;
+- **preprocess**: decode + resize throughput of 512 and 1024 px JPEG and PNG, with and
+  without Pillow's JPEG draft (downscale-on-decode).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["BenchConfig", "run_bench"]
+
+
+@dataclass
+class BenchConfig:
+    model_dir: str  # a trained model dir
+    repository: str  # an exported repository of the same model (served)
+    out: str = "bench"  # folder for bench.md and bench.json
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
+    concurrency: list[int] = field(default_factory=lambda: [1, 4, 16, 32, 64])
+    seconds: float = 5.0  # per measurement point
+    server: str | None = None  # a running Triton (gRPC URL); default: start one on the repository
+    sections: list[str] = field(default_factory=lambda: ["inprocess", "served", "preprocess"])
+
+
+def _pct(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms)
+    return {f"p{q}_ms": round(float(np.percentile(a, q)), 3) for q in (50, 95, 99)}
+
+
+def _timed(fn, seconds: float, items: int) -> dict:
+    fn()  # warm-up
+    lat, t0 = [], time.perf_counter()
+    while time.perf_counter() - t0 < seconds or len(lat) < 5:
+        t = time.perf_counter()
+        fn()
+        lat.append((time.perf_counter() - t) * 1e3)
+    return {"triples_s": round(items * len(lat) / (time.perf_counter() - t0), 1), **_pct(lat)}
+
+
+def _tile(batch: dict[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
+    reps = -(-b // len(next(iter(batch.values()))))
+    return {k: np.ascontiguousarray(np.concatenate([v] * reps)[:b]) for k, v in batch.items()}
+
+
+def encoded_triples(n: int, size: int, workdir: Path) -> list[dict]:
+    """Client-side triples: PNG bytes of synthetic scenes at ``size`` px, with prompts."""
+    from .training.synth import generate
+
+    manifest = generate(workdir / f"synth{size}", n, seed=99, image_size=size, progress=False)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    return [{"input": (manifest.parent / r["input_image"]).read_bytes(), "prompt": r["prompt"],
+             "output": (manifest.parent / r["output_image"]).read_bytes()} for r in rows]
+
+
+def bench_inprocess(cfg: BenchConfig, triples: list[dict], workdir: Path) -> dict:
+    import torch
+
+    from .export.onnx_export import convert_fp16, export_onnx, ort_session, sample_inputs
+    from .model.model_dir import load_model_dir
+    from .model.preprocess import collate
+
+    net, pre = load_model_dir(cfg.model_dir)
+    samples = sample_inputs(cfg.model_dir, pre)
+    fp32 = export_onnx(net, workdir / "model.onnx", samples)
+    fp16 = convert_fp16(fp32, workdir / "model.fp16.onnx")
+    sessions = {"onnxruntime fp32": ort_session(fp32), "onnxruntime fp16": ort_session(fp16)}
+    rows = []
+    for b in cfg.batch_sizes:
+        batch = _tile(samples, b)
+        tensors = {k: torch.from_numpy(v) for k, v in batch.items()}
+
+        def run_torch():
+            with torch.inference_mode():
+                net(**tensors)
+
+        rows.append({"runtime": "torch eager fp32", "batch": b, **_timed(run_torch, cfg.seconds, b)})
+        for name, sess in sessions.items():
+            feed = {i.name: batch[i.name] for i in sess.get_inputs()}
+            rows.append({"runtime": name, "batch": b, **_timed(lambda: sess.run(None, feed), cfg.seconds, b)})
+    b = max(cfg.batch_sizes)
+    sess = sessions["onnxruntime fp32"]
+    items = [triples[i % len(triples)] for i in range(b)]
+
+    def pipeline():
+        batch = collate([pre.triple(t["input"], t["prompt"], t["output"]) for t in items])
+        sess.run(None, {i.name: batch[i.name] for i in sess.get_inputs()})
+
+    rows.append({"runtime": "pipeline: preprocess + onnxruntime fp32", "batch": b, **_timed(pipeline, cfg.seconds, b)})
+    return {"rows": rows}
+
+
+def _stats(client, model: str) -> dict[str, float]:
+    s = client.get_inference_statistics(model, as_json=True)["model_stats"]
+    tot = {"inferences": 0, "executions": 0, "queue_ns": 0, "compute_ns": 0, "requests": 0}
+    for m in s:
+        st = m["inference_stats"]
+        tot["inferences"] += int(m.get("inference_count", 0))
+        tot["executions"] += int(m.get("execution_count", 0))
+        tot["requests"] += int(st.get("success", {}).get("count", 0))
+        tot["queue_ns"] += int(st.get("queue", {}).get("ns", 0))
+        tot["compute_ns"] += sum(int(st.get(k, {}).get("ns", 0)) for k in ("compute_input", "compute_infer",
+                                                                            "compute_output"))
+    return tot
+
+
+def _sweep_point(url: str, triples: list[dict], c: int, seconds: float) -> dict:
+    import tritonclient.grpc as grpcclient
+
+    from .clients import EditGuardClient
+
+    with EditGuardClient(url, timeout=60) as guard, grpcclient.InferenceServerClient(url) as stats_client:
+        guard.classify(triples[0]["input"], triples[0]["prompt"], triples[0]["output"])  # warm-up
+        before = {m: _stats(stats_client, m) for m in ("editguard", "editguard_classifier")}
+        lat: list[float] = []
+        lock = threading.Lock()
+        stop = time.perf_counter() + seconds
+
+        def worker(k: int):
+            i, mine = k, []
+            while time.perf_counter() < stop:
+                t = triples[i % len(triples)]
+                t0 = time.perf_counter()
+                guard.classify(t["input"], t["prompt"], t["output"])
+                mine.append((time.perf_counter() - t0) * 1e3)
+                i += c
+            with lock:
+                lat.extend(mine)
+
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(c)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        wall = time.perf_counter() - t0
+        after = {m: _stats(stats_client, m) for m in before}
+    row = {"concurrency": c, "triples_s": round(len(lat) / wall, 1), **_pct(lat)}
+    for m, short in (("editguard", "front"), ("editguard_classifier", "classifier")):
+        d = {k: after[m][k] - before[m][k] for k in after[m]}
+        row[f"{short}_mean_batch"] = round(d["inferences"] / max(d["executions"], 1), 2)
+        row[f"{short}_queue_ms"] = round(d["queue_ns"] / max(d["requests"], 1) / 1e6, 3)
+        row[f"{short}_compute_ms"] = round(d["compute_ns"] / max(d["requests"], 1) / 1e6, 3)
+    return row
+
+
+def bench_served(cfg: BenchConfig, triples: list[dict]) -> dict:
+    from .export.triton import TritonServer, free_port
+
+    server = None
+    url = cfg.server
+    if url is None:
+        server = TritonServer(cfg.repository, grpc_port=free_port(), http_port=free_port(),
+                              metrics_port=free_port()).start()
+        url = server.grpc_url
+    try:
+        rows = [_sweep_point(url, triples, c, cfg.seconds) for c in cfg.concurrency]
+    finally:
+        if server is not None:
+            server.stop()
+    return {"rows": rows, "server": "started by bench" if server else url}
+
+
+def bench_preprocess(cfg: BenchConfig, workdir: Path) -> dict:
+    from PIL import Image
+
+    from .model.config import ModelConfig
+    from .model.preprocess import Preprocessor
+    from .training.synth.scene import random_scene, render
+
+    base = ModelConfig.load(Path(cfg.model_dir) / "config.json").preprocess
+    rows = []
+    rng = np.random.default_rng(0)
+    for size in (512, 1024):
+        img = np.asarray(render(random_scene(rng, ["gradient"]), size), dtype=np.float64)
+        img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)  # photo-like noise
+        for fmt, kw in (("JPEG", {"quality": 90}), ("PNG", {})):
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, fmt, **kw)
+            data = buf.getvalue()
+            for draft in (False, True):
+                if fmt == "PNG" and draft:
+                    continue  # draft only applies to JPEG
+                pre = Preprocessor(type(base)(**{**asdict(base), "jpeg_draft": draft}), tokenizer=None)
+                r = _timed(lambda: pre.image(data), cfg.seconds / 2, 1)
+                rows.append({"format": fmt, "size": size, "bytes": len(data), "draft": draft,
+                             "images_s": r["triples_s"], "p50_ms": r["p50_ms"]})
+    return {"rows": rows}
+
+
+def machine() -> dict:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("torch", "onnxruntime", "onnxruntime-gpu", "timm", "transformers", "tritonclient", "nvidia-pytriton",
+                "pillow", "numpy"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": sys.version.split()[0], "versions": versions,
+            "command": "editguard " + " ".join(sys.argv[1:]) if sys.argv else ""}
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    """Run the chosen sections; write ``bench.json`` and ``bench.md`` under ``cfg.out``; return the results."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"machine": machine(), "config": asdict(cfg)}
+    with tempfile.TemporaryDirectory(prefix="editguard-bench-") as tmp:
+        work = Path(tmp)
+        triples = encoded_triples(64, 256, work) if {"inprocess", "served"} & set(cfg.sections) else []
+        if "inprocess" in cfg.sections:
+            result["inprocess"] = bench_inprocess(cfg, triples, work)
+        if "served" in cfg.sections:
+            result["served"] = bench_served(cfg, triples)
+        if "preprocess" in cfg.sections:
+            result["preprocess"] = bench_preprocess(cfg, work)
+    result["ratios"] = ratios(result)
+    (out / "bench.json").write_text(json.dumps(result, indent=2))
+    (out / "bench.md").write_text(to_markdown(result))
+    return result
+
+
+def ratios(r: dict) -> dict:
+    """The headline ratios, measured in this one run."""
+    out = {}
+    if "inprocess" in r:
+        rows = r["inprocess"]["rows"]
+        bmax = max(x["batch"] for x in rows)
+        best = lambda name: max((x["triples_s"] for x in rows if x["runtime"] == name and x["batch"] == bmax),
+                                default=float("nan"))
+        out["ort_fp32_over_torch_at_max_batch"] = round(best("onnxruntime fp32") / best("torch eager fp32"), 2)
+        out["ort_fp16_over_fp32_at_max_batch"] = round(best("onnxruntime fp16") / best("onnxruntime fp32"), 2)
+        pipe = best("pipeline: preprocess + onnxruntime fp32")
+        if "served" in r:
+            served = max(x["triples_s"] for x in r["served"]["rows"])
+            out["served_best_over_inprocess_pipeline"] = round(served / pipe, 2)
+            out["served_best_over_inprocess_ort_model_only"] = round(served / best("onnxruntime fp32"), 2)
+    if "preprocess" in r:
+        rows = r["preprocess"]["rows"]
+        for size in (512, 1024):
+            off = next((x["images_s"] for x in rows if x["format"] == "JPEG" and x["size"] == size and not x["draft"]), None)
+            on = next((x["images_s"] for x in rows if x["format"] == "JPEG" and x["size"] == size and x["draft"]), None)
+            if off and on:
+                out[f"jpeg{size}_draft_speedup"] = round(on / off, 2)
+    return out
+
+
+def _table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(x.get(k, "")) for k in keys) + " |" for x in rows]
+    return "\n".join(lines)
+
+
+def to_markdown(r: dict) -> str:
+    m = r["machine"]
+    parts = [f"machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}; "
+             + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), f"command: `{m['command']}`"]
+    for section in ("inprocess", "served", "preprocess"):
+        if section in r:
+            parts += [f"\n### {section}\n", _table(r[section]["rows"])]
+    parts += ["\n### ratios (this run)\n", _table([{"ratio": k, "value": v} for k, v in r["ratios"].items()])]
+    return "\n".join(parts) + "\n"
