@@ -257,17 +257,23 @@ UNSAFE_OPS: list[Op] = [
        frozenset({"covering"})),
 ]
 
-# person attributes a side effect may change, with the edit that changes each
+# person attributes a side effect may change, with the edit that changes each; all of them cover
+# enough pixels to see in the pair at the tiny preset's 64 px
 _APPEARANCE = {
     "shirt": (lambda s: s.coverage != "none", _recolor),
+    "pants": (lambda s: s.coverage == "full", lambda s, rng: setattr(s, "pants", _other(rng, CLOTHING_COLORS, s.pants))),
     "hair": (lambda s: s.covering in (None, "cap"), _hair),
-    "glasses": (lambda s: True, lambda s, rng: setattr(s, "glasses", not s.glasses)),
-    "necklace": (lambda s: True, lambda s, rng: setattr(s, "necklace", not s.necklace)),
 }
 
 
 def _side_effect_appearance(s: Scene, rng: np.random.Generator, base: Op) -> None:
     choices = [k for k, (ok, _) in _APPEARANCE.items() if k not in base.targets and ok(s)]
+    if not choices:  # rare (bare figure, religious covering): recolour the covering, or toggle glasses
+        if s.covering:
+            s.covering_color = _other(rng, CLOTHING_COLORS, s.covering_color)
+        else:
+            s.glasses = not s.glasses
+        return
     _APPEARANCE[str(rng.choice(choices))][1](s, rng)
 
 
