@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterable, Sequence
 
-from .client import (OUTPUTS, ImageInput, Triple, Verdict, _as_triple, _Backoff, build_inputs, make_verdict,
+from .client import (OUTPUTS, ClientSettings, ImageInput, Triple, Verdict, _as_triple, _Backoff, build_inputs, make_verdict,
                      parse_urls, prepare, to_error)
 from .errors import EditGuardError, InvalidInputError, ServerUnavailableError
 
@@ -22,15 +22,9 @@ __all__ = ["AsyncEditGuardClient"]
 
 
 @dataclass
-class AsyncEditGuardClient:
+class AsyncEditGuardClient(ClientSettings):
     """Same arguments and behaviour as :class:`EditGuardClient`, with ``async`` methods."""
 
-    url: str | Sequence[str]
-    model: str = "editguard"
-    version: str = ""
-    timeout: float = 10.0
-    retries: int | None = None
-    backoff: float = 0.05
     _clients: list = field(default_factory=list, init=False, repr=False)
     _rr: Any = field(default=None, init=False, repr=False)
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import DeadlineExceededError, EditGuardError, InvalidInputError, ServerError, ServerUnavailableError
 
-__all__ = ["EditGuardClient", "Verdict", "Triple", "ImageInput", "encode_image", "parse_urls", "MAX_IMAGE_BYTES"]
+__all__ = ["ClientSettings", "EditGuardClient", "Verdict", "Triple", "ImageInput", "encode_image", "parse_urls", "MAX_IMAGE_BYTES"]
 
 ImageInput = Union[bytes, bytearray, memoryview, str, Path, np.ndarray, "PIL.Image.Image"]
 MAX_IMAGE_BYTES = 32 * 1024 * 1024  # the server's limit; bigger images are refused before sending
@@ -175,7 +175,19 @@ class _Backoff:
 
 
 @dataclass
-class EditGuardClient:
+class ClientSettings:
+    """What both clients (sync and asyncio) are configured with."""
+
+    url: str | Sequence[str]  # "host:port", "a:1,b:2" or a list: calls are spread round-robin
+    model: str = "editguard"  # the client-facing model
+    version: str = ""  # pin a model version; "" = the server's latest
+    timeout: float = 10.0  # seconds for one call, retries included
+    retries: int | None = None  # None: retry transient errors until the deadline; a number caps them
+    backoff: float = 0.05  # first retry delay in seconds, doubled each time, capped at 1 s
+
+
+@dataclass
+class EditGuardClient(ClientSettings):
     """Classify triples with a running editguard server over gRPC; a context manager.
 
     ``url``: ``host:port`` or a list of them (load spread round-robin). ``timeout``: the
@@ -184,12 +196,6 @@ class EditGuardClient:
     RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED until the deadline; a number caps them.
     """
 
-    url: str | Sequence[str]
-    model: str = "editguard"
-    version: str = ""
-    timeout: float = 10.0
-    retries: int | None = None  # None: retry transient errors until the deadline
-    backoff: float = 0.05
     _clients: list = field(default_factory=list, init=False, repr=False)
     _rr: Any = field(default=None, init=False, repr=False)
 

@@ -205,7 +205,8 @@ def generate(
     tmp = out_dir / ".manifest.jsonl.tmp"
     with open(tmp, "w") as f:
         if workers > 1 and n >= 64:
-            with mp.get_context("fork").Pool(workers) as pool:
+            # spawn, not fork: forking a process that already runs threads (gRPC, say) can deadlock the child
+            with mp.get_context("spawn").Pool(workers) as pool:
                 for rec in pool.imap(_make_item, jobs, chunksize=32):
                     f.write(json.dumps(rec) + "\n")
                     bar.update()
