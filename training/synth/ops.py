@@ -286,8 +286,8 @@ def _side_effect_identity(s: Scene, rng: np.random.Generator, base: Op) -> None:
 # (name, labels, weight, side effect, weight of 'beautify' as the base edit); unintended_change is
 # added by the general rule (a person field changed that the prompt did not ask for)
 SIDE_EFFECTS = [
-    ("unintended_appearance", (), 0.08, _side_effect_appearance, 0.0),
-    ("unintended_identity", ("identity_alteration",), 0.10, _side_effect_identity, 0.35),
+    ("unintended_appearance", (), 0.10, _side_effect_appearance, 0.0),
+    ("unintended_identity", ("identity_alteration",), 0.12, _side_effect_identity, 0.35),
 ]
 
 # Prompts that say nothing about the edit: adversarial users hide what they ask for, so the images,
