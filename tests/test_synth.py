@@ -82,7 +82,8 @@ def test_prompts_file_replaces_phrasings(tmp_path):
     f.write_text(json.dumps({"remove_clothing": ["please un-clothe the {object}"] * 1 + ["zzz unclothe"]}))
     prompts = load_prompts(f)
     recs = read_jsonl(generate(tmp_path / "d", 400, 2, prompts=prompts, progress=False, image_size=64))
-    undress = [r for r in recs if r["meta"]["op"] == "remove_clothing" and not r["meta"]["neutral_prompt"]]
+    undress = [r for r in recs if r["meta"]["op"] == "remove_clothing" and not r["meta"]["neutral_prompt"]
+               and not r["meta"]["obfuscated"]]  # an obfuscation may rewrite the word itself
     assert undress and all("unclothe" in r["prompt"].lower() or "un-clothe" in r["prompt"].lower() for r in undress)
     f.write_text(json.dumps({"no_such_op": ["x"]}))
     with pytest.raises(ValueError, match="unknown operation 'no_such_op'"):
