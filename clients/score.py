@@ -126,7 +126,7 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
     out = Path(cfg.out)
     writer, errors = ResultWriter(out), ErrorLog(out)
     todo = [r for r in records if r.id not in writer.done]
-    skipped, scored, failed, succeeded = len(records) - len(todo), 0, 0, set()
+    skipped, scored, failed = len(records) - len(todo), 0, 0
     by_id = {r.id: r for r in todo}
     bar = tqdm(total=len(todo), unit="triple", desc="score", disable=not cfg.progress, smoothing=0.1)
     try:
@@ -137,7 +137,6 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
             else:
                 scores, flagged, unsafe = result
                 writer.write(_row(item_id, version, labels, scores, flagged, unsafe, by_id[item_id]))
-                succeeded.add(item_id)
                 scored += 1
             bar.update()
             bar.set_postfix(errors=failed)

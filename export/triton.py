@@ -202,9 +202,7 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait()
-        self._log.close()
-        if self._workdir and not self.log_file:
-            pass  # keep the log for post-mortems; the temp dir is small
+        self._log.close()  # the log stays in the temp dir for post-mortems
         return self._proc.returncode
 
     def kill(self) -> None:
