@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any, AsyncIterator, Iterable
 
 from .client import (OUTPUTS, ClientSettings, ImageInput, Triple, Verdict, _as_triple, _Backoff, build_inputs, make_verdict,
                      parse_urls, prepare, to_error)

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 
 from .results import ErrorLog, ResultWriter, read_results, results_arrays
 

@@ -14,7 +14,6 @@ thin-client subcommands work on the base install (no torch).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from typing import Callable
@@ -92,12 +91,14 @@ def _add_train(sub) -> None:
     g.add_argument("--allow-outside-root", action="store_true", help="accept image paths outside the manifest's folder")
     g = p.add_argument_group("model")
     g.add_argument("--out", required=True, help="model dir to write")
-    g.add_argument("--preset", default="tiny", help=f"tiny (CPU, random init), small or base (pretrained, GPU) {from_help}")
+    g.add_argument("--preset", default="tiny", help="tiny (CPU, random init), small or base (pretrained, GPU), or a model "
+                   f"config .json in the same format as model/presets/*.json {from_help}")
     g.add_argument("--ablation", default="triple", choices=["triple", "output-only", "no-prompt"],
                    help=f"drop an input to measure its worth {from_help}")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=12, help=f"maximum epochs {from_help}")
-    g.add_argument("--batch-size", type=int, default=64, help=f"global batch size {from_help}")
+    g.add_argument("--batch-size", type=int, default=64,
+                   help=f"global batch size, split evenly over ranks and --grad-accum micro-batches {from_help}")
     g.add_argument("--grad-accum", type=int, default=1, help=f"micro-batches per step {from_help}")
     g.add_argument("--lr", type=float, default=2e-3, help=f"peak learning rate {from_help}")
     g.add_argument("--patience", type=int, default=4, help=f"early-stopping patience in epochs {from_help}")

@@ -38,7 +38,7 @@ class ImageEncoderConfig:
 class TextEncoderConfig:
     name: str | None = None  # HF hub id or local dir; None builds a tiny random-init BERT from ``tiny``
     pretrained: bool = False  # load weights with ``from_pretrained`` (else random init from the config)
-    tiny: dict[str, int] = field(
+    tiny: dict[str, int | float] = field(
         default_factory=lambda: {
             "hidden_size": 64,  # width of the tiny BERT
             "num_hidden_layers": 2,
@@ -144,10 +144,24 @@ def list_presets() -> list[str]:
 
 
 def preset_config(name: str, **overrides: Any) -> ModelConfig:
-    """The config of preset ``name`` (``tiny``, ``small``, ``base``), with top-level overrides."""
-    if name not in list_presets():
-        raise ValueError(f"unknown preset {name!r}; choose one of {list_presets()}")
-    d = json.loads(resources.files(__package__).joinpath("presets", f"{name}.json").read_text())
+    """The config of preset ``name`` (``tiny``, ``small``, ``base``) or of a JSON file in the same
+    format (``path/to/arch.json``: any subset of the keys, the rest take their defaults), with
+    top-level overrides."""
+    if name in list_presets():
+        d = json.loads(resources.files(__package__).joinpath("presets", f"{name}.json").read_text())
+    elif name.endswith(".json") or Path(name).is_file():
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"model config {path} does not exist")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: a model config is a JSON object, see the files in model/presets/")
+        name = path.stem
+    else:
+        raise ValueError(f"unknown preset {name!r}; choose one of {list_presets()} or give a model config .json")
     d.update(overrides)
     d["preset"] = name
     return ModelConfig.from_dict(d)

@@ -28,7 +28,7 @@ from .taxonomy import Taxonomy, default_taxonomy, load_taxonomy
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["create_model", "save_model_dir", "load_model_dir", "write_json_atomic", "check_model_dir"]
+__all__ = ["create_model", "save_model_dir", "load_model_dir", "write_json_atomic", "write_text_atomic", "check_model_dir"]
 
 REQUIRED = ("config.json", "labels.json", "model.safetensors", "tokenizer/tokenizer.json")
 
@@ -130,14 +130,18 @@ def load_model_dir(path: str | Path, device: str = "cpu"):
     return net, Preprocessor.from_dir(path)
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON to a temp file beside ``path``, then rename it into place."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text to a temp file beside ``path``, then rename it into place."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (see :func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

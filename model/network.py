@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .config import ImageEncoderConfig, ModelConfig, TextEncoderConfig
 

@@ -9,7 +9,7 @@ as ``labels.json`` and the Triton repository's label file is written from it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 

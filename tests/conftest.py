@@ -63,6 +63,13 @@ def triton(repository):
     server.stop()
 
 
+def subset_manifest(manifest: Path, n: int, tag: str) -> Path:
+    """The first ``n`` records of ``manifest``, in a manifest beside it (paths may not escape its folder)."""
+    small = Path(manifest).parent / f"first{n}-{tag}.jsonl"
+    small.write_text("".join(Path(manifest).read_text().splitlines(keepends=True)[:n]))
+    return small
+
+
 def triple_bytes(manifest: Path, n: int, start: int = 0) -> list[dict]:
     """Encoded triples as a client sends them: file bytes and the prompt."""
     root = Path(manifest).parent

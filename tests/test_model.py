@@ -37,6 +37,19 @@ def test_presets_and_unknown_keys():
         preset_config("huge")
 
 
+def test_a_model_config_file_works_as_a_preset(tmp_path):
+    arch = tmp_path / "convnext.json"
+    arch.write_text(json.dumps({"image_encoder": {"name": "test_convnext"}, "dropout": 0.0}))
+    cfg = preset_config(str(arch), use_prompt=False)
+    assert (cfg.image_encoder.name, cfg.dropout, cfg.use_prompt, cfg.preset) == ("test_convnext", 0.0, False, "convnext")
+    assert cfg.preprocess.image_size == 64  # keys left out take their defaults
+    with pytest.raises(FileNotFoundError, match="missing.json does not exist"):
+        preset_config(str(tmp_path / "missing.json"))
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="a model config is a JSON object"):
+        preset_config(str(tmp_path / "bad.json"))
+
+
 def test_default_taxonomy_is_data(tmp_path):
     tax = default_taxonomy()
     assert tax.names == ["sexual", "minors", "identity_alteration", "violence_gore", "hate_symbols",

@@ -14,7 +14,7 @@ import pytest
 from editguard.cli import main
 from editguard.training.evaluate import evaluate
 
-from conftest import read_jsonl
+from conftest import read_jsonl, subset_manifest
 
 
 def test_short_training_learns(tiny_model_dir, synth_sets):
@@ -28,17 +28,10 @@ def test_short_training_learns(tiny_model_dir, synth_sets):
         assert (tiny_model_dir / f).exists()
 
 
-def _subset(synth_sets, tmp_path: Path, n: int) -> Path:
-    """The first ``n`` training records, in a manifest beside the images (paths may not escape its folder)."""
-    small = Path(synth_sets["train"]).parent / f"first{n}-{tmp_path.name}.jsonl"
-    small.write_text("".join(Path(synth_sets["train"]).read_text().splitlines(keepends=True)[:n]))
-    return small
-
-
 def test_seeded_training_is_reproducible_and_resumes_after_a_kill(synth_sets, tmp_path):
     from editguard.training.train import TrainConfig, train
 
-    small = _subset(synth_sets, tmp_path, 300)
+    small = subset_manifest(synth_sets["train"], 300, tmp_path.name)
     kw = dict(train=str(small), val=str(synth_sets["val"]), epochs=3, patience=5, progress=False)
     a = train(TrainConfig(out=str(tmp_path / "a"), **kw))
     b = train(TrainConfig(out=str(tmp_path / "b"), **kw))

@@ -29,7 +29,9 @@ class TripleDataset(Dataset):
     them, plus ``labels`` ``float32 [C]``. With ``augment``, the triple is
     flipped left-right (all three together) half the time, and
     ``mask_dropout`` replaces the mask with "no mask" (all 255) at that rate,
-    so a served model copes with requests that send none.
+    so a served model copes with requests that send none. The augmentation of
+    item ``i`` depends only on ``(seed, epoch, i)``: the same whatever the
+    number of ranks or DataLoader workers, and repeated exactly on resume.
     """
 
     def __init__(self, records: list[Record], pre: Preprocessor, labels: list[str], *, cache: bool = True,
@@ -37,7 +39,10 @@ class TripleDataset(Dataset):
         self.records, self.pre = records, pre
         self.y = label_matrix(records, labels)
         self.cache: dict[int, dict] | None = {} if cache else None
-        self.augment, self.mask_dropout, self.rng = augment, mask_dropout, np.random.default_rng(seed)
+        self.augment, self.mask_dropout, self.seed, self.epoch = augment, mask_dropout, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.records)
@@ -51,9 +56,10 @@ class TripleDataset(Dataset):
                 self.cache[i] = item
         item = dict(item, labels=self.y[i])
         if self.augment:
-            if self.mask_dropout and self.rng.random() < self.mask_dropout:
+            rng = np.random.default_rng((self.seed, self.epoch, i))
+            if self.mask_dropout and rng.random() < self.mask_dropout:
                 item["mask"] = np.full_like(item["mask"], 255)
-            if self.rng.random() < 0.5:  # flip the whole triple together
+            if rng.random() < 0.5:  # flip the whole triple together
                 for k in ("input_image", "output_image", "mask"):
                     item[k] = np.ascontiguousarray(item[k][:, ::-1])
         return item

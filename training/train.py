@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..model.config import preset_config
-from ..model.model_dir import create_model, save_model_dir, write_json_atomic
+from ..model.model_dir import create_model, save_model_dir, write_json_atomic, write_text_atomic
 from ..model.taxonomy import default_taxonomy, load_taxonomy
 from .data import TripleDataset, collate_batch, label_matrix
 from .manifest import read_manifest
@@ -140,29 +140,35 @@ def predict(net: torch.nn.Module, loader, device: torch.device, amp: bool = Fals
     return np.concatenate(out)
 
 
-def _train_epoch(net, loader, opt, sched, loss_fn, cfg: TrainConfig, d: _Dist, epoch: int) -> float:
+def _train_epoch(run: _Run, epoch: int) -> float:
+    """One pass over this rank's shard; returns the mean training loss over all ranks."""
     from tqdm import tqdm
 
-    net.train()
+    cfg, d, loader = run.cfg, run.d, run.loader
+    run.model.train()
     total, count, t0 = 0.0, 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not (cfg.progress and d.main))
     for i, batch in enumerate(bar):
         batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
         y = batch.pop("labels")
         sync = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(loader)
-        ctx = net.no_sync() if d.world > 1 and not sync else _nullcontext()
+        ctx = run.model.no_sync() if d.world > 1 and not sync else _nullcontext()
         with ctx, torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.amp and d.device.type == "cuda"):
-            loss = loss_fn(net(**batch).float(), y)
+            loss = run.loss_fn(run.model(**batch).float(), y)
             (loss / cfg.grad_accum).backward()
         if sync:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+            run.opt.step()
+            run.opt.zero_grad(set_to_none=True)
+            run.sched.step()
         total += loss.item() * len(y)
         count += len(y)
         rate = count * d.world / (time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{total / count:.4f}", triples_s=f"{rate:.0f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+        bar.set_postfix(loss=f"{total / count:.4f}", triples_s=f"{rate:.0f}", lr=f"{run.sched.get_last_lr()[0]:.2e}")
+    if d.world > 1:
+        sums = torch.tensor([total, count], dtype=torch.float64, device=d.device)
+        dist.all_reduce(sums)
+        total, count = sums.tolist()
     return total / max(1, count)
 
 
@@ -174,68 +180,105 @@ class _nullcontext:
         return False
 
 
+@dataclass
+class _Run:
+    """Everything one training run works with, built by :func:`train`."""
+
+    cfg: TrainConfig
+    d: _Dist
+    net: torch.nn.Module  # the network itself: validated and saved
+    model: torch.nn.Module  # what trains: ``net``, or ``net`` wrapped in DDP
+    loader: DataLoader
+    val_loader: DataLoader
+    y_val: np.ndarray
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: torch.nn.Module
+    taxonomy: object
+
+
 def train(cfg: TrainConfig) -> dict:
-    """Train and write the model dir ``cfg.out``; returns the best validation report."""
+    """Train and write the model dir ``cfg.out``; returns the best validation report.
+
+    Under ``torchrun`` each rank trains on its shard of every global batch (DistributedSampler) and
+    rank 0 alone validates and writes. Data order and augmentation depend only on the seed, the
+    epoch and the item, never on the number of ranks, so for a model without BatchNorm or dropout
+    N ranks give the result of one process (up to float rounding), and a checkpoint resumes on
+    any number of ranks.
+    """
     d = _setup(cfg)
+    if cfg.batch_size % (d.world * cfg.grad_accum):
+        raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of ranks x --grad-accum "
+                         f"({d.world} x {cfg.grad_accum}) so that every micro-batch has the same size")
     out = Path(cfg.out)
     taxonomy = load_taxonomy(cfg.taxonomy) if cfg.taxonomy else default_taxonomy()
     read = dict(labels=taxonomy.names, allow_outside_root=cfg.allow_outside_root)
     train_recs, val_recs = read_manifest(cfg.train, **read), read_manifest(cfg.val, **read)
     mcfg = preset_config(cfg.preset, **ABLATIONS[cfg.ablation], labels=taxonomy.names)
+    prompts = [r.prompt for r in train_recs]
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "train_config.json", dataclasses.asdict(cfg))
-        net, pre = create_model(mcfg, out, prompts=[r.prompt for r in train_recs], taxonomy=taxonomy)
+        net, pre = create_model(mcfg, out, prompts=prompts, taxonomy=taxonomy)
     d.barrier()
     if not d.main:  # same tokenizer (rank 0 wrote it), same init (same seed; DDP also broadcasts)
-        net, pre = create_model(mcfg, out, prompts=[r.prompt for r in train_recs], taxonomy=taxonomy, reuse_tokenizer=True)
+        net, pre = create_model(mcfg, out, prompts=prompts, taxonomy=taxonomy, reuse_tokenizer=True)
+    net = _sync_batchnorm(net, d)
     net.to(d.device)
-    per_rank = cfg.batch_size // (d.world * cfg.grad_accum)
-    if per_rank < 1:
-        raise ValueError(f"batch_size {cfg.batch_size} is too small for {d.world} ranks x {cfg.grad_accum} accumulation")
     train_ds = TripleDataset(train_recs, pre, taxonomy.names, augment=True, mask_dropout=cfg.mask_dropout,
-                            seed=cfg.seed + d.rank)
+                             seed=cfg.seed)
     val_ds = TripleDataset(val_recs, pre, taxonomy.names, cache=False)
-    sampler = DistributedSampler(train_ds, d.world, d.rank, shuffle=True, seed=cfg.seed) if d.world > 1 else None
-    gen = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train_ds, per_rank, shuffle=sampler is None, sampler=sampler, generator=gen,
-                        collate_fn=collate_batch, num_workers=cfg.num_workers, drop_last=False)
+    # one process is a world of one: the same sampler gives every world size the same global batches
+    sampler = DistributedSampler(train_ds, d.world, d.rank, shuffle=True, seed=cfg.seed)
+    loader = DataLoader(train_ds, cfg.batch_size // (d.world * cfg.grad_accum), sampler=sampler,
+                        collate_fn=collate_batch, num_workers=cfg.num_workers)
     val_loader = DataLoader(val_ds, 128, collate_fn=collate_batch, num_workers=cfg.num_workers)
     if d.main:
         _save_examples(val_ds, out / "examples.safetensors")
-    steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
-    opt, sched = _optimizer(net, cfg, cfg.epochs * steps_per_epoch)
+    opt, sched = _optimizer(net, cfg, cfg.epochs * math.ceil(len(loader) / cfg.grad_accum))
     y = label_matrix(train_recs, taxonomy.names)
     pos = y.sum(0)
     pos_weight = torch.tensor(np.clip((len(y) - pos) / np.maximum(pos, 1), 1.0, 50.0), device=d.device)
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[d.device] if d.device.type == "cuda" else None) \
-        if d.world > 1 else net
+    model = net
+    if d.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[d.device] if d.device.type == "cuda" else None)
+    run = _Run(cfg, d, net, model, loader, val_loader, label_matrix(val_recs, taxonomy.names), opt, sched,
+               torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight), taxonomy)
     state = _load_checkpoint(out, net, opt, sched, d) if cfg.resume else {"epoch": 0, "best": -1.0, "bad": 0}
-    return _fit(cfg, d, model, net, loader, sampler, val_loader, opt, sched, loss_fn, state, val_recs, taxonomy)
+    return _fit(run, state)
 
 
-def _fit(cfg, d, model, net, loader, sampler, val_loader, opt, sched, loss_fn, state, val_recs, taxonomy) -> dict:
+def _sync_batchnorm(net: torch.nn.Module, d: _Dist) -> torch.nn.Module:
+    """Under DDP, BatchNorm statistics must span the global batch: SyncBatchNorm on GPUs."""
+    if d.world == 1 or not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        return net
+    if d.device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    if d.main:  # SyncBatchNorm runs on GPUs only
+        _logger.warning("the image encoder has BatchNorm, and on the CPU its statistics stay per rank: "
+                        "DDP results will differ a little from one process (a LayerNorm encoder has no such gap)")
+    return net
+
+
+def _fit(run: _Run, state: dict) -> dict:
+    cfg, d = run.cfg, run.d
     out = Path(cfg.out)
-    y_val = label_matrix(val_recs, taxonomy.names)
     best_report = json.loads((out / "metrics.json").read_text()) if state["best"] >= 0 else None
     for epoch in range(state["epoch"], cfg.epochs):
         # shuffling and augmentation are seeded per epoch, so a resumed run repeats an uninterrupted one
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        else:
-            loader.generator.manual_seed(cfg.seed + epoch)
-        loader.dataset.rng = np.random.default_rng((cfg.seed, d.rank, epoch))
+        run.loader.sampler.set_epoch(epoch)
+        run.loader.dataset.set_epoch(epoch)
         t0 = time.perf_counter()
-        loss = _train_epoch(model, loader, opt, sched, loss_fn, cfg, d, epoch)
+        loss = _train_epoch(run, epoch)
         stop = False
         if d.main:
-            report = classification_report(y_val, predict(net, val_loader, d.device, cfg.amp), taxonomy.names)
+            report = classification_report(run.y_val, predict(run.net, run.val_loader, d.device, cfg.amp),
+                                           run.taxonomy.names)
             score = report["macro"]["auprc"]
             improved = score > state["best"]
             state.update(epoch=epoch + 1, best=max(score, state["best"]), bad=0 if improved else state["bad"] + 1)
             log = {"epoch": epoch + 1, "train_loss": loss, "val_macro_auprc": score,
-                   "val_macro_auroc": report["macro"]["auroc"], "lr": sched.get_last_lr()[0],
+                   "val_macro_auroc": report["macro"]["auroc"], "lr": run.sched.get_last_lr()[0],
                    "seconds": round(time.perf_counter() - t0, 2), "world_size": d.world}
             with open(out / "train_log.jsonl", "a") as f:
                 f.write(json.dumps(log) + "\n")
@@ -243,8 +286,9 @@ def _fit(cfg, d, model, net, loader, sampler, val_loader, opt, sched, loss_fn, s
                          report["macro"]["auroc"], " (best)" if improved else "")
             if improved:
                 best_report = dict(report, epoch=epoch + 1, ablation=cfg.ablation)
-                save_model_dir(net, out, tokenizer_dir=out / "tokenizer", taxonomy=taxonomy, metrics=best_report)
-            _save_checkpoint(out, net, opt, sched, state, d.world)
+                save_model_dir(run.net, out, tokenizer_dir=out / "tokenizer", taxonomy=run.taxonomy,
+                               metrics=best_report)
+            _save_checkpoint(out, run.net, run.opt, run.sched, state, d.world)
             stop = state["bad"] >= cfg.patience
         if d.world > 1:
             flag = [stop]
@@ -270,20 +314,26 @@ def _save_examples(ds: TripleDataset, path: Path, n: int = 16) -> None:
 
 
 def _save_checkpoint(out: Path, net, opt, sched, state: dict, world: int) -> None:
-    """Checkpoint as safetensors (weights, optimizer moments) plus JSON (everything else)."""
+    """Checkpoint as safetensors (weights, optimizer moments) plus JSON (everything else).
+
+    The tensors go to files named by epoch; ``state.json``, replaced last and atomically, names
+    them. A kill at any point leaves the previous checkpoint whole; older files are removed after.
+    """
     from safetensors.torch import save_file, save_model
 
     ck = out / "checkpoint"
     ck.mkdir(exist_ok=True)
-    save_model(net, str(ck / ".model.tmp"))
+    files = {"model": f"model-{state['epoch']:04d}.safetensors", "optimizer": f"optimizer-{state['epoch']:04d}.safetensors"}
+    save_model(net, str(ck / files["model"]))
     sd = opt.state_dict()
-    tensors = {f"{i}.{k}": v.contiguous() for i, st in sd["state"].items() for k, v in st.items()}
-    save_file(tensors, str(ck / ".optimizer.tmp"))
-    meta = {"state": state, "param_groups": sd["param_groups"], "scheduler": sched.state_dict(), "world_size": world,
-            "torch_rng": torch.get_rng_state().tolist()}
-    (ck / ".state.tmp").write_text(json.dumps(meta, default=lambda o: None))
-    for name in ("model", "optimizer", "state"):
-        os.replace(ck / f".{name}.tmp", ck / (f"{name}.json" if name == "state" else f"{name}.safetensors"))
+    save_file({f"{i}.{k}": v.contiguous() for i, st in sd["state"].items() for k, v in st.items()},
+              str(ck / files["optimizer"]))
+    meta = {"state": state, "files": files, "param_groups": sd["param_groups"], "scheduler": sched.state_dict(),
+            "world_size": world, "torch_rng": torch.get_rng_state().tolist()}
+    write_text_atomic(ck / "state.json", json.dumps(meta, default=lambda o: None))
+    for old in ck.glob("*.safetensors"):
+        if old.name not in files.values():
+            old.unlink()
 
 
 def _load_checkpoint(out: Path, net, opt, sched, d: _Dist) -> dict:
@@ -293,8 +343,8 @@ def _load_checkpoint(out: Path, net, opt, sched, d: _Dist) -> dict:
     if not (ck / "state.json").exists():
         raise FileNotFoundError(f"--resume: no checkpoint in {ck}; train once without --resume first")
     meta = json.loads((ck / "state.json").read_text())
-    load_model(net, str(ck / "model.safetensors"), device=str(d.device))
-    tensors = load_file(str(ck / "optimizer.safetensors"), device=str(d.device))
+    load_model(net, str(ck / meta["files"]["model"]), device=str(d.device))
+    tensors = load_file(str(ck / meta["files"]["optimizer"]), device=str(d.device))
     st: dict[int, dict] = {}
     for key, v in tensors.items():
         i, k = key.split(".", 1)
@@ -302,7 +352,11 @@ def _load_checkpoint(out: Path, net, opt, sched, d: _Dist) -> dict:
     opt.load_state_dict({"state": st, "param_groups": meta["param_groups"]})
     sched.load_state_dict(meta["scheduler"])  # lr_lambdas are saved as None: the schedule function is code
     torch.set_rng_state(torch.tensor(meta["torch_rng"], dtype=torch.uint8))
+    epoch = meta["state"]["epoch"]
     if d.main:
-        _logger.info("resumed from %s at epoch %d (saved with world size %d, now %d)", ck, meta["state"]["epoch"],
-                     meta["world_size"], d.world)
+        _logger.info("resumed from %s at epoch %d (saved with %d rank(s), now %d)", ck, epoch, meta["world_size"], d.world)
+        log = out / "train_log.jsonl"  # epochs logged after the checkpoint are run again: drop their lines
+        if log.exists():
+            lines = [ln for ln in log.read_text().splitlines(keepends=True) if json.loads(ln)["epoch"] <= epoch]
+            write_text_atomic(log, "".join(lines))
     return meta["state"]

@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import string
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .ops import ALL_OP_NAMES, NEUTRAL, NEUTRAL_RATE, SAFE_OPS, SIDE_EFFECTS, UNSAFE_OPS, Op
+from .ops import NEUTRAL, NEUTRAL_RATE, SAFE_OPS, SIDE_EFFECTS, UNSAFE_OPS, Op
 from .scene import IID_STYLES, OOD_STYLES, random_scene, render
 
 _logger = logging.getLogger(__name__)

@@ -301,5 +301,3 @@ NEUTRAL = {
     "ood": ("improve it", "you know what to do", "make it more interesting", "just go ahead"),
 }
 NEUTRAL_RATE = 0.25
-
-ALL_OP_NAMES = [o.name for o in SAFE_OPS + UNSAFE_OPS] + [n for n, *_ in SIDE_EFFECTS]
