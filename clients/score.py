@@ -7,6 +7,10 @@ Two backends, one output schema (see :mod:`editguard.clients.results`):
 - ``--repository REPO``: in-process, with onnxruntime on the exported ONNX and the same
   preprocessing and thresholds as the served version; no server, no torch.
 
+and two engines: ``local`` (this process) and ``ray`` (a Ray Data actor pool, each actor holding
+one of the backends above; see :mod:`editguard.clients.ray_engine`). Either way this process
+reads the manifest, skips done ids and writes every row, so both engines share one writer.
+
 Per-item failures go to ``<out>.errors.jsonl`` with the reason, and the run goes on. A rerun
 skips ids already written and retries the ones that failed.
 """
@@ -25,7 +29,7 @@ from .results import ErrorLog, ResultWriter, read_results, results_arrays
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["ScoreConfig", "ScoreSummary", "score", "LocalScorer"]
+__all__ = ["ScoreConfig", "ScoreSummary", "score", "LocalScorer", "Failure"]
 
 
 @dataclass
@@ -40,11 +44,31 @@ class ScoreConfig:
     timeout: float = 30.0  # per-request deadline, retries included (server)
     allow_outside_root: bool = False
     progress: bool = True
+    engine: str = "local"  # "local": this process; "ray": a Ray Data actor pool
+    workers: int | None = None  # ray: actors (default: as many as the cluster's CPUs, or GPUs, allow)
+    cpus_per_worker: float = 1.0  # ray: CPUs each actor reserves (and onnxruntime threads it uses)
+    ray_address: str | None = None  # ray: a running cluster ("auto", "ray://head:10001"); default starts one here
 
     def __post_init__(self) -> None:
         if (self.server is None) == (self.repository is None):
             raise ValueError("give exactly one of --server URL (score through Triton) or --repository REPO "
                              "(score in-process with onnxruntime)")
+        if self.engine not in ("local", "ray"):
+            raise ValueError(f"engine must be 'local' or 'ray', got {self.engine!r}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+
+
+@dataclass
+class Failure:
+    """One item that could not be scored: the error's kind and the reason, as the errors file shows them."""
+
+    kind: str
+    reason: str
+
+    @classmethod
+    def of(cls, e: Exception) -> "Failure":
+        return cls(type(e).__name__, str(e))
 
 
 @dataclass
@@ -71,7 +95,7 @@ def _row(item_id: str, version: str, labels: list[str], scores, flagged, unsafe:
 class LocalScorer:
     """One exported version run in-process: preprocessing + onnxruntime + thresholds."""
 
-    def __init__(self, repository: str | Path, version: str = ""):
+    def __init__(self, repository: str | Path, version: str = "", threads: int | None = None, gpu: bool = False):
         from ..export.repository import CLASSIFIER, FRONT, versions
         from ..model.preprocess import Preprocessor
         from ..model.thresholds import load_thresholds
@@ -89,12 +113,19 @@ class LocalScorer:
         self.pre = Preprocessor.from_dir(front)
         self.labels = json.loads((front / "config.json").read_text())["labels"]
         self.thresholds = load_thresholds(front, self.labels)
-        self.session = ort.InferenceSession(str(repo / CLASSIFIER / self.version / "model.onnx"),
-                                            providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(repo / CLASSIFIER / self.version / "model.onnx"), opts,
+                                            providers=providers)
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def score(self, records, batch_size: int) -> Iterator[tuple[str, object]]:
-        """Yields ``(id, (scores, flagged, unsafe))`` or ``(id, PreprocessError)``."""
+        """Yields ``(id, (scores, flagged, unsafe))`` or ``(id, Failure)``; records need ``id``,
+        ``input_image``, ``prompt``, ``output_image`` and ``mask`` (paths or bytes)."""
         from ..model.preprocess import PreprocessError, collate
 
         for start in range(0, len(records), batch_size):
@@ -104,7 +135,7 @@ class LocalScorer:
                     items.append(self.pre.triple(r.input_image, r.prompt, r.output_image, r.mask))
                     good.append(r)
                 except PreprocessError as e:
-                    yield r.id, e
+                    yield r.id, Failure.of(e)
             if not items:
                 continue
             batch = collate(items)
@@ -130,8 +161,8 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
     bar = tqdm(total=len(todo), unit="triple", desc="score", disable=not cfg.progress, smoothing=0.1)
     try:
         for item_id, result, version, labels in _results(cfg, todo):
-            if isinstance(result, Exception):
-                errors.add(item_id, type(result).__name__, str(result))
+            if isinstance(result, Failure):
+                errors.add(item_id, result.kind, result.reason)
                 failed += 1
             else:
                 scores, flagged, unsafe = result
@@ -148,6 +179,12 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
 
 
 def _results(cfg: ScoreConfig, todo) -> Iterator[tuple[str, object, str, list[str]]]:
+    """``(id, (scores, flagged, unsafe) or Failure, model version, labels)`` for every record of ``todo``."""
+    if cfg.engine == "ray":
+        from .ray_engine import ray_results
+
+        yield from ray_results(cfg, todo)
+        return
     if cfg.repository:
         scorer = LocalScorer(cfg.repository, cfg.version)
         for item_id, res in scorer.score(todo, cfg.batch_size):
@@ -164,7 +201,7 @@ def _results(cfg: ScoreConfig, todo) -> Iterator[tuple[str, object, str, list[st
                 yield item_id, (list(res.scores.values()), list(res.flagged.values()), res.unsafe), \
                     res.model_version, labels
             else:
-                yield item_id, res, "", []
+                yield item_id, Failure.of(res), "", []
 
 
 def _report(rows: list[dict]) -> dict | None:

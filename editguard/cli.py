@@ -265,7 +265,10 @@ def _add_score(sub) -> None:
         "Triton (--server) or in-process with onnxruntime from an exported repository (--repository). A rerun "
         "skips ids already written and retries failures; failures go to OUT.errors.jsonl with the reason.",
         epilog="examples:\n  editguard score data/test/manifest.jsonl --out results/test.jsonl --server localhost:8001\n"
-        "  editguard score logs.parquet --out results/logs --repository model_repository   # Parquet parts",
+        "  editguard score logs.parquet --out results/logs --repository model_repository   # Parquet parts\n"
+        "  editguard score logs.parquet --out results/logs --repository model_repository --engine ray --workers 8\n"
+        "\n--engine ray runs a Ray Data actor pool (pip install 'editguard[ray]'): on a Ray cluster started here\n"
+        "for the run, or on a running one with --ray-address. Same results, same resume, same output schema.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("manifest", help="manifest to score (.jsonl, .parquet, .csv); labels optional")
@@ -279,6 +282,15 @@ def _add_score(sub) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="per-request deadline in seconds, retries included")
     p.add_argument("--allow-outside-root", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("scale-out (--engine ray)")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process; ray: an actor pool on Ray Data (default: %(default)s)")
+    g.add_argument("--workers", type=int, help="Ray actors, each with its own onnxruntime session or Triton client "
+                   "(default: one per GPU, else as many as the CPUs allow)")
+    g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each actor reserves and onnxruntime "
+                   "threads it runs (default: %(default)s)")
+    g.add_argument("--ray-address", metavar="ADDR", help="a running Ray cluster (auto, ray://head:10001); "
+                   "default: start one on this machine for the run")
     p.set_defaults(func=_run_score)
 
 
@@ -287,7 +299,8 @@ def _run_score(a: argparse.Namespace) -> int:
 
     s = score(ScoreConfig(manifest=a.manifest, out=a.out, server=a.server, repository=a.repository, version=a.version,
                           concurrency=a.concurrency, batch_size=a.batch_size, timeout=a.timeout,
-                          allow_outside_root=a.allow_outside_root, progress=not a.no_progress))
+                          allow_outside_root=a.allow_outside_root, progress=not a.no_progress, engine=a.engine,
+                          workers=a.workers, cpus_per_worker=a.cpus_per_worker, ray_address=a.ray_address))
     print(f"scored {s.scored}, skipped {s.skipped} already done, {s.errors} failed, in {s.seconds:.1f} s; "
           f"{s.total_rows} rows in {a.out}")
     if s.errors:

@@ -70,6 +70,20 @@ def subset_manifest(manifest: Path, n: int, tag: str) -> Path:
     return small
 
 
+def manifest_with_a_bad_item(src: Path, out: Path, n: int, bad: int) -> tuple[Path, str]:
+    """The first ``n`` records of ``src`` with absolute paths, record ``bad`` pointing at a truncated
+    PNG; returns ``(manifest, the bad record's id)``."""
+    root = Path(src).parent
+    rows = read_jsonl(src)[:n]
+    (out.parent / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    for r in rows:
+        for k in ("input_image", "output_image", "mask"):
+            r[k] = str(root / r[k])
+    rows[bad]["output_image"] = str(out.parent / "bad.png")
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out, rows[bad]["id"]
+
+
 def triple_bytes(manifest: Path, n: int, start: int = 0) -> list[dict]:
     """Encoded triples as a client sends them: file bytes and the prompt."""
     root = Path(manifest).parent

@@ -24,7 +24,7 @@ from editguard.clients.score import ScoreConfig, score
 from editguard.cli import main
 from editguard.export.triton import TritonServer, free_port
 
-from conftest import read_jsonl, triple_bytes
+from conftest import manifest_with_a_bad_item, read_jsonl, triple_bytes
 
 
 def test_thin_client_imports_no_torch():
@@ -150,21 +150,13 @@ def test_score_resumes_after_kill_9_exactly_once(triton, synth_sets, tmp_path):
 
 
 def test_score_in_process_parquet_matches_server_and_logs_failures(triton, repository, synth_sets, tmp_path):
-    manifest = tmp_path / "m.jsonl"
-    root = Path(synth_sets["test"]).parent
-    rows = read_jsonl(synth_sets["test"])[:40]
-    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
-    for r in rows:
-        for k in ("input_image", "output_image", "mask"):
-            r[k] = str(root / r[k])
-    rows[7]["output_image"] = str(tmp_path / "bad.png")
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest, bad_id = manifest_with_a_bad_item(synth_sets["test"], tmp_path / "m.jsonl", 40, bad=7)
     kw = dict(manifest=str(manifest), allow_outside_root=True, progress=False)
     a = score(ScoreConfig(out=str(tmp_path / "local"), repository=str(repository), **kw))
     b = score(ScoreConfig(out=str(tmp_path / "served.jsonl"), server=triton.grpc_url, **kw))
     assert (a.scored, a.errors, b.scored, b.errors) == (39, 1, 39, 1)
     errs = read_jsonl(tmp_path / "local.errors.jsonl")
-    assert errs[0]["id"] == rows[7]["id"] and "truncated" in errs[0]["reason"]
+    assert errs[0]["id"] == bad_id and "truncated" in errs[0]["reason"]
     local = {r["id"]: r for r in read_results(tmp_path / "local")}
     served = {r["id"]: r for r in read_results(tmp_path / "served.jsonl")}
     for k, r in local.items():

@@ -1,0 +1,68 @@
+"""``editguard score --engine ray``: a Ray Data actor pool on a local Ray cluster gives the
+single-process scorer's results, failures and resume, with either backend."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("ray", reason="the [ray] extra is not installed: pip install 'editguard[ray]'")
+
+from editguard.cli import main  # noqa: E402
+from editguard.clients.results import read_results  # noqa: E402
+from editguard.clients.score import ScoreConfig, score  # noqa: E402
+
+from conftest import manifest_with_a_bad_item, read_jsonl, subset_manifest  # noqa: E402
+
+
+def _rows(path) -> dict[str, dict]:
+    rows = read_results(path)
+    assert len(rows) == len({r["id"] for r in rows}), "an id was written twice"
+    return {r["id"]: r for r in rows}
+
+
+def _assert_same(a: dict[str, dict], b: dict[str, dict], atol: float) -> None:
+    assert a.keys() == b.keys()
+    for k, ra in a.items():
+        rb = b[k]
+        assert list(ra) == list(rb)  # same columns, same order
+        for col, v in ra.items():
+            if col.startswith("score_"):
+                assert v == pytest.approx(rb[col], abs=atol), (k, col)
+            elif col != "model_version":
+                assert v == rb[col], (k, col)
+
+
+def test_ray_engine_matches_the_local_scorer_and_resumes_by_id(repository, synth_sets, tmp_path):
+    manifest, bad_id = manifest_with_a_bad_item(synth_sets["test"], tmp_path / "m.jsonl", 300, bad=11)
+    common = ["--repository", str(repository), "--allow-outside-root", "--no-progress"]
+    assert main(["score", str(manifest), "--out", str(tmp_path / "local"), *common]) == 3  # 3: some items failed
+    # the CLI as a user runs it: Ray is started on this machine for the run, 2 actors, then stopped
+    assert main(["score", str(manifest), "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2",
+                 "--batch-size", "16", *common]) == 3
+    local, ray_rows = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
+    assert len(ray_rows) == 299 and bad_id not in ray_rows
+    _assert_same(ray_rows, local, atol=1e-6)
+    errs = {e["id"]: e for e in read_jsonl(tmp_path / "ray.errors.jsonl")}
+    assert errs.keys() == {bad_id} and errs == {e["id"]: e for e in read_jsonl(tmp_path / "local.errors.jsonl")}
+
+    # exactly once by id: results of an earlier (here: local, partial) run are kept, the rest are added
+    first = subset_manifest(manifest, 120, tmp_path.name)
+    part = score(ScoreConfig(manifest=str(first), out=str(tmp_path / "mixed"), repository=str(repository),
+                             allow_outside_root=True, progress=False))
+    assert (part.scored, part.errors) == (119, 1)
+    rest = score(ScoreConfig(manifest=str(manifest), out=str(tmp_path / "mixed"), repository=str(repository),
+                             allow_outside_root=True, progress=False, engine="ray", workers=1))
+    assert (rest.skipped, rest.scored, rest.errors, rest.total_rows) == (119, 180, 1, 299)  # the failure is retried
+    _assert_same(_rows(tmp_path / "mixed"), local, atol=1e-6)
+
+
+def test_ray_actors_can_score_through_triton(triton, repository, synth_sets, tmp_path):
+    manifest, bad_id = manifest_with_a_bad_item(synth_sets["val"], tmp_path / "m.jsonl", 64, bad=5)
+    kw = dict(manifest=str(manifest), allow_outside_root=True, progress=False)
+    local = score(ScoreConfig(out=str(tmp_path / "local"), repository=str(repository), **kw))
+    served = score(ScoreConfig(out=str(tmp_path / "served"), server=triton.grpc_url, engine="ray", workers=2,
+                               concurrency=4, **kw))
+    assert (served.scored, served.errors) == (local.scored, local.errors) == (63, 1)
+    _assert_same(_rows(tmp_path / "served"), _rows(tmp_path / "local"), atol=1e-4)
+    err = read_jsonl(tmp_path / "served.errors.jsonl")[0]
+    assert err["id"] == bad_id and err["error"] == "InvalidInputError" and "OUTPUT_IMAGE" in err["reason"]
