@@ -101,13 +101,13 @@ def _start(cfg: ScoreConfig) -> bool:
         import ray.data
     except ImportError as e:
         raise ImportError("--engine ray needs Ray Data: pip install 'editguard[ray]'") from e
-    if ray.is_initialized():
-        return False
-    ray.init(address=cfg.ray_address, include_dashboard=False, logging_level=logging.WARNING)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # this process shows one bar, with rate and ETA, over the rows written
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    if ray.is_initialized():
+        return False
+    ray.init(address=cfg.ray_address, include_dashboard=False, logging_level=logging.WARNING)
     return True
 
 

@@ -9,7 +9,10 @@ Three sections, each measured in one run so the ratios compare like with like:
   with encoded images as clients send them: throughput, p50/p95/p99, the mean executed batch
   size and the queue vs compute split from Triton's statistics API;
 - **preprocess**: decode + resize throughput of 512 and 1024 px JPEG and PNG, with and
-  without Pillow's JPEG draft (downscale-on-decode).
+  without Pillow's JPEG draft (downscale-on-decode);
+- **ray** (not in the default set): ``editguard score`` on one manifest of 256 px triples with
+  the local engine, then with ``--engine ray`` at 1, 2, ... workers (one CPU each) on a Ray
+  cluster started once beforehand; whole-run triples/s, actor start-up included.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class BenchConfig:
     seconds: float = 5.0  # per measurement point
     server: str | None = None  # a running Triton (gRPC URL); default: start one on the repository
     sections: list[str] = field(default_factory=lambda: ["inprocess", "served", "preprocess"])
+    ray_items: int = 3000  # triples scored per ray-section run
+    ray_workers: list[int] = field(default_factory=lambda: [1, 2])
 
 
 def _pct(ms: list[float]) -> dict[str, float]:
@@ -207,12 +212,39 @@ def bench_preprocess(cfg: BenchConfig, workdir: Path) -> dict:
     return {"rows": rows}
 
 
+def bench_ray(cfg: BenchConfig, workdir: Path) -> dict:
+    import logging
+
+    import ray
+
+    from .clients.score import ScoreConfig, score
+    from .training.synth import generate
+
+    manifest = generate(workdir / "ray", cfg.ray_items, seed=98, image_size=256, progress=False)
+    started = not ray.is_initialized()
+    if started:  # start-up is paid once here, as a long-lived cluster would have paid it
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    rows = []
+    try:
+        runs = [("local", None)] + [("ray", w) for w in cfg.ray_workers]
+        for engine, workers in runs:
+            out = workdir / f"scores-{engine}-{workers}"
+            s = score(ScoreConfig(manifest=str(manifest), out=str(out), repository=cfg.repository, engine=engine,
+                                  workers=workers, progress=False))
+            rows.append({"engine": engine, "workers": workers or "-", "triples": s.scored, "seconds": s.seconds,
+                         "triples_s": round(s.scored / s.seconds, 1)})
+    finally:
+        if started:
+            ray.shutdown()
+    return {"rows": rows, "cluster_cpus": os.cpu_count()}
+
+
 def machine() -> dict:
     import importlib.metadata as md
 
     versions = {}
     for pkg in ("torch", "onnxruntime", "onnxruntime-gpu", "timm", "transformers", "tritonclient", "nvidia-pytriton",
-                "pillow", "numpy"):
+                "pillow", "numpy", "ray"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -236,6 +268,8 @@ def run_bench(cfg: BenchConfig) -> dict:
             result["served"] = bench_served(cfg, triples)
         if "preprocess" in cfg.sections:
             result["preprocess"] = bench_preprocess(cfg, work)
+        if "ray" in cfg.sections:
+            result["ray"] = bench_ray(cfg, work)
     result["ratios"] = ratios(result)
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     (out / "bench.md").write_text(to_markdown(result))
@@ -257,6 +291,14 @@ def ratios(r: dict) -> dict:
             served = max(x["triples_s"] for x in r["served"]["rows"])
             out["served_best_over_inprocess_pipeline"] = round(served / pipe, 2)
             out["served_best_over_inprocess_ort_model_only"] = round(served / best("onnxruntime fp32"), 2)
+    if "ray" in r:
+        rate = {x["workers"]: x["triples_s"] for x in r["ray"]["rows"] if x["engine"] == "ray"}
+        for w in sorted(k for k in rate if k != 1):
+            if 1 in rate:
+                out[f"ray_{w}_workers_over_1"] = round(rate[w] / rate[1], 2)
+        local = next((x["triples_s"] for x in r["ray"]["rows"] if x["engine"] == "local"), None)
+        if local and rate:
+            out["ray_best_over_local_engine"] = round(max(rate.values()) / local, 2)
     if "preprocess" in r:
         rows = r["preprocess"]["rows"]
         for size in (512, 1024):
@@ -280,7 +322,7 @@ def to_markdown(r: dict) -> str:
     m = r["machine"]
     parts = [f"machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}; "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), f"command: `{m['command']}`"]
-    for section in ("inprocess", "served", "preprocess"):
+    for section in ("inprocess", "served", "preprocess", "ray"):
         if section in r:
             parts += [f"\n### {section}\n", _table(r[section]["rows"])]
     parts += ["\n### ratios (this run)\n", _table([{"ratio": k, "value": v} for k, v in r["ratios"].items()])]

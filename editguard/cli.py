@@ -176,7 +176,8 @@ def _add_export(sub) -> None:
                    help="tensorrt also builds model.plan for the native TensorRT backend")
     p.add_argument("--max-batch", type=int, default=64, help="max batch size of the served models (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="where the parity check runs: cpu or cuda")
-    p.add_argument("--server", metavar="URL", help="also load the new version into this running Triton (gRPC host:port)")
+    p.add_argument("--server", metavar="URL", help="also load the new version into this running Triton (gRPC "
+                   "host:port); comma-separate the replicas that share the repository to roll it across them")
     p.set_defaults(func=_run_export)
 
 
@@ -193,10 +194,11 @@ def _run_export(a: argparse.Namespace) -> int:
     if r.plan:
         print(f"  TensorRT plan: {r.plan}")
     if a.server:
-        from editguard.export.control import load_models
+        from editguard.export.control import roll_out
 
-        load_models(a.server)
-        print(f"  loaded into {a.server}")
+        urls = [u.strip() for u in a.server.split(",") if u.strip()]
+        roll_out(urls)
+        print(f"  loaded into {', '.join(urls)} (one replica at a time)")
     return 0
 
 
@@ -402,8 +404,10 @@ def _add_bench(sub) -> None:
         help="benchmark the hot paths: torch vs onnxruntime, served throughput, preprocessing",
         description="Measure in-process torch eager vs onnxruntime (FP32/FP16) per batch size, a closed-loop "
         "concurrency sweep against a real Triton through the real client, and image decode + resize "
-        "throughput. Prints markdown tables and writes bench.json and bench.md to --out.",
-        epilog="example:\n  editguard bench --model-dir demo/model --repository demo/repository --out bench/cpu",
+        "throughput; optionally (--sections ray) batch scoring on Ray at 1, 2, ... workers. Prints markdown "
+        "tables and writes bench.json and bench.md to --out.",
+        epilog="examples:\n  editguard bench --model-dir demo/model --repository demo/repository --out bench/cpu\n"
+        "  editguard bench --model-dir demo/model --repository demo/repository --out bench/ray --sections ray",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model-dir", required=True, help="a trained model dir")
@@ -413,7 +417,10 @@ def _add_bench(sub) -> None:
     p.add_argument("--concurrency", default="1,4,16,32,64", help="served concurrency sweep (default: %(default)s)")
     p.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (default: %(default)s)")
     p.add_argument("--server", metavar="URL", help="benchmark this running Triton instead of starting one")
-    p.add_argument("--sections", default="inprocess,served,preprocess", help="which sections (default: all)")
+    p.add_argument("--sections", default="inprocess,served,preprocess",
+                   help="comma-separated: inprocess, served, preprocess, ray (default: %(default)s)")
+    p.add_argument("--ray-workers", default="1,2", help="ray section: actor counts to compare (default: %(default)s)")
+    p.add_argument("--ray-items", type=int, default=3000, help="ray section: triples per run (default: %(default)s)")
     p.set_defaults(func=_run_bench)
 
 
@@ -423,7 +430,8 @@ def _run_bench(a: argparse.Namespace) -> int:
     ints = lambda s: [int(x) for x in s.split(",") if x]
     r = run_bench(BenchConfig(model_dir=a.model_dir, repository=a.repository, out=a.out,
                               batch_sizes=ints(a.batch_sizes), concurrency=ints(a.concurrency), seconds=a.seconds,
-                              server=a.server, sections=[s for s in a.sections.split(",") if s]))
+                              server=a.server, sections=[s for s in a.sections.split(",") if s],
+                              ray_items=a.ray_items, ray_workers=ints(a.ray_workers)))
     print(to_markdown(r))
     print(f"wrote {a.out}/bench.json and {a.out}/bench.md")
     return 0

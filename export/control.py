@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .repository import CLASSIFIER, FRONT
 
-__all__ = ["load_models"]
+__all__ = ["load_models", "roll_out"]
 
 
 def load_models(url: str, models: tuple[str, ...] = (CLASSIFIER, FRONT)) -> None:
@@ -19,3 +19,19 @@ def load_models(url: str, models: tuple[str, ...] = (CLASSIFIER, FRONT)) -> None
     client = grpc.InferenceServerClient(url)
     for m in models:
         client.load_model(m)
+
+
+def roll_out(urls: list[str], models: tuple[str, ...] = (CLASSIFIER, FRONT)) -> None:
+    """Load the repository's new versions into replicas one at a time (all read the same repository).
+
+    ``load_model`` returns once the new versions are ready on that replica, so at every moment each
+    replica serves a complete set, and clients that hold several endpoints (or a load balancer with
+    health checks) keep being answered. A failure stops the roll-out at the replica that failed;
+    the ones not yet reached keep their old versions.
+    """
+    for i, url in enumerate(urls):
+        try:
+            load_models(url, models)
+        except Exception as e:
+            raise RuntimeError(f"roll-out stopped at replica {i + 1}/{len(urls)} ({url}): {e}; "
+                               f"replicas {urls[:i] or 'none'} have the new version, the rest the old one") from e

@@ -15,7 +15,7 @@ import tritonclient.grpc as grpcclient
 from editguard.clients import EditGuardClient, EditGuardError
 from editguard.clients.results import read_results
 from editguard.clients.score import ScoreConfig, score
-from editguard.export.control import load_models
+from editguard.export.control import roll_out
 from editguard.export.repository import FRONT, ExportConfig, export_version
 from editguard.export.triton import TritonServer, free_port
 
@@ -48,14 +48,18 @@ def test_triton_killed_mid_score_loses_and_duplicates_nothing(repository, synth_
     assert not lost and duplicated == 0, (len(lost), duplicated)
 
 
-def test_zero_downtime_version_update(tiny_model_dir, synth_sets, tmp_path):
+def test_zero_downtime_version_update_across_two_replicas(tiny_model_dir, synth_sets, tmp_path):
+    """Two Tritons on one repository; clients hold both endpoints; new versions roll across them."""
     repo = tmp_path / "repo"
     export_version(ExportConfig(model_dir=str(tiny_model_dir), repository=str(repo)))
     triples = triple_bytes(synth_sets["test"], 8)
     seen, failures, stop = [], [], threading.Event()
-    with TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as server:
+    ports = lambda: dict(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    with TritonServer(repo, **ports()) as a, TritonServer(repo, **ports()) as b:
+        urls = [a.grpc_url, b.grpc_url]
+
         def load(k: int):
-            with EditGuardClient(server.grpc_url, timeout=30) as guard:
+            with EditGuardClient(urls, timeout=30) as guard:
                 i = k
                 while not stop.is_set():
                     t = triples[i % 8]
@@ -71,17 +75,21 @@ def test_zero_downtime_version_update(tiny_model_dir, synth_sets, tmp_path):
         for _ in (2, 3):  # N+1 goes live; at 3, the version policy (latest 2) retires 1
             time.sleep(1.0)
             export_version(ExportConfig(model_dir=str(tiny_model_dir), repository=str(repo)))
-            load_models(server.grpc_url)
+            roll_out(urls)
         time.sleep(1.5)
         stop.set()
         for th in threads:
             th.join()
-        with grpcclient.InferenceServerClient(server.grpc_url) as c:
-            ready = {m.version for m in c.get_model_repository_index().models if m.name == FRONT and m.state == "READY"}
+        ready = []
+        for url in urls:
+            with grpcclient.InferenceServerClient(url) as c:
+                ready.append({m.version for m in c.get_model_repository_index().models
+                              if m.name == FRONT and m.state == "READY"})
     assert failures == [], failures[:3]
     assert {"1", "2", "3"} <= set(seen) and seen[-1] == "3" and all(seen)
-    assert ready == {"2", "3"}
-    print(f"version update under load: {len(seen)} requests, 0 failed, versions {sorted(set(seen))}")
+    assert ready == [{"2", "3"}, {"2", "3"}]
+    print(f"version roll-out across 2 replicas under load: {len(seen)} requests, 0 failed, "
+          f"versions {sorted(set(seen))}")
 
 
 def test_short_soak(repository, synth_sets):
