@@ -176,7 +176,10 @@ def test_calibration_reaches_its_target_on_held_out_data(triton, synth_sets, tmp
     assert choice.achieved
     pred, truth = s_test.max(1) >= choice.threshold, y_test.max(1).astype(bool)
     held_out_precision = (pred & truth).sum() / pred.sum()
-    assert held_out_precision >= 0.9, (choice, held_out_precision)
+    # a threshold set at exactly 0.9 on val lands near 0.9 on test, within sampling error of test's
+    # flagged count (about 0.035 at 75 flagged): allow two standard errors, no more
+    two_se = 2 * (0.9 * 0.1 / pred.sum()) ** 0.5
+    assert held_out_precision >= 0.9 - two_se, (choice, held_out_precision, two_se)
     res = calibrate(labels, y_val, s_val, targets={n: Target("precision", 0.8) for n in labels}, allow_unmet=True)
     met = [n for n, c in res.choices.items() if c.achieved]
     assert len(met) >= 5

@@ -8,6 +8,7 @@ and DDP when started by ``torchrun`` (rank 0 alone writes).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..model.config import preset_config
 from ..model.model_dir import create_model, save_model_dir, write_json_atomic, write_text_atomic
-from ..model.taxonomy import default_taxonomy, load_taxonomy
+from ..model.taxonomy import Taxonomy, default_taxonomy, load_taxonomy
 from .data import TripleDataset, collate_batch, label_matrix
 from .manifest import read_manifest
 from .metrics import classification_report
@@ -152,7 +153,7 @@ def _train_epoch(run: _Run, epoch: int) -> float:
         batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
         y = batch.pop("labels")
         sync = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(loader)
-        ctx = run.model.no_sync() if d.world > 1 and not sync else _nullcontext()
+        ctx = run.model.no_sync() if d.world > 1 and not sync else contextlib.nullcontext()
         with ctx, torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.amp and d.device.type == "cuda"):
             loss = run.loss_fn(run.model(**batch).float(), y)
             (loss / cfg.grad_accum).backward()
@@ -172,14 +173,6 @@ def _train_epoch(run: _Run, epoch: int) -> float:
     return total / max(1, count)
 
 
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 @dataclass
 class _Run:
     """Everything one training run works with, built by :func:`train`."""
@@ -194,7 +187,7 @@ class _Run:
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     loss_fn: torch.nn.Module
-    taxonomy: object
+    taxonomy: Taxonomy
 
 
 def train(cfg: TrainConfig) -> dict:
