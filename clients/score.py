@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-
 from .results import ErrorLog, ResultWriter, read_results, results_arrays
 
 _logger = logging.getLogger(__name__)
