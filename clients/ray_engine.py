@@ -29,47 +29,30 @@ from typing import Iterator
 
 import numpy as np
 
-from .score import Failure, LocalScorer, ScoreConfig
+from .client import Triple
+from .score import Failure, ScoreConfig, open_backend, outcomes
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["ray_results"]
-
-
-class _Item:
-    """A manifest row as an actor sees it (the attributes :meth:`LocalScorer.score` reads)."""
-
-    __slots__ = ("id", "input_image", "prompt", "output_image", "mask")
-
-    def __init__(self, row: dict):
-        self.id, self.prompt = str(row["id"]), str(row["prompt"])
-        self.input_image, self.output_image = str(row["input_image"]), str(row["output_image"])
-        self.mask = str(row["mask"]) if row["mask"] else None
+__all__ = ["ray_results", "start_ray"]
 
 
 class _ScoreActor:
-    """One Ray actor: a backend built once, then a batch of rows in, a batch of outcomes out."""
+    """One Ray actor: the backend ``cfg`` names, built once; then a batch of rows in, outcomes out."""
 
-    def __init__(self, repository: str | None, server: str | None, version: str, threads: int,
-                 concurrency: int, timeout: float):
+    def __init__(self, cfg: ScoreConfig):
         import ray
 
-        self.scorer = self.client = None
-        if repository:
-            self.scorer = LocalScorer(repository, version, threads=threads, gpu=bool(ray.get_gpu_ids()))
-        else:
-            from .client import EditGuardClient
-
-            self.client = EditGuardClient(server, version=version, timeout=timeout)
-            self.client.wait_ready(timeout=timeout)
-        self.concurrency = concurrency
+        self.cfg = cfg
+        self.backend = open_backend(cfg, threads=max(1, int(cfg.cpus_per_worker)), gpu=bool(ray.get_gpu_ids()))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        items = [_Item(r) for r in rows]
+        items = [Triple(str(r["id"]), str(r["input_image"]), str(r["prompt"]), str(r["output_image"]),
+                        str(r["mask"]) if r["mask"] else None) for r in rows]
         out = {k: np.empty(len(items), dtype=object) for k in ("id", "version", "labels", "scores", "flagged", "error")}
         out["unsafe"] = np.zeros(len(items), dtype=bool)
-        for i, (item_id, res, version, labels) in enumerate(self._outcomes(items)):
+        for i, (item_id, res, version, labels) in enumerate(outcomes(self.backend, items, self.cfg)):
             out["id"][i], out["version"][i], out["labels"][i] = item_id, version, list(labels)
             if isinstance(res, Failure):
                 out["scores"][i], out["flagged"][i], out["error"][i] = [], [], [res.kind, res.reason]
@@ -78,24 +61,11 @@ class _ScoreActor:
                 out["scores"][i], out["flagged"][i], out["error"][i] = list(map(float, scores)), list(map(bool, flagged)), []
         return out
 
-    def _outcomes(self, items: list[_Item]) -> Iterator[tuple[str, object, str, list[str]]]:
-        if self.scorer is not None:
-            for item_id, res in self.scorer.score(items, len(items)):
-                yield item_id, res, self.scorer.version, self.scorer.labels
-            return
-        from .client import Triple, Verdict
 
-        triples = (Triple(t.id, t.input_image, t.prompt, t.output_image, t.mask) for t in items)
-        for item_id, res in self.client.classify_many(triples, concurrency=self.concurrency):
-            if isinstance(res, Verdict):
-                yield item_id, (list(res.scores.values()), list(res.flagged.values()), res.unsafe), \
-                    res.model_version, list(res.scores)
-            else:
-                yield item_id, Failure.of(res), "", []
-
-
-def _start(cfg: ScoreConfig) -> bool:
-    """Connect to (or start) Ray; returns whether this call started it (so it should stop it)."""
+def start_ray(address: str | None = None) -> bool:
+    """Connect to the Ray cluster at ``address``, or start one here (``None``), unless this process is
+    already connected; quiets Ray Data's own progress output. Returns whether this call connected
+    (so the caller should ``ray.shutdown()`` when done)."""
     try:
         import ray
         import ray.data
@@ -107,7 +77,7 @@ def _start(cfg: ScoreConfig) -> bool:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     if ray.is_initialized():
         return False
-    ray.init(address=cfg.ray_address, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     return True
 
 
@@ -129,7 +99,7 @@ def ray_results(cfg: ScoreConfig, todo: list) -> Iterator[tuple[str, object, str
     """Score ``todo`` (validated manifest records) on Ray; yields what the local engine yields."""
     if not todo:
         return
-    started = _start(cfg)
+    started = start_ray(cfg.ray_address)
     import ray
     import ray.data
 
@@ -142,9 +112,7 @@ def ray_results(cfg: ScoreConfig, todo: list) -> Iterator[tuple[str, object, str
         ds = ray.data.from_items(items, override_num_blocks=blocks)
         scored = ds.map_batches(
             _ScoreActor,
-            fn_constructor_kwargs=dict(repository=cfg.repository, server=cfg.server, version=cfg.version,
-                                       threads=max(1, int(cfg.cpus_per_worker)), concurrency=cfg.concurrency,
-                                       timeout=cfg.timeout),
+            fn_constructor_kwargs={"cfg": cfg},
             batch_size=cfg.batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cfg.cpus_per_worker, num_gpus=gpus)
         _logger.info("scoring %d triples on Ray with %d actor(s)%s", len(items), workers, " (1 GPU each)" if gpus else "")

@@ -28,7 +28,7 @@ from .results import ErrorLog, ResultWriter, read_results, results_arrays
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["ScoreConfig", "ScoreSummary", "score", "LocalScorer", "Failure"]
+__all__ = ["ScoreConfig", "ScoreSummary", "score", "LocalScorer", "Failure", "open_backend", "outcomes"]
 
 
 @dataclass
@@ -122,6 +122,10 @@ class LocalScorer:
                                             providers=providers)
         self.inputs = [i.name for i in self.session.get_inputs()]
 
+    def close(self) -> None:
+        """Release the onnxruntime session."""
+        self.session = None
+
     def score(self, records, batch_size: int) -> Iterator[tuple[str, object]]:
         """Yields ``(id, (scores, flagged, unsafe))`` or ``(id, Failure)``; records need ``id``,
         ``input_image``, ``prompt``, ``output_image`` and ``mask`` (paths or bytes)."""
@@ -184,23 +188,42 @@ def _results(cfg: ScoreConfig, todo) -> Iterator[tuple[str, object, str, list[st
 
         yield from ray_results(cfg, todo)
         return
-    if cfg.repository:
-        scorer = LocalScorer(cfg.repository, cfg.version)
-        for item_id, res in scorer.score(todo, cfg.batch_size):
-            yield item_id, res, scorer.version, scorer.labels
-        return
-    from .client import EditGuardClient, Triple, Verdict
+    backend = open_backend(cfg)
+    try:
+        yield from outcomes(backend, todo, cfg)
+    finally:
+        backend.close()
 
-    with EditGuardClient(cfg.server, version=cfg.version, timeout=cfg.timeout) as client:
-        client.wait_ready(timeout=cfg.timeout)
-        triples = (Triple(r.id, r.input_image, r.prompt, r.output_image, r.mask) for r in todo)
-        for item_id, res in client.classify_many(triples, concurrency=cfg.concurrency):
-            if isinstance(res, Verdict):
-                labels = list(res.scores)
-                yield item_id, (list(res.scores.values()), list(res.flagged.values()), res.unsafe), \
-                    res.model_version, labels
-            else:
-                yield item_id, Failure.of(res), "", []
+
+def open_backend(cfg: ScoreConfig, threads: int | None = None, gpu: bool = False):
+    """The backend ``cfg`` names: a :class:`LocalScorer` on ``cfg.repository``, or an
+    :class:`EditGuardClient` on ``cfg.server``, ready. Both have ``close()``."""
+    if cfg.repository:
+        return LocalScorer(cfg.repository, cfg.version, threads=threads, gpu=gpu)
+    from .client import EditGuardClient
+
+    client = EditGuardClient(cfg.server, version=cfg.version, timeout=cfg.timeout)
+    client.wait_ready(timeout=cfg.timeout)
+    return client
+
+
+def outcomes(backend, items, cfg: ScoreConfig) -> Iterator[tuple[str, object, str, list[str]]]:
+    """What :func:`_results` yields, for ``items`` (records or :class:`Triple` s) on ``backend``
+    (see :func:`open_backend`): batches of ``cfg.batch_size`` in-process, or ``cfg.concurrency``
+    requests in flight to Triton."""
+    if isinstance(backend, LocalScorer):
+        for item_id, res in backend.score(items, cfg.batch_size):
+            yield item_id, res, backend.version, backend.labels
+        return
+    from .client import Triple, Verdict
+
+    triples = (Triple(r.id, r.input_image, r.prompt, r.output_image, r.mask) for r in items)
+    for item_id, res in backend.classify_many(triples, concurrency=cfg.concurrency):
+        if isinstance(res, Verdict):
+            yield item_id, (list(res.scores.values()), list(res.flagged.values()), res.unsafe), \
+                res.model_version, list(res.scores)
+        else:
+            yield item_id, Failure.of(res), "", []
 
 
 def _report(rows: list[dict]) -> dict | None:

@@ -213,17 +213,14 @@ def bench_preprocess(cfg: BenchConfig, workdir: Path) -> dict:
 
 
 def bench_ray(cfg: BenchConfig, workdir: Path) -> dict:
-    import logging
-
     import ray
 
+    from .clients.ray_engine import start_ray
     from .clients.score import ScoreConfig, score
     from .training.synth import generate
 
     manifest = generate(workdir / "ray", cfg.ray_items, seed=98, image_size=256, progress=False)
-    started = not ray.is_initialized()
-    if started:  # start-up is paid once here, as a long-lived cluster would have paid it
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    started = start_ray()  # start-up is paid once here, as a long-lived cluster would have paid it
     rows = []
     try:
         runs = [("local", None)] + [("ray", w) for w in cfg.ray_workers]

@@ -194,9 +194,10 @@ def _run_export(a: argparse.Namespace) -> int:
     if r.plan:
         print(f"  TensorRT plan: {r.plan}")
     if a.server:
+        from editguard.clients.client import parse_urls
         from editguard.export.control import roll_out
 
-        urls = [u.strip() for u in a.server.split(",") if u.strip()]
+        urls = parse_urls(a.server)
         roll_out(urls)
         print(f"  loaded into {', '.join(urls)} (one replica at a time)")
     return 0

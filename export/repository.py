@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from ..model.model_dir import write_text_atomic
+
 _logger = logging.getLogger(__name__)
 
 __all__ = ["FRONT", "CLASSIFIER", "ExportConfig", "ExportResult", "export_version", "ensure_repository",
@@ -55,14 +57,7 @@ def read_config(path: str | Path):
 def write_config(path: str | Path, config, header: str = "") -> None:
     from google.protobuf import text_format
 
-    _write_atomic(Path(path), header + text_format.MessageToString(config))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(Path(path), header + text_format.MessageToString(config))
 
 
 def versions(repository: str | Path, model: str = FRONT) -> list[int]:
@@ -200,7 +195,7 @@ def _check_labels(repo: Path, labels: list[str]) -> None:
         if have != labels and versions(repo, FRONT):
             raise ValueError(f"{path} lists {have} but the model has {labels}; versions served side by side "
                              "must share labels: export into a new repository")
-    _write_atomic(path, "\n".join(labels) + "\n")
+    write_text_atomic(path, "\n".join(labels) + "\n")
 
 
 def _update_configs(repo: Path, max_batch: int, net) -> None:
