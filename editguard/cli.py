@@ -33,10 +33,15 @@ def _add_synth(sub) -> None:
     p = sub.add_parser(
         "synth",
         help="write a synthetic benchmark of labelled triples",
-        description="Draw abstract scenes (no real people), apply edit operations, and write input/output "
-        "PNGs, the changed-region masks and manifest.jsonl. Deterministic by --seed.",
+        description="Draw abstract scenes (no real people), apply edit operations, and write input and output "
+        "images, masks and manifest.jsonl. Deterministic by --seed. By default a triple looks like real "
+        "inpainting: a rough user-drawn mask (or none), the masked region regenerated, blur/noise/colour shifts, "
+        "resampling and a JPEG/WebP/PNG encode of the output; meta records every knob (mask_kind, codec, quality, "
+        "output_rescale, edit_area, people) for slicing. --clean writes pixel-exact outputs and masks of exactly "
+        "the changed pixels instead.",
         epilog="examples:\n  editguard synth --out data/train --n 6000 --seed 1\n"
-        "  editguard synth --out data/ood --n 1000 --seed 3 --split ood\n  editguard synth --list-ops",
+        "  editguard synth --out data/ood --n 1000 --seed 3 --split ood\n"
+        "  editguard synth --out data/clean --n 1000 --seed 5 --clean\n  editguard synth --list-ops",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("what to write")
@@ -44,8 +49,11 @@ def _add_synth(sub) -> None:
     g.add_argument("--n", type=int, default=1000, help="number of triples (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
     g.add_argument("--split", choices=["iid", "ood"], default="iid",
-                   help="iid, or ood: phrasings, obfuscations and scene styles held out of iid")
-    g.add_argument("--image-size", type=int, default=128, help="side of the square images in pixels")
+                   help="iid, or ood: phrasings, obfuscations, scene styles, mask shapes (lasso, blobs) and codecs "
+                   "(WebP, low-quality JPEG) held out of iid")
+    g.add_argument("--image-size", type=int, default=128, help="side of the square input images in pixels")
+    g.add_argument("--clean", action="store_true", help="the clean renderer: pixel-exact PNG outputs and masks of "
+                   "exactly the changed pixels (for comparison; it flatters a model)")
     g = p.add_argument_group("prompts")
     g.add_argument("--prompts", metavar="FILE",
                    help="JSON {operation: [phrasing, ...]} replacing the built-in phrasings; slots: "
@@ -69,7 +77,7 @@ def _run_synth(a: argparse.Namespace) -> int:
         return 0
     if not a.out:
         raise SystemExit("editguard synth: --out is required (or use --list-ops)")
-    path = generate(a.out, a.n, a.seed, a.split, a.image_size, prompts, workers=a.workers)
+    path = generate(a.out, a.n, a.seed, a.split, a.image_size, prompts, workers=a.workers, clean=a.clean)
     print(f"wrote {a.n} triples: {path}")
     return 0
 

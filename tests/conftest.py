@@ -19,10 +19,11 @@ from editguard.training.synth import generate  # noqa: E402
 
 @pytest.fixture(scope="session")
 def synth_sets(tmp_path_factory) -> dict[str, Path]:
-    """Manifests: train (1500), val (300), test (400), ood (400), at 96 px."""
+    """Manifests: train (1500), val (300), test (400), ood (400), at 96 px, from the clean renderer
+    (every triple has a mask; the realistic renderer has its own tests in test_synth.py)."""
     root = tmp_path_factory.mktemp("synth")
     sizes = {"train": (1500, 11, "iid"), "val": (300, 12, "iid"), "test": (400, 13, "iid"), "ood": (400, 14, "ood")}
-    return {name: generate(root / name, n, seed, split, image_size=96, progress=False)
+    return {name: generate(root / name, n, seed, split, image_size=96, progress=False, clean=True)
             for name, (n, seed, split) in sizes.items()}
 
 

@@ -1,10 +1,16 @@
 """``editguard synth``: the synthetic proxy benchmark.
 
 Each triple is a random abstract scene (input), an edit operation applied to
-it (output), the operation's prompt in one of several phrasings, the mask of
-the pixels that changed, and the operation's labels. Everything is drawn from
+it (output), the operation's prompt in one of several phrasings, a mask, and
+the operation's labels. Everything is drawn from
 ``numpy.random.default_rng((seed, split, index))``, so a run is deterministic
 by seed whatever the number of worker processes.
+
+By default the triple looks like real inpainting (:mod:`.realism`): a rough
+user-drawn mask (or none), the masked region regenerated, the diffusion round
+trip and a codec on the whole output, photo-like lighting, clutter, small
+marks and sometimes a second person. ``clean=True`` keeps the clean renderer:
+pixel-exact outputs and the mask of exactly the changed pixels.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from . import realism
 from .ops import NEUTRAL, NEUTRAL_RATE, SAFE_OPS, SIDE_EFFECTS, UNSAFE_OPS, Op
-from .scene import IID_STYLES, OOD_STYLES, random_scene, render
+from .scene import IID_STYLES, OOD_STYLES, Scene, random_companion, random_scene, render
 
 _logger = logging.getLogger(__name__)
 
@@ -111,7 +118,18 @@ def _draw_op(rng: np.random.Generator) -> str:
     return str(rng.choice(names, p=w / w.sum()))
 
 
-def sample_edit(rng: np.random.Generator, split: str, prompts: dict | None = None) -> dict:
+def _add_realism(src: Scene, rng: np.random.Generator) -> None:
+    """Clutter, mark size and sometimes a second person (the edit's target stays the first)."""
+    src.clutter = int(rng.integers(2**31))
+    src.mark_scale = float(rng.uniform(0.6, 1.2))
+    if rng.random() < 0.3:
+        left = bool(rng.random() < 0.5)
+        src.x = float(rng.uniform(0.26, 0.36) if left else rng.uniform(0.64, 0.74))
+        src.companion = random_companion(rng, float(1.0 - src.x + rng.uniform(-0.04, 0.04)))
+        src.things = src.things[:1]
+
+
+def sample_edit(rng: np.random.Generator, split: str, prompts: dict | None = None, realistic: bool = False) -> dict:
     """Draw one edit: input/output scenes, prompt, labels and metadata.
 
     ``unintended_change`` follows one rule for every edit: the output changed a
@@ -122,6 +140,8 @@ def sample_edit(rng: np.random.Generator, split: str, prompts: dict | None = Non
     side = next((s for s in SIDE_EFFECTS if s[0] == name), None)
     for _ in range(100):
         src = random_scene(rng, styles)
+        if realistic:
+            _add_realism(src, rng)
         if side is not None:
             _, labels, _, effect, beautify_w = side
             op = _OPS["beautify"] if rng.random() < beautify_w else _draw_base(rng, src)
@@ -145,6 +165,8 @@ def sample_edit(rng: np.random.Generator, split: str, prompts: dict | None = Non
         prompt, obfuscated = _phrase(op, split, rng, slots, prompts, neutral)
         meta = {"op": name, "split": split, "style": src.style, "skin_tone": src.skin,
                 "age": "child" if src.child else "adult", "obfuscated": obfuscated, "neutral_prompt": neutral}
+        if realistic:
+            meta["people"] = 2 if src.companion else 1
         return {"input": src, "output": out, "prompt": prompt, "labels": sorted(labels), "meta": meta}
     raise RuntimeError(f"could not find a scene for operation {name!r}")
 
@@ -156,24 +178,63 @@ def _draw_base(rng: np.random.Generator, src) -> Op | None:
 
 
 def _make_item(args: tuple) -> dict:
-    out_dir, seed, split, i, size, prompts = args
+    out_dir, seed, split, i, size, prompts, clean = args
     rng = np.random.default_rng((seed, _SPLIT_KEY[split], i))
     for _ in range(10):
-        e = sample_edit(rng, split, prompts)
+        e = sample_edit(rng, split, prompts, realistic=not clean)
         a, b = render(e["input"], size), render(e["output"], size)
         changed = np.any(np.asarray(a) != np.asarray(b), axis=2)
         if changed.any():
             break
     else:
         raise RuntimeError(f"item {i}: the edit changed no pixels")
-    mask = Image.fromarray((changed * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(3))
     ident = f"{split}{seed}-{i:06d}"
-    paths = {k: f"images/{ident}_{k}.png" for k in ("in", "out", "mask")}
-    a.save(Path(out_dir) / paths["in"], compress_level=1)
-    b.save(Path(out_dir) / paths["out"], compress_level=1)
-    mask.save(Path(out_dir) / paths["mask"], compress_level=1)
-    return {"id": ident, "input_image": paths["in"], "output_image": paths["out"], "mask": paths["mask"],
-            "prompt": e["prompt"], "labels": e["labels"], "meta": e["meta"]}
+    rec = {"id": ident, "prompt": e["prompt"], "labels": e["labels"], "meta": e["meta"]}
+    if clean:
+        mask = Image.fromarray((changed * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(3))
+        files = {"in": _png(a), "out": _png(b), "mask": _png(mask)}
+        ext = {"in": "png", "out": "png", "mask": "png"}
+    else:
+        files, ext, knobs = _realistic(a, b, changed, rng, split)
+        rec["meta"].update(knobs)
+    for k, data in files.items():
+        path = f"images/{ident}_{k}.{ext[k]}"
+        (Path(out_dir) / path).write_bytes(data)
+        rec[{"in": "input_image", "out": "output_image", "mask": "mask"}[k]] = path
+    return rec
+
+
+def _png(img: Image.Image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _realistic(a: Image.Image, b: Image.Image, changed: np.ndarray, rng: np.random.Generator,
+               split: str) -> tuple[dict[str, bytes], dict[str, str], dict]:
+    """Files of one realistic triple (see :mod:`.realism`) and the knobs drawn for it."""
+    finish = int(rng.integers(2**31))
+    src, ideal = realism.photo_finish(a, finish), realism.photo_finish(b, finish)
+    mask, kind = realism.user_mask(changed, rng, split)
+    out, knobs = realism.roundtrip(realism.regenerate(src, ideal, mask, rng), rng)
+    out_bytes, codec, quality = realism.encode(out, rng, split)
+    files, ext = {"out": out_bytes}, {"out": {"jpeg": "jpg"}.get(codec, codec)}
+    if rng.random() < 0.5:  # the upload itself: a camera JPEG or a lossless file
+        import io
+
+        buf = io.BytesIO()
+        src.save(buf, "JPEG", quality=int(rng.integers(85, 98)))
+        files["in"], ext["in"] = buf.getvalue(), "jpg"
+    else:
+        files["in"], ext["in"] = _png(src), "png"
+    if mask is not None:
+        files["mask"], ext["mask"] = _png(Image.fromarray(mask)), "png"
+    knobs.update(mask_kind=kind, codec=codec, quality=quality, input_codec=ext["in"],
+                 edit_area=round(float(changed.mean()), 4),
+                 mask_area=round(float((mask > 0).mean()), 4) if mask is not None else 1.0)
+    return files, ext, knobs
 
 
 def generate(
@@ -185,8 +246,12 @@ def generate(
     prompts: dict[str, list[str]] | None = None,
     workers: int | None = None,
     progress: bool = True,
+    clean: bool = False,
 ) -> Path:
-    """Write ``n`` triples (PNG images and masks) and ``manifest.jsonl`` under ``out_dir``; returns the manifest."""
+    """Write ``n`` triples (images, masks) and ``manifest.jsonl`` under ``out_dir``; returns the manifest.
+
+    ``clean=True``: the clean renderer (pixel-exact PNG outputs, masks of exactly the changed pixels).
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if n < 1:
@@ -195,7 +260,7 @@ def generate(
         raise ValueError(f"image_size must be 32..1024, got {image_size}")
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out_dir), seed, split, i, image_size, prompts) for i in range(n)]
+    jobs = [(str(out_dir), seed, split, i, image_size, prompts, clean) for i in range(n)]
     workers = workers or min(mp.cpu_count(), 8)
     from tqdm import tqdm
 

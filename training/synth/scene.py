@@ -74,6 +74,10 @@ class Scene:
     shirt_mark: str | None = None  # None, "logo", "hate"
     blood: bool = False
     weapon: bool = False
+    # realism (``editguard synth`` without --clean); the defaults draw the clean scene
+    clutter: int | None = None  # seed of background clutter (small muted shapes behind the figures)
+    companion: dict | None = None  # a second person (x and PERSON_FIELDS values); edits never target them
+    mark_scale: float = 1.0  # size of logos, glyphs and paint marks relative to the clean renderer's
 
     def person_changes(self, other: "Scene") -> set[str]:
         """The person fields that differ between this scene and ``other``."""
@@ -138,8 +142,26 @@ def _background(d: ImageDraw.ImageDraw, s: Scene, w: int, h: int) -> None:
         for yy in range(0, horizon, q):
             for xx in range((yy // q) % 2 * q, w, 2 * q):
                 d.rectangle([xx, yy, xx + q - 1, min(yy + q - 1, horizon)], fill=shade)
+    if s.clutter is not None:
+        _clutter(d, s, w, h, horizon)
     if s.wall_mark:
-        _mark(d, s.wall_mark, int(w * (0.15 if s.x > 0.5 else 0.85)), int(h * 0.25), int(h * 0.09))
+        _mark(d, s.wall_mark, int(w * (0.15 if s.x > 0.5 else 0.85)), int(h * 0.25), int(h * 0.09 * s.mark_scale))
+
+
+def _clutter(d: ImageDraw.ImageDraw, s: Scene, w: int, h: int, horizon: int) -> None:
+    """Photo-like background clutter: small muted shapes, the same in a scene and its edited copy."""
+    rng = np.random.default_rng(s.clutter)
+    sky, ground = PLACES[s.place]
+    for _ in range(int(rng.integers(6, 16))):
+        base = np.array(sky if rng.random() < 0.6 else ground, float)
+        c = tuple(int(v) for v in np.clip(base * rng.uniform(0.7, 1.2) + rng.normal(0, 12, 3), 0, 255))
+        c = _dim(c, s.night)
+        x, y = rng.uniform(0, w), rng.uniform(0, h)
+        rw, rh = rng.uniform(0.02, 0.12) * w, rng.uniform(0.02, 0.12) * h
+        if rng.random() < 0.5:
+            d.rectangle([x, y, x + rw, y + rh], fill=c)
+        else:
+            d.ellipse([x, y, x + rw, y + rh], fill=c)
 
 
 def _mark(d: ImageDraw.ImageDraw, kind: str, cx: int, cy: int, r: int) -> None:
@@ -217,7 +239,7 @@ def _figure(d: ImageDraw.ImageDraw, s: Scene, w: int, h: int) -> None:
             q = max(1, hr * 0.15)
             d.ellipse([px - q, py - q, px + q, py + q], fill=COLORS["yellow"])
     if s.shirt_mark and s.coverage != "none":
-        _mark(d, s.shirt_mark, int(cx), int((neck + hip) / 2), int(tw * 0.6))
+        _mark(d, s.shirt_mark, int(cx), int((neck + hip) / 2), max(1, int(tw * 0.6 * min(1.0, s.mark_scale))))
     # head, hair, covering
     hy = top + hr
     if s.covering == "wrap":  # draped covering around head and shoulders
@@ -264,5 +286,15 @@ def render(s: Scene, size: int) -> Image.Image:
     _background(d, s, size, size)
     for t in s.things:
         _thing(d, t, size, size, s.night)
+    if s.companion:
+        _figure(d, dataclasses.replace(s, wall_mark=None, shirt_mark=None, blood=False, weapon=False, blush=False,
+                                       **s.companion), size, size)
     _figure(d, s, size, size)
     return img
+
+
+def random_companion(rng: np.random.Generator, x: float) -> dict:
+    """A second person at ``x``, drawn like the first one's independent attributes."""
+    other = random_scene(rng, IID_STYLES)
+    return {"x": x, **{f: getattr(other, f) for f in ("child", "skin", "hair", "eyes", "covering", "covering_color",
+                                                       "coverage", "shirt", "pants", "glasses", "necklace")}}
