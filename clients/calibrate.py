@@ -18,7 +18,7 @@ import numpy as np
 
 __all__ = ["Target", "ThresholdChoice", "choose_threshold", "rates_at", "bootstrap_rates",
            "ProbabilityCalibrator", "expected_calibration_error", "calibrate", "slice_table", "UnmetTargetError",
-           "parse_target"]
+           "parse_target", "threshold_report", "check_thresholds", "format_check"]
 
 METRICS = ("precision", "recall")
 
@@ -261,6 +261,70 @@ def slice_table(rows: list[dict], labels: list[str], thresholds: np.ndarray, fie
         flag = negs >= min_count and not math.isnan(r["fpr"]) and r["fpr"] > factor * max(overall["fpr"], 1e-9)
         out.append({"slice": v, "n": int(m.sum()), **r, "negatives": negs, "flag": bool(flag)})
     return out
+
+
+def _any_rates(y_true: np.ndarray, y_score: np.ndarray, thresholds: np.ndarray, n_boot: int) -> dict:
+    """Rates of the aggregate decision (any category flagged) with bootstrap intervals."""
+    truth, pred = y_true.any(1), (y_score >= thresholds).any(1).astype(float)
+    return {**rates_at(truth, pred, 0.5), "ci95": bootstrap_rates(truth, pred, 0.5, n_boot=n_boot),
+            "support": int(truth.sum()), "negatives": int((~truth).sum())}
+
+
+def threshold_report(labels: list[str], thresholds: np.ndarray, y_true: np.ndarray, y_score: np.ndarray, *,
+                     n_boot: int = 200) -> dict:
+    """Precision, recall and FPR at ``thresholds`` (``[C]``) on ``y_true``, ``y_score`` (``[N, C]``).
+
+    Returns ``{"categories": {name: {precision, recall, fpr, support, negatives, ci95}},
+    "unsafe_any": {...}}``, the aggregate being "any category flagged".
+    """
+    if y_true.shape != y_score.shape or y_true.shape[1] != len(labels):
+        raise ValueError(f"y_true {y_true.shape} and y_score {y_score.shape} must both be [N, {len(labels)}]")
+    out: dict = {"categories": {}}
+    for j, name in enumerate(labels):
+        y, sc = y_true[:, j].astype(bool), y_score[:, j]
+        r = rates_at(y, sc, float(thresholds[j]))
+        ci = bootstrap_rates(y, sc, float(thresholds[j]), n_boot=n_boot) if 0 < y.sum() < len(y) else {}
+        out["categories"][name] = {**r, "support": int(y.sum()), "negatives": int((~y).sum()), "ci95": ci}
+    out["unsafe_any"] = _any_rates(y_true.astype(bool), y_score, thresholds, n_boot)
+    return out
+
+
+def check_thresholds(labels: list[str], thresholds: np.ndarray, y_true: np.ndarray, y_score: np.ndarray, *,
+                     reference: dict, factor: float = 2.0, n_boot: int = 200) -> dict:
+    """How thresholds chosen on one labelled set carry to another.
+
+    ``reference`` is :func:`threshold_report` on the calibration set. Returns the same report on
+    this set, each entry with ``fpr_ratio`` (here / calibration set), plus ``warnings``: one line
+    for each category (or the aggregate) whose FPR here is over ``factor`` times its FPR there (or
+    over ``factor`` over its negatives, where that was 0).
+    """
+    if factor <= 1.0:
+        raise ValueError(f"factor must be over 1, got {factor!r}")
+    out = threshold_report(labels, thresholds, y_true, y_score, n_boot=n_boot)
+    out["warnings"] = []
+    rows = [*out["categories"].items(), ("unsafe (any)", out["unsafe_any"])]
+    refs = [*reference["categories"].values(), reference["unsafe_any"]]
+    for (name, here), ref in zip(rows, refs):
+        base = ref["fpr"]
+        here["fpr_ratio"] = float(here["fpr"] / base) if base and not math.isnan(here["fpr"]) else math.nan
+        if not math.isnan(here["fpr"]) and here["fpr"] > factor * max(base, 1.0 / max(ref["negatives"], 1)):
+            out["warnings"].append(f"{name}: FPR {here['fpr']:.3f} here vs {base:.3f} on the calibration set "
+                                   f"(over {factor:g}x); precision {here['precision']:.3f}")
+    return out
+
+
+def format_check(name: str, check: dict, reference: dict) -> str:
+    """A table of :func:`check_thresholds`: each category on the calibration set and on the other set."""
+    rows = [f"thresholds on {name} (calibration set -> this set):",
+            f"{'category':<22} {'precision':>15} {'recall':>15} {'FPR':>15}  {'precision 95% CI here':<22} support"]
+    items = [*check["categories"].items(), ("unsafe (any)", check["unsafe_any"])]
+    refs = [*reference["categories"].values(), reference["unsafe_any"]]
+    for (cat, c), ref in zip(items, refs):
+        ci = c.get("ci95", {}).get("precision", [math.nan, math.nan])
+        cells = " ".join(f"{ref[k]:6.3f}->{c[k]:6.3f}" for k in ("precision", "recall", "fpr"))
+        rows.append(f"{cat:<22} {cells}  [{ci[0]:.3f}, {ci[1]:.3f}]          {c['support']:>7}")
+    rows += [f"WARNING {w}" for w in check["warnings"]]
+    return "\n".join(rows)
 
 
 def install_thresholds(doc: dict, repository: str | Path, version: str | None = None) -> Path:

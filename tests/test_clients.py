@@ -19,7 +19,7 @@ from PIL import Image
 from editguard.clients import (AsyncEditGuardClient, EditGuardClient, InvalidInputError, ServerUnavailableError,
                                Triple, Verdict)
 from editguard.clients.calibrate import Target, UnmetTargetError, calibrate, choose_threshold
-from editguard.clients.results import read_results, results_arrays
+from editguard.clients.results import ResultWriter, read_results, results_arrays
 from editguard.clients.score import ScoreConfig, score
 from editguard.cli import main
 from editguard.export.triton import TritonServer, free_port
@@ -221,3 +221,48 @@ def test_installed_thresholds_change_verdicts_without_restart(triton, repository
     assert back.flagged == default.flagged
     for png in ("pr_curves.png", "reliability.png"):
         assert Image.open(tmp_path / "plots" / png).size[0] > 400
+
+
+def _results(path: Path, y: np.ndarray, s: np.ndarray, labels: list[str]) -> Path:
+    with ResultWriter(path) as w:
+        for i in range(len(y)):
+            w.write({"id": f"r{i}", "model_version": "1", "unsafe": bool(s[i].max() >= 0.5),
+                     **{f"score_{n}": float(s[i, j]) for j, n in enumerate(labels)},
+                     **{f"flag_{n}": bool(s[i, j] >= 0.5) for j, n in enumerate(labels)},
+                     "labels": [n for j, n in enumerate(labels) if y[i, j]]})
+    return path
+
+
+def test_calibrate_check_reports_how_thresholds_carry_to_another_set(tmp_path, capsys):
+    """Thresholds chosen on one set, measured on another: figures match a direct count, and a
+    category whose FPR grows past the factor is warned about."""
+    rng = np.random.default_rng(0)
+    labels = ["a", "b"]
+    y = (rng.random((600, 2)) < 0.3).astype(int)
+    clean = np.clip(0.7 * y + rng.normal(0.15, 0.1, y.shape), 0, 1)
+    shifted = clean.copy()
+    shifted[:, 0] += np.where(y[:, 0] == 0, rng.uniform(0, 0.6, len(y)), 0)  # category a's negatives drift up
+    val, other = _results(tmp_path / "val.jsonl", y, clean, labels), _results(tmp_path / "o.jsonl", y, shifted, labels)
+    out = tmp_path / "th.json"
+    assert main(["calibrate", str(val), "--target", "precision=0.9", "--check", str(other), "--out", str(out),
+                 "--bootstrap", "30"]) == 0
+    printed = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    th = np.array([doc["categories"][n]["threshold"] for n in labels])
+    check = doc["checks"][str(other)]
+    for j, n in enumerate(labels):
+        pred, truth = shifted[:, j] >= th[j], y[:, j].astype(bool)
+        assert check["categories"][n]["fpr"] == pytest.approx((pred & ~truth).sum() / (~truth).sum())
+        assert check["categories"][n]["recall"] == pytest.approx((pred & truth).sum() / truth.sum())
+        lo, hi = check["categories"][n]["ci95"]["precision"]
+        assert lo <= check["categories"][n]["precision"] <= hi
+    assert doc["reference"]["categories"]["a"]["fpr"] < 0.02 < check["categories"]["a"]["fpr"]
+    any_pred = (shifted >= th).any(1)
+    assert check["unsafe_any"]["fpr"] == pytest.approx((any_pred & ~y.any(1)).sum() / (~y.any(1)).sum())
+    assert [w.split(":")[0] for w in check["warnings"]] == ["a", "unsafe (any)"]  # b is unchanged: no warning
+    assert "WARNING a: FPR" in printed and "calibration set -> this set" in printed
+    unlabelled = tmp_path / "u.jsonl"
+    unlabelled.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "labels"}) + "\n"
+                                  for r in read_jsonl(other)))
+    assert main(["calibrate", str(val), "--check", str(unlabelled), "--out", str(out), "--bootstrap", "5"]) != 0
+    assert "no labelled results there; score a labelled manifest" in capsys.readouterr().err

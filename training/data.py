@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
+from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 
 from ..model.preprocess import Preprocessor, collate
 from .manifest import Record
 
-__all__ = ["TripleDataset", "collate_batch", "label_matrix"]
+__all__ = ["TripleDataset", "collate_batch", "label_matrix", "degrade", "jitter_mask"]
 
 
 def label_matrix(records: list[Record], labels: list[str]) -> np.ndarray:
@@ -22,6 +25,46 @@ def label_matrix(records: list[Record], labels: list[str]) -> np.ndarray:
     return y
 
 
+def degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What a diffusion round trip and a codec do to an image, at the network's input size.
+
+    ``uint8 [S, S, 3]`` in and out: sometimes resampling, blur, a JPEG encode at a random quality,
+    a colour gain and noise. (Only JPEG: the WebP of the synthetic ood split stays unseen.)
+    """
+    im = Image.fromarray(img)
+    s = im.size[0]
+    if rng.random() < 0.3:
+        small = max(8, round(s * rng.uniform(0.5, 0.9)))
+        im = im.resize((small, small), Image.BILINEAR).resize((s, s), Image.BILINEAR)
+    if rng.random() < 0.3:
+        im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
+    if rng.random() < 0.5:
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=int(rng.integers(30, 96)))
+        im = Image.open(buf)
+    a = np.asarray(im, np.float32)
+    if rng.random() < 0.5:
+        a = a * rng.uniform(0.93, 1.07, 3) + rng.normal(0, rng.uniform(0.5, 4.0), a.shape)
+    return np.clip(a + 0.5, 0, 255).astype(np.uint8)
+
+
+def jitter_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A mask as another user would have drawn it: grown, shrunk a little, or its bounding box."""
+    if mask.min() == 255 or mask.max() == 0:
+        return mask
+    k = rng.random()
+    if k < 0.3:
+        return np.asarray(Image.fromarray(mask).filter(ImageFilter.MaxFilter(int(rng.choice([3, 5, 7, 9])))))
+    if k < 0.45:
+        ys, xs = np.nonzero(mask)
+        box = np.zeros_like(mask)
+        box[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = 255
+        return box
+    if k < 0.55:
+        return np.asarray(Image.fromarray(mask).filter(ImageFilter.MinFilter(3)))
+    return mask
+
+
 class TripleDataset(Dataset):
     """Preprocessed triples with labels; decodes each item once and keeps it (``cache=True``).
 
@@ -29,17 +72,21 @@ class TripleDataset(Dataset):
     them, plus ``labels`` ``float32 [C]``. With ``augment``, the triple is
     flipped left-right (all three together) half the time, and
     ``mask_dropout`` replaces the mask with "no mask" (all 255) at that rate,
-    so a served model copes with requests that send none. The augmentation of
-    item ``i`` depends only on ``(seed, epoch, i)``: the same whatever the
-    number of ranks or DataLoader workers, and repeated exactly on resume.
+    so a served model copes with requests that send none. With ``realistic``
+    too, the images go through :func:`degrade` (the output more often than
+    the input), the mask through :func:`jitter_mask`, and the output is
+    sometimes shifted by a pixel. The augmentation of item ``i`` depends only
+    on ``(seed, epoch, i)``: the same whatever the number of ranks or
+    DataLoader workers, and repeated exactly on resume.
     """
 
     def __init__(self, records: list[Record], pre: Preprocessor, labels: list[str], *, cache: bool = True,
-                 augment: bool = False, mask_dropout: float = 0.2, seed: int = 0):
+                 augment: bool = False, mask_dropout: float = 0.2, seed: int = 0, realistic: bool = False):
         self.records, self.pre = records, pre
         self.y = label_matrix(records, labels)
         self.cache: dict[int, dict] | None = {} if cache else None
         self.augment, self.mask_dropout, self.seed, self.epoch = augment, mask_dropout, seed, 0
+        self.realistic = realistic
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -59,10 +106,23 @@ class TripleDataset(Dataset):
             rng = np.random.default_rng((self.seed, self.epoch, i))
             if self.mask_dropout and rng.random() < self.mask_dropout:
                 item["mask"] = np.full_like(item["mask"], 255)
+            if self.realistic:
+                self._realistic(item, rng)
             if rng.random() < 0.5:  # flip the whole triple together
                 for k in ("input_image", "output_image", "mask"):
                     item[k] = np.ascontiguousarray(item[k][:, ::-1])
         return item
+
+
+    @staticmethod
+    def _realistic(item: dict, rng: np.random.Generator) -> None:
+        item["mask"] = jitter_mask(item["mask"], rng)
+        if rng.random() < 0.4:
+            item["input_image"] = degrade(item["input_image"], rng)
+        if rng.random() < 0.8:
+            item["output_image"] = degrade(item["output_image"], rng)
+        if rng.random() < 0.15:
+            item["output_image"] = np.roll(item["output_image"], tuple(int(v) for v in rng.integers(-1, 2, 2)), (0, 1))
 
 
 def collate_batch(items: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:

@@ -56,6 +56,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm
     patience: int = 4  # epochs without a better val macro AUPRC before stopping
     mask_dropout: float = 0.2  # rate of training items shown with "no mask"
+    realistic_augment: bool = True  # codec/resample/blur/noise on the images, mask jitter, 1-px shifts
     seed: int = 0  # seeds init, shuffling and dropout
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
@@ -219,7 +220,7 @@ def train(cfg: TrainConfig) -> dict:
     net = _sync_batchnorm(net, d)
     net.to(d.device)
     train_ds = TripleDataset(train_recs, pre, taxonomy.names, augment=True, mask_dropout=cfg.mask_dropout,
-                             seed=cfg.seed)
+                             seed=cfg.seed, realistic=cfg.realistic_augment)
     val_ds = TripleDataset(val_recs, pre, taxonomy.names, cache=False)
     # one process is a world of one: the same sampler gives every world size the same global batches
     sampler = DistributedSampler(train_ds, d.world, d.rank, shuffle=True, seed=cfg.seed)
