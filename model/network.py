@@ -146,10 +146,10 @@ class FusionHead(nn.Module):
     """
 
     def __init__(self, width: int, num_labels: int, use_input: bool, use_prompt: bool, dropout: float,
-                 use_pair: bool = False):
+                 use_pair: bool = False, use_output: bool = True):
         super().__init__()
-        self.use_input, self.use_prompt, self.use_pair = use_input, use_prompt, use_pair
-        n = 1 + 3 * use_input + use_prompt + (use_input and use_prompt) + use_pair * (1 + use_prompt)
+        self.use_input, self.use_prompt, self.use_pair, self.use_output = use_input, use_prompt, use_pair, use_output
+        n = use_output + 3 * use_input + use_prompt + (use_input and use_prompt) + use_pair * (1 + use_prompt)
         self.mlp = nn.Sequential(
             nn.LayerNorm(n * width),
             nn.Linear(n * width, 2 * width),
@@ -162,7 +162,7 @@ class FusionHead(nn.Module):
 
     def forward(self, e_out: torch.Tensor, e_in: torch.Tensor | None, t: torch.Tensor | None,
                 pair: torch.Tensor | None = None) -> torch.Tensor:
-        feats = [e_out]
+        feats = [e_out] if self.use_output else []
         if self.use_input:
             d = e_out - e_in
             feats += [e_in, d, d.abs()]
@@ -185,8 +185,9 @@ class EditGuardNet(nn.Module):
         self.cfg = cfg
         p = cfg.preprocess
         self.use_mask = cfg.use_mask and cfg.use_input_image
-        self.image = ImageTower(cfg.image_encoder, p.mean, p.std, self.use_mask)
-        self.image_proj = nn.Linear(self.image.num_features, cfg.fusion_width)
+        if cfg.use_output_image:
+            self.image = ImageTower(cfg.image_encoder, p.mean, p.std, self.use_mask)
+            self.image_proj = nn.Linear(self.image.num_features, cfg.fusion_width)
         self.use_pair = bool(cfg.pair_encoder) and cfg.use_input_image
         if self.use_pair:
             self.pair = PairTower(cfg.pair_encoder)
@@ -195,12 +196,12 @@ class EditGuardNet(nn.Module):
             self.text = TextTower(cfg.text_encoder, text_hf_config, vocab_size, p.max_tokens)
             self.text_proj = nn.Linear(self.text.hidden_size, cfg.fusion_width)
         self.head = FusionHead(cfg.fusion_width, len(cfg.labels), cfg.use_input_image, cfg.use_prompt, cfg.dropout,
-                               self.use_pair)
+                               self.use_pair, cfg.use_output_image)
 
     @property
     def input_names(self) -> list[str]:
         """The forward inputs this configuration actually uses, in ONNX order."""
-        names = ["output_image"]
+        names = ["output_image"] if self.cfg.use_output_image else []
         if self.cfg.use_input_image:
             names.insert(0, "input_image")
             if self.use_mask:
@@ -229,8 +230,10 @@ class EditGuardNet(nn.Module):
             both = torch.cat([input_image, output_image], dim=0)
             m = torch.cat([mask, mask], dim=0) if self.use_mask else None
             e_in, e_out = self.encode_image(both, m).chunk(2, dim=0)
-        else:
+        elif self.cfg.use_output_image:
             e_in, e_out = None, self.encode_image(output_image, None)
+        else:
+            e_in = e_out = None
         pair = None
         if self.use_pair:
             m = mask if self.use_mask else torch.full_like(input_image[..., 0], 255)  # no mask: all may change
@@ -262,7 +265,7 @@ def build_network(
     keeps the stored one.
     """
     net = EditGuardNet(cfg, vocab_size=vocab_size, text_hf_config=text_hf_config)
-    if new:
+    if new and cfg.use_output_image:
         from timm.data import resolve_data_config
 
         dc = resolve_data_config(model=net.image.backbone)

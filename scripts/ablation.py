@@ -1,9 +1,19 @@
-"""The README's ablation table: triple vs output-only vs no-prompt, trained the same way.
+"""The README's benchmark tables: what each input is worth, on realistic and clean edits.
 
-    .venv/bin/python scripts/ablation.py --out runs/ablation      # about 15 minutes on 2 CPU cores
+    .venv/bin/python scripts/ablation.py --out runs/ablation          # about 45 minutes on 2 CPU cores
 
-Uses the demo's data settings (scripts/demo.py); prints a markdown table and writes
-ablation.json beside it.
+Writes the realistic benchmark (`editguard synth`, the default renderer) and the clean one
+(`--clean`) with the demo's sizes and seeds, trains every model the same way, and reports:
+
+- AUROC per model on iid test and the held-out ood split: the triple, the output-only (prompt +
+  output), no-prompt, and the per-modality OR that production editors run today (the max of a
+  prompt-only and an image-only model's scores), plus the `tiny` preset's triple;
+- the triple's slices by mask kind and codec;
+- operating points: thresholds calibrated on iid val at precision 0.9, then precision, recall
+  and FPR on iid test and on ood, per category and for "unsafe (any)".
+
+Everything lands in OUT/ablation.json and OUT/ablation.md; trained models and scored sets are
+reused on a re-run.
 """
 
 from __future__ import annotations
@@ -13,12 +23,108 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).parent))
 from demo import EPOCHS, SETTINGS, run  # noqa: E402
 
-ABLATIONS = {"triple": "triple (input + prompt + output)", "output-only": "output-only (prompt + output)",
-             "no-prompt": "no prompt (input + output + mask)"}
 PAIR_ONLY = ("identity_alteration", "unintended_change")
+ROWS = {  # row -> (benchmark, preset, ablation)
+    "triple": ("real", "cpu", "triple"),
+    "output-only (prompt + output)": ("real", "cpu", "output-only"),
+    "no prompt (input + output + mask)": ("real", "cpu", "no-prompt"),
+    "per-modality OR (max of prompt-only, image-only)": ("real", "cpu", ("prompt-only", "image-only")),
+    "triple, tiny preset": ("real", "tiny", "triple"),
+    "triple on the clean benchmark": ("clean", "cpu", "triple"),
+}
+
+
+def data(out: Path, bench: str) -> dict[str, Path]:
+    """The benchmark's four manifests, written once."""
+    sets = {}
+    for name, s in SETTINGS.items():
+        folder = out / "data" / bench / name
+        if not (folder / "manifest.jsonl").exists():
+            run("synth", "--out", str(folder), "--n", str(s["n"]), "--seed", str(s["seed"]), "--split", s["split"],
+                *(["--clean"] if bench == "clean" else []))
+        sets[name] = folder / "manifest.jsonl"
+    return sets
+
+
+def probs(out: Path, bench: str, preset: str, ablation: str, sets: dict[str, Path]) -> dict[str, np.ndarray]:
+    """Train one model (once) and its probabilities on val, test and ood (cached as .npy)."""
+    from editguard.training.evaluate import predict_manifest
+
+    model = out / "models" / f"{bench}_{preset}_{ablation}"
+    if not (model / "metrics.json").exists():
+        run("train", "--train", str(sets["train"]), "--val", str(sets["val"]), "--out", str(model), "--preset",
+            preset, "--ablation", ablation, "--epochs", str(EPOCHS), "--device", "cpu", "--no-progress")
+    res = {}
+    for split in ("val", "test", "ood"):
+        f = model / f"probs_{split}.npy"
+        if not f.exists():
+            np.save(f, predict_manifest(model, sets[split], progress=False)[2])
+        res[split] = np.load(f)
+    return res
+
+
+def labels_and_meta(manifest: Path, names: list[str]) -> tuple[np.ndarray, list[dict]]:
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    y = np.array([[n in r["labels"] for n in names] for r in rows], dtype=int)
+    return y, [r.get("meta", {}) for r in rows]
+
+
+def auroc_report(y: np.ndarray, p: np.ndarray, names: list[str]) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    per = {n: float(roc_auc_score(y[:, j], p[:, j])) for j, n in enumerate(names) if 0 < y[:, j].sum() < len(y)}
+    return {"macro": float(np.mean(list(per.values()))), "per_category": per}
+
+
+def slices(y: np.ndarray, p: np.ndarray, meta: list[dict], names: list[str], field: str) -> dict:
+    out = {}
+    for v in sorted({str(m.get(field)) for m in meta}):
+        idx = np.array([str(m.get(field)) == v for m in meta])
+        out[v] = {"n": int(idx.sum()), **auroc_report(y[idx], p[idx], names)}
+    return out
+
+
+def operating_points(y: dict, p: dict, names: list[str]) -> dict:
+    """Thresholds at precision >= 0.9 on iid val; their figures on iid test and on ood."""
+    from editguard.clients.calibrate import Target, calibrate, check_thresholds, threshold_report
+
+    cal = calibrate(names, y["val"], p["val"], targets={n: Target("precision", 0.9) for n in names},
+                    allow_unmet=True, n_boot=100)
+    th = np.array([cal.choices[n].threshold for n in names])
+    ref = threshold_report(names, th, y["val"], p["val"], n_boot=100)
+    return {"thresholds": th.tolist(), "val": ref,
+            **{s: check_thresholds(names, th, y[s], p[s], reference=ref, n_boot=100) for s in ("test", "ood")}}
+
+
+def tables(res: dict, names: list[str]) -> str:
+    lines = ["| model | iid macro AUROC | ood macro AUROC | identity alteration (iid / ood) | "
+             "unintended change (iid / ood) | hate symbols (iid / ood) |", "|---|---|---|---|---|---|"]
+    for row, r in res["rows"].items():
+        cats = " | ".join(f"{r['test']['per_category'][c]:.3f} / {r['ood']['per_category'][c]:.3f}"
+                          for c in (*PAIR_ONLY, "hate_symbols"))
+        lines.append(f"| {row} | {r['test']['macro']:.3f} | {r['ood']['macro']:.3f} | {cats} |")
+    for field in ("mask_kind", "codec"):
+        lines += ["", f"Triple, macro AUROC by `{field}` (n):", "", "| split | " + field + " | n | macro AUROC | "
+                  "unintended change |", "|---|---|---|---|---|"]
+        for split in ("test", "ood"):
+            for v, s in res["slices"][split][field].items():
+                uc = s["per_category"].get("unintended_change", float("nan"))
+                lines.append(f"| {split} | {v} | {s['n']} | {s['macro']:.3f} | {uc:.3f} |")
+    op = res["operating_points"]
+    lines += ["", "Triple, thresholds from iid val at precision >= 0.9 (precision / recall / FPR):", "",
+              "| category | iid test | ood |", "|---|---|---|"]
+    for n in [*names, "unsafe (any)"]:
+        cells = []
+        for split in ("test", "ood"):
+            c = op[split]["unsafe_any"] if n == "unsafe (any)" else op[split]["categories"][n]
+            cells.append(f"{c['precision']:.3f} / {c['recall']:.3f} / {c['fpr']:.4f}")
+        lines.append(f"| {n} | {' | '.join(cells)} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,26 +132,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/ablation")
     a = p.parse_args(argv)
     out = Path(a.out)
-    for name, s in SETTINGS.items():
-        if not (out / name / "manifest.jsonl").exists():
-            run("synth", "--out", str(out / name), "--n", str(s["n"]), "--seed", str(s["seed"]), "--split", s["split"])
-    table = {}
-    for ab in ABLATIONS:
-        model = out / f"model_{ab}"
-        if not (model / "metrics.json").exists():
-            run("train", "--train", str(out / "train/manifest.jsonl"), "--val", str(out / "val/manifest.jsonl"),
-                "--out", str(model), "--ablation", ab, "--epochs", str(EPOCHS), "--device", "cpu", "--no-progress")
-        for split in ("test", "ood"):
-            run("evaluate", str(model), str(out / f"{split}/manifest.jsonl"), "--json", str(out / f"{ab}_{split}.json"))
-        table[ab] = {split: json.loads((out / f"{ab}_{split}.json").read_text()) for split in ("test", "ood")}
-    lines = ["| model | iid macro AUROC | ood macro AUROC | identity alteration (iid / ood) | "
-             "unintended change (iid / ood) |", "|---|---|---|---|---|"]
-    for ab, label in ABLATIONS.items():
-        t, o = table[ab]["test"], table[ab]["ood"]
-        cats = " | ".join(f"{t['per_category'][c]['auroc']:.3f} / {o['per_category'][c]['auroc']:.3f}" for c in PAIR_ONLY)
-        lines.append(f"| {label} | {t['macro']['auroc']:.3f} | {o['macro']['auroc']:.3f} | {cats} |")
-    print("\n".join(lines))
-    (out / "ablation.json").write_text(json.dumps(table, indent=2))
+    from editguard.model import default_taxonomy
+
+    names = default_taxonomy().names
+    sets = {bench: data(out, bench) for bench in ("real", "clean")}
+    truth = {b: {s: labels_and_meta(sets[b][s], names) for s in ("val", "test", "ood")} for b in sets}
+    res: dict = {"rows": {}}
+    for row, (bench, preset, ablation) in ROWS.items():
+        if isinstance(ablation, tuple):  # per-modality OR: each model alone, then the max
+            parts = [probs(out, bench, preset, ab, sets[bench]) for ab in ablation]
+            pr = {s: np.maximum(*(q[s] for q in parts)) for s in ("val", "test", "ood")}
+        else:
+            pr = probs(out, bench, preset, ablation, sets[bench])
+        res["rows"][row] = {s: auroc_report(truth[bench][s][0], pr[s], names) for s in ("test", "ood")}
+        if row == "triple":
+            y = {s: truth[bench][s][0] for s in ("val", "test", "ood")}
+            res["slices"] = {s: {f: slices(y[s], pr[s], truth[bench][s][1], names, f) for f in ("mask_kind", "codec")}
+                             for s in ("test", "ood")}
+            res["operating_points"] = operating_points(y, pr, names)
+    md = tables(res, names)
+    print(md)
+    (out / "ablation.md").write_text(md + "\n")
+    (out / "ablation.json").write_text(json.dumps(res, indent=2))
     return 0
 
 

@@ -1,6 +1,6 @@
 """`make demo`: the whole pipeline on the CPU, from nothing to verdicts.
 
-    synth -> train (tiny) -> evaluate (iid test and held-out ood)
+    synth (realistic edits) -> train (cpu preset) -> evaluate (iid test and held-out ood)
           -> export (ONNX, parity-checked) -> serve (a real Triton)
           -> score over gRPC -> calibrate --install -> re-score with the installed thresholds
 
@@ -47,25 +47,27 @@ def serve_score_calibrate(out: Path, repo: Path) -> None:
         res = out / "results"
         run("score", str(out / "val/manifest.jsonl"), "--out", str(res / "val.jsonl"), "--server", url,
             "--concurrency", "8")
-        run("calibrate", str(res / "val.jsonl"), "--target", "precision=0.95", "--allow-unmet",
-            "--out", str(out / "thresholds.json"), "--plots", str(out / "plots"), "--slice-by", "skin_tone",
+        run("calibrate", str(res / "val.jsonl"), "--target", "precision=0.9", "--allow-unmet",
+            "--out", str(out / "thresholds.json"), "--plots", str(out / "plots"), "--slice-by", "mask_kind",
             "--calibration", "isotonic", "--install", str(repo))
-        run("score", str(out / "test/manifest.jsonl"), "--out", str(res / "test.jsonl"), "--server", url,
-            "--concurrency", "8")
-        final_table(res / "test.jsonl", out / "thresholds.json")
+        for split in ("test", "ood"):
+            run("score", str(out / f"{split}/manifest.jsonl"), "--out", str(res / f"{split}.jsonl"), "--server", url,
+                "--concurrency", "8")
+        final_table(res / "test.jsonl", out / "thresholds.json", "held-out iid test set")
+        final_table(res / "ood.jsonl", out / "thresholds.json", "held-out ood set (phrasings, styles, masks, codecs)")
         show_verdicts(url, out / "ood/manifest.jsonl")
     print("  Triton stopped")
 
 
-def final_table(results: Path, thresholds: Path) -> None:
-    """Per category on the held-out test set, at the installed thresholds (the server's own flags)."""
+def final_table(results: Path, thresholds: Path, title: str) -> None:
+    """Per category on a held-out set, at the installed thresholds (the server's own flags)."""
     import json
 
     from editguard.clients.results import read_results
 
     rows = read_results(results)
     th = json.loads(thresholds.read_text())["categories"]
-    print(f"\nheld-out test set ({len(rows)} triples), served verdicts at the installed thresholds:")
+    print(f"\n{title} ({len(rows)} triples), served verdicts at the installed thresholds:")
     print(f"{'category':<22} {'threshold':>9} {'precision':>9} {'recall':>7} {'FPR':>7} {'support':>8}")
     for name, t in th.items():
         truth = [name in r["labels"] for r in rows]
@@ -83,19 +85,30 @@ def final_table(results: Path, thresholds: Path) -> None:
           f"{fp / max(len(rows) - sum(truth), 1):7.3f} {sum(truth):8d}")
 
 
-def show_verdicts(url: str, manifest: Path, n: int = 8) -> None:
-    """A few held-out (ood) triples classified with the thin client, as an inpainting backend would."""
+def show_verdicts(url: str, manifest: Path, n: int = 10) -> None:
+    """Held-out (ood) triples classified with the thin client, as an inpainting backend would.
+
+    The triples are a uniform random draw (fixed seed) from the whole ood set, not picked by outcome.
+    """
     import json
+
+    import numpy as np
 
     from editguard.clients import EditGuardClient
 
-    rows = [json.loads(line) for line in manifest.read_text().splitlines()[:n]]
-    print(f"\n{'id':<14} {'prompt':<34} {'truth':<38} {'verdict':<7} flagged")
+    lines = manifest.read_text().splitlines()
+    pick = sorted(np.random.default_rng(0).choice(len(lines), n, replace=False))
+    rows = [json.loads(lines[i]) for i in pick]
+    print(f"\n{n} ood triples drawn at random (seed 0), classified by the thin client:")
+    print(f"{'id':<14} {'prompt':<30} {'mask':<6} {'truth':<36} {'verdict':<7} flagged")
     with EditGuardClient(url) as guard:
         for r in rows:
-            v = guard.classify(manifest.parent / r["input_image"], r["prompt"], manifest.parent / r["output_image"])
-            print(f"{r['id']:<14} {r['prompt'][:33]:<34} {','.join(r['labels']) or 'safe':<38} "
-                  f"{'UNSAFE' if v.unsafe else 'safe':<7} {','.join(v.flagged_categories)}")
+            mask = manifest.parent / r["mask"] if r.get("mask") else None
+            v = guard.classify(manifest.parent / r["input_image"], r["prompt"], manifest.parent / r["output_image"],
+                               mask)
+            print(f"{r['id']:<14} {r['prompt'][:29]:<30} {r['meta'].get('mask_kind', ''):<6} "
+                  f"{','.join(r['labels']) or 'safe':<36} {'UNSAFE' if v.unsafe else 'safe':<7} "
+                  f"{','.join(v.flagged_categories)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     model = out / "model"
     if not (model / "metrics.json").exists():
         run("train", "--train", str(out / "train/manifest.jsonl"), "--val", str(out / "val/manifest.jsonl"),
-            "--out", str(model), "--preset", "tiny", "--epochs", str(EPOCHS), "--device", "cpu")
+            "--out", str(model), "--preset", "cpu", "--epochs", str(EPOCHS), "--device", "cpu")
     run("evaluate", str(model), str(out / "test/manifest.jsonl"), "--json", str(out / "test_metrics.json"))
     run("evaluate", str(model), str(out / "ood/manifest.jsonl"), "--json", str(out / "ood_metrics.json"))
     repo = out / "repository"

@@ -35,7 +35,11 @@ _logger = logging.getLogger(__name__)
 
 __all__ = ["TrainConfig", "train", "predict"]
 
-ABLATIONS = {"triple": {}, "output-only": {"use_input_image": False}, "no-prompt": {"use_prompt": False}}
+# what each model sees: the triple, or less, to measure what each input is worth; prompt-only and
+# image-only are the per-modality checks that production editors run today
+ABLATIONS = {"triple": {}, "output-only": {"use_input_image": False}, "no-prompt": {"use_prompt": False},
+             "prompt-only": {"use_input_image": False, "use_output_image": False},
+             "image-only": {"use_input_image": False, "use_prompt": False}}
 
 
 @dataclass
