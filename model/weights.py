@@ -37,7 +37,7 @@ def load_state_dict(path: str | Path) -> dict:
 
         return load_file(str(path))
     try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for files that aren't tensors only
         raise ValueError(f"{path}: not a tensors-only checkpoint ({type(e).__name__}: {e})") from e
     for key in ("state_dict", "model"):
