@@ -116,6 +116,8 @@ def _add_train(sub) -> None:
     g.add_argument("--seed", type=int, default=0, help=f"random seed {from_help}")
     g.add_argument("--no-realistic-augment", action="store_true", help="only flips and mask dropout; by default the "
                    "images also get codec, resampling, blur and noise, and the masks jitter, as real edits do")
+    g.add_argument("--prompt-noise", type=float, default=0.0, metavar="RATE", help="share of training prompts with a "
+                   "word or letter dropped, doubled or swapped (default: %(default)s)")
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
@@ -132,7 +134,7 @@ def _run_train(a: argparse.Namespace) -> int:
                       epochs=a.epochs, batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr,
                       patience=a.patience, seed=a.seed, device=a.device, num_workers=a.num_workers, resume=a.resume,
                       allow_outside_root=a.allow_outside_root, progress=not a.no_progress,
-                      realistic_augment=not a.no_realistic_augment)
+                      realistic_augment=not a.no_realistic_augment, prompt_noise=a.prompt_noise)
     report = train(cfg)
     if report is not None:
         print(format_table(report, f"best validation metrics (epoch {report['epoch']}), model dir: {a.out}"))

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from editguard.cli import main
@@ -72,3 +73,26 @@ def test_cli_end_to_end(tmp_path, capsys):
 def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path), str(tmp_path / "none.jsonl")]) == 2
     assert "not an editguard model dir" in capsys.readouterr().err
+
+
+def test_training_augmentations_match_real_edits():
+    """Degradation keeps shape and dtype; mask jitter keeps "no mask" as it is; prompt noise keeps
+    the first word and never uses the substitutions the synthetic ood split holds out."""
+    from editguard.training.data import degrade, jitter_mask, perturb_prompt
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    outs = [degrade(img, rng) for _ in range(20)]
+    assert all(o.shape == img.shape and o.dtype == np.uint8 for o in outs)
+    assert sum(not np.array_equal(o, img) for o in outs) >= 15
+    full = np.full((64, 64), 255, np.uint8)
+    assert all(np.array_equal(jitter_mask(full, rng), full) for _ in range(10))
+    m = np.zeros((64, 64), np.uint8)
+    m[20:30, 20:30] = 255
+    assert any(not np.array_equal(jitter_mask(m, rng), m) for _ in range(10))
+    prompts = ["remove her hijab", "make their shirt red", "give them blackface please"]
+    noisy = [perturb_prompt(p, rng) for p in prompts * 30]
+    dropped = [(n, p) for n, p in zip(noisy, prompts * 30) if len(n.split()) < len(p.split())]
+    assert dropped and all(n.split()[0] == p.split()[0] for n, p in dropped)  # a word dropped, never the first
+    assert sum(n != p for n, p in zip(noisy, prompts * 30)) > 40
+    assert not any(c in n for n in noisy for c in "@$.")

@@ -61,6 +61,7 @@ class TrainConfig:
     patience: int = 4  # epochs without a better val macro AUPRC before stopping
     mask_dropout: float = 0.2  # rate of training items shown with "no mask"
     realistic_augment: bool = True  # codec/resample/blur/noise on the images, mask jitter, 1-px shifts
+    prompt_noise: float = 0.0  # rate of training prompts with a word or letter dropped, doubled or swapped
     seed: int = 0  # seeds init, shuffling and dropout
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
@@ -224,7 +225,7 @@ def train(cfg: TrainConfig) -> dict:
     net = _sync_batchnorm(net, d)
     net.to(d.device)
     train_ds = TripleDataset(train_recs, pre, taxonomy.names, augment=True, mask_dropout=cfg.mask_dropout,
-                             seed=cfg.seed, realistic=cfg.realistic_augment)
+                             seed=cfg.seed, realistic=cfg.realistic_augment, prompt_noise=cfg.prompt_noise)
     val_ds = TripleDataset(val_recs, pre, taxonomy.names, cache=False)
     # one process is a world of one: the same sampler gives every world size the same global batches
     sampler = DistributedSampler(train_ds, d.world, d.rank, shuffle=True, seed=cfg.seed)
