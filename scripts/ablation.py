@@ -89,16 +89,19 @@ def probs(out: Path, bench: str, preset: str, ablation: str, sets: dict[str, Pat
 
 
 def labels_and_meta(manifest: Path, names: list[str]) -> tuple[np.ndarray, list[dict]]:
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    y = np.array([[n in r["labels"] for n in names] for r in rows], dtype=int)
-    return y, [r.get("meta", {}) for r in rows]
+    from editguard.training.data import label_matrix
+    from editguard.training.manifest import read_manifest
+
+    records = read_manifest(manifest, labels=names)
+    return label_matrix(records, names), [r.meta for r in records]
 
 
 def auroc_report(y: np.ndarray, p: np.ndarray, names: list[str]) -> dict:
-    from sklearn.metrics import roc_auc_score
+    """Macro and per-category AUROC from :func:`classification_report` (NaN where one class is absent)."""
+    from editguard.training.metrics import classification_report
 
-    per = {n: float(roc_auc_score(y[:, j], p[:, j])) for j, n in enumerate(names) if 0 < y[:, j].sum() < len(y)}
-    return {"macro": float(np.mean(list(per.values()))), "per_category": per}
+    r = classification_report(y, p, names)
+    return {"macro": r["macro"]["auroc"], "per_category": {n: m["auroc"] for n, m in r["per_category"].items()}}
 
 
 def slices(y: np.ndarray, p: np.ndarray, meta: list[dict], names: list[str], field: str) -> dict:

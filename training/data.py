@@ -77,7 +77,12 @@ def perturb_prompt(text: str, rng: np.random.Generator) -> str:
     w = words[i]
     if len(w) > 3:
         j = int(rng.integers(1, len(w) - 1))
-        w = (w[:j] + w[j + 1:]) if k < 0.55 else (w[:j] + w[j] + w[j:]) if k < 0.8 else (w[:j - 1] + w[j] + w[j - 1] + w[j + 1:])
+        if k < 0.55:
+            w = w[:j] + w[j + 1:]  # a letter dropped
+        elif k < 0.8:
+            w = w[:j] + w[j] + w[j:]  # a letter doubled
+        else:
+            w = w[:j - 1] + w[j] + w[j - 1] + w[j + 1:]  # two letters swapped
     words[i] = w
     return " ".join(words)
 

@@ -15,6 +15,7 @@ pixel-exact outputs and the mask of exactly the changed pixels.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import multiprocessing as mp
@@ -205,8 +206,6 @@ def _make_item(args: tuple) -> dict:
 
 
 def _png(img: Image.Image) -> bytes:
-    import io
-
     buf = io.BytesIO()
     img.save(buf, "PNG", compress_level=1)
     return buf.getvalue()
@@ -222,8 +221,6 @@ def _realistic(a: Image.Image, b: Image.Image, changed: np.ndarray, rng: np.rand
     out_bytes, codec, quality = realism.encode(out, rng, split)
     files, ext = {"out": out_bytes}, {"out": {"jpeg": "jpg"}.get(codec, codec)}
     if rng.random() < 0.5:  # the upload itself: a camera JPEG or a lossless file
-        import io
-
         buf = io.BytesIO()
         src.save(buf, "JPEG", quality=int(rng.integers(85, 98)))
         files["in"], ext["in"] = buf.getvalue(), "jpg"

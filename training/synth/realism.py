@@ -28,7 +28,7 @@ __all__ = ["MASK_KINDS", "CODECS", "photo_finish", "user_mask", "regenerate", "r
 
 # mask kinds per split; "none" is an instruction-based editor that takes no mask
 MASK_KINDS = {"iid": ("box", "brush", "none"), "ood": ("lasso", "blobs", "none")}
-_MASK_P = {"iid": (0.4, 0.4, 0.2), "ood": (0.4, 0.4, 0.2)}
+_MASK_P = (0.4, 0.4, 0.2)  # the two drawn kinds, then "none" (the same shares in both splits)
 # output codecs per split: (codec, quality range, probability)
 CODECS = {"iid": (("jpeg", (60, 95), 0.65), ("png", None, 0.35)),
           "ood": (("webp", (50, 90), 0.7), ("jpeg", (35, 60), 0.3))}
@@ -76,7 +76,7 @@ def user_mask(changed: np.ndarray, rng: np.random.Generator, split: str) -> tupl
     it covers every changed pixel with a margin and never outlines them.
     """
     kinds = MASK_KINDS[split]
-    kind = str(rng.choice(kinds, p=_MASK_P[split]))
+    kind = str(rng.choice(kinds, p=_MASK_P))
     if kind == "none":
         return None, kind
     s = changed.shape[0]
