@@ -90,10 +90,22 @@ def test_bad_request_is_never_retried(triton, synth_sets):
 
     t = triple_bytes(synth_sets["test"], 1)[0]
 
-    def requests():  # every request the model saw (Triton counts an error response as a handled request)
+    def count():  # every request the model saw (Triton counts an error response as a handled request)
         with grpcclient.InferenceServerClient(triton.grpc_url) as c:
             s = c.get_inference_statistics("editguard", as_json=True)["model_stats"]
         return sum(int(m["inference_stats"][k].get("count", 0)) for m in s for k in ("success", "fail"))
+
+    def requests():
+        # Triton records a request's statistics after its response has gone out, so the previous
+        # test's last request can still be on its way into the counts: read until they settle
+        last, deadline = count(), time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            now = count()
+            if now == last:
+                return now
+            last = now
+        return last
 
     before = requests()
     with EditGuardClient(triton.grpc_url) as guard, pytest.raises(InvalidInputError):
