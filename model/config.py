@@ -86,6 +86,10 @@ class PreprocessConfig:
     max_image_bytes: int = 32 * 1024 * 1024  # encoded bytes above this are refused
     max_prompt_chars: int = 4000  # prompt characters kept; the rest is cut before tokenizing
     jpeg_draft: bool = True  # decode big JPEGs at a reduced DCT scale (Pillow's draft), still >= image_size
+    # Pillow's resize(reducing_gap=): shrink by an integer box filter first while the image is over this
+    # many times the target, then resample (3-4x faster from 1024 px, within 1 grey level); None: one
+    # exact resample (model dirs written before this field existed)
+    reducing_gap: float | None = None
 
     def __post_init__(self) -> None:
         if self.resize not in ("letterbox", "stretch"):
@@ -94,8 +98,25 @@ class PreprocessConfig:
             raise ValueError(f"preprocess.image_size must be 8..4096, got {self.image_size}")
         if self.max_tokens < 4:
             raise ValueError(f"preprocess.max_tokens must be at least 4, got {self.max_tokens}")
+        if self.reducing_gap is not None and self.reducing_gap < 1.0:
+            raise ValueError(f"preprocess.reducing_gap must be >= 1.0 or null, got {self.reducing_gap}")
         self.mean = tuple(float(x) for x in self.mean)
         self.std = tuple(float(x) for x in self.std)
+
+    PIXEL_FIELDS = ("image_size", "resize", "pad_value", "reducing_gap")
+
+    def pixels_spec(self) -> dict:
+        """What a caller needs to prepare images on its side (the pixels path): these fields, and the
+        module's resize code. The server publishes it per version and checks it on every pixels request."""
+        return {k: getattr(self, k) for k in self.PIXEL_FIELDS}
+
+    @classmethod
+    def from_pixels_spec(cls, spec: dict) -> "PreprocessConfig":
+        unknown = set(spec) - set(cls.PIXEL_FIELDS)
+        if unknown:
+            raise ValueError(f"the server's preprocessing uses {sorted(unknown)}, which this editguard does not "
+                             "know; upgrade the client (pip install -U editguard)")
+        return cls(**spec)
 
 
 @dataclass

@@ -65,8 +65,11 @@ class Preprocessor:
 
     # -- images ---------------------------------------------------------------
     def decode(self, data: ImageSource, field: str = "image") -> Image.Image:
-        # (masks are never drafted: a mask must keep the input image's exact size)
         """Decode encoded bytes (or a path, PIL image, uint8 array) to an RGB PIL image."""
+        return _to_rgb(self._load(data, field), field)
+
+    def _load(self, data: ImageSource, field: str) -> Image.Image:
+        # (masks are never drafted: a mask must keep the input image's exact size)
         if isinstance(data, Image.Image):
             img = data
         elif isinstance(data, np.ndarray):
@@ -85,7 +88,7 @@ class Preprocessor:
                     field, f"encoded image is {len(data)} bytes, over the limit of {self.cfg.max_image_bytes}"
                 )
             img = self._open(data, field)
-        return _to_rgb(img, field)
+        return img
 
     def _open(self, data: bytes, field: str) -> Image.Image:
         try:
@@ -131,7 +134,9 @@ class Preprocessor:
         s = self.cfg.image_size
         if data is None:
             return np.full((s, s), 255, np.uint8)
-        img = self.decode(data, field)
+        img = self._load(data, field)
+        if img.mode != "L":  # a grayscale mask is used as it is (RGB and back would give the same values)
+            img = _to_rgb(img, field)
         if img.size != tuple(image_size):
             raise PreprocessError(
                 field,
@@ -141,12 +146,12 @@ class Preprocessor:
         return self.resize(img.convert("L"), Image.NEAREST)
 
     def resize(self, img: Image.Image, resample: int) -> np.ndarray:
-        s = self.cfg.image_size
+        s, gap = self.cfg.image_size, self.cfg.reducing_gap
         if self.cfg.resize == "stretch":
-            return np.asarray(img.resize((s, s), resample), dtype=np.uint8)
+            return np.asarray(img.resize((s, s), resample, reducing_gap=gap), dtype=np.uint8)
         scale = s / max(img.width, img.height)
         w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
-        resized = img.resize((w, h), resample, reducing_gap=None)
+        resized = img.resize((w, h), resample, reducing_gap=gap)
         canvas = Image.new(img.mode, (s, s), self.cfg.pad_value if img.mode != "RGB" else (self.cfg.pad_value,) * 3)
         canvas.paste(resized, ((s - w) // 2, (s - h) // 2))
         return np.asarray(canvas, dtype=np.uint8)
@@ -181,15 +186,19 @@ class Preprocessor:
         mask: ImageSource | None = None,
     ) -> dict[str, np.ndarray]:
         """One triple as unbatched network inputs (see the module docstring)."""
+        ids, att = self.tokens([prompt])
+        return {**self.pixels(input_image, output_image, mask), "input_ids": ids[0], "attention_mask": att[0]}
+
+    def pixels(self, input_image: ImageSource, output_image: ImageSource,
+               mask: ImageSource | None = None) -> dict[str, np.ndarray]:
+        """The image half of :meth:`triple` (``input_image``, ``output_image``, ``mask``): what a client
+        on the pixels path computes on its side. Needs no tokenizer."""
         src = self.decode(input_image, "input_image")
         out = self.decode(output_image, "output_image")
-        ids, att = self.tokens([prompt])
         return {
             "input_image": self.resize(src, Image.BILINEAR),
             "output_image": self.resize(out, Image.BILINEAR),
             "mask": self.mask(mask, src.info.get("source_size", src.size)),
-            "input_ids": ids[0],
-            "attention_mask": att[0],
         }
 
 
