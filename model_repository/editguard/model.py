@@ -1,12 +1,18 @@
-"""editguard (Python backend, BLS): encoded images + prompt in, per-category verdicts out.
+"""editguard (Python backend): encoded images or prepared pixels, plus the prompt, in; verdicts out.
 
 `editguard export` copies this file into every version dir beside config.json, tokenizer/ and
 labels.json (and `editguard calibrate --install` adds thresholds.json). Per batch of requests:
 
-1. each request is decoded, resized and tokenized by editguard.model.preprocess, the one
-   definition of preprocessing, configured from this version's files; a request that fails
-   gets an INVALID_ARG error naming the input and the problem;
-2. the valid items go to editguard_classifier (the same version number) as one batch;
+1. each request is checked and preprocessed by editguard.model.preprocess, the one definition
+   of preprocessing, configured from this version's files. A request brings either encoded
+   images (INPUT_IMAGE, OUTPUT_IMAGE, optional MASK: decoded and resized here) or pixels the
+   client already letterboxed with the same module (INPUT_PIXELS, OUTPUT_PIXELS, optional
+   MASK_PIXELS, and PIXELS_SPEC: the preprocessing it used, which must be this version's).
+   A request that fails gets an INVALID_ARG error naming the input and the problem;
+2. the valid items are classified as one batch: in this process by onnxruntime when the config
+   says ``inline_classifier`` (the embedded default: one Python hop instead of two), else by a
+   BLS call to editguard_classifier (the same version number; NVIDIA's container runs it on the
+   native onnxruntime or TensorRT backend);
 3. thresholds.json (re-read when it changes on disk, so installing thresholds needs no
    reload) turns scores into FLAGGED and UNSAFE.
 """
@@ -26,8 +32,17 @@ class TritonPythonModel:
         self.dir = Path(args["model_repository"]) / args["model_version"]
         self.version = int(args["model_version"])
         config = json.loads(args["model_config"])
-        self.classifier = config["parameters"]["classifier"]["string_value"]
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.classifier = params["classifier"]
         self.pre = Preprocessor.from_dir(self.dir)
+        self.spec = self.pre.cfg.pixels_spec()
+        self.net = None
+        if params.get("inline_classifier", "false").lower() == "true":
+            from editguard.export.runner import OnnxClassifier
+
+            # one thread per instance: the instances (processes) already run side by side
+            self.net = OnnxClassifier(Path(args["model_repository"]).parent / self.classifier / args["model_version"],
+                                      threads=1)
         self.labels = json.loads((self.dir / "config.json").read_text())["labels"]
         self.label_bytes = np.array([n.encode() for n in self.labels], dtype=np.object_)
         self._thresholds_mtime = None
@@ -58,9 +73,17 @@ class TritonPythonModel:
     def _triples(self, request):
         """All triples of one request (usually one), preprocessed; raises PreprocessError."""
         get = lambda name: pb_utils.get_input_tensor_by_name(request, name)
-        src, out, prompt = (get(n).as_numpy().reshape(-1) for n in ("INPUT_IMAGE", "OUTPUT_IMAGE", "PROMPT"))
+        prompt = get("PROMPT").as_numpy().reshape(-1)
+        if get("INPUT_PIXELS") is not None or get("OUTPUT_PIXELS") is not None:
+            return self._pixels(get, prompt)
+        if get("INPUT_IMAGE") is None or get("OUTPUT_IMAGE") is None:
+            raise PreprocessError("INPUT_IMAGE", "a request needs INPUT_IMAGE and OUTPUT_IMAGE (encoded images), "
+                                  "or INPUT_PIXELS, OUTPUT_PIXELS and PIXELS_SPEC (prepared pixels)")
+        src, out = (get(n).as_numpy().reshape(-1) for n in ("INPUT_IMAGE", "OUTPUT_IMAGE"))
         mask = get("MASK")
         mask = mask.as_numpy().reshape(-1) if mask is not None else [None] * len(src)
+        if not len(src) == len(out) == len(prompt) == len(mask):
+            raise PreprocessError("INPUT_IMAGE", "INPUT_IMAGE, OUTPUT_IMAGE, PROMPT and MASK disagree on the batch size")
         items = []
         for k in range(len(src)):
             try:
@@ -69,6 +92,41 @@ class TritonPythonModel:
                 where = f" (item {k} of the request)" if len(src) > 1 else ""
                 raise PreprocessError(e.field.upper(), e.reason + where) from e
         return items
+
+    def _pixels(self, get, prompt):
+        """A pixels-path request: check the spec and the shapes, then tokenize; nothing is decoded."""
+        for name in ("INPUT_IMAGE", "OUTPUT_IMAGE", "MASK"):
+            if get(name) is not None:
+                raise PreprocessError(name, "send encoded images (INPUT_IMAGE, OUTPUT_IMAGE, MASK) or pixels "
+                                      "(INPUT_PIXELS, OUTPUT_PIXELS, MASK_PIXELS), not both")
+        for name in ("INPUT_PIXELS", "OUTPUT_PIXELS", "PIXELS_SPEC"):
+            if get(name) is None:
+                raise PreprocessError(name, f"{name} is required on the pixels path")
+        for raw in get("PIXELS_SPEC").as_numpy().reshape(-1):
+            try:
+                spec = json.loads(bytes(raw).decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as e:
+                raise PreprocessError("PIXELS_SPEC", f"not a JSON object ({e})") from e
+            if spec != self.spec:
+                raise PreprocessError("PIXELS_SPEC", f"pixels were prepared for {json.dumps(spec)[:300]} but version "
+                                      f"{self.version} takes {json.dumps(self.spec)}; read this version's "
+                                      "preprocessing (parameter 'preprocess' of the model config) and prepare "
+                                      "them again")
+        s = self.spec["image_size"]
+        src, out = get("INPUT_PIXELS").as_numpy(), get("OUTPUT_PIXELS").as_numpy()
+        mask = get("MASK_PIXELS")
+        mask = mask.as_numpy() if mask is not None else np.full((len(src), s, s), 255, np.uint8)
+        for name, a, shape in (("INPUT_PIXELS", src, (s, s, 3)), ("OUTPUT_PIXELS", out, (s, s, 3)),
+                               ("MASK_PIXELS", mask, (s, s))):
+            if a.shape[1:] != shape:
+                raise PreprocessError(name, f"item shape is {list(a.shape[1:])}; version {self.version} takes "
+                                      f"{list(shape)}")
+        if not len(src) == len(out) == len(mask) == len(prompt):
+            raise PreprocessError("INPUT_PIXELS", "INPUT_PIXELS, OUTPUT_PIXELS, MASK_PIXELS and PROMPT disagree on "
+                                  "the batch size")
+        ids, att = self.pre.tokens(list(prompt))
+        return [{"input_image": src[k], "output_image": out[k], "mask": mask[k], "input_ids": ids[k],
+                 "attention_mask": att[k]} for k in range(len(src))]
 
     def execute(self, requests):
         self._load_thresholds()
@@ -82,14 +140,12 @@ class TritonPythonModel:
         if not good:
             return responses
         batch = collate([item for _, items in good for item in items])
-        inputs = [pb_utils.Tensor(name, np.ascontiguousarray(arr)) for name, arr in batch.items()]
-        result = pb_utils.InferenceRequest(model_name=self.classifier, model_version=self.version,
-                                           requested_output_names=["probabilities"], inputs=inputs).exec()
-        if result.has_error():
+        try:
+            probs = self._classify(batch)
+        except RuntimeError as e:
             for i, _ in good:
-                responses[i] = _error(f"classifier: {result.error().message()}", pb_utils.TritonError.INTERNAL)
+                responses[i] = _error(f"classifier: {e}", pb_utils.TritonError.INTERNAL)
             return responses
-        probs = pb_utils.get_output_tensor_by_name(result, "probabilities").as_numpy().astype(np.float32)
         start = 0
         for i, items in good:
             p = probs[start:start + len(items)]
@@ -102,6 +158,20 @@ class TritonPythonModel:
                 pb_utils.Tensor("LABELS", np.tile(self.label_bytes, (len(items), 1))),
             ])
         return responses
+
+    def _classify(self, batch):
+        """Probabilities ``float32 [B, C]`` for a preprocessed batch; RuntimeError when the network fails."""
+        if self.net is not None:
+            try:
+                return self.net.run([batch])[0]["probabilities"].astype(np.float32)
+            except Exception as e:  # onnxruntime's own errors
+                raise RuntimeError(f"onnxruntime failed: {e}") from e
+        inputs = [pb_utils.Tensor(name, np.ascontiguousarray(arr)) for name, arr in batch.items()]
+        result = pb_utils.InferenceRequest(model_name=self.classifier, model_version=self.version,
+                                           requested_output_names=["probabilities"], inputs=inputs).exec()
+        if result.has_error():
+            raise RuntimeError(result.error().message())
+        return pb_utils.get_output_tensor_by_name(result, "probabilities").as_numpy().astype(np.float32)
 
 
 def _error(message, code):
