@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterable
 
-from .client import (OUTPUTS, ClientSettings, ImageInput, Triple, Verdict, _as_triple, _Backoff, build_inputs, make_verdict,
-                     parse_urls, prepare, to_error)
+from .client import (OUTPUTS, ClientSettings, ImageInput, PixelsPrep, Triple, Verdict, _as_triple, _Backoff, _for_item,
+                     build_inputs, check_prompt, make_verdict, parse_urls, prepare, published_specs, spec_mismatch,
+                     to_error, wants_pixels)
 from .errors import EditGuardError, InvalidInputError, ServerUnavailableError
 
 __all__ = ["AsyncEditGuardClient"]
@@ -36,6 +37,22 @@ class AsyncEditGuardClient(ClientSettings):
         self._urls = urls
         self._clients = [aio.InferenceServerClient(u) for u in urls]
         self._rr = itertools.count()
+        self._prep: PixelsPrep | None = None
+
+    async def pixels_prep(self, refresh: bool = False, offset: int = 0) -> PixelsPrep:
+        """As :meth:`EditGuardClient.pixels_prep`."""
+        prep = self._prep
+        if prep is None or refresh:
+            client = self._clients[(next(self._rr) + offset) % len(self._clients)]
+            try:
+                specs = published_specs(await client.get_model_config(self.model, as_json=True))
+                ready = {v for v in specs if await client.is_model_ready(self.model, v)}
+            except EditGuardError:
+                raise
+            except Exception as e:
+                raise to_error(e) from e
+            prep = self._prep = self._choose_spec(specs, ready)
+        return prep
 
     async def close(self) -> None:
         for c in self._clients:
@@ -66,26 +83,35 @@ class AsyncEditGuardClient(ClientSettings):
     async def classify(self, input_image: ImageInput, prompt: str, output_image: ImageInput,
                        mask: ImageInput | None = None, *, timeout: float | None = None, id: str | None = None) -> Verdict:
         t0 = time.perf_counter()
+        pixels = self.pixels and wants_pixels(input_image, output_image, mask)
+        inputs = None
         try:
-            args = prepare(input_image, prompt, output_image, mask)
+            if not pixels:
+                inputs = build_inputs(self._aio, *prepare(input_image, prompt, output_image, mask))
+            else:
+                check_prompt(prompt)
         except InvalidInputError as e:
-            e.item_id = id
-            raise
-        inputs = build_inputs(self._aio, *args)
+            raise _for_item(e, id)
         outputs = [self._aio.InferRequestedOutput(n) for n in OUTPUTS]
         plan = _Backoff(timeout or self.timeout, self.retries, self.backoff)
-        offset = 0
+        offset, refreshed = 0, False
         while True:
-            client = self._clients[(next(self._rr) + offset) % len(self._clients)]
             try:
+                if inputs is None:  # the pixels path: prepared for the version that will answer
+                    prep = await self.pixels_prep(refresh=refreshed, offset=offset)
+                    inputs = prep.inputs(self._aio, prep.arrays(input_image, output_image, mask), prompt, mask is not None)
+                client = self._clients[(next(self._rr) + offset) % len(self._clients)]
                 result = await client.infer(self.model, inputs, model_version=self.version, outputs=outputs,
                                             client_timeout=max(plan.remaining(), 0.001))
                 return make_verdict(result, self.model, (time.perf_counter() - t0) * 1e3, id)
             except Exception as e:  # tritonclient raises InferenceServerException for gRPC errors
-                err = to_error(e, id)
+                err = e if isinstance(e, EditGuardError) else to_error(e, id)
+                if pixels and not refreshed and spec_mismatch(err):
+                    refreshed, inputs = True, None  # a roll-out changed the preprocessing: read it again, once
+                    continue
                 delay = plan.next_delay(err.status or "")
                 if delay is None:
-                    raise err from e
+                    raise _for_item(err, id) from e
                 offset += 1
                 await asyncio.sleep(delay)
 

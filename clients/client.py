@@ -9,6 +9,15 @@ Needs only numpy, Pillow and ``tritonclient[grpc]`` (the base install)::
         if verdict.unsafe:
             ...
 
+Images may be encoded bytes, file paths, PIL images or uint8 arrays. Encoded images and paths
+travel as they are and the server decodes them. When both images (and the mask, if any) are
+already decoded, PIL images or arrays as an inpainting backend holds them, the client takes the
+*pixels path*: it letterboxes them to the served version's input size with editguard's one
+preprocessing module, configured from the server (parameter ``preprocess`` of the model config),
+and sends uint8 tensors; nothing is encoded or decoded. If the answering version prepares pixels
+differently (a roll-out changed the size), the server refuses with INVALID_ARGUMENT and the client
+reads the configuration again and retries once.
+
 Retries with exponential backoff happen only on UNAVAILABLE, RESOURCE_EXHAUSTED and
 DEADLINE_EXCEEDED, within the call's deadline, and never for a bad request. With several
 URLs, calls are spread round-robin and a failed endpoint's retry goes to the next one.
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -29,7 +39,8 @@ import numpy as np
 
 from .errors import DeadlineExceededError, EditGuardError, InvalidInputError, ServerError, ServerUnavailableError
 
-__all__ = ["ClientSettings", "EditGuardClient", "Verdict", "Triple", "ImageInput", "encode_image", "parse_urls", "MAX_IMAGE_BYTES"]
+__all__ = ["ClientSettings", "EditGuardClient", "Verdict", "Triple", "ImageInput", "encode_image", "parse_urls",
+           "MAX_IMAGE_BYTES", "PixelsPrep"]
 
 ImageInput = Union[bytes, bytearray, memoryview, str, Path, np.ndarray, "PIL.Image.Image"]
 MAX_IMAGE_BYTES = 32 * 1024 * 1024  # the server's limit; bigger images are refused before sending
@@ -131,8 +142,7 @@ def build_inputs(module, input_image: bytes, prompt: str, output_image: bytes, m
     return inputs
 
 
-def prepare(input_image, prompt, output_image, mask) -> tuple[bytes, str, bytes, bytes | None]:
-    """Validate and encode one triple on the client side (no network)."""
+def check_prompt(prompt) -> str:
     if not isinstance(prompt, str):
         raise InvalidInputError(f"prompt must be a str, got {type(prompt).__name__}")
     if len(prompt.encode("utf-8", "surrogatepass")) > MAX_PROMPT_BYTES:
@@ -141,8 +151,85 @@ def prepare(input_image, prompt, output_image, mask) -> tuple[bytes, str, bytes,
         prompt.encode("utf-8")
     except UnicodeEncodeError as e:
         raise InvalidInputError(f"prompt is not encodable as UTF-8: {e}") from e
-    return (encode_image(input_image, "input_image"), prompt, encode_image(output_image, "output_image"),
+    return prompt
+
+
+def prepare(input_image, prompt, output_image, mask) -> tuple[bytes, str, bytes, bytes | None]:
+    """Validate and encode one triple on the client side (no network)."""
+    return (encode_image(input_image, "input_image"), check_prompt(prompt), encode_image(output_image, "output_image"),
             None if mask is None else encode_image(mask, "mask"))
+
+
+def is_decoded(image) -> bool:
+    """A PIL image or an array: pixels the caller already holds."""
+    if isinstance(image, np.ndarray):
+        return True
+    from PIL import Image
+
+    return isinstance(image, Image.Image)
+
+
+def wants_pixels(input_image, output_image, mask) -> bool:
+    return is_decoded(input_image) and is_decoded(output_image) and (mask is None or is_decoded(mask))
+
+
+class PixelsPrep:
+    """The pixels path's preparation for one served version: its spec and the shared preprocessing."""
+
+    def __init__(self, version: str, spec: dict):
+        from ..model.config import PreprocessConfig
+        from ..model.preprocess import Preprocessor
+
+        try:
+            cfg = PreprocessConfig.from_pixels_spec(spec)
+        except (TypeError, ValueError) as e:
+            raise InvalidInputError(f"can't prepare pixels for version {version} ({e}); send encoded images "
+                                    "(pixels=False) or upgrade the client") from e
+        self.version, self.spec = version, spec
+        self.tag = json.dumps(spec, sort_keys=True).encode()
+        self.pre = Preprocessor(cfg, tokenizer=None)
+
+    def arrays(self, input_image, output_image, mask) -> dict[str, np.ndarray]:
+        """Letterboxed ``uint8`` arrays; InvalidInputError names a bad image."""
+        from ..model.preprocess import PreprocessError
+
+        try:
+            return self.pre.pixels(input_image, output_image, mask)
+        except PreprocessError as e:
+            raise InvalidInputError(str(e)) from e
+
+    def inputs(self, module, arrays: dict[str, np.ndarray], prompt: str, with_mask: bool) -> list:
+        """tritonclient InferInputs of one pixels-path request."""
+        fields = [("INPUT_PIXELS", arrays["input_image"]), ("OUTPUT_PIXELS", arrays["output_image"]),
+                  ("PROMPT", np.array([prompt.encode("utf-8")], dtype=np.object_)),
+                  ("PIXELS_SPEC", np.array([self.tag], dtype=np.object_))]
+        if with_mask:
+            fields.append(("MASK_PIXELS", arrays["mask"]))
+        inputs = []
+        for name, value in fields:
+            value = value[None]
+            t = module.InferInput(name, list(value.shape), "UINT8" if value.dtype == np.uint8 else "BYTES")
+            t.set_data_from_numpy(value)
+            inputs.append(t)
+        return inputs
+
+
+def published_specs(config: Mapping) -> dict[str, dict]:
+    """``{version: pixels spec}`` from the front model's config (``get_model_config(..., as_json=True)``)."""
+    raw = config.get("config", config).get("parameters", {}).get("preprocess", {}).get("string_value", "")
+    try:
+        specs = json.loads(raw) if raw else {}
+    except ValueError:
+        specs = {}
+    if not isinstance(specs, dict) or not specs:
+        raise ServerError("the server publishes no pixels preprocessing (parameter 'preprocess' of the model "
+                          "config); re-export the model with this editguard, or send encoded images (pixels=False)")
+    return specs
+
+
+def spec_mismatch(err: EditGuardError) -> bool:
+    """The server refused pixels prepared for another version's preprocessing."""
+    return isinstance(err, InvalidInputError) and "PIXELS_SPEC" in str(err)
 
 
 def make_verdict(result, model: str, latency_ms: float, item_id: str | None) -> Verdict:
@@ -184,6 +271,18 @@ class ClientSettings:
     timeout: float = 10.0  # seconds for one call, retries included
     retries: int | None = None  # None: retry transient errors until the deadline; a number caps them
     backoff: float = 0.05  # first retry delay in seconds, doubled each time, capped at 1 s
+    pixels: bool = True  # decoded images (PIL, arrays) are letterboxed here and sent as uint8 pixels
+
+    def _choose_spec(self, specs: dict[str, dict], ready: set[str]) -> PixelsPrep:
+        """The version a request goes to (the pinned one, else the newest ready), with its spec."""
+        if self.version:
+            if self.version not in specs:
+                raise ServerError(f"version {self.version} of {self.model!r} publishes no pixels preprocessing")
+            return PixelsPrep(self.version, specs[self.version])
+        live = sorted((v for v in specs if v in ready), key=int)
+        if not live:
+            raise ServerUnavailableError(f"no version of {self.model!r} is ready")
+        return PixelsPrep(live[-1], specs[live[-1]])
 
 
 @dataclass
@@ -208,6 +307,23 @@ class EditGuardClient(ClientSettings):
         self._urls = urls
         self._rr = itertools.count()
         self._lock = threading.Lock()
+        self._prep: PixelsPrep | None = None
+
+    def pixels_prep(self, refresh: bool = False, offset: int = 0) -> PixelsPrep:
+        """The served version's pixels preparation, read from the server once and kept (``refresh``
+        reads it again). Raises EditGuardError."""
+        prep = self._prep
+        if prep is None or refresh:
+            client = self._pick(offset)
+            try:
+                specs = published_specs(client.get_model_config(self.model, as_json=True))
+                ready = {v for v in specs if client.is_model_ready(self.model, v)}
+            except EditGuardError:
+                raise
+            except Exception as e:
+                raise to_error(e) from e
+            prep = self._prep = self._choose_spec(specs, ready)
+        return prep
 
     def _pick(self, offset: int = 0):
         with self._lock:
@@ -248,27 +364,34 @@ class EditGuardClient(ClientSettings):
                  mask: ImageInput | None = None, *, timeout: float | None = None, id: str | None = None) -> Verdict:
         """Classify one triple. Raises an :class:`EditGuardError` subclass."""
         t0 = time.perf_counter()
+        pixels = self.pixels and wants_pixels(input_image, output_image, mask)
+        inputs = None
         try:
-            args = prepare(input_image, prompt, output_image, mask)
+            if not pixels:
+                inputs = build_inputs(self._grpc, *prepare(input_image, prompt, output_image, mask))
+            else:
+                check_prompt(prompt)
         except InvalidInputError as e:
-            if id:
-                e.item_id = id
-                e.args = (f"{id}: {e}",)
-            raise
-        inputs = build_inputs(self._grpc, *args)
+            raise _for_item(e, id)
         outputs = [self._grpc.InferRequestedOutput(n) for n in OUTPUTS]
         plan = _Backoff(timeout or self.timeout, self.retries, self.backoff)
-        offset = 0
+        offset, refreshed = 0, False
         while True:
             try:
+                if inputs is None:  # the pixels path: prepared for the version that will answer
+                    prep = self.pixels_prep(refresh=refreshed, offset=offset)
+                    inputs = prep.inputs(self._grpc, prep.arrays(input_image, output_image, mask), prompt, mask is not None)
                 result = self._pick(offset).infer(self.model, inputs, model_version=self.version, outputs=outputs,
                                                   client_timeout=max(plan.remaining(), 0.001))
                 return make_verdict(result, self.model, (time.perf_counter() - t0) * 1e3, id)
             except Exception as e:  # tritonclient raises InferenceServerException for gRPC errors
-                err = to_error(e, id)
+                err = e if isinstance(e, EditGuardError) else to_error(e, id)
+                if pixels and not refreshed and spec_mismatch(err):
+                    refreshed, inputs = True, None  # a roll-out changed the preprocessing: read it again, once
+                    continue
                 delay = plan.next_delay(err.status or "")
                 if delay is None:
-                    raise err from e
+                    raise _for_item(err, id) from e
                 offset += 1  # the next attempt goes to the next endpoint
                 time.sleep(delay)
 
@@ -301,6 +424,14 @@ class EditGuardClient(ClientSettings):
             return self.classify(t.input_image, t.prompt, t.output_image, t.mask, id=t.id)
         except EditGuardError as e:
             return e
+
+
+def _for_item(err: EditGuardError, item_id: str | None) -> EditGuardError:
+    """The error with the item's id in front (once)."""
+    if item_id and err.item_id is None:
+        err.item_id = item_id
+        err.args = (f"{item_id}: {err}",)
+    return err
 
 
 def _as_triple(t) -> Triple:
