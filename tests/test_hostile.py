@@ -133,7 +133,7 @@ def raw(name: str, arr: np.ndarray, dtype: str) -> grpcclient.InferInput:
 
 @pytest.mark.parametrize("model, build, words", [
     (FRONT, lambda: [raw("INPUT_IMAGE", np.zeros((1, 1), np.float32), "FP32")], "INPUT_IMAGE"),
-    (FRONT, lambda: [raw("PROMPT", np.array([[b"x"]], dtype=np.object_), "BYTES")], "missing required input(s) ['INPUT_IMAGE','OUTPUT_IMAGE']"),
+    (FRONT, lambda: [raw("PROMPT", np.array([[b"x"]], dtype=np.object_), "BYTES")], "needs INPUT_IMAGE and OUTPUT_IMAGE (encoded images), or INPUT_PIXELS"),
     (CLASSIFIER, lambda: [raw("input_image", np.zeros((1, 64, 64, 3), np.float32), "FP32")], "input_image"),
     (CLASSIFIER, lambda: [raw(n, np.zeros((1, 32, 32, 3) if "image" in n else (1, 32, 32) if n == "mask" else (1, 24),
                                             np.uint8 if n in ("input_image", "output_image", "mask") else np.int64),

@@ -45,9 +45,18 @@ def test_every_config_parses_with_tritons_schema(repository):
         cfg = read_config(p)
         assert cfg.name in (FRONT, CLASSIFIER) and cfg.max_batch_size > 0, p
     front = read_config(Path(repository) / FRONT / "config.pbtxt")
-    assert [i.name for i in front.input] == ["INPUT_IMAGE", "OUTPUT_IMAGE", "PROMPT", "MASK"]
-    assert all(i.data_type == 13 and list(i.dims) == [1] for i in front.input)  # TYPE_STRING [1]
-    assert front.input[3].optional and front.dynamic_batching.max_queue_delay_microseconds > 0
+    assert [i.name for i in front.input] == ["INPUT_IMAGE", "OUTPUT_IMAGE", "PROMPT", "MASK", "INPUT_PIXELS",
+                                             "OUTPUT_PIXELS", "MASK_PIXELS", "PIXELS_SPEC"]
+    encoded = [i for i in front.input if i.name in ("INPUT_IMAGE", "OUTPUT_IMAGE", "PROMPT", "MASK", "PIXELS_SPEC")]
+    assert all(i.data_type == 13 and list(i.dims) == [1] for i in encoded)  # TYPE_STRING [1]
+    assert all(i.optional for i in front.input if i.name != "PROMPT")
+    assert front.dynamic_batching.max_queue_delay_microseconds > 0
+    assert front.parameters["inline_classifier"].string_value == "true"
+    specs = json.loads(front.parameters["preprocess"].string_value)
+    assert set(specs) == {"1", "2"} and specs["2"]["image_size"] == 64
+    for variant in ("onnxruntime", "tensorrt"):  # the BLS twins Triton picks with --model-config-name
+        twin = read_config(Path(repository) / FRONT / "configs" / f"{variant}.pbtxt")
+        assert twin.parameters["inline_classifier"].string_value == "false" and twin.max_batch_size == 32
     native = read_config(Path(repository) / CLASSIFIER / "configs" / "onnxruntime.pbtxt")
     assert native.platform == "onnxruntime_onnx" and list(native.input[0].dims) == [64, 64, 3]
     assert native.max_batch_size == 32  # --max-batch rewrote it
@@ -79,10 +88,10 @@ def test_dynamic_batching_forms_batches(triton, synth_sets):
         results = list(pool.map(lambda i: infer(triton.grpc_url, triples[i % 16]), range(96)))
     assert all(r.as_numpy("SCORES").shape == (1, 7) for r in results)
     with grpcclient.InferenceServerClient(triton.grpc_url) as c:
-        stats = c.get_inference_statistics(CLASSIFIER, as_json=True)["model_stats"]
+        stats = c.get_inference_statistics(FRONT, as_json=True)["model_stats"]  # it runs the network inline
     sizes = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for s in stats for b in s.get("batch_stats", [])}
-    assert max(sizes) > 1, f"the classifier only ever ran batch sizes {sizes}"
-    print(f"classifier executions by batch size: {dict(sorted(sizes.items()))}")
+    assert max(sizes) > 1, f"the network only ever ran batch sizes {sizes}"
+    print(f"front (inline network) executions by batch size: {dict(sorted(sizes.items()))}")
 
 
 def test_corrupt_image_fails_alone(triton, synth_sets):
@@ -188,3 +197,26 @@ def test_serve_reports_busy_port_and_missing_repository(repository, tmp_path, ca
         assert f"grpc port {busy} is in use" in capsys.readouterr().err
     assert main(["serve", "--repository", str(tmp_path / "nope")]) == 1
     assert "create one with `editguard export`" in capsys.readouterr().err
+
+
+def test_bls_graph_gives_the_inline_scores(triton, repository, synth_sets, tmp_path):
+    """The front's twin for the native classifier configs hands batches to editguard_classifier over BLS;
+    the Python-only Triton runs that graph too when the parameter says so."""
+    import shutil
+
+    from editguard.export.repository import write_config
+    from editguard.export.triton import TritonServer
+
+    repo = tmp_path / "bls"
+    shutil.copytree(repository, repo)
+    conf = read_config(repo / FRONT / "config.pbtxt")
+    conf.parameters["inline_classifier"].string_value = "false"
+    write_config(repo / FRONT / "config.pbtxt", conf)
+    triples = triple_bytes(synth_sets["test"], 4)
+    inline = np.concatenate([infer(triton.grpc_url, t).as_numpy("SCORES") for t in triples])
+    with TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as bls:
+        via_bls = np.concatenate([infer(bls.grpc_url, t).as_numpy("SCORES") for t in triples])
+        with grpcclient.InferenceServerClient(bls.grpc_url) as c:
+            stats = c.get_inference_statistics(CLASSIFIER, "2", as_json=True)["model_stats"][0]
+    np.testing.assert_allclose(via_bls, inline, atol=1e-6)
+    assert int(stats["inference_count"]) == 4  # the classifier model ran every triple
