@@ -8,7 +8,14 @@ Three sections, each measured in one run so the ratios compare like with like:
 - **served**: a closed-loop concurrency sweep through the real client against a real Triton,
   with encoded images as clients send them: throughput, p50/p95/p99, the mean executed batch
   size and the queue vs compute split from Triton's statistics API;
-- **preprocess**: decode + resize throughput of 512 and 1024 px JPEG and PNG, with and
+- **uploads**: what an inpainting backend pays per triple at upload sizes (256, 512, 1024 px
+  photo-like images) as PIL images (the pixels path: letterboxed in the client, uint8 sent),
+  PNG bytes and JPEG bytes (decoded by the server): c1 latency, c16 throughput, and the
+  client's own CPU time per triple;
+- **graphs**: where concurrency-1 time goes, for the two serving graphs the Python-only Triton
+  can run: the network inline in the front model (the default) and a BLS hop to
+  ``editguard_classifier``; Triton's queue and compute per model beside the client's latency;
+- **preprocess**: decode + resize throughput of 512 and 1024 px JPEG, PNG and WebP, with and
   without Pillow's JPEG draft (downscale-on-decode);
 - **ray** (not in the default set): ``editguard score`` on one manifest of 256 px triples with
   the local engine, then with ``--engine ray`` at 1, 2, ... workers (one CPU each) on a Ray
@@ -42,7 +49,8 @@ class BenchConfig:
     concurrency: list[int] = field(default_factory=lambda: [1, 4, 16, 32, 64])
     seconds: float = 5.0  # per measurement point
     server: str | None = None  # a running Triton (gRPC URL); default: start one on the repository
-    sections: list[str] = field(default_factory=lambda: ["inprocess", "served", "preprocess"])
+    sections: list[str] = field(default_factory=lambda: ["inprocess", "served", "uploads", "graphs", "preprocess"])
+    upload_sizes: list[int] = field(default_factory=lambda: [256, 512, 1024])
     ray_items: int = 3000  # triples scored per ray-section run
     ray_workers: list[int] = field(default_factory=lambda: [1, 2])
 
@@ -128,38 +136,34 @@ def _stats(client, model: str) -> dict[str, float]:
     return tot
 
 
-def _sweep_point(url: str, triples: list[dict], c: int, seconds: float) -> dict:
-    import tritonclient.grpc as grpcclient
+def _closed_loop(guard, calls: list[tuple], c: int, seconds: float) -> tuple[list[float], float]:
+    """``c`` threads call ``guard.classify(*calls[i])`` back to back for ``seconds``: latencies (ms), wall (s)."""
+    lat: list[float] = []
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
 
-    from .clients import EditGuardClient
+    def worker(k: int):
+        i, mine = k, []
+        while time.perf_counter() < stop or not mine:
+            t0 = time.perf_counter()
+            guard.classify(*calls[i % len(calls)])
+            mine.append((time.perf_counter() - t0) * 1e3)
+            i += c
+        with lock:
+            lat.extend(mine)
 
-    with EditGuardClient(url, timeout=60) as guard, grpcclient.InferenceServerClient(url) as stats_client:
-        guard.classify(triples[0]["input"], triples[0]["prompt"], triples[0]["output"])  # warm-up
-        before = {m: _stats(stats_client, m) for m in ("editguard", "editguard_classifier")}
-        lat: list[float] = []
-        lock = threading.Lock()
-        stop = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(c)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return lat, time.perf_counter() - t0
 
-        def worker(k: int):
-            i, mine = k, []
-            while time.perf_counter() < stop:
-                t = triples[i % len(triples)]
-                t0 = time.perf_counter()
-                guard.classify(t["input"], t["prompt"], t["output"])
-                mine.append((time.perf_counter() - t0) * 1e3)
-                i += c
-            with lock:
-                lat.extend(mine)
 
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(c)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        wall = time.perf_counter() - t0
-        after = {m: _stats(stats_client, m) for m in before}
-    row = {"concurrency": c, "triples_s": round(len(lat) / wall, 1), **_pct(lat)}
+def _split(before: dict, after: dict) -> dict:
+    """Per model: mean executed batch, queue and compute per request (ms), from two statistics snapshots."""
+    row = {}
     for m, short in (("editguard", "front"), ("editguard_classifier", "classifier")):
         d = {k: after[m][k] - before[m][k] for k in after[m]}
         row[f"{short}_mean_batch"] = round(d["inferences"] / max(d["executions"], 1), 2)
@@ -168,43 +172,140 @@ def _sweep_point(url: str, triples: list[dict], c: int, seconds: float) -> dict:
     return row
 
 
-def bench_served(cfg: BenchConfig, triples: list[dict]) -> dict:
-    from .export.triton import TritonServer, free_port
+def _sweep_point(url: str, triples: list[dict], c: int, seconds: float) -> dict:
+    import tritonclient.grpc as grpcclient
 
-    server = None
-    url = cfg.server
-    if url is None:
-        server = TritonServer(cfg.repository, grpc_port=free_port(), http_port=free_port(),
-                              metrics_port=free_port()).start()
-        url = server.grpc_url
-    try:
+    from .clients import EditGuardClient
+
+    calls = [(t["input"], t["prompt"], t["output"]) for t in triples]
+    with EditGuardClient(url, timeout=60) as guard, grpcclient.InferenceServerClient(url) as stats_client:
+        guard.classify(*calls[0])  # warm-up
+        before = {m: _stats(stats_client, m) for m in ("editguard", "editguard_classifier")}
+        lat, wall = _closed_loop(guard, calls, c, seconds)
+        after = {m: _stats(stats_client, m) for m in before}
+    return {"concurrency": c, "triples_s": round(len(lat) / wall, 1), **_pct(lat), **_split(before, after)}
+
+
+class _Served:
+    """A Triton on ``repository`` for one section (or the running one at ``url``)."""
+
+    def __init__(self, repository: str, url: str | None = None):
+        self.repository, self.url, self.server = repository, url, None
+
+    def __enter__(self) -> str:
+        if self.url is None:
+            from .export.triton import TritonServer, free_port
+
+            self.server = TritonServer(self.repository, grpc_port=free_port(), http_port=free_port(),
+                                       metrics_port=free_port()).start()
+            self.url = self.server.grpc_url
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+def bench_served(cfg: BenchConfig, triples: list[dict]) -> dict:
+    with _Served(cfg.repository, cfg.server) as url:
         rows = [_sweep_point(url, triples, c, cfg.seconds) for c in cfg.concurrency]
-    finally:
-        if server is not None:
-            server.stop()
-    return {"rows": rows, "server": "started by bench" if server else url}
+    return {"rows": rows, "server": cfg.server or "started by bench"}
+
+
+def upload_images(size: int, n: int = 4, seed: int = 0) -> list:
+    """``n`` photo-like PIL images of ``size`` px: scenes with uneven light, colour cast and sensor noise,
+    which compress like photos (a 1024 px PNG is about 1.7 MB), not like flat renders."""
+    from .training.synth.realism import photo_finish
+    from .training.synth.scene import IID_STYLES, random_scene, render
+
+    rng = np.random.default_rng(seed)
+    return [photo_finish(render(random_scene(rng, IID_STYLES), size), seed + i) for i in range(n)]
+
+
+def _encode(img, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **({"quality": 90} if fmt in ("JPEG", "WEBP") else {}))
+    return buf.getvalue()
+
+
+UPLOAD_FORMS = ("PIL images", "PNG bytes", "JPEG bytes")
+
+
+def upload_calls(size: int, form: str) -> list[tuple]:
+    """classify() arguments at ``size`` px in one of UPLOAD_FORMS (input, prompt, output, mask)."""
+    imgs = upload_images(size)
+    masks = [_box_mask(size, k) for k in range(len(imgs))]
+    conv = {"PIL images": lambda im: im, "PNG bytes": lambda im: _encode(im, "PNG"),
+            "JPEG bytes": lambda im: _encode(im, "JPEG")}[form]
+    mconv = (lambda m: m) if form == "PIL images" else (lambda m: _encode(m, "PNG"))
+    return [(conv(imgs[i]), "make the sky look like sunset", conv(imgs[(i + 1) % len(imgs)]), mconv(masks[i]))
+            for i in range(len(imgs))]
+
+
+def _box_mask(size: int, k: int):
+    """A user-drawn box mask (mode L) over a quarter of the image."""
+    from PIL import Image, ImageDraw
+
+    m = Image.new("L", (size, size), 0)
+    o = size // 8 * (1 + k % 3)
+    ImageDraw.Draw(m).rectangle([o, o, o + size // 2, o + size // 2], fill=255)
+    return m
+
+
+def bench_uploads(cfg: BenchConfig) -> dict:
+    """c1 latency, c16 throughput and client CPU per triple, per upload size and form (masks included)."""
+    from .clients import EditGuardClient
+
+    rows = []
+    with _Served(cfg.repository, cfg.server) as url, EditGuardClient(url, timeout=60) as guard:
+        for size in cfg.upload_sizes:
+            for form in UPLOAD_FORMS:
+                calls = upload_calls(size, form)
+                guard.classify(*calls[0])  # warm-up (and the pixels spec)
+                cpu0 = time.process_time()
+                lat1, _ = _closed_loop(guard, calls, 1, cfg.seconds)
+                cpu = (time.process_time() - cpu0) / len(lat1) * 1e3
+                lat16, wall = _closed_loop(guard, calls, 16, cfg.seconds)
+                sent = sum(len(x) for x in calls[0] if isinstance(x, bytes))
+                rows.append({"size": size, "form": form, "kb_sent": round(sent / 1024) if sent else "-",
+                             "c1_p50_ms": _pct(lat1)["p50_ms"], "c1_p95_ms": _pct(lat1)["p95_ms"],
+                             "c16_triples_s": round(len(lat16) / wall, 1), "client_cpu_ms": round(cpu, 2)})
+    return {"rows": rows}
+
+
+def bench_graphs(cfg: BenchConfig, triples: list[dict]) -> dict:
+    """c1 and c16 on 256 px JPEG bytes for each serving graph, with Triton's per-model split."""
+    import shutil
+
+    from .export.repository import FRONT, read_config, write_config
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="editguard-graphs-") as tmp:
+        for graph, inline in (("inline (default)", "true"), ("BLS to editguard_classifier", "false")):
+            repo = Path(tmp) / graph.split()[0]
+            shutil.copytree(cfg.repository, repo)
+            conf = read_config(repo / FRONT / "config.pbtxt")
+            conf.parameters["inline_classifier"].string_value = inline
+            write_config(repo / FRONT / "config.pbtxt", conf)
+            with _Served(str(repo)) as url:
+                for c in (1, 16):
+                    rows.append({"graph": graph, **_sweep_point(url, triples, c, cfg.seconds)})
+    return {"rows": rows}
 
 
 def bench_preprocess(cfg: BenchConfig, workdir: Path) -> dict:
-    from PIL import Image
-
     from .model.config import ModelConfig
     from .model.preprocess import Preprocessor
-    from .training.synth.scene import random_scene, render
 
     base = ModelConfig.load(Path(cfg.model_dir) / "config.json").preprocess
     rows = []
-    rng = np.random.default_rng(0)
     for size in (512, 1024):
-        img = np.asarray(render(random_scene(rng, ["gradient"]), size), dtype=np.float64)
-        img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)  # photo-like noise
-        for fmt, kw in (("JPEG", {"quality": 90}), ("PNG", {})):
-            buf = io.BytesIO()
-            Image.fromarray(img).save(buf, fmt, **kw)
-            data = buf.getvalue()
+        img = upload_images(size, 1)[0]
+        for fmt in ("JPEG", "PNG", "WEBP"):
+            data = _encode(img, fmt)
             for draft in (False, True):
-                if fmt == "PNG" and draft:
-                    continue  # draft only applies to JPEG
+                if fmt != "JPEG" and draft:
+                    continue  # draft only applies to JPEG (Pillow reduces nothing on PNG or WebP decode)
                 pre = Preprocessor(type(base)(**{**asdict(base), "jpeg_draft": draft}), tokenizer=None)
                 r = _timed(lambda: pre.image(data), cfg.seconds / 2, 1)
                 rows.append({"format": fmt, "size": size, "bytes": len(data), "draft": draft,
@@ -258,11 +359,15 @@ def run_bench(cfg: BenchConfig) -> dict:
     result = {"machine": machine(), "config": asdict(cfg)}
     with tempfile.TemporaryDirectory(prefix="editguard-bench-") as tmp:
         work = Path(tmp)
-        triples = encoded_triples(64, 256, work) if {"inprocess", "served"} & set(cfg.sections) else []
+        triples = encoded_triples(64, 256, work) if {"inprocess", "served", "graphs"} & set(cfg.sections) else []
         if "inprocess" in cfg.sections:
             result["inprocess"] = bench_inprocess(cfg, triples, work)
         if "served" in cfg.sections:
             result["served"] = bench_served(cfg, triples)
+        if "uploads" in cfg.sections:
+            result["uploads"] = bench_uploads(cfg)
+        if "graphs" in cfg.sections:
+            result["graphs"] = bench_graphs(cfg, triples)
         if "preprocess" in cfg.sections:
             result["preprocess"] = bench_preprocess(cfg, work)
         if "ray" in cfg.sections:
@@ -288,6 +393,28 @@ def ratios(r: dict) -> dict:
             served = max(x["triples_s"] for x in r["served"]["rows"])
             out["served_best_over_inprocess_pipeline"] = round(served / pipe, 2)
             out["served_best_over_inprocess_ort_model_only"] = round(served / best("onnxruntime fp32"), 2)
+    if "uploads" in r:
+        u = {(x["size"], x["form"]): x for x in r["uploads"]["rows"]}
+        small, big = min(x[0] for x in u), max(x[0] for x in u)
+        ref = u.get((small, "JPEG bytes"))
+        if ref:
+            for form in ("PIL images", "PNG bytes"):
+                if (big, form) in u:
+                    tag = form.split()[0].lower()
+                    out[f"upload_{big}_{tag}_c1_over_{small}_jpeg_c1"] = round(u[big, form]["c1_p50_ms"] / ref["c1_p50_ms"], 2)
+                    out[f"upload_{big}_{tag}_c16_over_{small}_jpeg_c16"] = round(
+                        u[big, form]["c16_triples_s"] / ref["c16_triples_s"], 2)
+            for form in ("JPEG bytes", "PNG bytes"):
+                if (small, "PIL images") in u and (small, form) in u:
+                    out[f"upload_{small}_pixels_c1_over_{form.split()[0].lower()}_bytes_c1"] = round(
+                        u[small, "PIL images"]["c1_p50_ms"] / u[small, form]["c1_p50_ms"], 2)
+    if "graphs" in r:
+        g = {(x["graph"].split()[0], x["concurrency"]): x for x in r["graphs"]["rows"]}
+        for c in (1, 16):
+            if ("inline", c) in g and ("BLS", c) in g:
+                out[f"graph_inline_over_bls_c{c}_p50"] = round(g["inline", c]["p50_ms"] / g["BLS", c]["p50_ms"], 2)
+                out[f"graph_inline_over_bls_c{c}_throughput"] = round(
+                    g["inline", c]["triples_s"] / g["BLS", c]["triples_s"], 2)
     if "ray" in r:
         rate = {x["workers"]: x["triples_s"] for x in r["ray"]["rows"] if x["engine"] == "ray"}
         for w in sorted(k for k in rate if k != 1):
@@ -319,7 +446,7 @@ def to_markdown(r: dict) -> str:
     m = r["machine"]
     parts = [f"machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}; "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), f"command: `{m['command']}`"]
-    for section in ("inprocess", "served", "preprocess", "ray"):
+    for section in ("inprocess", "served", "uploads", "graphs", "preprocess", "ray"):
         if section in r:
             parts += [f"\n### {section}\n", _table(r[section]["rows"])]
     parts += ["\n### ratios (this run)\n", _table([{"ratio": k, "value": v} for k, v in r["ratios"].items()])]

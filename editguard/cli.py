@@ -458,9 +458,11 @@ def _add_bench(sub) -> None:
         "bench",
         help="benchmark the hot paths: torch vs onnxruntime, served throughput, preprocessing",
         description="Measure in-process torch eager vs onnxruntime (FP32/FP16) per batch size, a closed-loop "
-        "concurrency sweep against a real Triton through the real client, and image decode + resize "
-        "throughput; optionally (--sections ray) batch scoring on Ray at 1, 2, ... workers. Prints markdown "
-        "tables and writes bench.json and bench.md to --out.",
+        "concurrency sweep against a real Triton through the real client, what uploads cost at 256/512/1024 px "
+        "(PIL images on the pixels path vs PNG and JPEG bytes: c1 latency, c16 throughput, client CPU per "
+        "triple), the two serving graphs (network inline in the front model vs a BLS hop) with Triton's "
+        "queue/compute split, and image decode + resize throughput; optionally (--sections ray) batch scoring "
+        "on Ray at 1, 2, ... workers. Prints markdown tables and writes bench.json and bench.md to --out.",
         epilog="examples:\n  editguard bench --model-dir demo/model --repository demo/repository --out bench/cpu\n"
         "  editguard bench --model-dir demo/model --repository demo/repository --out bench/ray --sections ray",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -472,8 +474,10 @@ def _add_bench(sub) -> None:
     p.add_argument("--concurrency", default="1,4,16,32,64", help="served concurrency sweep (default: %(default)s)")
     p.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (default: %(default)s)")
     p.add_argument("--server", metavar="URL", help="benchmark this running Triton instead of starting one")
-    p.add_argument("--sections", default="inprocess,served,preprocess",
-                   help="comma-separated: inprocess, served, preprocess, ray (default: %(default)s)")
+    p.add_argument("--sections", default="inprocess,served,uploads,graphs,preprocess",
+                   help="comma-separated: inprocess, served, uploads, graphs, preprocess, ray (default: %(default)s)")
+    p.add_argument("--upload-sizes", default="256,512,1024", help="uploads section: image sides in px "
+                   "(default: %(default)s)")
     p.add_argument("--ray-workers", default="1,2", help="ray section: actor counts to compare (default: %(default)s)")
     p.add_argument("--ray-items", type=int, default=3000, help="ray section: triples per run (default: %(default)s)")
     p.set_defaults(func=_run_bench)
@@ -486,7 +490,8 @@ def _run_bench(a: argparse.Namespace) -> int:
     r = run_bench(BenchConfig(model_dir=a.model_dir, repository=a.repository, out=a.out,
                               batch_sizes=ints(a.batch_sizes), concurrency=ints(a.concurrency), seconds=a.seconds,
                               server=a.server, sections=[s for s in a.sections.split(",") if s],
-                              ray_items=a.ray_items, ray_workers=ints(a.ray_workers)))
+                              ray_items=a.ray_items, ray_workers=ints(a.ray_workers),
+                              upload_sizes=ints(a.upload_sizes)))
     print(to_markdown(r))
     print(f"wrote {a.out}/bench.json and {a.out}/bench.md")
     return 0
