@@ -12,10 +12,10 @@ import asyncio
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Iterable, Mapping
 
 from .client import (OUTPUTS, ClientSettings, ImageInput, PixelsPrep, Triple, Verdict, _as_triple, _Backoff, _for_item,
-                     build_inputs, check_prompt, make_verdict, parse_urls, prepare, published_specs, spec_mismatch,
+                     build_inputs, check_prompt, make_verdict, prepare, published_specs, spec_mismatch,
                      to_error, wants_pixels)
 from .errors import EditGuardError, InvalidInputError, ServerUnavailableError
 
@@ -33,9 +33,7 @@ class AsyncEditGuardClient(ClientSettings):
         import tritonclient.grpc.aio as aio
 
         self._aio = aio
-        urls = parse_urls(self.url)
-        self._urls = urls
-        self._clients = [aio.InferenceServerClient(u) for u in urls]
+        self._clients = self._connect(aio=True)
         self._rr = itertools.count()
         self._prep: PixelsPrep | None = None
 
@@ -45,8 +43,8 @@ class AsyncEditGuardClient(ClientSettings):
         if prep is None or refresh:
             client = self._clients[(next(self._rr) + offset) % len(self._clients)]
             try:
-                specs = published_specs(await client.get_model_config(self.model, as_json=True))
-                ready = {v for v in specs if await client.is_model_ready(self.model, v)}
+                specs = published_specs(await client.get_model_config(self.model, headers=self._headers(), as_json=True))
+                ready = {v for v in specs if await client.is_model_ready(self.model, v, headers=self._headers())}
             except EditGuardError:
                 raise
             except Exception as e:
@@ -67,7 +65,7 @@ class AsyncEditGuardClient(ClientSettings):
     async def ready(self) -> bool:
         for c in self._clients:
             try:
-                if await c.is_model_ready(self.model, self.version):
+                if await c.is_model_ready(self.model, self.version, headers=self._headers()):
                     return True
             except Exception:  # an endpoint that does not answer is simply not ready
                 continue
@@ -81,7 +79,8 @@ class AsyncEditGuardClient(ClientSettings):
             await asyncio.sleep(0.2)
 
     async def classify(self, input_image: ImageInput, prompt: str, output_image: ImageInput,
-                       mask: ImageInput | None = None, *, timeout: float | None = None, id: str | None = None) -> Verdict:
+                       mask: ImageInput | None = None, *, timeout: float | None = None, id: str | None = None,
+                       headers: Mapping[str, str] | None = None) -> Verdict:
         t0 = time.perf_counter()
         pixels = self.pixels and wants_pixels(input_image, output_image, mask)
         inputs = None
@@ -102,7 +101,8 @@ class AsyncEditGuardClient(ClientSettings):
                     inputs = prep.inputs(self._aio, prep.arrays(input_image, output_image, mask), prompt, mask is not None)
                 client = self._clients[(next(self._rr) + offset) % len(self._clients)]
                 result = await client.infer(self.model, inputs, model_version=self.version, outputs=outputs,
-                                            client_timeout=max(plan.remaining(), 0.001))
+                                            client_timeout=max(plan.remaining(), 0.001),
+                                            headers=self._headers(headers))
                 return make_verdict(result, self.model, (time.perf_counter() - t0) * 1e3, id)
             except Exception as e:  # tritonclient raises InferenceServerException for gRPC errors
                 err = e if isinstance(e, EditGuardError) else to_error(e, id)

@@ -125,6 +125,10 @@ def to_error(e: Exception, item_id: str | None = None) -> EditGuardError:
     msg = getattr(e, "message", lambda: str(e))() if callable(getattr(e, "message", None)) else str(e)
     cls = {"INVALID_ARGUMENT": InvalidInputError, "UNAVAILABLE": ServerUnavailableError,
            "RESOURCE_EXHAUSTED": ServerUnavailableError, "DEADLINE_EXCEEDED": DeadlineExceededError}.get(status, ServerError)
+    if status == "UNAVAILABLE" and "is restricted, expecting header" in msg:
+        # Triton refuses a call without a required header as UNAVAILABLE; it is not transient
+        cls, status = ServerError, "PERMISSION_DENIED"
+        msg += " (the server, or a proxy in front of it, wants this header: pass headers={...} to the client)"
     prefix = f"{item_id}: " if item_id else ""
     return cls(f"{prefix}{msg}", item_id=item_id, status=status or None)
 
@@ -272,6 +276,29 @@ class ClientSettings:
     retries: int | None = None  # None: retry transient errors until the deadline; a number caps them
     backoff: float = 0.05  # first retry delay in seconds, doubled each time, capped at 1 s
     pixels: bool = True  # decoded images (PIL, arrays) are letterboxed here and sent as uint8 pixels
+    # TLS (``editguard serve --tls-cert``): ``ssl``, implied by any certificate file; ``root_certificates``:
+    # PEM of the CA that signed the server's certificate (default: the system's); ``private_key`` and
+    # ``certificate_chain``: this client's PEM key and certificate, for mutual TLS
+    ssl: bool = False
+    root_certificates: str | None = None
+    private_key: str | None = None
+    certificate_chain: str | None = None
+    headers: Mapping[str, str] | None = None  # gRPC metadata on every call (an auth token for a front proxy)
+
+    def _connect(self, aio: bool) -> list:
+        """One tritonclient client per URL, with this configuration's TLS; validates the TLS files."""
+        from .connection import Connection
+
+        try:
+            self._conn = Connection(self.ssl, self.root_certificates, self.private_key, self.certificate_chain,
+                                    self.headers)
+        except (ValueError, FileNotFoundError) as e:
+            raise InvalidInputError(f"client TLS settings: {e}") from e
+        self._urls = parse_urls(self.url)
+        return [self._conn.grpc_client(u, aio=aio) for u in self._urls]
+
+    def _headers(self, extra: Mapping[str, str] | None = None) -> dict | None:
+        return self._conn.call_headers(extra)
 
     def _choose_spec(self, specs: dict[str, dict], ready: set[str]) -> PixelsPrep:
         """The version a request goes to (the pinned one, else the newest ready), with its spec."""
@@ -302,9 +329,7 @@ class EditGuardClient(ClientSettings):
         import tritonclient.grpc as grpcclient
 
         self._grpc = grpcclient
-        urls = parse_urls(self.url)
-        self._clients = [grpcclient.InferenceServerClient(u) for u in urls]
-        self._urls = urls
+        self._clients = self._connect(aio=False)
         self._rr = itertools.count()
         self._lock = threading.Lock()
         self._prep: PixelsPrep | None = None
@@ -316,8 +341,8 @@ class EditGuardClient(ClientSettings):
         if prep is None or refresh:
             client = self._pick(offset)
             try:
-                specs = published_specs(client.get_model_config(self.model, as_json=True))
-                ready = {v for v in specs if client.is_model_ready(self.model, v)}
+                specs = published_specs(client.get_model_config(self.model, headers=self._headers(), as_json=True))
+                ready = {v for v in specs if client.is_model_ready(self.model, v, headers=self._headers())}
             except EditGuardError:
                 raise
             except Exception as e:
@@ -345,7 +370,7 @@ class EditGuardClient(ClientSettings):
         """True when at least one endpoint has the model ready."""
         for c in self._clients:
             try:
-                if c.is_model_ready(self.model, self.version):
+                if c.is_model_ready(self.model, self.version, headers=self._headers()):
                     return True
             except Exception:  # an endpoint that does not answer is simply not ready
                 continue
@@ -361,8 +386,10 @@ class EditGuardClient(ClientSettings):
 
     # -- classification -----------------------------------------------------------------------
     def classify(self, input_image: ImageInput, prompt: str, output_image: ImageInput,
-                 mask: ImageInput | None = None, *, timeout: float | None = None, id: str | None = None) -> Verdict:
-        """Classify one triple. Raises an :class:`EditGuardError` subclass."""
+                 mask: ImageInput | None = None, *, timeout: float | None = None, id: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> Verdict:
+        """Classify one triple. ``headers``: gRPC metadata for this call, over the client's own.
+        Raises an :class:`EditGuardError` subclass."""
         t0 = time.perf_counter()
         pixels = self.pixels and wants_pixels(input_image, output_image, mask)
         inputs = None
@@ -382,7 +409,8 @@ class EditGuardClient(ClientSettings):
                     prep = self.pixels_prep(refresh=refreshed, offset=offset)
                     inputs = prep.inputs(self._grpc, prep.arrays(input_image, output_image, mask), prompt, mask is not None)
                 result = self._pick(offset).infer(self.model, inputs, model_version=self.version, outputs=outputs,
-                                                  client_timeout=max(plan.remaining(), 0.001))
+                                                  client_timeout=max(plan.remaining(), 0.001),
+                                                  headers=self._headers(headers))
                 return make_verdict(result, self.model, (time.perf_counter() - t0) * 1e3, id)
             except Exception as e:  # tritonclient raises InferenceServerException for gRPC errors
                 err = e if isinstance(e, EditGuardError) else to_error(e, id)

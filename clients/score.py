@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -47,6 +47,9 @@ class ScoreConfig:
     workers: int | None = None  # ray: actors (default: as many as the cluster's CPUs, or GPUs, allow)
     cpus_per_worker: float = 1.0  # ray: CPUs each actor reserves (and onnxruntime threads it uses)
     ray_address: str | None = None  # ray: a running cluster ("auto", "ray://head:10001"); default starts one here
+    # server: the client's TLS and headers (EditGuardClient's ssl, root_certificates, private_key,
+    # certificate_chain, headers); with Ray, the certificate paths must exist where the actors run
+    client_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.server is None) == (self.repository is None):
@@ -202,7 +205,7 @@ def open_backend(cfg: ScoreConfig, threads: int | None = None, gpu: bool = False
         return LocalScorer(cfg.repository, cfg.version, threads=threads, gpu=gpu)
     from .client import EditGuardClient
 
-    client = EditGuardClient(cfg.server, version=cfg.version, timeout=cfg.timeout)
+    client = EditGuardClient(cfg.server, version=cfg.version, timeout=cfg.timeout, **cfg.client_options)
     client.wait_ready(timeout=cfg.timeout)
     return client
 

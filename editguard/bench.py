@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,7 @@ class BenchConfig:
     upload_sizes: list[int] = field(default_factory=lambda: [256, 512, 1024])
     ray_items: int = 3000  # triples scored per ray-section run
     ray_workers: list[int] = field(default_factory=lambda: [1, 2])
+    connection: Any = None  # with ``server``: its TLS, headers and admin key (statistics need the key)
 
 
 def _pct(ms: list[float]) -> dict[str, float]:
@@ -122,8 +124,8 @@ def bench_inprocess(cfg: BenchConfig, triples: list[dict], workdir: Path) -> dic
     return {"rows": rows}
 
 
-def _stats(client, model: str) -> dict[str, float]:
-    s = client.get_inference_statistics(model, as_json=True)["model_stats"]
+def _stats(client, model: str, headers: dict) -> dict[str, float]:
+    s = client.get_inference_statistics(model, headers=headers, as_json=True)["model_stats"]
     tot = {"inferences": 0, "executions": 0, "queue_ns": 0, "compute_ns": 0, "requests": 0}
     for m in s:
         st = m["inference_stats"]
@@ -172,34 +174,38 @@ def _split(before: dict, after: dict) -> dict:
     return row
 
 
-def _sweep_point(url: str, triples: list[dict], c: int, seconds: float) -> dict:
-    import tritonclient.grpc as grpcclient
-
+def _sweep_point(served: tuple, triples: list[dict], c: int, seconds: float) -> dict:
     from .clients import EditGuardClient
 
+    url, conn = served
     calls = [(t["input"], t["prompt"], t["output"]) for t in triples]
-    with EditGuardClient(url, timeout=60) as guard, grpcclient.InferenceServerClient(url) as stats_client:
+    with EditGuardClient(url, timeout=60, **conn.client_options()) as guard, conn.grpc_client(url) as stats_client:
         guard.classify(*calls[0])  # warm-up
-        before = {m: _stats(stats_client, m) for m in ("editguard", "editguard_classifier")}
+        admin = conn.admin_headers()
+        before = {m: _stats(stats_client, m, admin) for m in ("editguard", "editguard_classifier")}
         lat, wall = _closed_loop(guard, calls, c, seconds)
-        after = {m: _stats(stats_client, m) for m in before}
+        after = {m: _stats(stats_client, m, admin) for m in before}
     return {"concurrency": c, "triples_s": round(len(lat) / wall, 1), **_pct(lat), **_split(before, after)}
 
 
 class _Served:
-    """A Triton on ``repository`` for one section (or the running one at ``url``)."""
+    """A Triton on ``repository`` for one section (or the running one at ``url``); entered, it gives
+    ``(url, connection)``."""
 
-    def __init__(self, repository: str, url: str | None = None):
+    def __init__(self, repository: str, url: str | None = None, connection=None):
+        from .clients.connection import Connection
+
         self.repository, self.url, self.server = repository, url, None
+        self.connection = connection or Connection()
 
-    def __enter__(self) -> str:
+    def __enter__(self) -> tuple:
         if self.url is None:
             from .export.triton import TritonServer, free_port
 
             self.server = TritonServer(self.repository, grpc_port=free_port(), http_port=free_port(),
                                        metrics_port=free_port()).start()
-            self.url = self.server.grpc_url
-        return self.url
+            self.url, self.connection = self.server.grpc_url, self.server.connection()
+        return self.url, self.connection
 
     def __exit__(self, *exc) -> None:
         if self.server is not None:
@@ -207,8 +213,8 @@ class _Served:
 
 
 def bench_served(cfg: BenchConfig, triples: list[dict]) -> dict:
-    with _Served(cfg.repository, cfg.server) as url:
-        rows = [_sweep_point(url, triples, c, cfg.seconds) for c in cfg.concurrency]
+    with _Served(cfg.repository, cfg.server, cfg.connection) as served:
+        rows = [_sweep_point(served, triples, c, cfg.seconds) for c in cfg.concurrency]
     return {"rows": rows, "server": cfg.server or "started by bench"}
 
 
@@ -257,7 +263,8 @@ def bench_uploads(cfg: BenchConfig) -> dict:
     from .clients import EditGuardClient
 
     rows = []
-    with _Served(cfg.repository, cfg.server) as url, EditGuardClient(url, timeout=60) as guard:
+    with _Served(cfg.repository, cfg.server, cfg.connection) as (url, conn), \
+            EditGuardClient(url, timeout=60, **conn.client_options()) as guard:
         for size in cfg.upload_sizes:
             for form in UPLOAD_FORMS:
                 calls = upload_calls(size, form)
@@ -287,9 +294,9 @@ def bench_graphs(cfg: BenchConfig, triples: list[dict]) -> dict:
             conf = read_config(repo / FRONT / "config.pbtxt")
             conf.parameters["inline_classifier"].string_value = inline
             write_config(repo / FRONT / "config.pbtxt", conf)
-            with _Served(str(repo)) as url:
+            with _Served(str(repo)) as served:
                 for c in (1, 16):
-                    rows.append({"graph": graph, **_sweep_point(url, triples, c, cfg.seconds)})
+                    rows.append({"graph": graph, **_sweep_point(served, triples, c, cfg.seconds)})
     return {"rows": rows}
 
 
@@ -356,7 +363,8 @@ def run_bench(cfg: BenchConfig) -> dict:
     """Run the chosen sections; write ``bench.json`` and ``bench.md`` under ``cfg.out``; return the results."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"machine": machine(), "config": asdict(cfg)}
+    config = {k: v for k, v in vars(cfg).items() if k != "connection"}  # the admin key stays out of bench.json
+    result = {"machine": machine(), "config": config}
     with tempfile.TemporaryDirectory(prefix="editguard-bench-") as tmp:
         work = Path(tmp)
         triples = encoded_triples(64, 256, work) if {"inprocess", "served", "graphs"} & set(cfg.sections) else []

@@ -29,6 +29,37 @@ quick start (tiny model, CPU, a few minutes):
 """
 
 
+def _add_connection(p, admin: bool = False) -> None:
+    """Options for reaching a server (with --server): TLS, headers, and (``admin``) the admin key."""
+    g = p.add_argument_group("connection (with --server)")
+    g.add_argument("--ssl", action="store_true", help="gRPC over TLS, verified against the system's CAs unless "
+                   "--root-cert is given")
+    g.add_argument("--root-cert", metavar="PEM", help="CA certificate that signed the server's (implies --ssl)")
+    g.add_argument("--client-cert", metavar="PEM", help="this client's certificate, for a server with mutual TLS")
+    g.add_argument("--client-key", metavar="PEM", help="this client's private key, for a server with mutual TLS")
+    g.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
+                   help="gRPC metadata sent on every call (an auth token for a front proxy); repeat for several")
+    if admin:
+        g.add_argument("--admin-key-file", metavar="FILE", help="the server's admin key, needed for model control "
+                       "and statistics (default: $EDITGUARD_ADMIN_KEY, else the file `editguard serve` wrote: "
+                       "$EDITGUARD_ADMIN_KEY_FILE or ~/.config/editguard/admin-key)")
+
+
+def _client_options(a: argparse.Namespace) -> dict:
+    """EditGuardClient's TLS and header options from :func:`_add_connection`'s flags."""
+    from editguard.clients.connection import parse_headers
+
+    return {"ssl": a.ssl, "root_certificates": a.root_cert, "certificate_chain": a.client_cert,
+            "private_key": a.client_key, "headers": parse_headers(a.header) or None}
+
+
+def _connection(a: argparse.Namespace):
+    """A Connection (TLS, headers, admin key) from :func:`_add_connection`'s flags."""
+    from editguard.clients.connection import Connection, read_admin_key
+
+    return Connection(**_client_options(a), admin_key=read_admin_key(getattr(a, "admin_key_file", None)))
+
+
 def _add_synth(sub) -> None:
     p = sub.add_parser(
         "synth",
@@ -193,7 +224,9 @@ def _add_export(sub) -> None:
     p.add_argument("--max-batch", type=int, default=64, help="max batch size of the served models (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="where the parity check runs: cpu or cuda")
     p.add_argument("--server", metavar="URL", help="also load the new version into this running Triton (gRPC "
-                   "host:port); comma-separate the replicas that share the repository to roll it across them")
+                   "host:port); comma-separate the replicas that share the repository to roll it across them. "
+                   "Model control needs the server's admin key (see --admin-key-file)")
+    _add_connection(p, admin=True)
     p.set_defaults(func=_run_export)
 
 
@@ -214,7 +247,12 @@ def _run_export(a: argparse.Namespace) -> int:
         from editguard.export.control import roll_out
 
         urls = parse_urls(a.server)
-        roll_out(urls)
+        try:
+            roll_out(urls, connection=_connection(a))
+        except (RuntimeError, PermissionError) as e:
+            print(f"editguard export: version {r.version} is in {a.repository} but was not loaded: {e}",
+                  file=sys.stderr)
+            return 3
         print(f"  loaded into {', '.join(urls)} (one replica at a time)")
     return 0
 
@@ -225,9 +263,16 @@ def _add_serve(sub) -> None:
         help="start a local Triton on a model repository",
         description="Start Triton on the repository: NVIDIA's tritonserver from PATH if present, else the binary "
         "inside the nvidia-pytriton wheel (pip install 'editguard[serve]'). Waits until the models are ready, "
-        "prints the endpoints, and stops cleanly on Ctrl-C or SIGTERM.",
-        epilog="example:\n  editguard serve --repository model_repository\n"
-        "  python -c \"from editguard.clients import EditGuardClient; ...\"   # see the README",
+        "prints the endpoints, and stops cleanly on Ctrl-C or SIGTERM. Inference, health, metadata and model "
+        "config are open; the admin protocols (model load/unload, statistics, shared memory, trace, logging) "
+        "need the admin key: $EDITGUARD_ADMIN_KEY, else --admin-key-file, generated there (mode 0600) when the "
+        "file does not exist. The key is never printed. Beyond loopback, serve gRPC with TLS (--tls-cert, "
+        "--tls-key; --tls-ca for mutual TLS): Triton's HTTP endpoint has no TLS, so it then stays on loopback.",
+        epilog="examples:\n  editguard serve --repository model_repository\n"
+        "  editguard serve --repository repo --host 0.0.0.0 --tls-cert server.pem --tls-key server.key "
+        "--tls-ca clients-ca.pem\n"
+        "  editguard export runs/tiny --repository repo --server localhost:8001   # roll-out: reads the same key\n"
+        "then classify with the client (see the README), e.g. EditGuardClient('localhost:8001').",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--repository", default="model_repository", help="Triton model repository (default: %(default)s)")
@@ -236,15 +281,30 @@ def _add_serve(sub) -> None:
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--timeout", type=float, default=180, help="seconds to wait for readiness")
+    g = p.add_argument_group("security")
+    g.add_argument("--admin-key-file", metavar="FILE", help="file holding the admin key; written with a new random "
+                   "key if it does not exist (default: $EDITGUARD_ADMIN_KEY_FILE or ~/.config/editguard/admin-key; "
+                   "$EDITGUARD_ADMIN_KEY, if set, is the key itself)")
+    g.add_argument("--tls-cert", metavar="PEM", help="server certificate: gRPC over TLS")
+    g.add_argument("--tls-key", metavar="PEM", help="the server certificate's private key")
+    g.add_argument("--tls-ca", metavar="PEM", help="CA of the client certificates: mutual TLS, clients without a "
+                   "certificate it signed are refused")
     p.set_defaults(func=_run_serve)
 
 
 def _run_serve(a: argparse.Namespace) -> int:
     import signal
 
+    from editguard.clients.connection import serve_admin_key
     from editguard.export.triton import TritonError, TritonServer
 
-    server = TritonServer(a.repository, a.grpc_port, a.http_port, a.metrics_port, host=a.host)
+    key, key_source = serve_admin_key(a.admin_key_file)
+    try:
+        server = TritonServer(a.repository, a.grpc_port, a.http_port, a.metrics_port, host=a.host, admin_key=key,
+                              tls_cert=a.tls_cert, tls_key=a.tls_key, tls_ca=a.tls_ca)
+    except TritonError as e:
+        print(f"editguard serve: {e}", file=sys.stderr)
+        return 2
     stop = {"now": False}
 
     def _stop(signum, frame):
@@ -258,10 +318,12 @@ def _run_serve(a: argparse.Namespace) -> int:
         print(f"editguard serve: {e}", file=sys.stderr)
         return 1
     print(f"Triton is ready (pid {server.pid}), repository {a.repository}")
-    print(f"  gRPC     {server.grpc_url}")
-    print(f"  HTTP     http://{server.http_url}")
+    tls = ("mutual TLS" if a.tls_ca else "TLS") if a.tls_cert else "plaintext"
+    print(f"  gRPC     {server.grpc_url} ({tls})")
+    print(f"  HTTP     http://{server.http_url}" + (" (loopback only: Triton's HTTP has no TLS)" if a.tls_cert else ""))
     print(f"  metrics  http://{a.host}:{a.metrics_port}/metrics")
     print(f"  log      {server.log_path}")
+    print(f"  admin    model control and statistics need the admin key from {key_source}")
     print("Ctrl-C to stop.", flush=True)
     import time
 
@@ -310,6 +372,7 @@ def _add_score(sub) -> None:
                    "threads it runs (default: %(default)s)")
     g.add_argument("--ray-address", metavar="ADDR", help="a running Ray cluster (auto, ray://head:10001); "
                    "default: start one on this machine for the run")
+    _add_connection(p)
     p.set_defaults(func=_run_score)
 
 
@@ -319,7 +382,8 @@ def _run_score(a: argparse.Namespace) -> int:
     s = score(ScoreConfig(manifest=a.manifest, out=a.out, server=a.server, repository=a.repository, version=a.version,
                           concurrency=a.concurrency, batch_size=a.batch_size, timeout=a.timeout,
                           allow_outside_root=a.allow_outside_root, progress=not a.no_progress, engine=a.engine,
-                          workers=a.workers, cpus_per_worker=a.cpus_per_worker, ray_address=a.ray_address))
+                          workers=a.workers, cpus_per_worker=a.cpus_per_worker, ray_address=a.ray_address,
+                          client_options=_client_options(a)))
     print(f"scored {s.scored}, skipped {s.skipped} already done, {s.errors} failed, in {s.seconds:.1f} s; "
           f"{s.total_rows} rows in {a.out}")
     if s.errors:
@@ -480,6 +544,7 @@ def _add_bench(sub) -> None:
                    "(default: %(default)s)")
     p.add_argument("--ray-workers", default="1,2", help="ray section: actor counts to compare (default: %(default)s)")
     p.add_argument("--ray-items", type=int, default=3000, help="ray section: triples per run (default: %(default)s)")
+    _add_connection(p, admin=True)
     p.set_defaults(func=_run_bench)
 
 
@@ -491,7 +556,7 @@ def _run_bench(a: argparse.Namespace) -> int:
                               batch_sizes=ints(a.batch_sizes), concurrency=ints(a.concurrency), seconds=a.seconds,
                               server=a.server, sections=[s for s in a.sections.split(",") if s],
                               ray_items=a.ray_items, ray_workers=ints(a.ray_workers),
-                              upload_sizes=ints(a.upload_sizes)))
+                              upload_sizes=ints(a.upload_sizes), connection=_connection(a)))
     print(to_markdown(r))
     print(f"wrote {a.out}/bench.json and {a.out}/bench.md")
     return 0
@@ -522,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, PermissionError) as e:
         if args.verbose:
             raise
         print(f"editguard {args.command}: error: {e}", file=sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -110,8 +111,41 @@ class TritonServer:
     log_file: str | Path | None = None  # Triton's output; default: a temp file
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # extra environment for Triton and its stubs
+    # the key of the admin protocols (model control, statistics, shared memory, trace, logging);
+    # None: a random one for this process only. Inference, health, metadata and model config stay open.
+    admin_key: str | None = field(default=None, repr=False)
+    tls_cert: str | Path | None = None  # PEM server certificate and key: gRPC over TLS
+    tls_key: str | Path | None = None
+    tls_ca: str | Path | None = None  # PEM CA of the client certificates: mutual TLS (clients without one are refused)
     _proc: subprocess.Popen | None = None
     _workdir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.admin_key is None:
+            self.admin_key = secrets.token_urlsafe(32)
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise TritonError("TLS needs both the server certificate (--tls-cert) and its key (--tls-key)")
+        if self.tls_ca and not self.tls_cert:
+            raise TritonError("mutual TLS (--tls-ca) needs the server's own certificate too (--tls-cert, --tls-key)")
+        for name in ("tls_cert", "tls_key", "tls_ca"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise TritonError(f"--{name.replace('_', '-')} {path} is not a file")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    @property
+    def http_host(self) -> str:
+        """Triton's HTTP endpoint has no TLS: with TLS on, it stays on loopback (health checks, local use)."""
+        return "127.0.0.1" if self.tls else self.host
+
+    def connection(self, **kw):
+        """A :class:`~editguard.clients.connection.Connection` holding this server's admin key."""
+        from ..clients.connection import Connection
+
+        return Connection(admin_key=self.admin_key, **kw)
 
     @property
     def grpc_url(self) -> str:
@@ -119,14 +153,26 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
-        return f"{self.host}:{self.http_port}"
+        return f"{self.http_host}:{self.http_port}"
 
-    def command(self, backends: Path | None) -> list[str]:
+    def command(self, backends: Path | None, redact: bool = False) -> list[str]:
+        """Triton's command line (``redact``: the admin key replaced, for logs)."""
+        from ..clients.connection import ADMIN_HEADER, ADMIN_PROTOCOLS
+
         cmd = [str(self.binary), f"--model-repository={Path(self.repository).resolve()}",
                f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}",
-               f"--metrics-port={self.metrics_port}", f"--grpc-address={self.host}", f"--http-address={self.host}",
+               f"--metrics-port={self.metrics_port}", f"--grpc-address={self.host}",
+               f"--http-address={self.http_host}", f"--metrics-address={self.host}",
                f"--model-control-mode={self.model_control}", "--log-verbose=0",
                "--exit-timeout-secs=30", "--allow-cpu-metrics=true"]
+        key = "REDACTED" if redact else self.admin_key
+        restricted = f"{','.join(ADMIN_PROTOCOLS)}:{ADMIN_HEADER}={key}"
+        cmd += [f"--grpc-restricted-protocol={restricted}", f"--http-restricted-api={restricted}"]
+        if self.tls:
+            cmd += ["--grpc-use-ssl=true", f"--grpc-server-cert={Path(self.tls_cert).resolve()}",
+                    f"--grpc-server-key={Path(self.tls_key).resolve()}"]
+            if self.tls_ca:
+                cmd += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={Path(self.tls_ca).resolve()}"]
         if self.model_control == "explicit":
             cmd.append("--load-model=*")
         if backends is not None:
@@ -137,8 +183,9 @@ class TritonServer:
         repo = Path(self.repository)
         if not repo.is_dir():
             raise TritonError(f"model repository {repo} does not exist; create one with `editguard export`")
-        for name, port in (("grpc", self.grpc_port), ("http", self.http_port), ("metrics", self.metrics_port)):
-            if not port_free(port, self.host):
+        for name, port, host in (("grpc", self.grpc_port, self.host), ("http", self.http_port, self.http_host),
+                                 ("metrics", self.metrics_port, self.host)):
+            if not port_free(port, host):
                 raise TritonError(f"{name} port {port} is in use; stop what holds it or pass --{name}-port")
         inst = find_tritonserver()
         self.binary = inst.binary
@@ -151,7 +198,7 @@ class TritonServer:
         log = Path(self.log_file) if self.log_file else self._workdir / "triton.log"
         self.log_path = log
         self._log = open(log, "ab")
-        _logger.info("starting %s", " ".join(self.command(backends)))
+        _logger.info("starting %s", " ".join(self.command(backends, redact=True)))
         self._proc = subprocess.Popen(self.command(backends), stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                       start_new_session=True)
         self._wait_ready(timeout)

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no machine here reaches the hub; fail fast if code tries
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# admin keys that `editguard serve` writes or reads in tests live in a temp dir, never in the user's home
+os.environ.pop("EDITGUARD_ADMIN_KEY", None)
+os.environ["EDITGUARD_ADMIN_KEY_FILE"] = str(Path(tempfile.mkdtemp(prefix="editguard-test-keys-")) / "admin-key")
 
 from editguard.training.synth import generate  # noqa: E402
 
@@ -62,6 +66,13 @@ def triton(repository):
     server.start(timeout=180)
     yield server
     server.stop()
+
+
+def model_stats(server, model: str, version: str = "") -> list[dict]:
+    """Triton's statistics of ``model``: an admin protocol, read with the server's admin key."""
+    conn = server.connection()
+    with conn.grpc_client(server.grpc_url) as c:
+        return c.get_inference_statistics(model, version, headers=conn.admin_headers(), as_json=True)["model_stats"]
 
 
 def subset_manifest(manifest: Path, n: int, tag: str) -> Path:

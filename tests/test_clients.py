@@ -24,7 +24,7 @@ from editguard.clients.score import ScoreConfig, score
 from editguard.cli import main
 from editguard.export.triton import TritonServer, free_port
 
-from conftest import manifest_with_a_bad_item, read_jsonl, triple_bytes
+from conftest import manifest_with_a_bad_item, model_stats, read_jsonl, triple_bytes
 
 
 def test_thin_client_imports_no_torch():
@@ -86,13 +86,10 @@ def test_bad_item_in_classify_many_fails_alone(triton, synth_sets):
 
 
 def test_bad_request_is_never_retried(triton, synth_sets):
-    import tritonclient.grpc as grpcclient
-
     t = triple_bytes(synth_sets["test"], 1)[0]
 
     def count():  # every request the model saw (Triton counts an error response as a handled request)
-        with grpcclient.InferenceServerClient(triton.grpc_url) as c:
-            s = c.get_inference_statistics("editguard", as_json=True)["model_stats"]
+        s = model_stats(triton, "editguard")
         return sum(int(m["inference_stats"][k].get("count", 0)) for m in s for k in ("success", "fail"))
 
     def requests():
@@ -130,14 +127,11 @@ def test_retries_while_the_server_restarts(repository, synth_sets):
 
 
 def test_two_endpoints_share_the_load(triton, repository, synth_sets):
-    import tritonclient.grpc as grpcclient
-
     triples = [Triple(t["id"], t["input"], t["prompt"], t["output"]) for t in triple_bytes(synth_sets["test"], 12)]
     with TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as other:
         with EditGuardClient([triton.grpc_url, other.grpc_url]) as guard:
             assert all(isinstance(v, Verdict) for _, v in guard.classify_many(triples, concurrency=4))
-        with grpcclient.InferenceServerClient(other.grpc_url) as c:
-            s = c.get_inference_statistics("editguard", as_json=True)["model_stats"]
+        s = model_stats(other, "editguard")
         served = sum(int(m["inference_stats"]["success"].get("count", 0)) for m in s)
     assert 3 <= served <= 9  # roughly half of 12
 

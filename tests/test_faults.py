@@ -9,8 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 
 from editguard.clients import EditGuardClient, EditGuardError
 from editguard.clients.results import read_results
@@ -55,7 +55,8 @@ def test_zero_downtime_version_update_across_two_replicas(tiny_model_dir, synth_
     triples = triple_bytes(synth_sets["test"], 8)
     seen, failures, stop = [], [], threading.Event()
     ports = lambda: dict(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
-    with TritonServer(repo, **ports()) as a, TritonServer(repo, **ports()) as b:
+    key = "replicas-share-one-admin-key"
+    with TritonServer(repo, **ports(), admin_key=key) as a, TritonServer(repo, **ports(), admin_key=key) as b:
         urls = [a.grpc_url, b.grpc_url]
 
         def load(k: int):
@@ -75,15 +76,16 @@ def test_zero_downtime_version_update_across_two_replicas(tiny_model_dir, synth_
         for _ in (2, 3):  # N+1 goes live; at 3, the version policy (latest 2) retires 1
             time.sleep(1.0)
             export_version(ExportConfig(model_dir=str(tiny_model_dir), repository=str(repo)))
-            roll_out(urls)
+            roll_out(urls, connection=a.connection())
         time.sleep(1.5)
         stop.set()
         for th in threads:
             th.join()
         ready = []
+        conn = a.connection()  # the repository index is an admin protocol
         for url in urls:
-            with grpcclient.InferenceServerClient(url) as c:
-                ready.append({m.version for m in c.get_model_repository_index().models
+            with conn.grpc_client(url) as c:
+                ready.append({m.version for m in c.get_model_repository_index(headers=conn.admin_headers()).models
                               if m.name == FRONT and m.state == "READY"})
     assert failures == [], failures[:3]
     assert {"1", "2", "3"} <= set(seen) and seen[-1] == "3" and all(seen)

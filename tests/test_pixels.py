@@ -21,7 +21,7 @@ from editguard.export.triton import TritonServer, free_port
 from editguard.model.config import PreprocessConfig
 from editguard.model.preprocess import Preprocessor
 
-from conftest import triple_bytes
+from conftest import model_stats, triple_bytes
 
 
 def decoded(t: dict) -> tuple:
@@ -113,10 +113,9 @@ def test_bad_pixel_tensors_get_clear_errors_and_others_still_work(triton, over, 
         assert c.is_model_ready(FRONT) and c.is_model_ready(CLASSIFIER)
 
 
-def _front_requests(url: str) -> int:
+def _front_requests(server) -> int:
     """Requests the front model answered (Triton counts a per-request error from a Python model as one)."""
-    with grpcclient.InferenceServerClient(url) as c:
-        stats = c.get_inference_statistics(FRONT, as_json=True)["model_stats"]
+    stats = model_stats(server, FRONT)
     return sum(int(m["inference_stats"].get("success", {}).get("count", 0)) for m in stats)
 
 
@@ -137,13 +136,13 @@ def test_a_roll_out_that_changes_the_preprocessing_is_recovered_once(tiny_model_
         first = guard.classify(src, t["prompt"], out, mask)
         assert first.model_version == "1" and guard.pixels_prep().version == "1"
         export_version(ExportConfig(model_dir=str(changed), repository=str(repo)))
-        load_models(server.grpc_url)
+        load_models(server.grpc_url, connection=server.connection())
         published = json.loads(read_config(repo / FRONT / "config.pbtxt").parameters["preprocess"].string_value)
         assert published["1"]["pad_value"] == 0 and published["2"]["pad_value"] == 114
-        sent = _front_requests(server.grpc_url)
+        sent = _front_requests(server)
         second = guard.classify(src, t["prompt"], out, mask)  # prepared for v1, answered by v2: refused, redone
         assert second.model_version == "2" and guard.pixels_prep().version == "2"
-        assert _front_requests(server.grpc_url) == sent + 2  # exactly one refusal, then the answer
+        assert _front_requests(server) == sent + 2  # exactly one refusal, then the answer
         expected = guard.classify(png(src), t["prompt"], png(out), png(mask))
         assert second.scores == pytest.approx(expected.scores, abs=1e-6)
         assert second.scores != pytest.approx(first.scores, abs=1e-6)  # the pad reached the network
