@@ -38,12 +38,16 @@ ImageSource = Union[bytes, bytearray, memoryview, str, Path, Image.Image, np.nda
 
 
 class PreprocessError(ValueError):
-    """An input that can't be turned into tensors. ``field`` names the input."""
+    """An input that can't be turned into tensors. ``field`` names the input; ``kind`` is the reason's
+    class, for counting (the served model's ``editguard_rejected_total{reason=...}``): ``decode``,
+    ``too_large``, ``bad_mask``, ``bad_prompt``, or the serving checks' ``bad_request``,
+    ``bad_pixels`` and ``spec_mismatch``."""
 
-    def __init__(self, field: str, message: str):
+    def __init__(self, field: str, message: str, kind: str = "decode"):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.reason = message
+        self.kind = kind
 
 
 @dataclass
@@ -85,8 +89,8 @@ class Preprocessor:
                 raise PreprocessError(field, "empty image (0 bytes)")
             if len(data) > self.cfg.max_image_bytes:
                 raise PreprocessError(
-                    field, f"encoded image is {len(data)} bytes, over the limit of {self.cfg.max_image_bytes}"
-                )
+                    field, f"encoded image is {len(data)} bytes, over the limit of {self.cfg.max_image_bytes}",
+                    "too_large")
             img = self._open(data, field)
         return img
 
@@ -98,8 +102,8 @@ class Preprocessor:
                 w, h = img.size
                 if w * h > self.cfg.max_pixels:
                     raise PreprocessError(
-                        field, f"image is {w}x{h} = {w * h} pixels, over the limit of {self.cfg.max_pixels}"
-                    )
+                        field, f"image is {w}x{h} = {w * h} pixels, over the limit of {self.cfg.max_pixels}",
+                        "too_large")
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)  # animated GIF/WebP/APNG: the first frame
                 full = img.size
@@ -116,7 +120,7 @@ class Preprocessor:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise PreprocessError(field, f"image declares too many pixels, over the limit of {self.cfg.max_pixels} "
-                                  f"(a decompression bomb?): {e}") from e
+                                  f"(a decompression bomb?): {e}", "too_large") from e
         except UnidentifiedImageError as e:
             raise PreprocessError(field, f"not a decodable image ({type(e).__name__}: {e})") from e
         except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
@@ -142,6 +146,7 @@ class Preprocessor:
                 field,
                 f"mask is {img.width}x{img.height} but the input image is {image_size[0]}x{image_size[1]}; "
                 "send the mask at the input image's size",
+                "bad_mask",
             )
         return self.resize(img.convert("L"), Image.NEAREST)
 
@@ -163,9 +168,9 @@ class Preprocessor:
             try:
                 prompt = bytes(prompt).decode("utf-8")
             except UnicodeDecodeError as e:
-                raise PreprocessError(field, f"prompt is not valid UTF-8 ({e})") from e
+                raise PreprocessError(field, f"prompt is not valid UTF-8 ({e})", "bad_prompt") from e
         if not isinstance(prompt, str):
-            raise PreprocessError(field, f"prompt must be text, got {type(prompt).__name__}")
+            raise PreprocessError(field, f"prompt must be text, got {type(prompt).__name__}", "bad_prompt")
         prompt = prompt[: self.cfg.max_prompt_chars]
         return "".join(ch if ch.isprintable() or ch in " \t\n" else " " for ch in prompt)
 

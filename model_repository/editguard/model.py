@@ -14,7 +14,9 @@ labels.json (and `editguard calibrate --install` adds thresholds.json). Per batc
    BLS call to editguard_classifier (the same version number; NVIDIA's container runs it on the
    native onnxruntime or TensorRT backend);
 3. thresholds.json (re-read when it changes on disk, so installing thresholds needs no
-   reload) turns scores into FLAGGED and UNSAFE.
+   reload) turns scores into FLAGGED and UNSAFE;
+4. editguard.export.metrics counts triples, flags, unsafe verdicts, rejections by reason and the
+   score distribution on Triton's metrics endpoint.
 """
 
 import json
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from editguard.export.metrics import ServedMetrics
 from editguard.model.preprocess import PreprocessError, Preprocessor, collate
 from editguard.model.thresholds import DEFAULT_THRESHOLD, threshold_array
 
@@ -48,6 +51,7 @@ class TritonPythonModel:
         self._thresholds_mtime = None
         self.thresholds = np.full(len(self.labels), DEFAULT_THRESHOLD, np.float32)
         self._load_thresholds()
+        self.metrics = ServedMetrics(args["model_name"], self.version, self.labels)
 
     def _load_thresholds(self):
         """Read thresholds.json when it is new or changed; a bad file keeps the current thresholds."""
@@ -78,19 +82,20 @@ class TritonPythonModel:
             return self._pixels(get, prompt)
         if get("INPUT_IMAGE") is None or get("OUTPUT_IMAGE") is None:
             raise PreprocessError("INPUT_IMAGE", "a request needs INPUT_IMAGE and OUTPUT_IMAGE (encoded images), "
-                                  "or INPUT_PIXELS, OUTPUT_PIXELS and PIXELS_SPEC (prepared pixels)")
+                                  "or INPUT_PIXELS, OUTPUT_PIXELS and PIXELS_SPEC (prepared pixels)", "bad_request")
         src, out = (get(n).as_numpy().reshape(-1) for n in ("INPUT_IMAGE", "OUTPUT_IMAGE"))
         mask = get("MASK")
         mask = mask.as_numpy().reshape(-1) if mask is not None else [None] * len(src)
         if not len(src) == len(out) == len(prompt) == len(mask):
-            raise PreprocessError("INPUT_IMAGE", "INPUT_IMAGE, OUTPUT_IMAGE, PROMPT and MASK disagree on the batch size")
+            raise PreprocessError("INPUT_IMAGE", "INPUT_IMAGE, OUTPUT_IMAGE, PROMPT and MASK disagree on the batch size",
+                                  "bad_request")
         items = []
         for k in range(len(src)):
             try:
                 items.append(self.pre.triple(src[k], prompt[k], out[k], mask[k]))
             except PreprocessError as e:
                 where = f" (item {k} of the request)" if len(src) > 1 else ""
-                raise PreprocessError(e.field.upper(), e.reason + where) from e
+                raise PreprocessError(e.field.upper(), e.reason + where, e.kind) from e
         return items
 
     def _pixels(self, get, prompt):
@@ -98,20 +103,20 @@ class TritonPythonModel:
         for name in ("INPUT_IMAGE", "OUTPUT_IMAGE", "MASK"):
             if get(name) is not None:
                 raise PreprocessError(name, "send encoded images (INPUT_IMAGE, OUTPUT_IMAGE, MASK) or pixels "
-                                      "(INPUT_PIXELS, OUTPUT_PIXELS, MASK_PIXELS), not both")
+                                      "(INPUT_PIXELS, OUTPUT_PIXELS, MASK_PIXELS), not both", "bad_request")
         for name in ("INPUT_PIXELS", "OUTPUT_PIXELS", "PIXELS_SPEC"):
             if get(name) is None:
-                raise PreprocessError(name, f"{name} is required on the pixels path")
+                raise PreprocessError(name, f"{name} is required on the pixels path", "bad_request")
         for raw in get("PIXELS_SPEC").as_numpy().reshape(-1):
             try:
                 spec = json.loads(bytes(raw).decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as e:
-                raise PreprocessError("PIXELS_SPEC", f"not a JSON object ({e})") from e
+                raise PreprocessError("PIXELS_SPEC", f"not a JSON object ({e})", "bad_request") from e
             if spec != self.spec:
                 raise PreprocessError("PIXELS_SPEC", f"pixels were prepared for {json.dumps(spec)[:300]} but version "
                                       f"{self.version} takes {json.dumps(self.spec)}; read this version's "
                                       "preprocessing (parameter 'preprocess' of the model config) and prepare "
-                                      "them again")
+                                      "them again", "spec_mismatch")
         s = self.spec["image_size"]
         src, out = get("INPUT_PIXELS").as_numpy(), get("OUTPUT_PIXELS").as_numpy()
         mask = get("MASK_PIXELS")
@@ -120,10 +125,10 @@ class TritonPythonModel:
                                ("MASK_PIXELS", mask, (s, s))):
             if a.shape[1:] != shape:
                 raise PreprocessError(name, f"item shape is {list(a.shape[1:])}; version {self.version} takes "
-                                      f"{list(shape)}")
+                                      f"{list(shape)}", "bad_pixels")
         if not len(src) == len(out) == len(mask) == len(prompt):
             raise PreprocessError("INPUT_PIXELS", "INPUT_PIXELS, OUTPUT_PIXELS, MASK_PIXELS and PROMPT disagree on "
-                                  "the batch size")
+                                  "the batch size", "bad_pixels")
         ids, att = self.pre.tokens(list(prompt))
         return [{"input_image": src[k], "output_image": out[k], "mask": mask[k], "input_ids": ids[k],
                  "attention_mask": att[k]} for k in range(len(src))]
@@ -137,6 +142,7 @@ class TritonPythonModel:
                 good.append((i, self._triples(request)))
             except PreprocessError as e:
                 responses[i] = _error(str(e), pb_utils.TritonError.INVALID_ARG)
+                self.metrics.rejected(e.kind)
         if not good:
             return responses
         batch = collate([item for _, items in good for item in items])
@@ -146,17 +152,18 @@ class TritonPythonModel:
             for i, _ in good:
                 responses[i] = _error(f"classifier: {e}", pb_utils.TritonError.INTERNAL)
             return responses
+        flags = probs >= self.thresholds
         start = 0
         for i, items in good:
-            p = probs[start:start + len(items)]
+            p, flagged = probs[start:start + len(items)], flags[start:start + len(items)]
             start += len(items)
-            flagged = p >= self.thresholds
             responses[i] = pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("SCORES", p),
                 pb_utils.Tensor("FLAGGED", flagged),
                 pb_utils.Tensor("UNSAFE", flagged.any(axis=1, keepdims=True)),
                 pb_utils.Tensor("LABELS", np.tile(self.label_bytes, (len(items), 1))),
             ])
+        self.metrics.classified(probs, flags)
         return responses
 
     def _classify(self, batch):

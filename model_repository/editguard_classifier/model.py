@@ -11,6 +11,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
+from editguard.export.metrics import ServedMetrics
 from editguard.export.runner import OnnxClassifier
 
 
@@ -19,6 +20,7 @@ class TritonPythonModel:
         gpu = args.get("model_instance_kind") == "GPU"
         self.net = OnnxClassifier(Path(args["model_repository"]) / args["model_version"],
                                   cuda_device=int(args["model_instance_device_id"]) if gpu else None)
+        self.metrics = ServedMetrics(args["model_name"], args["model_version"])  # rejections only
 
     def _arrays(self, request):
         arrays = {}
@@ -36,6 +38,7 @@ class TritonPythonModel:
                 good.append((i, self._arrays(request)))
             except ValueError as e:
                 responses[i] = _error(str(e), pb_utils.TritonError.INVALID_ARG)
+                self.metrics.rejected("bad_tensors")
         if not good:
             return responses
         try:
