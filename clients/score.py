@@ -153,8 +153,7 @@ class LocalScorer:
 
 def score(cfg: ScoreConfig) -> ScoreSummary:
     """Score every record of ``cfg.manifest`` not yet in ``cfg.out``; see the module docstring."""
-    from tqdm import tqdm
-
+    from ..progress import progress
     from ..training.manifest import read_manifest
 
     t0 = time.perf_counter()
@@ -164,7 +163,7 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
     todo = [r for r in records if r.id not in writer.done]
     skipped, scored, failed = len(records) - len(todo), 0, 0
     by_id = {r.id: r for r in todo}
-    bar = tqdm(total=len(todo), unit="triple", desc="score", disable=not cfg.progress, smoothing=0.1)
+    bar = progress(total=len(todo), unit="triple", desc="score", disable=not cfg.progress, smoothing=0.1)
     try:
         for item_id, result, version, labels in _results(cfg, todo):
             if isinstance(result, Failure):

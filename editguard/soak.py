@@ -2,8 +2,13 @@
 
     .venv/bin/python -m editguard.soak --repository demo/repository --clients 16 --seconds 300
 
-Reports requests, errors, throughput and the RSS of Triton and its Python stubs at the start
-(after warm-up) and the end. Traffic goes only to the server this process starts (loopback).
+Reports requests, errors, throughput, and the RSS of Triton and its Python stubs. A server's
+memory grows while it warms up (allocator pools, onnxruntime arenas, gRPC buffers) and then stays
+flat, so the baseline is taken after ``--warmup`` seconds of full load, and the verdict comes from
+the slope of RSS against requests served over the samples after it (MB per 10k requests, a
+least-squares fit), not from the difference of two samples. The soak fails on errors, or when the
+slope says a leak: over ``--max-slope`` MB per 10k requests *and* a fitted growth over the window
+bigger than sampling noise. Traffic goes only to the server this process starts (loopback).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import numpy as np
 
 __all__ = ["soak", "process_tree_rss_mb"]
 
@@ -42,8 +49,31 @@ def process_tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def soak(repository: str, triples: list[dict], clients: int, seconds: float) -> dict:
-    """Run the soak against a Triton this function starts; returns the report."""
+NOISE_MB = 8.0  # RSS moves by a few MB between samples with no trend; a fitted growth under this is no verdict
+
+
+def leak_verdict(samples: list[tuple[int, float]], max_slope: float = 2.0) -> dict:
+    """``samples``: (requests served, RSS MB) after the warm-up. The slope in MB per 10k requests,
+    the growth it predicts over the window, and whether that says a leak."""
+    if len(samples) < 3 or samples[-1][0] - samples[0][0] <= 0:
+        return {"slope_mb_per_10k": None, "fitted_growth_mb": None, "leak": False,
+                "verdict": "too short to judge: run longer"}
+    x = np.array([s[0] for s in samples], float)
+    y = np.array([s[1] for s in samples], float)
+    slope = float(np.polyfit(x, y, 1)[0]) * 1e4
+    growth = slope * (x[-1] - x[0]) / 1e4
+    leak = slope > max_slope and growth > NOISE_MB
+    verdict = (f"leak: {slope:.2f} MB per 10k requests" if leak else
+               "flat" if slope <= max_slope else f"slope {slope:.2f} MB/10k but only {growth:.1f} MB fitted growth "
+               f"(within noise): run longer to judge")
+    return {"slope_mb_per_10k": round(slope, 3), "fitted_growth_mb": round(growth, 1), "leak": leak,
+            "verdict": verdict}
+
+
+def soak(repository: str, triples: list[dict], clients: int, seconds: float, warmup: float = 30.0,
+         interval: float = 5.0, max_slope: float = 2.0, log=None) -> dict:
+    """Run the soak against a Triton this function starts: ``warmup`` seconds of load, then ``seconds``
+    measured, RSS sampled every ``interval`` s; returns the report."""
     from .clients import EditGuardClient, EditGuardError
     from .export.triton import TritonServer, free_port
 
@@ -52,10 +82,8 @@ def soak(repository: str, triples: list[dict], clients: int, seconds: float) -> 
         errors: list[str] = []
         lock = threading.Lock()
         with EditGuardClient(server.grpc_url, timeout=30) as guard:
-            for t in triples[:8]:  # warm-up before the baseline RSS
-                guard.classify(t["input"], t["prompt"], t["output"])
-            rss_start, samples = process_tree_rss_mb(server.pid), []
-            stop = time.monotonic() + seconds
+            rss_cold = process_tree_rss_mb(server.pid)
+            stop = time.monotonic() + warmup + seconds
 
             def worker(k: int):
                 i = k
@@ -74,24 +102,45 @@ def soak(repository: str, triples: list[dict], clients: int, seconds: float) -> 
             threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
             for th in threads:
                 th.start()
+            time.sleep(warmup)
+            with lock:
+                measured_from = counts["ok"] + counts["errors"]
+            rss_start, samples = process_tree_rss_mb(server.pid), []
+            t_start = time.monotonic()
             while any(th.is_alive() for th in threads):
-                samples.append(round(process_tree_rss_mb(server.pid), 1))
-                time.sleep(1.0)
+                with lock:
+                    done = counts["ok"] + counts["errors"]
+                samples.append((done, round(process_tree_rss_mb(server.pid), 1)))
+                if log:
+                    log(f"soak: {done - measured_from} requests measured, RSS {samples[-1][1]} MB")
+                time.sleep(interval)
             for th in threads:
                 th.join()
-        rss_end = process_tree_rss_mb(server.pid)
-    return {"clients": clients, "seconds": seconds, "requests": counts["ok"] + counts["errors"],
+            with lock:
+                total = counts["ok"] + counts["errors"]
+            samples.append((total, round(process_tree_rss_mb(server.pid), 1)))
+            measured_s = time.monotonic() - t_start
+    rss_end = samples[-1][1]
+    return {"clients": clients, "warmup_s": warmup, "seconds": seconds, "requests": total,
             "errors": counts["errors"], "first_errors": errors[:5],
-            "throughput": round(counts["ok"] / seconds, 1), "rss_start_mb": round(rss_start, 1),
-            "rss_end_mb": round(rss_end, 1), "rss_max_mb": max(samples, default=rss_end),
-            "rss_drift_mb": round(rss_end - rss_start, 1)}
+            "throughput": round((total - measured_from) / max(measured_s, 1e-9), 1),
+            "rss_cold_mb": round(rss_cold, 1), "rss_start_mb": round(rss_start, 1), "rss_end_mb": rss_end,
+            "rss_max_mb": max(r for _, r in samples), "warmup_growth_mb": round(rss_start - rss_cold, 1),
+            "rss_drift_mb": round(rss_end - rss_start, 1), "samples": samples, "max_slope": max_slope,
+            **leak_verdict(samples, max_slope)}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repository", required=True, help="an exported repository")
-    p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--seconds", type=float, default=120)
+    p.add_argument("--clients", type=int, default=16, help="concurrent clients (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=120, help="measured seconds, after the warm-up "
+                   "(default: %(default)s)")
+    p.add_argument("--warmup", type=float, default=30, help="seconds of load before the RSS baseline "
+                   "(default: %(default)s)")
+    p.add_argument("--interval", type=float, default=5, help="seconds between RSS samples (default: %(default)s)")
+    p.add_argument("--max-slope", type=float, default=2.0, help="MB per 10k requests over which RSS growth is a "
+                   "leak (default: %(default)s)")
     p.add_argument("--out", help="write the report as JSON here")
     a = p.parse_args(argv)
     import tempfile
@@ -100,11 +149,13 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         triples = encoded_triples(64, 256, Path(tmp))
-    report = soak(a.repository, triples, a.clients, a.seconds)
-    print(json.dumps(report, indent=2))
+    report = soak(a.repository, triples, a.clients, a.seconds, a.warmup, a.interval, a.max_slope,
+                  log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps({k: v for k, v in report.items() if k != "samples"}, indent=2))
     if a.out:
         Path(a.out).write_text(json.dumps(report, indent=2))
-    return 0 if report["errors"] == 0 else 1
+    print(f"verdict: {report['verdict']}; {report['errors']} errors", file=sys.stderr)
+    return 0 if report["errors"] == 0 and not report["leak"] else 1
 
 
 if __name__ == "__main__":

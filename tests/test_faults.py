@@ -98,10 +98,24 @@ def test_short_soak(repository, synth_sets):
     from editguard.soak import soak
 
     triples = triple_bytes(synth_sets["test"], 16)
-    report = soak(str(repository), triples, clients=8, seconds=8)
+    report = soak(str(repository), triples, clients=8, seconds=8, warmup=3, interval=0.5)
     assert report["errors"] == 0 and report["requests"] > 50
-    assert abs(report["rss_drift_mb"]) < 100, report
-    print(f"soak: {report}")
+    assert not report["leak"] and report["slope_mb_per_10k"] is not None, report
+    print(f"soak: {({k: v for k, v in report.items() if k != 'samples'})}")
+
+
+def test_soak_verdict_is_the_slope_after_warm_up_not_the_warm_up():
+    from editguard.soak import leak_verdict
+
+    rng = np.random.default_rng(0)
+    flat = [(n, 272 + rng.normal(0, 1.5)) for n in range(0, 200_000, 5_000)]  # after 50 MB of warm-up
+    assert not leak_verdict(flat)["leak"] and leak_verdict(flat)["verdict"] == "flat"
+    leaking = [(n, 272 + n / 1e4 * 5 + rng.normal(0, 1.5)) for n in range(0, 200_000, 5_000)]  # 5 MB per 10k
+    v = leak_verdict(leaking)
+    assert v["leak"] and 4.5 < v["slope_mb_per_10k"] < 5.5, v
+    short = [(n, 272 + n / 1e4 * 5) for n in range(0, 2_000, 500)]  # steep, but 1 MB in all: noise
+    assert not leak_verdict(short)["leak"] and "run longer" in leak_verdict(short)["verdict"]
+    assert "too short" in leak_verdict([(0, 1.0)])["verdict"]
 
 
 @pytest.mark.soak
@@ -110,7 +124,7 @@ def test_long_soak(repository, synth_sets):
     from editguard.soak import soak
 
     report = soak(str(repository), triple_bytes(synth_sets["test"], 32), clients=32, seconds=300)
-    assert report["errors"] == 0 and abs(report["rss_drift_mb"]) < 100, report
+    assert report["errors"] == 0 and not report["leak"], report
 
 
 def _sources() -> list[Path]:

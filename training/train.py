@@ -135,11 +135,11 @@ def _optimizer(net: torch.nn.Module, cfg: TrainConfig, total_steps: int):
 @torch.no_grad()
 def predict(net: torch.nn.Module, loader, device: torch.device, amp: bool = False, progress: bool = False) -> np.ndarray:
     """Probabilities ``float32 [N, C]`` for every batch of ``loader``, in order."""
-    from tqdm import tqdm
+    from ..progress import progress as progress_bar
 
     net.eval()
     out = []
-    for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
+    for batch in progress_bar(loader, desc="predict", unit="batch", disable=not progress, leave=False):
         inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
             logits = net(**inputs)
@@ -149,12 +149,12 @@ def predict(net: torch.nn.Module, loader, device: torch.device, amp: bool = Fals
 
 def _train_epoch(run: _Run, epoch: int) -> float:
     """One pass over this rank's shard; returns the mean training loss over all ranks."""
-    from tqdm import tqdm
+    from ..progress import progress
 
     cfg, d, loader = run.cfg, run.d, run.loader
     run.model.train()
     total, count, t0 = 0.0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not (cfg.progress and d.main))
+    bar = progress(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not (cfg.progress and d.main))
     for i, batch in enumerate(bar):
         batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
         y = batch.pop("labels")

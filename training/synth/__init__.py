@@ -259,9 +259,9 @@ def generate(
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     jobs = [(str(out_dir), seed, split, i, image_size, prompts, clean) for i in range(n)]
     workers = workers or min(mp.cpu_count(), 8)
-    from tqdm import tqdm
+    from ...progress import progress as progress_bar
 
-    bar = tqdm(total=n, desc=f"synth {split}", unit="triple", disable=not progress)
+    bar = progress_bar(total=n, desc=f"synth {split}", unit="triple", disable=not progress)
     manifest = out_dir / "manifest.jsonl"
     tmp = out_dir / ".manifest.jsonl.tmp"
     with open(tmp, "w") as f:
