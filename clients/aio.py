@@ -43,7 +43,8 @@ class AsyncEditGuardClient(ClientSettings):
         if prep is None or refresh:
             client = self._clients[(next(self._rr) + offset) % len(self._clients)]
             try:
-                specs = published_specs(await client.get_model_config(self.model, headers=self._headers(), as_json=True))
+                config = await client.get_model_config(self.model, headers=self._headers(), as_json=True)
+                specs = published_specs(config)
                 ready = {v for v in specs if await client.is_model_ready(self.model, v, headers=self._headers())}
             except EditGuardError:
                 raise

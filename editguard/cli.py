@@ -319,6 +319,9 @@ def _run_serve(a: argparse.Namespace) -> int:
         return 1
     print(f"Triton is ready (pid {server.pid}), repository {a.repository}")
     tls = ("mutual TLS" if a.tls_ca else "TLS") if a.tls_cert else "plaintext"
+    if not a.tls_cert and a.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"editguard serve: warning: listening on {a.host} without TLS: prompts, images and the admin key "
+              "cross the network in the clear; pass --tls-cert and --tls-key", file=sys.stderr)
     print(f"  gRPC     {server.grpc_url} ({tls})")
     print(f"  HTTP     http://{server.http_url}" + (" (loopback only: Triton's HTTP has no TLS)" if a.tls_cert else ""))
     print(f"  metrics  http://{a.host}:{a.metrics_port}/metrics")

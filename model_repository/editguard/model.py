@@ -87,8 +87,8 @@ class TritonPythonModel:
         mask = get("MASK")
         mask = mask.as_numpy().reshape(-1) if mask is not None else [None] * len(src)
         if not len(src) == len(out) == len(prompt) == len(mask):
-            raise PreprocessError("INPUT_IMAGE", "INPUT_IMAGE, OUTPUT_IMAGE, PROMPT and MASK disagree on the batch size",
-                                  "bad_request")
+            raise PreprocessError("INPUT_IMAGE", "INPUT_IMAGE, OUTPUT_IMAGE, PROMPT and MASK disagree on the "
+                                  "batch size", "bad_request")
         items = []
         for k in range(len(src)):
             try:
