@@ -8,6 +8,7 @@ thin-client subcommands work on the base install (no torch).
     editguard serve     start a local Triton on a repository
     editguard score     batch scoring of a manifest (Triton or in-process), resumable
     editguard calibrate per-category thresholds from labelled scores; install them
+    editguard review    a static page of scored triples to look at and record decisions
     editguard bench     benchmarks of the hot paths (tables + JSON)
 """
 
@@ -128,6 +129,9 @@ def _add_train(sub) -> None:
     g.add_argument("--val", required=True, help="validation manifest, for early stopping and metrics.json")
     g.add_argument("--taxonomy", help="taxonomy JSON/YAML (default: the built-in categories)")
     g.add_argument("--allow-outside-root", action="store_true", help="accept image paths outside the manifest's folder")
+    g.add_argument("--overlay", action="append", default=[], metavar="DECISIONS",
+                   help="reviewed labels over both manifests: the decisions JSONL that `editguard review`'s page "
+                   "downloads; repeat for several")
     g = p.add_argument_group("model")
     g.add_argument("--out", required=True, help="model dir to write")
     g.add_argument("--preset", default="tiny", help="tiny (CPU, random init, fastest), cpu (CPU: frozen pretrained "
@@ -165,7 +169,8 @@ def _run_train(a: argparse.Namespace) -> int:
                       epochs=a.epochs, batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr,
                       patience=a.patience, seed=a.seed, device=a.device, num_workers=a.num_workers, resume=a.resume,
                       allow_outside_root=a.allow_outside_root, progress=not a.no_progress,
-                      realistic_augment=not a.no_realistic_augment, prompt_noise=a.prompt_noise)
+                      realistic_augment=not a.no_realistic_augment, prompt_noise=a.prompt_noise,
+                      overlays=a.overlay)
     report = train(cfg)
     if report is not None:
         print(format_table(report, f"best validation metrics (epoch {report['epoch']}), model dir: {a.out}"))
@@ -435,6 +440,9 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--install", metavar="REPOSITORY", help="write thresholds.json beside the model version in this "
                    "Triton repository")
     p.add_argument("--version", help="the model version to install for (default: the results' version)")
+    p.add_argument("--overlay", action="append", default=[], metavar="DECISIONS",
+                   help="reviewed labels over the results' labels: the decisions JSONL that `editguard review`'s page "
+                   "downloads; repeat for several")
     p.set_defaults(func=_run_calibrate)
 
 
@@ -450,6 +458,15 @@ def _run_calibrate(a: argparse.Namespace) -> int:
     rows = read_results(a.results)
     if not rows:
         raise FileNotFoundError(f"no results in {a.results}; run `editguard score` first")
+    if a.overlay:
+        from editguard.training.manifest import read_overlay
+
+        for path in a.overlay:
+            reviewed = read_overlay(path)
+            hits = [r for r in rows if r["id"] in reviewed]
+            for r in hits:
+                r["labels"] = reviewed[r["id"]]["labels"]
+            print(f"overlay {path}: reviewed labels for {len(hits)} of {len(reviewed)} ids")
     labels, scores, y = results_arrays(rows)
     if y is None:
         raise ValueError(f"{a.results} has no labels: score a labelled manifest to calibrate")
@@ -520,6 +537,46 @@ def _check_shift(a: argparse.Namespace, labels: list[str], th, y, scores, result
     result.thresholds["checks"] = checks
 
 
+def _add_review(sub) -> None:
+    p = sub.add_parser(
+        "review",
+        help="a static review page of scored triples: look at what was flagged, record decisions as labels",
+        description="Write OUT/index.html (plus thumbnails): a self-contained page that opens from disk or any static "
+        "host. It shows a summary (flag rates; with labels, precision, recall and FPR at the thresholds, PR curves "
+        "and --slice-by tables) and a grid of triples (input, output, mask, what changed, the prompt, and each "
+        "category's score against its threshold), with filters, sorting and a near-the-threshold queue. Reviewers "
+        "mark verdicts correct or wrong and download decisions.jsonl, which `editguard train --overlay` and "
+        "`editguard calibrate --overlay` read back as labels.",
+        epilog="examples:\n  editguard review results/test.jsonl --manifest data/test/manifest.jsonl --out review/test \\\n"
+        "      --thresholds model_repository --slice-by mask_kind\n"
+        "  # then: open review/test/index.html, review, 'Download decisions', and\n"
+        "  editguard calibrate results/val.jsonl --overlay decisions.jsonl --target precision=0.9",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("results", help="results of `editguard score` (JSONL or Parquet folder)")
+    p.add_argument("--manifest", required=True, help="the manifest that was scored (images, prompts, labels, meta)")
+    p.add_argument("--out", required=True, help="folder for index.html and thumbs/ (created; thumbnails are reused)")
+    p.add_argument("--thresholds", metavar="FILE_OR_REPO", help="a thresholds.json, or the repository whose installed "
+                   "thresholds of the results' version to show (default: 0.5)")
+    p.add_argument("--slice-by", action="append", default=[], metavar="META_FIELD",
+                   help="summary tables of precision, recall and FPR per value of meta[FIELD] (labels needed); repeat")
+    p.add_argument("--title", default="editguard review", help="page title (default: %(default)s)")
+    p.add_argument("--workers", type=int, help="thumbnail processes (default: all cores)")
+    p.add_argument("--allow-outside-root", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_review)
+
+
+def _run_review(a: argparse.Namespace) -> int:
+    from editguard.clients.review import ReviewConfig, build_review
+
+    index = build_review(ReviewConfig(results=a.results, manifest=a.manifest, out=a.out, thresholds=a.thresholds,
+                                      slice_by=a.slice_by, title=a.title, workers=a.workers,
+                                      progress=not a.no_progress, allow_outside_root=a.allow_outside_root))
+    print(f"review page: {index.resolve()}")
+    return 0
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser(
         "bench",
@@ -566,7 +623,7 @@ def _run_bench(a: argparse.Namespace) -> int:
 
 
 _SUBCOMMANDS: list[Callable] = [_add_synth, _add_train, _add_evaluate, _add_export, _add_serve, _add_score,
-                                _add_calibrate, _add_bench]
+                                _add_calibrate, _add_review, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

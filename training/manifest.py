@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["ManifestError", "Record", "read_manifest", "iter_raw_records", "REQUIRED_FIELDS"]
+__all__ = ["ManifestError", "Record", "read_manifest", "iter_raw_records", "read_overlay", "REQUIRED_FIELDS"]
 
 REQUIRED_FIELDS = ("id", "input_image", "output_image", "prompt")
 OPTIONAL_FIELDS = ("mask", "labels", "meta")
@@ -103,11 +103,14 @@ def read_manifest(
     require_labels: bool = True,
     check_files: bool = True,
     allow_outside_root: bool = False,
+    overlays: tuple | list = (),
 ) -> list[Record]:
     """Read and validate a manifest; raises :class:`ManifestError` listing every bad record.
 
     ``labels``: the known category names (unknown labels are errors).
     ``require_labels=False`` accepts records without ``labels`` (scoring data).
+    ``overlays``: label overlays (:func:`read_overlay`), applied in order: a reviewed id takes the
+    overlay's labels, and ``meta["reviewed"]`` records the decision.
     """
     path = Path(path)
     if not path.exists():
@@ -167,7 +170,47 @@ def read_manifest(
         raise ManifestError(path, problems)
     if not records:
         raise ManifestError(path, [(0, "*", "the manifest has no records")])
+    for o in overlays:
+        reviewed = read_overlay(o, labels)
+        for r in records:
+            if r.id in reviewed:
+                r.labels, r.has_labels = reviewed[r.id]["labels"], True
+                r.meta = {**r.meta, "reviewed": reviewed[r.id]["decision"]}
     return records
+
+
+def read_overlay(path: str | Path, labels: list[str] | None = None) -> dict[str, dict]:
+    """Reviewed labels from a JSONL of decisions (``editguard review``'s download): one
+    ``{"id": ..., "labels": [...], "decision": "correct" | "wrong"}`` per line, other fields ignored.
+    Returns ``{id: {"labels", "decision"}}``; raises :class:`ManifestError` listing bad lines."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"overlay {path} does not exist")
+    known = set(labels) if labels is not None else None
+    out, problems = {}, []
+    for ln, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except ValueError as e:
+            problems.append((ln, "*", f"not JSON: {e}"))
+            continue
+        if not isinstance(d, dict) or not isinstance(d.get("id"), str):
+            problems.append((ln, "id", "each line needs a string 'id'"))
+            continue
+        lab = d.get("labels")
+        if not isinstance(lab, list) or not all(isinstance(x, str) for x in lab):
+            problems.append((ln, "labels", f"must be a list of category names, got {lab!r:.60}"))
+            continue
+        if known is not None and set(lab) - known:
+            problems.append((ln, "labels", f"unknown label(s) {sorted(set(lab) - known)}; known: "
+                                            f"{', '.join(sorted(known))}"))
+            continue
+        out[d["id"]] = {"labels": sorted(set(lab)), "decision": str(d.get("decision", "reviewed"))}
+    if problems:
+        raise ManifestError(path, problems)
+    return out
 
 
 def _resolve(root: Path, value: str, check: bool, allow_outside: bool) -> tuple[Path, str | None]:

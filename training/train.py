@@ -16,7 +16,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader workers
     resume: bool = False  # continue from out/checkpoint if present
     allow_outside_root: bool = False  # accept manifest paths outside the manifest's folder
+    overlays: list[str] = field(default_factory=list)  # reviewed labels (`editguard review` decisions) over the manifests
     progress: bool = True  # show progress bars
 
     def __post_init__(self) -> None:
@@ -211,7 +212,7 @@ def train(cfg: TrainConfig) -> dict:
                          f"({d.world} x {cfg.grad_accum}) so that every micro-batch has the same size")
     out = Path(cfg.out)
     taxonomy = load_taxonomy(cfg.taxonomy) if cfg.taxonomy else default_taxonomy()
-    read = dict(labels=taxonomy.names, allow_outside_root=cfg.allow_outside_root)
+    read = dict(labels=taxonomy.names, allow_outside_root=cfg.allow_outside_root, overlays=cfg.overlays)
     train_recs, val_recs = read_manifest(cfg.train, **read), read_manifest(cfg.val, **read)
     mcfg = preset_config(cfg.preset, **ABLATIONS[cfg.ablation], labels=taxonomy.names)
     prompts = [r.prompt for r in train_recs]

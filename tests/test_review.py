@@ -1,0 +1,200 @@
+"""The review page, opened in a real headless Chromium (Debian's chromium + chromedriver, which
+`make test` installs), and its decisions read back as labels."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from conftest import read_jsonl
+
+from editguard.clients.review import ReviewConfig, build_review
+from editguard.training.manifest import ManifestError, read_manifest, read_overlay
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+needs_browser = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="no chromium/chromedriver: `make test` "
+                                   "installs Debian's chromium and chromium-driver")
+
+
+@pytest.fixture(scope="module")
+def scored(triton, synth_sets, tmp_path_factory) -> dict:
+    """60 ood triples scored through the server, one prompt replaced by markup, as a manifest and results."""
+    from editguard.clients.score import ScoreConfig, score
+
+    tmp = tmp_path_factory.mktemp("review")
+    src = Path(synth_sets["ood"])
+    rows = read_jsonl(src)[:60]
+    for r in rows:
+        for k in ("input_image", "output_image", "mask"):
+            r[k] = str(src.parent / r[k])
+    rows[3]["prompt"] = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
+    rows[5]["id"] = '"><b id="injected">x</b>'
+    manifest = tmp / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = tmp / "results.jsonl"
+    score(ScoreConfig(manifest=str(manifest), out=str(results), server=triton.grpc_url, progress=False,
+                      allow_outside_root=True))
+    return {"manifest": manifest, "results": results, "tmp": tmp, "rows": rows}
+
+
+@pytest.fixture(scope="module")
+def page(scored) -> Path:
+    return build_review(ReviewConfig(results=str(scored["results"]), manifest=str(scored["manifest"]),
+                                     out=str(scored["tmp"] / "site"), slice_by=["mask_kind"], progress=False,
+                                     allow_outside_root=True, workers=2))
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("no chromium/chromedriver: `make test` installs Debian's chromium and chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    downloads = tmp_path_factory.mktemp("downloads")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                           "download.prompt_for_download": False})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    driver.downloads = downloads
+    yield driver
+    driver.quit()
+
+
+def _cards(driver) -> int:
+    return len(driver.find_elements("css selector", "#grid .card"))
+
+
+def _select(driver, element_id: str, value: str) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element("id", element_id)).select_by_value(value)
+
+
+@needs_browser
+def test_the_page_renders_filters_and_keeps_markup_inert(browser, page, scored, tmp_path):
+    browser.get(page.as_uri())
+    assert _cards(browser) == 48  # the first page of 60; the rest come as it scrolls
+    browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+    deadline = time.time() + 10
+    while _cards(browser) < 60 and time.time() < deadline:
+        time.sleep(0.1)
+    assert _cards(browser) == 60
+    assert "showing 60 of 60" in browser.find_element("id", "count").text
+    # images load from the thumbnails folder
+    loaded = browser.execute_script("return [...document.images].filter(i => i.complete && i.naturalWidth > 0).length")
+    assert loaded > 0
+    # the markup prompt and id are text, not elements or scripts
+    assert browser.execute_script("return window.pwned === undefined")
+    assert browser.find_elements("id", "injected") == []
+    texts = [e.text for e in browser.find_elements("css selector", ".card .prompt")]
+    assert scored["rows"][3]["prompt"] in texts
+    # a filter: flagged in one category
+    rows = read_jsonl(scored["results"])
+    cats = [k[6:] for k in rows[0] if k.startswith("score_")]
+    j = max(range(len(cats)), key=lambda k: sum(r[f"score_{cats[k]}"] >= 0.5 for r in rows))
+    expected = sum(r[f"score_{cats[j]}"] >= 0.5 for r in rows)
+    _select(browser, "f-cat", str(j))
+    _select(browser, "f-verdict", "flagged")
+    assert 0 < expected < 60
+    assert _cards(browser) == min(expected, 48)
+    assert f"of {expected} " in browser.find_element("id", "count").text
+    # the near-threshold queue sorts by closeness to the threshold
+    browser.find_element("id", "near-queue").click()
+    scores = [float(e.text) for e in browser.find_elements("css selector", ".card .bars span:nth-child(3n)")][
+        j::len(cats)]
+    gaps = [abs(s - 0.5) for s in scores]
+    assert all(a <= b + 1e-3 for a, b in zip(gaps, gaps[1:])), gaps  # (shown to 3 decimals)
+    browser.save_screenshot(str(tmp_path / "review.png"))
+    assert (tmp_path / "review.png").stat().st_size > 10_000
+
+
+@needs_browser
+def test_decisions_download_and_come_back_as_labels(browser, page, scored, tmp_path):
+    browser.get(page.as_uri())
+    browser.execute_script("localStorage.clear()")
+    browser.refresh()
+    cards = browser.find_elements("css selector", "#grid .card")
+    cards[0].find_element("css selector", ".mark-correct").click()
+    cards[1].find_element("css selector", ".mark-wrong").click()
+    boxes = cards[1].find_elements("css selector", ".cats input[type=checkbox]")
+    for b in boxes:  # the reviewer says: exactly the first category
+        if b.is_selected():
+            b.click()
+    boxes[0].click()
+    assert "(2)" in browser.find_element("id", "export").text
+    browser.find_element("id", "export").click()
+    path = browser.downloads / "decisions.jsonl"
+    deadline = time.time() + 10
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    ids = [c.get_attribute("data-index") for c in cards[:2]]
+    items = browser.execute_script("return JSON.parse(document.getElementById('data').textContent).items")
+    first, second = (items[int(i)] for i in ids)
+    by_id = {d["id"]: d for d in lines}
+    cats = browser.execute_script("return JSON.parse(document.getElementById('data').textContent).categories")
+    assert (by_id[second["id"]]["decision"], by_id[second["id"]]["labels"]) == ("wrong", [cats[0]])
+    assert by_id[first["id"]]["decision"] == "correct"
+    assert by_id[first["id"]]["labels"] == by_id[first["id"]]["flagged"]
+    # decisions survive a reload (kept in the browser's storage)
+    browser.refresh()
+    assert "(2)" in browser.find_element("id", "export").text
+    # read back as a manifest overlay
+    records = {r.id: r for r in read_manifest(scored["manifest"], overlays=[path], allow_outside_root=True)}
+    assert records[second["id"]].labels == [cats[0]] and records[second["id"]].meta["reviewed"] == "wrong"
+    assert records[first["id"]].labels == sorted(by_id[first["id"]]["flagged"])
+
+
+def test_a_large_page_renders_lazily(scored, tmp_path):
+    """10,000 triples: thumbnails once per distinct image, and the page holds one page of cards at first."""
+    rows = read_jsonl(scored["manifest"])
+    results = read_jsonl(scored["results"])
+    big_m, big_r = tmp_path / "big.jsonl", tmp_path / "big-results.jsonl"
+    with open(big_m, "w") as fm, open(big_r, "w") as fr:
+        for k in range(10_000):
+            r, s = dict(rows[k % 60]), dict(results[k % 60])
+            r["id"] = s["id"] = f"item-{k}"
+            fm.write(json.dumps(r) + "\n")
+            fr.write(json.dumps(s) + "\n")
+    t0 = time.perf_counter()
+    index = build_review(ReviewConfig(results=str(big_r), manifest=str(big_m), out=str(tmp_path / "site"),
+                                      progress=False, allow_outside_root=True, workers=1))
+    built = time.perf_counter() - t0
+    assert len(list((tmp_path / "site" / "thumbs").iterdir())) <= 4 * 60
+    assert index.stat().st_size < 12_000_000
+    print(f"10,000-triple review page built in {built:.1f} s, {index.stat().st_size / 1e6:.1f} MB")
+    if CHROMIUM and CHROMEDRIVER:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = CHROMIUM
+        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+            opts.add_argument(arg)
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+        try:
+            driver.get(index.as_uri())
+            assert _cards(driver) == 48 and "of 10000" in driver.find_element("id", "count").text
+            _select(driver, "f-sort", "near")
+            assert _cards(driver) == 48
+        finally:
+            driver.quit()
+
+
+def test_overlay_errors_name_the_line(tmp_path):
+    bad = tmp_path / "d.jsonl"
+    bad.write_text('{"id": "a", "labels": ["sexual"]}\n{"labels": []}\n{"id": "b", "labels": ["nope"]}\n')
+    with pytest.raises(ManifestError) as e:
+        read_overlay(bad, ["sexual", "minors"])
+    assert [(ln, field) for ln, field, _ in e.value.problems] == [(2, "id"), (3, "labels")]
+    assert "nope" in str(e.value)
