@@ -9,7 +9,10 @@ DEMO   ?= demo
 # torch comes first and pinned: on the project's machines these two wheels are on local disk.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-fast clean help
+# the review page's tests drive Debian's chromium through chromedriver
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install browser demo test test-fast clean help
 
 help:
 	@echo "make demo   synth -> train -> evaluate -> export -> serve -> score -> calibrate, on the CPU"
@@ -25,7 +28,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  ( $(SUDO) apt-get update -qq && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null ) || \
+	  echo "make: could not install chromium and chromium-driver (apt-get); the browser tests will be skipped"
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
