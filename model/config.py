@@ -131,7 +131,8 @@ class ModelConfig:
     pair_encoder: str | None = None  # a timm model for the aligned pair (early fusion of input, output,
     # |output - input| and mask: where the images differ, pixel by pixel); None = pooled embeddings only
     use_input_image: bool = True  # False = output-only ablation (no input image, no mask)
-    use_output_image: bool = True  # False (with use_input_image False) = prompt-only ablation
+    use_output_image: bool = True  # False: before generation (the pre-check: input image, mask, prompt), or
+    # with use_input_image False too, the prompt-only ablation
     use_prompt: bool = True  # False = no-prompt ablation
     preset: str = "custom"  # the preset this config came from, for reports
 
@@ -153,15 +154,15 @@ class ModelConfig:
             raise ValueError(f"{path}: {e}") from e
 
     def __post_init__(self) -> None:
-        if self.use_input_image and not self.use_output_image:
-            raise ValueError("use_output_image=False needs use_input_image=False too (the prompt-only ablation)")
+        if self.use_input_image and not self.use_output_image and not self.use_prompt:
+            raise ValueError("a pre-check (no output image) needs the prompt: the request's intent is in it")
         if not (self.use_output_image or self.use_prompt):
             raise ValueError("a model needs an image or the prompt: use_output_image and use_prompt are both False")
 
     @property
     def ablation(self) -> str:
         if not self.use_output_image:
-            return "prompt-only"
+            return "precheck" if self.use_input_image else "prompt-only"
         if not self.use_input_image:
             return "output-only" if self.use_prompt else "image-only"
         if not self.use_prompt:

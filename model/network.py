@@ -141,7 +141,8 @@ class FusionHead(nn.Module):
     """Sees both image embeddings, what changed between them, and the prompt.
 
     Features: ``[out, in, out - in, |out - in|, text, text * (out - in)]``, plus ``[pair,
-    text * pair]`` with a pair tower; ablations leave out what they drop. Returns logits
+    text * pair]`` with a pair tower; ablations leave out what they drop. Before generation
+    (the pre-check: no output image) they are ``[in, text, text * in]``. Returns logits
     ``[B, num_labels]``.
     """
 
@@ -149,7 +150,11 @@ class FusionHead(nn.Module):
                  use_pair: bool = False, use_output: bool = True):
         super().__init__()
         self.use_input, self.use_prompt, self.use_pair, self.use_output = use_input, use_prompt, use_pair, use_output
-        n = use_output + 3 * use_input + use_prompt + (use_input and use_prompt) + use_pair * (1 + use_prompt)
+        self.precheck = use_input and not use_output
+        if self.precheck:
+            n = 1 + 2 * use_prompt
+        else:
+            n = use_output + 3 * use_input + use_prompt + (use_input and use_prompt) + use_pair * (1 + use_prompt)
         self.mlp = nn.Sequential(
             nn.LayerNorm(n * width),
             nn.Linear(n * width, 2 * width),
@@ -162,6 +167,9 @@ class FusionHead(nn.Module):
 
     def forward(self, e_out: torch.Tensor, e_in: torch.Tensor | None, t: torch.Tensor | None,
                 pair: torch.Tensor | None = None) -> torch.Tensor:
+        if self.precheck:
+            feats = [e_in] + ([t, t * e_in] if self.use_prompt else [])
+            return self.mlp(torch.cat(feats, dim=-1))
         feats = [e_out] if self.use_output else []
         if self.use_input:
             d = e_out - e_in
@@ -185,10 +193,10 @@ class EditGuardNet(nn.Module):
         self.cfg = cfg
         p = cfg.preprocess
         self.use_mask = cfg.use_mask and cfg.use_input_image
-        if cfg.use_output_image:
+        if cfg.use_output_image or cfg.use_input_image:
             self.image = ImageTower(cfg.image_encoder, p.mean, p.std, self.use_mask)
             self.image_proj = nn.Linear(self.image.num_features, cfg.fusion_width)
-        self.use_pair = bool(cfg.pair_encoder) and cfg.use_input_image
+        self.use_pair = bool(cfg.pair_encoder) and cfg.use_input_image and cfg.use_output_image
         if self.use_pair:
             self.pair = PairTower(cfg.pair_encoder)
             self.pair_proj = nn.Linear(self.pair.num_features, cfg.fusion_width)
@@ -225,7 +233,9 @@ class EditGuardNet(nn.Module):
 
         Returns logits ``float32 [B, num_labels]``; apply a sigmoid for probabilities.
         """
-        if self.cfg.use_input_image:
+        if self.cfg.use_input_image and not self.cfg.use_output_image:  # the pre-check: the request only
+            e_in, e_out = self.encode_image(input_image, mask if self.use_mask else None), None
+        elif self.cfg.use_input_image:
             # one backbone pass over both images: the tower is shared
             both = torch.cat([input_image, output_image], dim=0)
             m = torch.cat([mask, mask], dim=0) if self.use_mask else None
@@ -265,7 +275,7 @@ def build_network(
     keeps the stored one.
     """
     net = EditGuardNet(cfg, vocab_size=vocab_size, text_hf_config=text_hf_config)
-    if new and cfg.use_output_image:
+    if new and (cfg.use_output_image or cfg.use_input_image):
         from timm.data import resolve_data_config
 
         dc = resolve_data_config(model=net.image.backbone)

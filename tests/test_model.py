@@ -60,7 +60,8 @@ def test_default_taxonomy_is_data(tmp_path):
         Taxonomy.from_dict({"categories": ["a", "a"]})
 
 
-@pytest.mark.parametrize("ablation", [{}, {"use_input_image": False}, {"use_prompt": False}, {"use_mask": False}])
+@pytest.mark.parametrize("ablation", [{}, {"use_input_image": False}, {"use_prompt": False}, {"use_mask": False},
+                                      {"use_output_image": False}])
 def test_save_load_identical_outputs(tmp_path, synth_sets, ablation):
     cfg = preset_config("tiny", **ablation)
     recs = read_manifest(synth_sets["val"])[:16]
@@ -80,6 +81,26 @@ def test_save_load_identical_outputs(tmp_path, synth_sets, ablation):
     assert before.shape == (16, 7)
     torch.testing.assert_close(before, after, rtol=0, atol=0)
     assert json.loads((tmp_path / "m" / "config.json").read_text())["preprocess"]["image_size"] == 64
+
+
+def test_precheck_sees_the_request_only(tmp_path, synth_sets):
+    """The pre-generation model (no output image): its inputs and scores never involve the output."""
+    cfg = preset_config("tiny", use_output_image=False)
+    assert cfg.ablation == "precheck"
+    net, pre = create_model(cfg, tmp_path, prompts=PROMPTS)
+    assert net.input_names == ["input_image", "mask", "input_ids", "attention_mask"]
+    recs = read_manifest(synth_sets["val"])[:8]
+    batch = collate_batch([TripleDataset(recs, pre, cfg.labels, cache=False)[i] for i in range(8)])
+    batch.pop("labels")
+    net.eval()
+    with torch.no_grad():
+        a = net(**batch)
+        b = net(**{**batch, "output_image": torch.zeros_like(batch["output_image"])})
+        c = net(**{**batch, "mask": 255 - batch["mask"]})
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, c)  # the mask does reach it
+    with pytest.raises(ValueError, match="needs the prompt"):
+        preset_config("tiny", use_output_image=False, use_prompt=False)
 
 
 def test_preprocess_letterbox_and_mask_rules():

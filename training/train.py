@@ -39,7 +39,9 @@ __all__ = ["TrainConfig", "train", "predict"]
 # image-only are the per-modality checks that production editors run today
 ABLATIONS = {"triple": {}, "output-only": {"use_input_image": False}, "no-prompt": {"use_prompt": False},
              "prompt-only": {"use_input_image": False, "use_output_image": False},
-             "image-only": {"use_input_image": False, "use_prompt": False}}
+             "image-only": {"use_input_image": False, "use_prompt": False},
+             # before generation: the request only (input image, mask, prompt), for `editguard_precheck`
+             "precheck": {"use_output_image": False}}
 
 
 @dataclass
