@@ -327,8 +327,10 @@ def format_check(name: str, check: dict, reference: dict) -> str:
     return "\n".join(rows)
 
 
-def install_thresholds(doc: dict, repository: str | Path, version: str | None = None) -> Path:
-    """Write ``doc`` as thresholds.json beside its model version in a Triton repository, atomically.
+def install_thresholds(doc: dict, repository: str | Path, version: str | None = None,
+                       model: str = "editguard") -> Path:
+    """Write ``doc`` as thresholds.json beside its version of ``model`` (``editguard`` or
+    ``editguard_precheck``) in a Triton repository, atomically.
 
     The served model re-reads the file when it changes, so no restart or reload is needed.
     """
@@ -336,9 +338,9 @@ def install_thresholds(doc: dict, repository: str | Path, version: str | None = 
     import tempfile
 
     version = str(version or doc.get("model_version") or "")
-    target = Path(repository) / "editguard" / version
+    target = Path(repository) / model / version
     if not version or not target.is_dir():
-        raise FileNotFoundError(f"no model version {version!r} under {Path(repository) / 'editguard'}; "
+        raise FileNotFoundError(f"no model version {version!r} under {Path(repository) / model}; "
                                 "pass --version, or score with the version you calibrate")
     doc = dict(doc, model_version=version)
     fd, tmp = tempfile.mkstemp(dir=target, prefix=".thresholds.", suffix=".tmp")

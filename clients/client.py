@@ -73,7 +73,7 @@ class Triple:
     id: str
     input_image: ImageInput
     prompt: str
-    output_image: ImageInput
+    output_image: ImageInput | None  # None: a request before generation (EditGuardClient.precheck)
     mask: ImageInput | None = None
 
 
@@ -133,9 +133,11 @@ def to_error(e: Exception, item_id: str | None = None) -> EditGuardError:
     return cls(f"{prefix}{msg}", item_id=item_id, status=status or None)
 
 
-def build_inputs(module, input_image: bytes, prompt: str, output_image: bytes, mask: bytes | None) -> list:
-    """tritonclient InferInput objects for one triple (``module``: tritonclient.grpc or .grpc.aio)."""
+def build_inputs(module, input_image: bytes, prompt: str, output_image: bytes | None, mask: bytes | None) -> list:
+    """tritonclient InferInput objects for one triple, or a pre-check request when ``output_image`` is
+    None (``module``: tritonclient.grpc or .grpc.aio)."""
     fields = [("INPUT_IMAGE", input_image), ("OUTPUT_IMAGE", output_image), ("PROMPT", prompt.encode("utf-8"))]
+    fields = [(name, value) for name, value in fields if value is not None]
     if mask is not None:
         fields.append(("MASK", mask))
     inputs = []
@@ -160,7 +162,8 @@ def check_prompt(prompt) -> str:
 
 def prepare(input_image, prompt, output_image, mask) -> tuple[bytes, str, bytes, bytes | None]:
     """Validate and encode one triple on the client side (no network)."""
-    return (encode_image(input_image, "input_image"), check_prompt(prompt), encode_image(output_image, "output_image"),
+    return (encode_image(input_image, "input_image"), check_prompt(prompt),
+            None if output_image is None else encode_image(output_image, "output_image"),
             None if mask is None else encode_image(mask, "mask"))
 
 
@@ -174,7 +177,8 @@ def is_decoded(image) -> bool:
 
 
 def wants_pixels(input_image, output_image, mask) -> bool:
-    return is_decoded(input_image) and is_decoded(output_image) and (mask is None or is_decoded(mask))
+    """Every image given is decoded (``output_image`` is None for a pre-check)."""
+    return all(is_decoded(x) for x in (input_image, output_image, mask) if x is not None)
 
 
 class PixelsPrep:
@@ -204,9 +208,10 @@ class PixelsPrep:
 
     def inputs(self, module, arrays: dict[str, np.ndarray], prompt: str, with_mask: bool) -> list:
         """tritonclient InferInputs of one pixels-path request."""
-        fields = [("INPUT_PIXELS", arrays["input_image"]), ("OUTPUT_PIXELS", arrays["output_image"]),
+        fields = [("INPUT_PIXELS", arrays["input_image"]), ("OUTPUT_PIXELS", arrays.get("output_image")),
                   ("PROMPT", np.array([prompt.encode("utf-8")], dtype=np.object_)),
                   ("PIXELS_SPEC", np.array([self.tag], dtype=np.object_))]
+        fields = [(name, value) for name, value in fields if value is not None]  # a pre-check has no output
         if with_mask:
             fields.append(("MASK_PIXELS", arrays["mask"]))
         inputs = []
@@ -284,6 +289,8 @@ class ClientSettings:
     private_key: str | None = None
     certificate_chain: str | None = None
     headers: Mapping[str, str] | None = None  # gRPC metadata on every call (an auth token for a front proxy)
+    precheck_model: str = "editguard_precheck"  # the check before generation (:meth:`precheck`)
+    precheck_version: str = ""  # pin a pre-check version; "" = the server's latest
 
     def _connect(self, aio: bool) -> list:
         """One tritonclient client per URL, with this configuration's TLS; validates the TLS files."""
@@ -300,15 +307,19 @@ class ClientSettings:
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict | None:
         return self._conn.call_headers(extra)
 
-    def _choose_spec(self, specs: dict[str, dict], ready: set[str]) -> PixelsPrep:
-        """The version a request goes to (the pinned one, else the newest ready), with its spec."""
-        if self.version:
-            if self.version not in specs:
-                raise ServerError(f"version {self.version} of {self.model!r} publishes no pixels preprocessing")
-            return PixelsPrep(self.version, specs[self.version])
+    def _version(self, model: str) -> str:
+        return self.precheck_version if model == self.precheck_model else self.version
+
+    def _choose_spec(self, model: str, specs: dict[str, dict], ready: set[str]) -> PixelsPrep:
+        """The version a request to ``model`` goes to (the pinned one, else the newest ready), with its spec."""
+        pinned = self._version(model)
+        if pinned:
+            if pinned not in specs:
+                raise ServerError(f"version {pinned} of {model!r} publishes no pixels preprocessing")
+            return PixelsPrep(pinned, specs[pinned])
         live = sorted((v for v in specs if v in ready), key=int)
         if not live:
-            raise ServerUnavailableError(f"no version of {self.model!r} is ready")
+            raise ServerUnavailableError(f"no version of {model!r} is ready")
         return PixelsPrep(live[-1], specs[live[-1]])
 
 
@@ -332,22 +343,23 @@ class EditGuardClient(ClientSettings):
         self._clients = self._connect(aio=False)
         self._rr = itertools.count()
         self._lock = threading.Lock()
-        self._prep: PixelsPrep | None = None
+        self._prep: dict[str, PixelsPrep] = {}
 
-    def pixels_prep(self, refresh: bool = False, offset: int = 0) -> PixelsPrep:
-        """The served version's pixels preparation, read from the server once and kept (``refresh``
-        reads it again). Raises EditGuardError."""
-        prep = self._prep
+    def pixels_prep(self, refresh: bool = False, offset: int = 0, model: str | None = None) -> PixelsPrep:
+        """The served version's pixels preparation (of ``model``, default the triple model), read from
+        the server once and kept (``refresh`` reads it again). Raises EditGuardError."""
+        model = model or self.model
+        prep = self._prep.get(model)
         if prep is None or refresh:
             client = self._pick(offset)
             try:
-                specs = published_specs(client.get_model_config(self.model, headers=self._headers(), as_json=True))
-                ready = {v for v in specs if client.is_model_ready(self.model, v, headers=self._headers())}
+                specs = published_specs(client.get_model_config(model, headers=self._headers(), as_json=True))
+                ready = {v for v in specs if client.is_model_ready(model, v, headers=self._headers())}
             except EditGuardError:
                 raise
             except Exception as e:
                 raise to_error(e) from e
-            prep = self._prep = self._choose_spec(specs, ready)
+            prep = self._prep[model] = self._choose_spec(model, specs, ready)
         return prep
 
     def _pick(self, offset: int = 0):
@@ -366,21 +378,22 @@ class EditGuardClient(ClientSettings):
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def ready(self) -> bool:
-        """True when at least one endpoint has the model ready."""
+    def ready(self, model: str | None = None) -> bool:
+        """True when at least one endpoint has ``model`` (default: the triple model) ready."""
+        model = model or self.model
         for c in self._clients:
             try:
-                if c.is_model_ready(self.model, self.version, headers=self._headers()):
+                if c.is_model_ready(model, self._version(model), headers=self._headers()):
                     return True
             except Exception:  # an endpoint that does not answer is simply not ready
                 continue
         return False
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def wait_ready(self, timeout: float = 60.0, model: str | None = None) -> None:
         deadline = time.monotonic() + timeout
-        while not self.ready():
+        while not self.ready(model):
             if time.monotonic() > deadline:
-                raise ServerUnavailableError(f"model {self.model!r} not ready at {', '.join(self._urls)} "
+                raise ServerUnavailableError(f"model {model or self.model!r} not ready at {', '.join(self._urls)} "
                                              f"after {timeout:.0f} s; is `editguard serve` running?")
             time.sleep(0.2)
 
@@ -390,6 +403,18 @@ class EditGuardClient(ClientSettings):
                  headers: Mapping[str, str] | None = None) -> Verdict:
         """Classify one triple. ``headers``: gRPC metadata for this call, over the client's own.
         Raises an :class:`EditGuardError` subclass."""
+        if output_image is None:
+            raise _for_item(InvalidInputError("output_image is required; before generation, use precheck()"), id)
+        return self._call(self.model, input_image, prompt, output_image, mask, timeout, id, headers)
+
+    def precheck(self, input_image: ImageInput, prompt: str, mask: ImageInput | None = None, *,
+                 timeout: float | None = None, id: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> Verdict:
+        """Check an edit request before generating it (the input image, the prompt, the mask if any),
+        with ``precheck_model``: the same Verdict, from what the request shows. Same errors as classify."""
+        return self._call(self.precheck_model, input_image, prompt, None, mask, timeout, id, headers)
+
+    def _call(self, model: str, input_image, prompt, output_image, mask, timeout, id, headers) -> Verdict:
         t0 = time.perf_counter()
         pixels = self.pixels and wants_pixels(input_image, output_image, mask)
         inputs = None
@@ -406,12 +431,13 @@ class EditGuardClient(ClientSettings):
         while True:
             try:
                 if inputs is None:  # the pixels path: prepared for the version that will answer
-                    prep = self.pixels_prep(refresh=refreshed, offset=offset)
-                    inputs = prep.inputs(self._grpc, prep.arrays(input_image, output_image, mask), prompt, mask is not None)
-                result = self._pick(offset).infer(self.model, inputs, model_version=self.version, outputs=outputs,
+                    prep = self.pixels_prep(refresh=refreshed, offset=offset, model=model)
+                    arrays = prep.arrays(input_image, output_image, mask)
+                    inputs = prep.inputs(self._grpc, arrays, prompt, mask is not None)
+                result = self._pick(offset).infer(model, inputs, model_version=self._version(model), outputs=outputs,
                                                   client_timeout=max(plan.remaining(), 0.001),
                                                   headers=self._headers(headers))
-                return make_verdict(result, self.model, (time.perf_counter() - t0) * 1e3, id)
+                return make_verdict(result, model, (time.perf_counter() - t0) * 1e3, id)
             except Exception as e:  # tritonclient raises InferenceServerException for gRPC errors
                 err = e if isinstance(e, EditGuardError) else to_error(e, id)
                 if pixels and not refreshed and spec_mismatch(err):
@@ -431,13 +457,21 @@ class EditGuardClient(ClientSettings):
         error for that item only. Concurrency is what lets Triton's dynamic batcher form batches.
         Items may be :class:`Triple`, dicts with the same keys, or ``(id, input, prompt, output[, mask])``.
         """
+        return self._many((_as_triple(t) for t in triples), concurrency, precheck=False)
+
+    def precheck_many(self, requests: Iterable[Triple | Mapping | tuple], *, concurrency: int = 8
+                      ) -> Iterator[tuple[str, Verdict | EditGuardError]]:
+        """:meth:`classify_many` for :meth:`precheck`: items are :class:`Triple` (``output_image`` None),
+        dicts with ``id``, ``input_image``, ``prompt`` and optional ``mask``, or ``(id, input, prompt[, mask])``."""
+        return self._many((_as_request(t) for t in requests), concurrency, precheck=True)
+
+    def _many(self, items: Iterator[Triple], concurrency: int, precheck: bool):
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-        items = (_as_triple(t) for t in triples)
         with ThreadPoolExecutor(concurrency) as pool:
             pending = {}
             for t in itertools.islice(items, concurrency):
-                pending[pool.submit(self._one, t)] = t.id
+                pending[pool.submit(self._one, t, precheck)] = t.id
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
@@ -445,10 +479,12 @@ class EditGuardClient(ClientSettings):
                     yield item_id, fut.result()
                     nxt = next(items, None)
                     if nxt is not None:
-                        pending[pool.submit(self._one, nxt)] = nxt.id
+                        pending[pool.submit(self._one, nxt, precheck)] = nxt.id
 
-    def _one(self, t: Triple) -> Verdict | EditGuardError:
+    def _one(self, t: Triple, precheck: bool = False) -> Verdict | EditGuardError:
         try:
+            if precheck:
+                return self.precheck(t.input_image, t.prompt, t.mask, id=t.id)
             return self.classify(t.input_image, t.prompt, t.output_image, t.mask, id=t.id)
         except EditGuardError as e:
             return e
@@ -470,3 +506,14 @@ def _as_triple(t) -> Triple:
     if isinstance(t, tuple) and len(t) in (4, 5):
         return Triple(str(t[0]), *t[1:])
     raise TypeError(f"can't classify {type(t).__name__}: give a Triple, a dict or (id, input, prompt, output[, mask])")
+
+
+def _as_request(t) -> Triple:
+    """A pre-check request: a Triple without an output image."""
+    if isinstance(t, Triple):
+        return Triple(t.id, t.input_image, t.prompt, None, t.mask)
+    if isinstance(t, Mapping):
+        return Triple(str(t["id"]), t["input_image"], t["prompt"], None, t.get("mask"))
+    if isinstance(t, tuple) and len(t) in (3, 4):
+        return Triple(str(t[0]), t[1], t[2], None, t[3] if len(t) == 4 else None)
+    raise TypeError(f"can't pre-check {type(t).__name__}: give a Triple, a dict or (id, input, prompt[, mask])")

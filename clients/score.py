@@ -50,6 +50,7 @@ class ScoreConfig:
     # server: the client's TLS and headers (EditGuardClient's ssl, root_certificates, private_key,
     # certificate_chain, headers); with Ray, the certificate paths must exist where the actors run
     client_options: dict = field(default_factory=dict)
+    precheck: bool = False  # score the pre-generation check (editguard_precheck: input image, prompt, mask)
 
     def __post_init__(self) -> None:
         if (self.server is None) == (self.repository is None):
@@ -97,8 +98,9 @@ def _row(item_id: str, version: str, labels: list[str], scores, flagged, unsafe:
 class LocalScorer:
     """One exported version run in-process: preprocessing + onnxruntime + thresholds."""
 
-    def __init__(self, repository: str | Path, version: str = "", threads: int | None = None, gpu: bool = False):
-        from ..export.repository import CLASSIFIER, FRONT, versions
+    def __init__(self, repository: str | Path, version: str = "", threads: int | None = None, gpu: bool = False,
+                 model: str = "editguard"):
+        from ..export.repository import PAIRS, versions
         from ..model.preprocess import Preprocessor
         from ..model.thresholds import load_thresholds
 
@@ -107,11 +109,13 @@ class LocalScorer:
         except ImportError as e:
             raise ImportError("in-process scoring needs onnxruntime: pip install 'editguard[serve]'") from e
         repo = Path(repository)
-        have = versions(repo, FRONT)
+        have = versions(repo, model)
         if not have:
-            raise FileNotFoundError(f"{repo} has no exported versions; run `editguard export MODEL_DIR --repository {repo}`")
+            raise FileNotFoundError(f"{repo} has no exported versions of {model}; run `editguard export MODEL_DIR "
+                                    f"--repository {repo}`")
         self.version = str(version or max(have))
-        front = repo / FRONT / self.version
+        self.precheck = model != "editguard"
+        front = repo / model / self.version
         self.pre = Preprocessor.from_dir(front)
         self.labels = json.loads((front / "config.json").read_text())["labels"]
         self.thresholds = load_thresholds(front, self.labels)
@@ -121,7 +125,7 @@ class LocalScorer:
         providers = ["CPUExecutionProvider"]
         if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(repo / CLASSIFIER / self.version / "model.onnx"), opts,
+        self.session = ort.InferenceSession(str(repo / PAIRS[model] / self.version / "model.onnx"), opts,
                                             providers=providers)
         self.inputs = [i.name for i in self.session.get_inputs()]
 
@@ -138,7 +142,8 @@ class LocalScorer:
             good, items = [], []
             for r in records[start:start + batch_size]:
                 try:
-                    items.append(self.pre.triple(r.input_image, r.prompt, r.output_image, r.mask))
+                    output = None if self.precheck else r.output_image  # the pre-check never sees it
+                    items.append(self.pre.triple(r.input_image, r.prompt, output, r.mask))
                     good.append(r)
                 except PreprocessError as e:
                     yield r.id, Failure.of(e)
@@ -201,11 +206,13 @@ def open_backend(cfg: ScoreConfig, threads: int | None = None, gpu: bool = False
     """The backend ``cfg`` names: a :class:`LocalScorer` on ``cfg.repository``, or an
     :class:`EditGuardClient` on ``cfg.server``, ready. Both have ``close()``."""
     if cfg.repository:
-        return LocalScorer(cfg.repository, cfg.version, threads=threads, gpu=gpu)
+        return LocalScorer(cfg.repository, cfg.version, threads=threads, gpu=gpu,
+                           model="editguard_precheck" if cfg.precheck else "editguard")
     from .client import EditGuardClient
 
-    client = EditGuardClient(cfg.server, version=cfg.version, timeout=cfg.timeout, **cfg.client_options)
-    client.wait_ready(timeout=cfg.timeout)
+    pin = {"precheck_version": cfg.version} if cfg.precheck else {"version": cfg.version}
+    client = EditGuardClient(cfg.server, timeout=cfg.timeout, **pin, **cfg.client_options)
+    client.wait_ready(timeout=cfg.timeout, model=client.precheck_model if cfg.precheck else None)
     return client
 
 
@@ -220,7 +227,8 @@ def outcomes(backend, items, cfg: ScoreConfig) -> Iterator[tuple[str, object, st
     from .client import Triple, Verdict
 
     triples = (Triple(r.id, r.input_image, r.prompt, r.output_image, r.mask) for r in items)
-    for item_id, res in backend.classify_many(triples, concurrency=cfg.concurrency):
+    many = backend.precheck_many if cfg.precheck else backend.classify_many
+    for item_id, res in many(triples, concurrency=cfg.concurrency):
         if isinstance(res, Verdict):
             yield item_id, (list(res.scores.values()), list(res.flagged.values()), res.unsafe), \
                 res.model_version, list(res.scores)

@@ -214,7 +214,8 @@ def _add_export(sub) -> None:
         help="export a model dir to ONNX (FP32/FP16, TensorRT) as a new version in a Triton repository",
         description="Export MODEL_DIR to ONNX, check it against torch (max |dprob| <= 1e-4 FP32, <= 1e-2 FP16), "
         "and write it as a new numbered version of `editguard` and `editguard_classifier` in the repository, "
-        "atomically, without touching other versions.",
+        "atomically, without touching other versions. A model trained with --ablation precheck goes to "
+        "`editguard_precheck` and `editguard_precheck_classifier` instead.",
         epilog="examples:\n  editguard export runs/tiny --repository model_repository\n"
         "  editguard export runs/small --repository repo --fp16 --max-batch 64\n"
         "  editguard export runs/small --repository repo --runtime tensorrt   # on a GPU with tensorrt installed\n"
@@ -241,7 +242,7 @@ def _run_export(a: argparse.Namespace) -> int:
 
     r = export_version(ExportConfig(model_dir=a.model_dir, repository=a.repository, version=a.version, fp16=a.fp16,
                                     runtime=a.runtime, max_batch=a.max_batch, device=a.device))
-    print(f"exported version {r.version} to {r.repository} in {r.seconds} s")
+    print(f"exported version {r.version} of {r.model} to {r.repository} in {r.seconds} s")
     print(f"  parity FP32: max |dprob| {r.parity_fp32['max_abs_prob']:.2e} over {r.parity_fp32['n']} triples "
           f"(limit {r.parity_fp32['tolerance']:.0e})")
     if r.parity_fp16:
@@ -253,8 +254,10 @@ def _run_export(a: argparse.Namespace) -> int:
         from editguard.export.control import roll_out
 
         urls = parse_urls(a.server)
+        from editguard.export.repository import PAIRS
+
         try:
-            roll_out(urls, connection=_connection(a))
+            roll_out(urls, (PAIRS[r.model], r.model), connection=_connection(a))
         except (RuntimeError, PermissionError) as e:
             print(f"editguard export: version {r.version} is in {a.repository} but was not loaded: {e}",
                   file=sys.stderr)
@@ -367,6 +370,8 @@ def _add_score(sub) -> None:
     g.add_argument("--server", metavar="URL", help="Triton gRPC host:port (comma-separate several to spread load)")
     g.add_argument("--repository", metavar="REPO", help="score in-process from an exported repository (no server)")
     p.add_argument("--version", default="", help="model version (default: the latest)")
+    p.add_argument("--precheck", action="store_true", help="score the check before generation (editguard_precheck: "
+                   "the input image, prompt and mask; the output image is not sent)")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight with --server (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size in-process (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=30.0, help="per-request deadline in seconds, retries included")
@@ -392,7 +397,7 @@ def _run_score(a: argparse.Namespace) -> int:
                           concurrency=a.concurrency, batch_size=a.batch_size, timeout=a.timeout,
                           allow_outside_root=a.allow_outside_root, progress=not a.no_progress, engine=a.engine,
                           workers=a.workers, cpus_per_worker=a.cpus_per_worker, ray_address=a.ray_address,
-                          client_options=_client_options(a)))
+                          client_options=_client_options(a), precheck=a.precheck))
     print(f"scored {s.scored}, skipped {s.skipped} already done, {s.errors} failed, in {s.seconds:.1f} s; "
           f"{s.total_rows} rows in {a.out}")
     if s.errors:
@@ -441,6 +446,9 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--install", metavar="REPOSITORY", help="write thresholds.json beside the model version in this "
                    "Triton repository")
     p.add_argument("--version", help="the model version to install for (default: the results' version)")
+    p.add_argument("--model", default="editguard", choices=["editguard", "editguard_precheck"],
+                   help="the model whose version --install writes to: results of `score --precheck` calibrate "
+                   "editguard_precheck (default: %(default)s)")
     p.add_argument("--overlay", action="append", default=[], metavar="DECISIONS",
                    help="reviewed labels over the results' labels: the decisions JSONL that `editguard review`'s page "
                    "downloads; repeat for several")
@@ -506,7 +514,7 @@ def _run_calibrate(a: argparse.Namespace) -> int:
             flag = f"  <-- FPR over {a.fpr_factor:g}x overall" if s["flag"] else ""
             print(f"{s['slice']:<24} {s['n']:>6} {s['precision']:6.3f} {s['recall']:6.3f} {s['fpr']:6.3f}{flag}")
     if a.install:
-        path = install_thresholds(result.thresholds, a.install, a.version)
+        path = install_thresholds(result.thresholds, a.install, a.version, a.model)
         print(f"installed {path} (the served model uses it from its next request)")
     return 0
 

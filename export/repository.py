@@ -10,6 +10,11 @@ Layout (the templates are the files under ``model_repository/``)::
     REPO/editguard_classifier/configs/{onnxruntime,tensorrt}.pbtxt   native, NVIDIA's container
     REPO/editguard_classifier/N/{model.py, model.onnx, export.json[, model.plan]}
 
+A model trained with ``--ablation precheck`` (the request before generation: input image, mask,
+prompt) goes into its own pair, with the same files and conventions, its own versions and
+thresholds: ``REPO/editguard_precheck`` (front, ``stage: precheck``) and
+``REPO/editguard_precheck_classifier``.
+
 A version is written under a hidden temporary name and renamed into place, so
 Triton never sees half a version; the classifier's version lands before the
 front model's that calls it.
@@ -31,10 +36,12 @@ from ..model.model_dir import write_text_atomic
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["FRONT", "CLASSIFIER", "ExportConfig", "ExportResult", "export_version", "ensure_repository",
-           "versions", "read_config", "write_config", "templates_dir"]
+__all__ = ["FRONT", "CLASSIFIER", "PRECHECK", "PRECHECK_CLASSIFIER", "ExportConfig", "ExportResult", "export_version",
+           "ensure_repository", "versions", "read_config", "write_config", "templates_dir"]
 
 FRONT, CLASSIFIER = "editguard", "editguard_classifier"
+PRECHECK, PRECHECK_CLASSIFIER = "editguard_precheck", "editguard_precheck_classifier"
+PAIRS = {FRONT: CLASSIFIER, PRECHECK: PRECHECK_CLASSIFIER}  # client-facing model -> its network
 
 
 def templates_dir() -> Path:
@@ -66,11 +73,11 @@ def versions(repository: str | Path, model: str = FRONT) -> list[int]:
     return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit()) if d.exists() else []
 
 
-def ensure_repository(repository: str | Path) -> Path:
-    """Create the model folders and configs from the templates where they are missing."""
+def ensure_repository(repository: str | Path, front: str = FRONT) -> Path:
+    """Create the folders and configs of ``front`` and its network from the templates where missing."""
     repo = Path(repository)
     src = templates_dir()
-    for model in (FRONT, CLASSIFIER):
+    for model in (front, PAIRS[front]):
         (repo / model).mkdir(parents=True, exist_ok=True)
         if repo.resolve() == src.resolve():
             continue
@@ -108,6 +115,7 @@ class ExportResult:
     plan: str | None = None
     seconds: float = 0.0
     files: list[str] = field(default_factory=list)
+    model: str = FRONT  # the client-facing model the version went to (editguard or editguard_precheck)
 
 
 def export_version(cfg: ExportConfig) -> ExportResult:
@@ -116,29 +124,34 @@ def export_version(cfg: ExportConfig) -> ExportResult:
 
     t0 = time.perf_counter()
     net, pre = load_model_dir(cfg.model_dir, device=cfg.device)
-    if not (net.cfg.use_input_image and net.cfg.use_prompt):
-        raise ValueError(f"{cfg.model_dir} is an ablation ({net.cfg.ablation}); only triple models can be served")
-    repo = ensure_repository(cfg.repository)
-    taken = set(versions(repo, FRONT)) | set(versions(repo, CLASSIFIER))
+    if net.cfg.ablation not in ("triple", "precheck"):
+        raise ValueError(f"{cfg.model_dir} is an ablation ({net.cfg.ablation}); only triple models (and pre-checks, "
+                         "--ablation precheck) can be served")
+    front_name = PRECHECK if net.cfg.ablation == "precheck" else FRONT
+    clf = PAIRS[front_name]
+    repo = ensure_repository(cfg.repository, front_name)
+    taken = set(versions(repo, front_name)) | set(versions(repo, clf))
     version = cfg.version or (max(taken, default=0) + 1)
     if version in taken:
-        raise FileExistsError(f"version {version} already exists in {repo}; pick another --version or omit it")
-    _check_labels(repo, net.cfg.labels)
-    stage = Path(tempfile.mkdtemp(dir=repo / CLASSIFIER, prefix=f".v{version}-"))
+        raise FileExistsError(f"version {version} of {front_name} already exists in {repo}; pick another "
+                              "--version or omit it")
+    _check_labels(repo, net.cfg.labels, front_name)
+    stage = Path(tempfile.mkdtemp(dir=repo / clf, prefix=f".v{version}-"))
     try:
-        result = _write_classifier(cfg, net, pre, stage, version)
-        front = _write_front(cfg, repo, version, result)
-        os.replace(stage, repo / CLASSIFIER / str(version))
-        os.replace(front, repo / FRONT / str(version))
+        result = _write_classifier(cfg, net, pre, stage, version, clf)
+        front = _write_front(cfg, repo, version, result, front_name)
+        os.replace(stage, repo / clf / str(version))
+        os.replace(front, repo / front_name / str(version))
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    _update_configs(repo, cfg.max_batch, net)
+    _update_configs(repo, cfg.max_batch, net, front_name)
+    result.model = front_name
     result.repository, result.seconds = str(repo), round(time.perf_counter() - t0, 1)
     return result
 
 
-def _write_classifier(cfg: ExportConfig, net, pre, stage: Path, version: int) -> ExportResult:
+def _write_classifier(cfg: ExportConfig, net, pre, stage: Path, version: int, clf: str = CLASSIFIER) -> ExportResult:
     from .onnx_export import FP16_TOL, FP32_TOL, convert_fp16, export_onnx, parity, sample_inputs
 
     samples = sample_inputs(cfg.model_dir, pre)
@@ -162,7 +175,7 @@ def _write_classifier(cfg: ExportConfig, net, pre, stage: Path, version: int) ->
         from .tensorrt import build_plan
 
         plan = str(build_plan(stage / "model.onnx", stage / "model.plan", max_batch=cfg.max_batch, fp16=True,
-                              timing_cache=Path(cfg.repository) / CLASSIFIER / "timing.cache"))
+                              timing_cache=Path(cfg.repository) / clf / "timing.cache"))
     shutil.copyfile(templates_dir() / CLASSIFIER / "model.py", stage / "model.py")
     meta = {"version": version, "model_dir": str(Path(cfg.model_dir).resolve()), "fp16": cfg.fp16,
             "vocab_size": net.text.encoder.config.vocab_size, "labels": net.cfg.labels,
@@ -172,9 +185,9 @@ def _write_classifier(cfg: ExportConfig, net, pre, stage: Path, version: int) ->
     return ExportResult(version, str(cfg.repository), asdict(p32), asdict(p16) if p16 else None, plan)
 
 
-def _write_front(cfg: ExportConfig, repo: Path, version: int, result: ExportResult) -> Path:
+def _write_front(cfg: ExportConfig, repo: Path, version: int, result: ExportResult, front: str = FRONT) -> Path:
     src = Path(cfg.model_dir)
-    stage = Path(tempfile.mkdtemp(dir=repo / FRONT, prefix=f".v{version}-"))
+    stage = Path(tempfile.mkdtemp(dir=repo / front, prefix=f".v{version}-"))
     try:
         for f in ("config.json", "labels.json"):
             shutil.copyfile(src / f, stage / f)
@@ -189,25 +202,26 @@ def _write_front(cfg: ExportConfig, repo: Path, version: int, result: ExportResu
     return stage
 
 
-def _check_labels(repo: Path, labels: list[str]) -> None:
-    path = repo / FRONT / "labels.txt"
+def _check_labels(repo: Path, labels: list[str], front: str = FRONT) -> None:
+    path = repo / front / "labels.txt"
     if path.exists():
         have = path.read_text().split()
-        if have != labels and versions(repo, FRONT):
+        if have != labels and versions(repo, front):
             raise ValueError(f"{path} lists {have} but the model has {labels}; versions served side by side "
                              "must share labels: export into a new repository")
     write_text_atomic(path, "\n".join(labels) + "\n")
 
 
-def _update_configs(repo: Path, max_batch: int, net) -> None:
+def _update_configs(repo: Path, max_batch: int, net, front: str = FRONT) -> None:
     """max_batch_size for both models; exact dims in the native classifier configs; the front's pixels
     specs per version; the front's variants for the native classifier configs."""
+    clf = PAIRS[front]
     p = net.cfg.preprocess
     dims = {"input_image": [p.image_size, p.image_size, 3], "output_image": [p.image_size, p.image_size, 3],
             "mask": [p.image_size, p.image_size], "input_ids": [p.max_tokens], "attention_mask": [p.max_tokens],
             "logits": [len(net.cfg.labels)], "probabilities": [len(net.cfg.labels)]}
-    paths = [repo / FRONT / "config.pbtxt", repo / CLASSIFIER / "config.pbtxt",
-             *sorted((repo / CLASSIFIER / "configs").glob("*.pbtxt"))]
+    paths = [repo / front / "config.pbtxt", repo / clf / "config.pbtxt",
+             *sorted((repo / clf / "configs").glob("*.pbtxt"))]
     for path in paths:
         text = path.read_text()
         header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
@@ -223,19 +237,20 @@ def _update_configs(repo: Path, max_batch: int, net) -> None:
                 if t.name in dims:
                     del t.dims[:]
                     t.dims.extend(dims[t.name])
-        if path == repo / FRONT / "config.pbtxt":
-            cfg.parameters["preprocess"].string_value = json.dumps(pixels_specs(repo), sort_keys=True)
+        if path == repo / front / "config.pbtxt":
+            cfg.parameters["preprocess"].string_value = json.dumps(pixels_specs(repo, front), sort_keys=True)
         if cfg.SerializeToString() != before:
             write_config(path, cfg, header)
-    _write_front_variants(repo)
+    if front == FRONT:
+        _write_front_variants(repo)
 
 
-def pixels_specs(repo: Path) -> dict[str, dict]:
+def pixels_specs(repo: Path, front: str = FRONT) -> dict[str, dict]:
     """``{version: pixels spec}`` of the front's versions on disk: what pixels-path clients prepare."""
     from ..model.config import ModelConfig
 
-    return {str(v): ModelConfig.load(repo / FRONT / str(v) / "config.json").preprocess.pixels_spec()
-            for v in versions(repo, FRONT)}
+    return {str(v): ModelConfig.load(repo / front / str(v) / "config.json").preprocess.pixels_spec()
+            for v in versions(repo, front)}
 
 
 def _write_front_variants(repo: Path) -> None:

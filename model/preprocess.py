@@ -187,24 +187,24 @@ class Preprocessor:
         self,
         input_image: ImageSource,
         prompt: str | bytes,
-        output_image: ImageSource,
+        output_image: ImageSource | None,
         mask: ImageSource | None = None,
     ) -> dict[str, np.ndarray]:
-        """One triple as unbatched network inputs (see the module docstring)."""
+        """One triple as unbatched network inputs (see the module docstring). ``output_image`` None:
+        a request before generation (the pre-check), without ``output_image``."""
         ids, att = self.tokens([prompt])
         return {**self.pixels(input_image, output_image, mask), "input_ids": ids[0], "attention_mask": att[0]}
 
-    def pixels(self, input_image: ImageSource, output_image: ImageSource,
+    def pixels(self, input_image: ImageSource, output_image: ImageSource | None,
                mask: ImageSource | None = None) -> dict[str, np.ndarray]:
-        """The image half of :meth:`triple` (``input_image``, ``output_image``, ``mask``): what a client
-        on the pixels path computes on its side. Needs no tokenizer."""
+        """The image half of :meth:`triple` (``input_image``, ``output_image`` unless None, ``mask``):
+        what a client on the pixels path computes on its side. Needs no tokenizer."""
         src = self.decode(input_image, "input_image")
-        out = self.decode(output_image, "output_image")
-        return {
-            "input_image": self.resize(src, Image.BILINEAR),
-            "output_image": self.resize(out, Image.BILINEAR),
-            "mask": self.mask(mask, src.info.get("source_size", src.size)),
-        }
+        out = {"input_image": self.resize(src, Image.BILINEAR)}
+        if output_image is not None:
+            out["output_image"] = self.resize(self.decode(output_image, "output_image"), Image.BILINEAR)
+        out["mask"] = self.mask(mask, src.info.get("source_size", src.size))
+        return out
 
 
 def collate(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -116,5 +116,6 @@ def test_install_is_quiet(tmp_path):
     names = zipfile.ZipFile(next(tmp_path.glob("editguard-*.whl"))).namelist()
     for f in ("editguard/model_repository/editguard/model.py", "editguard/model_repository/editguard/config.pbtxt",
               "editguard/model_repository/editguard_classifier/configs/tensorrt.pbtxt",
+              "editguard/model_repository/editguard_precheck/config.pbtxt",
               "editguard/model/presets/tiny.json"):
         assert f in names, f

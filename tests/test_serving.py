@@ -13,7 +13,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from editguard.clients.client import build_inputs
-from editguard.export.repository import CLASSIFIER, FRONT, ExportConfig, export_version, read_config, templates_dir
+from editguard.export.repository import (CLASSIFIER, FRONT, PRECHECK, PRECHECK_CLASSIFIER, ExportConfig, export_version,
+                                        read_config, templates_dir)
 from editguard.export.triton import free_port
 from editguard.model.model_dir import load_model_dir
 from editguard.model.preprocess import collate
@@ -39,7 +40,7 @@ def test_every_config_parses_with_tritons_schema(repository):
     assert len(paths) >= 8
     for p in paths:
         cfg = read_config(p)
-        assert cfg.name in (FRONT, CLASSIFIER) and cfg.max_batch_size > 0, p
+        assert cfg.name in (FRONT, CLASSIFIER, PRECHECK, PRECHECK_CLASSIFIER) and cfg.max_batch_size > 0, p
     front = read_config(Path(repository) / FRONT / "config.pbtxt")
     assert [i.name for i in front.input] == ["INPUT_IMAGE", "OUTPUT_IMAGE", "PROMPT", "MASK", "INPUT_PIXELS",
                                              "OUTPUT_PIXELS", "MASK_PIXELS", "PIXELS_SPEC"]

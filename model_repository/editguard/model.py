@@ -37,6 +37,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.classifier = params["classifier"]
+        # "precheck": the request before generation (input image, mask, prompt); no output image
+        self.precheck = params.get("stage", "triple") == "precheck"
+        self.images = ("INPUT",) if self.precheck else ("INPUT", "OUTPUT")
         self.pre = Preprocessor.from_dir(self.dir)
         self.spec = self.pre.cfg.pixels_spec()
         self.net = None
@@ -75,20 +78,25 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"editguard v{self.version}: thresholds from {path}")
 
     def _triples(self, request):
-        """All triples of one request (usually one), preprocessed; raises PreprocessError."""
+        """All triples (or pre-check requests) of one request (usually one), preprocessed; raises
+        PreprocessError."""
         get = lambda name: pb_utils.get_input_tensor_by_name(request, name)
         prompt = get("PROMPT").as_numpy().reshape(-1)
+        # (a pre-check's config declares no OUTPUT_* inputs: Triton refuses them before they get here)
         if get("INPUT_PIXELS") is not None or get("OUTPUT_PIXELS") is not None:
             return self._pixels(get, prompt)
-        if get("INPUT_IMAGE") is None or get("OUTPUT_IMAGE") is None:
-            raise PreprocessError("INPUT_IMAGE", "a request needs INPUT_IMAGE and OUTPUT_IMAGE (encoded images), "
-                                  "or INPUT_PIXELS, OUTPUT_PIXELS and PIXELS_SPEC (prepared pixels)", "bad_request")
-        src, out = (get(n).as_numpy().reshape(-1) for n in ("INPUT_IMAGE", "OUTPUT_IMAGE"))
+        images = [f"{n}_IMAGE" for n in self.images]
+        if any(get(n) is None for n in images):
+            raise PreprocessError("INPUT_IMAGE", f"a request needs {' and '.join(images)} (encoded images), or "
+                                  f"{', '.join(n + '_PIXELS' for n in self.images)} and PIXELS_SPEC (prepared "
+                                  "pixels)", "bad_request")
+        src = get("INPUT_IMAGE").as_numpy().reshape(-1)
+        out = get("OUTPUT_IMAGE").as_numpy().reshape(-1) if not self.precheck else [None] * len(src)
         mask = get("MASK")
         mask = mask.as_numpy().reshape(-1) if mask is not None else [None] * len(src)
         if not len(src) == len(out) == len(prompt) == len(mask):
-            raise PreprocessError("INPUT_IMAGE", "INPUT_IMAGE, OUTPUT_IMAGE, PROMPT and MASK disagree on the "
-                                  "batch size", "bad_request")
+            raise PreprocessError("INPUT_IMAGE", f"{', '.join(images)}, PROMPT and MASK disagree on the batch size",
+                                  "bad_request")
         items = []
         for k in range(len(src)):
             try:
@@ -104,7 +112,7 @@ class TritonPythonModel:
             if get(name) is not None:
                 raise PreprocessError(name, "send encoded images (INPUT_IMAGE, OUTPUT_IMAGE, MASK) or pixels "
                                       "(INPUT_PIXELS, OUTPUT_PIXELS, MASK_PIXELS), not both", "bad_request")
-        for name in ("INPUT_PIXELS", "OUTPUT_PIXELS", "PIXELS_SPEC"):
+        for name in [f"{n}_PIXELS" for n in self.images] + ["PIXELS_SPEC"]:
             if get(name) is None:
                 raise PreprocessError(name, f"{name} is required on the pixels path", "bad_request")
         for raw in get("PIXELS_SPEC").as_numpy().reshape(-1):
@@ -118,20 +126,22 @@ class TritonPythonModel:
                                       "preprocessing (parameter 'preprocess' of the model config) and prepare "
                                       "them again", "spec_mismatch")
         s = self.spec["image_size"]
-        src, out = get("INPUT_PIXELS").as_numpy(), get("OUTPUT_PIXELS").as_numpy()
+        arrays = {f"{n.lower()}_image": get(f"{n}_PIXELS").as_numpy() for n in self.images}
+        n = len(arrays["input_image"])
         mask = get("MASK_PIXELS")
-        mask = mask.as_numpy() if mask is not None else np.full((len(src), s, s), 255, np.uint8)
-        for name, a, shape in (("INPUT_PIXELS", src, (s, s, 3)), ("OUTPUT_PIXELS", out, (s, s, 3)),
-                               ("MASK_PIXELS", mask, (s, s))):
+        arrays["mask"] = mask.as_numpy() if mask is not None else np.full((n, s, s), 255, np.uint8)
+        for key, a in arrays.items():
+            name = "MASK_PIXELS" if key == "mask" else key.split("_")[0].upper() + "_PIXELS"
+            shape = (s, s) if key == "mask" else (s, s, 3)
             if a.shape[1:] != shape:
                 raise PreprocessError(name, f"item shape is {list(a.shape[1:])}; version {self.version} takes "
                                       f"{list(shape)}", "bad_pixels")
-        if not len(src) == len(out) == len(mask) == len(prompt):
-            raise PreprocessError("INPUT_PIXELS", "INPUT_PIXELS, OUTPUT_PIXELS, MASK_PIXELS and PROMPT disagree on "
-                                  "the batch size", "bad_pixels")
+        if any(len(a) != len(prompt) for a in arrays.values()):
+            raise PreprocessError("INPUT_PIXELS", "the pixels inputs and PROMPT disagree on the batch size",
+                                  "bad_pixels")
         ids, att = self.pre.tokens(list(prompt))
-        return [{"input_image": src[k], "output_image": out[k], "mask": mask[k], "input_ids": ids[k],
-                 "attention_mask": att[k]} for k in range(len(src))]
+        return [{**{k: a[i] for k, a in arrays.items()}, "input_ids": ids[i], "attention_mask": att[i]}
+                for i in range(n)]
 
     def execute(self, requests):
         self._load_thresholds()
