@@ -138,8 +138,8 @@ def _stats(client, model: str, headers: dict) -> dict[str, float]:
     return tot
 
 
-def _closed_loop(guard, calls: list[tuple], c: int, seconds: float) -> tuple[list[float], float]:
-    """``c`` threads call ``guard.classify(*calls[i])`` back to back for ``seconds``: latencies (ms), wall (s)."""
+def _closed_loop(fn, calls: list[tuple], c: int, seconds: float) -> tuple[list[float], float]:
+    """``c`` threads call ``fn(*calls[i])`` back to back for ``seconds``: latencies (ms), wall (s)."""
     lat: list[float] = []
     lock = threading.Lock()
     stop = time.perf_counter() + seconds
@@ -148,7 +148,7 @@ def _closed_loop(guard, calls: list[tuple], c: int, seconds: float) -> tuple[lis
         i, mine = k, []
         while time.perf_counter() < stop or not mine:
             t0 = time.perf_counter()
-            guard.classify(*calls[i % len(calls)])
+            fn(*calls[i % len(calls)])
             mine.append((time.perf_counter() - t0) * 1e3)
             i += c
         with lock:
@@ -183,7 +183,7 @@ def _sweep_point(served: tuple, triples: list[dict], c: int, seconds: float) -> 
         guard.classify(*calls[0])  # warm-up
         admin = conn.admin_headers()
         before = {m: _stats(stats_client, m, admin) for m in ("editguard", "editguard_classifier")}
-        lat, wall = _closed_loop(guard, calls, c, seconds)
+        lat, wall = _closed_loop(guard.classify, calls, c, seconds)
         after = {m: _stats(stats_client, m, admin) for m in before}
     return {"concurrency": c, "triples_s": round(len(lat) / wall, 1), **_pct(lat), **_split(before, after)}
 
@@ -216,6 +216,30 @@ def bench_served(cfg: BenchConfig, triples: list[dict]) -> dict:
     with _Served(cfg.repository, cfg.server, cfg.connection) as served:
         rows = [_sweep_point(served, triples, c, cfg.seconds) for c in cfg.concurrency]
     return {"rows": rows, "server": cfg.server or "started by bench"}
+
+
+def bench_precheck(cfg: BenchConfig, triples: list[dict]) -> dict:
+    """The pre-check beside the triple model on the same 256 px JPEG triples, through the same client:
+    c1 latency and c16 throughput. Needs a repository with an editguard_precheck version."""
+    from .clients import EditGuardClient
+    from .export.repository import PRECHECK, versions
+
+    if not cfg.server and not versions(cfg.repository, PRECHECK):
+        raise ValueError(f"section precheck: {cfg.repository} has no {PRECHECK} version; export a model trained "
+                         "with --ablation precheck into it")
+    rows = []
+    with _Served(cfg.repository, cfg.server, cfg.connection) as (url, conn), \
+            EditGuardClient(url, timeout=60, **conn.client_options()) as guard:
+        calls = {"editguard (after generation)": (guard.classify, [(t["input"], t["prompt"], t["output"])
+                                                                   for t in triples]),
+                 "editguard_precheck (before)": (guard.precheck, [(t["input"], t["prompt"]) for t in triples])}
+        for name, (fn, args) in calls.items():
+            fn(*args[0])  # warm-up
+            lat1, _ = _closed_loop(fn, args, 1, cfg.seconds)
+            lat16, wall = _closed_loop(fn, args, 16, cfg.seconds)
+            rows.append({"model": name, "c1_p50_ms": _pct(lat1)["p50_ms"], "c1_p95_ms": _pct(lat1)["p95_ms"],
+                         "c16_triples_s": round(len(lat16) / wall, 1)})
+    return {"rows": rows}
 
 
 def upload_images(size: int, n: int = 4, seed: int = 0) -> list:
@@ -270,9 +294,9 @@ def bench_uploads(cfg: BenchConfig) -> dict:
                 calls = upload_calls(size, form)
                 guard.classify(*calls[0])  # warm-up (and the pixels spec)
                 cpu0 = time.process_time()
-                lat1, _ = _closed_loop(guard, calls, 1, cfg.seconds)
+                lat1, _ = _closed_loop(guard.classify, calls, 1, cfg.seconds)
                 cpu = (time.process_time() - cpu0) / len(lat1) * 1e3
-                lat16, wall = _closed_loop(guard, calls, 16, cfg.seconds)
+                lat16, wall = _closed_loop(guard.classify, calls, 16, cfg.seconds)
                 sent = sum(len(x) for x in calls[0] if isinstance(x, bytes))
                 rows.append({"size": size, "form": form, "kb_sent": round(sent / 1024) if sent else "-",
                              "c1_p50_ms": _pct(lat1)["p50_ms"], "c1_p95_ms": _pct(lat1)["p95_ms"],
@@ -367,7 +391,8 @@ def run_bench(cfg: BenchConfig) -> dict:
     result = {"machine": machine(), "config": config}
     with tempfile.TemporaryDirectory(prefix="editguard-bench-") as tmp:
         work = Path(tmp)
-        triples = encoded_triples(64, 256, work) if {"inprocess", "served", "graphs"} & set(cfg.sections) else []
+        triples = encoded_triples(64, 256, work) if {"inprocess", "served", "graphs", "precheck"} & set(cfg.sections) \
+            else []
         if "inprocess" in cfg.sections:
             result["inprocess"] = bench_inprocess(cfg, triples, work)
         if "served" in cfg.sections:
@@ -376,6 +401,8 @@ def run_bench(cfg: BenchConfig) -> dict:
             result["uploads"] = bench_uploads(cfg)
         if "graphs" in cfg.sections:
             result["graphs"] = bench_graphs(cfg, triples)
+        if "precheck" in cfg.sections:
+            result["precheck"] = bench_precheck(cfg, triples)
         if "preprocess" in cfg.sections:
             result["preprocess"] = bench_preprocess(cfg, work)
         if "ray" in cfg.sections:
@@ -416,6 +443,12 @@ def ratios(r: dict) -> dict:
                 if (small, "PIL images") in u and (small, form) in u:
                     out[f"upload_{small}_pixels_c1_over_{form.split()[0].lower()}_bytes_c1"] = round(
                         u[small, "PIL images"]["c1_p50_ms"] / u[small, form]["c1_p50_ms"], 2)
+    if "precheck" in r:
+        rows = {x["model"].split()[0]: x for x in r["precheck"]["rows"]}
+        pre, post = rows.get("editguard_precheck"), rows.get("editguard")
+        if pre and post:
+            out["precheck_c1_over_triple_c1"] = round(pre["c1_p50_ms"] / post["c1_p50_ms"], 2)
+            out["precheck_c16_over_triple_c16"] = round(pre["c16_triples_s"] / post["c16_triples_s"], 2)
     if "graphs" in r:
         g = {(x["graph"].split()[0], x["concurrency"]): x for x in r["graphs"]["rows"]}
         for c in (1, 16):
@@ -454,7 +487,7 @@ def to_markdown(r: dict) -> str:
     m = r["machine"]
     parts = [f"machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}; "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), f"command: `{m['command']}`"]
-    for section in ("inprocess", "served", "uploads", "graphs", "preprocess", "ray"):
+    for section in ("inprocess", "served", "uploads", "graphs", "precheck", "preprocess", "ray"):
         if section in r:
             parts += [f"\n### {section}\n", _table(r[section]["rows"])]
     parts += ["\n### ratios (this run)\n", _table([{"ratio": k, "value": v} for k, v in r["ratios"].items()])]

@@ -608,7 +608,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement (default: %(default)s)")
     p.add_argument("--server", metavar="URL", help="benchmark this running Triton instead of starting one")
     p.add_argument("--sections", default="inprocess,served,uploads,graphs,preprocess",
-                   help="comma-separated: inprocess, served, uploads, graphs, preprocess, ray (default: %(default)s)")
+                   help="comma-separated: inprocess, served, uploads, graphs, precheck (needs an editguard_precheck "
+                   "version in the repository), preprocess, ray (default: %(default)s)")
     p.add_argument("--upload-sizes", default="256,512,1024", help="uploads section: image sides in px "
                    "(default: %(default)s)")
     p.add_argument("--ray-workers", default="1,2", help="ray section: actor counts to compare (default: %(default)s)")

@@ -61,8 +61,8 @@ def leak_verdict(samples: list[tuple[int, float]], max_slope: float = 2.0) -> di
     x = np.array([s[0] for s in samples], float)
     y = np.array([s[1] for s in samples], float)
     slope = float(np.polyfit(x, y, 1)[0]) * 1e4
-    growth = slope * (x[-1] - x[0]) / 1e4
-    leak = slope > max_slope and growth > NOISE_MB
+    growth = float(slope * (x[-1] - x[0]) / 1e4)
+    leak = bool(slope > max_slope and growth > NOISE_MB)
     verdict = (f"leak: {slope:.2f} MB per 10k requests" if leak else
                "flat" if slope <= max_slope else f"slope {slope:.2f} MB/10k but only {growth:.1f} MB fitted growth "
                f"(within noise): run longer to judge")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -113,6 +114,7 @@ def test_soak_verdict_is_the_slope_after_warm_up_not_the_warm_up():
     leaking = [(n, 272 + n / 1e4 * 5 + rng.normal(0, 1.5)) for n in range(0, 200_000, 5_000)]  # 5 MB per 10k
     v = leak_verdict(leaking)
     assert v["leak"] and 4.5 < v["slope_mb_per_10k"] < 5.5, v
+    json.dumps(v)  # the report is written as JSON
     short = [(n, 272 + n / 1e4 * 5) for n in range(0, 2_000, 500)]  # steep, but 1 MB in all: noise
     assert not leak_verdict(short)["leak"] and "run longer" in leak_verdict(short)["verdict"]
     assert "too short" in leak_verdict([(0, 1.0)])["verdict"]
