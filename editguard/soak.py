@@ -70,7 +70,7 @@ def leak_verdict(samples: list[tuple[int, float]], max_slope: float = 2.0) -> di
             "verdict": verdict}
 
 
-def soak(repository: str, triples: list[dict], clients: int, seconds: float, warmup: float = 30.0,
+def soak(repository: str, triples: list[dict], clients: int, seconds: float, warmup: float = 120.0,
          interval: float = 5.0, max_slope: float = 2.0, log=None) -> dict:
     """Run the soak against a Triton this function starts: ``warmup`` seconds of load, then ``seconds``
     measured, RSS sampled every ``interval`` s; returns the report."""
@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=16, help="concurrent clients (default: %(default)s)")
     p.add_argument("--seconds", type=float, default=120, help="measured seconds, after the warm-up "
                    "(default: %(default)s)")
-    p.add_argument("--warmup", type=float, default=30, help="seconds of load before the RSS baseline "
+    p.add_argument("--warmup", type=float, default=120, help="seconds of load before the RSS baseline; the cpu "
+                   "preset's server grows for about two minutes (onnxruntime arenas meeting new batch sizes) "
                    "(default: %(default)s)")
     p.add_argument("--interval", type=float, default=5, help="seconds between RSS samples (default: %(default)s)")
     p.add_argument("--max-slope", type=float, default=2.0, help="MB per 10k requests over which RSS growth is a "
