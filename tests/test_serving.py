@@ -149,7 +149,7 @@ def test_fp16_export_parity(tiny_model_dir, tmp_path):
 
     model = onnx.load(str(tmp_path / CLASSIFIER / "1" / "model.onnx"))
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
-    with pytest.raises(FileExistsError, match="version 1 already exists"):
+    with pytest.raises(FileExistsError, match="version 1 of editguard already exists"):
         export_version(ExportConfig(model_dir=str(tiny_model_dir), repository=str(tmp_path), version=1))
 
 
