@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing as mp
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,17 +81,17 @@ def _key(*paths) -> str:
     return h.hexdigest()[:20]
 
 
-def _thumb_job(job: tuple) -> tuple[int, dict, str | None]:
-    """Make one item's thumbnails (skipping those on disk); returns (index, names, error)."""
+def _thumb_job(job: tuple) -> tuple[dict, str | None]:
+    """Make one item's thumbnails (skipping those on disk); returns (names, error)."""
     from PIL import Image, ImageChops, ImageOps
 
-    i, src, out, mask, folder, size = job
+    src, out, mask, folder, size = job
     folder = Path(folder)
     names = {"input": f"{_key(src)}-i.jpg", "output": f"{_key(out)}-o.jpg", "diff": f"{_key(src, out)}-d.jpg"}
     if mask:
         names["mask"] = f"{_key(mask)}-m.png"
     if all((folder / n).exists() for n in names.values()):
-        return i, names, None
+        return names, None
     try:
         with Image.open(src) as a, Image.open(out) as b:
             a = ImageOps.exif_transpose(a).convert("RGB")
@@ -117,31 +116,17 @@ def _thumb_job(job: tuple) -> tuple[int, dict, str | None]:
                 m.thumbnail((size, size))
                 m.save(folder / names["mask"], "PNG")
     except Exception as e:  # an unreadable image is shown as missing, with the reason
-        return i, {}, f"{type(e).__name__}: {e}"
-    return i, names, None
+        return {}, f"{type(e).__name__}: {e}"
+    return names, None
 
 
 def _thumbnails(items: list, folder: Path, size: int, workers: int | None, progress: bool) -> list[tuple]:
-    from ..progress import progress as progress_bar
+    from ..progress import parallel_map
 
     folder.mkdir(parents=True, exist_ok=True)
-    jobs = [(i, str(r.input_image), str(r.output_image), str(r.mask) if r.mask else None, str(folder), size)
-            for i, r in enumerate(items)]
-    results: list = [None] * len(jobs)
-    workers = workers or min(mp.cpu_count(), 8)
-    bar = progress_bar(total=len(jobs), desc="thumbnails", unit="triple", disable=not progress)
-    if workers > 1 and len(jobs) >= 64:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            for i, names, err in pool.imap_unordered(_thumb_job, jobs, chunksize=16):
-                results[i] = (names, err)
-                bar.update()
-    else:
-        for job in jobs:
-            i, names, err = _thumb_job(job)
-            results[i] = (names, err)
-            bar.update()
-    bar.close()
-    return results
+    jobs = [(str(r.input_image), str(r.output_image), str(r.mask) if r.mask else None, str(folder), size)
+            for r in items]
+    return list(parallel_map(_thumb_job, jobs, workers=workers, desc="thumbnails", unit="triple", show=progress))
 
 
 # -- the page ------------------------------------------------------------------------------------
@@ -161,9 +146,9 @@ def _summary(labels, scores, y, th, rows, slice_by, out: Path) -> dict:
     try:
         from .plots import plot_pr_curves
 
-        choices = {c: ThresholdChoice(float(th[j]), "installed", True, r["precision"], r["recall"], r["fpr"],
-                                      r["support"], float("nan")) for j, (c, r) in
-                   enumerate((c, s["rates"][c]) for c in labels)}
+        rates = s["rates"]
+        choices = {c: ThresholdChoice(float(th[j]), "installed", True, rates[c]["precision"], rates[c]["recall"],
+                                      rates[c]["fpr"], rates[c]["support"], float("nan")) for j, c in enumerate(labels)}
         plot_pr_curves(labels, y, scores, choices, out / "pr_curves.png")
         s["pr_curves"] = "pr_curves.png"
     except ImportError:  # matplotlib is the [calibrate] extra

@@ -8,12 +8,13 @@ line when the work ends.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import sys
 import time
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
-__all__ = ["progress", "LineProgress"]
+__all__ = ["progress", "LineProgress", "parallel_map"]
 
 
 def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
@@ -91,3 +92,25 @@ class LineProgress:
         if not self.closed:
             self.closed = True
             self._write()
+
+
+def parallel_map(fn: Callable, jobs: list, *, workers: int | None = None, desc: str = "", unit: str = "it",
+                 show: bool = True, chunksize: int = 16, min_jobs: int = 64) -> Iterator:
+    """``fn(job)`` for every job, in order, with progress: in a pool of ``workers`` processes (default: the
+    cores, at most 8) when there are at least ``min_jobs`` jobs, else in this process. ``fn`` must be a
+    module-level function (the pool pickles it)."""
+    workers = workers or min(mp.cpu_count(), 8)
+    bar = progress(total=len(jobs), desc=desc, unit=unit, disable=not show)
+    try:
+        if workers > 1 and len(jobs) >= min_jobs:
+            # spawn, not fork: forking a process that already runs threads (gRPC, say) can deadlock the child
+            with mp.get_context("spawn").Pool(workers) as pool:
+                for out in pool.imap(fn, jobs, chunksize=chunksize):
+                    yield out
+                    bar.update()
+        else:
+            for job in jobs:
+                yield fn(job)
+                bar.update()
+    finally:
+        bar.close()

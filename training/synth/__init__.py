@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
@@ -258,23 +257,13 @@ def generate(
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     jobs = [(str(out_dir), seed, split, i, image_size, prompts, clean) for i in range(n)]
-    workers = workers or min(mp.cpu_count(), 8)
-    from ...progress import progress as progress_bar
+    from ...progress import parallel_map
 
-    bar = progress_bar(total=n, desc=f"synth {split}", unit="triple", disable=not progress)
     manifest = out_dir / "manifest.jsonl"
     tmp = out_dir / ".manifest.jsonl.tmp"
     with open(tmp, "w") as f:
-        if workers > 1 and n >= 64:
-            # spawn, not fork: forking a process that already runs threads (gRPC, say) can deadlock the child
-            with mp.get_context("spawn").Pool(workers) as pool:
-                for rec in pool.imap(_make_item, jobs, chunksize=32):
-                    f.write(json.dumps(rec) + "\n")
-                    bar.update()
-        else:
-            for job in jobs:
-                f.write(json.dumps(_make_item(job)) + "\n")
-                bar.update()
-    bar.close()
+        for rec in parallel_map(_make_item, jobs, workers=workers, desc=f"synth {split}", unit="triple",
+                                show=progress, chunksize=32):
+            f.write(json.dumps(rec) + "\n")
     tmp.replace(manifest)
     return manifest
