@@ -17,6 +17,7 @@ def load_models(url: str, models: tuple[str, ...] = (CLASSIFIER, FRONT), connect
     Model control is an admin protocol: ``connection`` (a :class:`~editguard.clients.connection.Connection`)
     carries the admin key, and TLS where the server uses it; None reads the key as ``editguard serve`` does.
     """
+    from ..clients.client import to_error
     from ..clients.connection import Connection, read_admin_key
 
     connection = connection or Connection(admin_key=read_admin_key())
@@ -26,7 +27,7 @@ def load_models(url: str, models: tuple[str, ...] = (CLASSIFIER, FRONT), connect
             try:
                 client.load_model(m, headers=connection.admin_headers())
             except Exception as e:
-                if "restricted" in str(e):
+                if to_error(e).status == "PERMISSION_DENIED":  # the admin header is missing or wrong
                     raise PermissionError(f"{url} refused to load {m}: model control needs the server's admin key "
                                           "(--admin-key-file, or $EDITGUARD_ADMIN_KEY)") from e
                 raise

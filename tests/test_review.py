@@ -48,24 +48,31 @@ def page(scored) -> Path:
                                      allow_outside_root=True, workers=2))
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("no chromium/chromedriver: `make test` installs Debian's chromium and chromium-driver")
+def _chromium(downloads: Path | None = None):
+    """Headless Debian chromium through chromedriver; downloads go to ``downloads``."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    downloads = tmp_path_factory.mktemp("downloads")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--window-size=1400,1000"):
         opts.add_argument(arg)
-    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                           "download.prompt_for_download": False})
+    if downloads:
+        opts.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                               "download.prompt_for_download": False})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    if downloads:
+        driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     driver.downloads = downloads
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("no chromium/chromedriver: `make test` installs Debian's chromium and chromium-driver")
+    driver = _chromium(tmp_path_factory.mktemp("downloads"))
     yield driver
     driver.quit()
 
@@ -174,14 +181,7 @@ def test_a_large_page_renders_lazily(scored, tmp_path):
     assert index.stat().st_size < 12_000_000
     print(f"10,000-triple review page built in {built:.1f} s, {index.stat().st_size / 1e6:.1f} MB")
     if CHROMIUM and CHROMEDRIVER:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-
-        opts = webdriver.ChromeOptions()
-        opts.binary_location = CHROMIUM
-        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-            opts.add_argument(arg)
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+        driver = _chromium()
         try:
             driver.get(index.as_uri())
             assert _cards(driver) == 48 and "of 10000" in driver.find_element("id", "count").text
