@@ -139,9 +139,10 @@ def _add_train(sub) -> None:
                    "images pixel by pixel), small or base (pretrained, GPU), or a model "
                    f"config .json in the same format as model/presets/*.json {from_help}")
     g.add_argument("--ablation", default="triple", choices=["triple", "output-only", "no-prompt", "prompt-only",
-                                                             "image-only", "precheck"],
+                                                             "image-only", "precheck", "joint"],
                    help="drop an input to measure its worth; precheck: the request before generation (input image, "
-                   f"mask, prompt; no output image) {from_help}")
+                   "mask, prompt; no output image); joint: the triple model with the pre-check as a second head on "
+                   f"its towers, to compare with a separate precheck model (not served) {from_help}")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=12, help=f"maximum epochs {from_help}")
     g.add_argument("--batch-size", type=int, default=64,

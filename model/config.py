@@ -72,6 +72,19 @@ class TextEncoderConfig:
     )
     vocab_size: int = 1500  # WordPiece vocab trained on the training prompts when ``name`` is None
     pooling: str = "mean"  # "mean" over real tokens, or "cls"
+    # L2-normalise the pooled embedding, as sentence-transformers does for its cosine-trained models
+    # (all-MiniLM-L6-v2): their paraphrases are close in angle, not in length
+    normalize: bool = False
+    # training only: Gaussian noise of this std per dimension on the (normalised) prompt embedding, so the
+    # head learns regions of meaning rather than the few exact phrasings it was shown; 0.05 in 384 dims
+    # moves an embedding about as far as a paraphrase (cosine ~0.7)
+    embedding_noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("mean", "cls"):
+            raise ValueError(f"text_encoder.pooling must be 'mean' or 'cls', got {self.pooling!r}")
+        if not 0.0 <= self.embedding_noise <= 1.0:
+            raise ValueError(f"text_encoder.embedding_noise must be in [0, 1], got {self.embedding_noise}")
 
 
 @dataclass
@@ -134,6 +147,9 @@ class ModelConfig:
     use_output_image: bool = True  # False: before generation (the pre-check: input image, mask, prompt), or
     # with use_input_image False too, the prompt-only ablation
     use_prompt: bool = True  # False = no-prompt ablation
+    # the "joint" ablation: the pre-check as a second head on this triple model's towers, trained together
+    # (the alternative to a separate --ablation precheck model; it is measured, not served)
+    precheck_head: bool = False
     preset: str = "custom"  # the preset this config came from, for reports
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,9 +174,13 @@ class ModelConfig:
             raise ValueError("a pre-check (no output image) needs the prompt: the request's intent is in it")
         if not (self.use_output_image or self.use_prompt):
             raise ValueError("a model needs an image or the prompt: use_output_image and use_prompt are both False")
+        if self.precheck_head and not (self.use_input_image and self.use_output_image and self.use_prompt):
+            raise ValueError("precheck_head is a second head on a triple model (input, output and prompt)")
 
     @property
     def ablation(self) -> str:
+        if self.precheck_head:
+            return "joint"
         if not self.use_output_image:
             return "precheck" if self.use_input_image else "prompt-only"
         if not self.use_input_image:

@@ -98,7 +98,7 @@ class TextTower(nn.Module):
             self.encoder = AutoModel.from_config(AutoConfig.from_pretrained(resolve_local(cfg.name)))
         if getattr(self.encoder, "pooler", None) is not None:
             self.encoder.pooler = None  # unused (we pool ourselves); unused weights would also stall DDP
-        self.pooling = cfg.pooling
+        self.pooling, self.normalize, self.noise = cfg.pooling, cfg.normalize, cfg.embedding_noise
         self.hidden_size = self.encoder.config.hidden_size
         self.frozen = cfg.freeze
         self._cache: dict[bytes, torch.Tensor] = {}  # frozen tower: pooled embedding by token ids (eager only)
@@ -117,11 +117,21 @@ class TextTower(nn.Module):
         input_ids = input_ids.clamp(0, self.encoder.config.vocab_size - 1)
         h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.pooling == "cls":
-            return h[:, 0]
-        m = attention_mask.unsqueeze(-1).to(h.dtype)
-        return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+            e = h[:, 0]
+        else:
+            m = attention_mask.unsqueeze(-1).to(h.dtype)
+            e = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return nn.functional.normalize(e, dim=-1) if self.normalize else e
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        e = self._embed(input_ids, attention_mask)
+        if self.training and self.noise:
+            e = e + self.noise * torch.randn_like(e)
+            if self.normalize:
+                e = nn.functional.normalize(e, dim=-1)
+        return e
+
+    def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
         if not self.frozen or tracing:
             return self.encode(input_ids, attention_mask)
@@ -205,6 +215,9 @@ class EditGuardNet(nn.Module):
             self.text_proj = nn.Linear(self.text.hidden_size, cfg.fusion_width)
         self.head = FusionHead(cfg.fusion_width, len(cfg.labels), cfg.use_input_image, cfg.use_prompt, cfg.dropout,
                                self.use_pair, cfg.use_output_image)
+        if cfg.precheck_head:  # the "joint" ablation: the request-only head on the same towers
+            self.precheck_head = FusionHead(cfg.fusion_width, len(cfg.labels), True, True, cfg.dropout,
+                                            use_output=False)
 
     @property
     def input_names(self) -> list[str]:
@@ -228,11 +241,16 @@ class EditGuardNet(nn.Module):
         mask: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        head: str = "triple",
     ) -> torch.Tensor:
         """Shapes: images ``uint8 [B,S,S,3]``, mask ``uint8 [B,S,S]``, ids/attention ``int64 [B,T]``.
 
-        Returns logits ``float32 [B, num_labels]``; apply a sigmoid for probabilities.
+        Returns logits ``float32 [B, num_labels]``; apply a sigmoid for probabilities. A model with
+        ``precheck_head`` also answers ``head="precheck"`` (the request-only head) and ``head="both"``
+        (``[B, 2 * num_labels]``: the triple's logits, then the pre-check's).
         """
+        if head != "triple" and not self.cfg.precheck_head:
+            raise ValueError(f"head={head!r} needs a model with precheck_head")
         if self.cfg.use_input_image and not self.cfg.use_output_image:  # the pre-check: the request only
             e_in, e_out = self.encode_image(input_image, mask if self.use_mask else None), None
         elif self.cfg.use_input_image:
@@ -249,7 +267,10 @@ class EditGuardNet(nn.Module):
             m = mask if self.use_mask else torch.full_like(input_image[..., 0], 255)  # no mask: all may change
             pair = self.pair_proj(self.pair(self.image.normalize(input_image), self.image.normalize(output_image), m))
         t = self.text_proj(self.text(input_ids, attention_mask)) if self.cfg.use_prompt else None
-        return self.head(e_out, e_in, t, pair)
+        if head == "triple":
+            return self.head(e_out, e_in, t, pair)
+        pre = self.precheck_head(None, e_in, t)
+        return pre if head == "precheck" else torch.cat([self.head(e_out, e_in, t, pair), pre], dim=1)
 
 
 class ProbabilityWrapper(nn.Module):

@@ -4,6 +4,9 @@ split by what the prompt shows, and the share of unsafe edits it would stop befo
     .venv/bin/python scripts/precheck_report.py runs/precheck demo/ood/manifest.jsonl \
         --calibrate-on demo/val/manifest.jsonl --out runs/precheck/report.json
 
+A model trained with ``--ablation joint`` (the pre-check as a second head on the triple model's
+towers) reports either head: ``--head precheck`` or ``--head triple``.
+
 Groups (from the synthetic benchmark's meta):
 - *stated*: the prompt states the edit (not a neutral prompt, not a side effect): a request-side
   check can know;
@@ -55,21 +58,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", type=float, default=0.95)
     p.add_argument("--gen-seconds", type=float, default=4.0, help="GPU seconds one inpainting generation costs "
                    "(default: %(default)s, an SDXL-class inpainting at 1024 px on one GPU)")
+    p.add_argument("--head", default="triple", choices=["triple", "precheck"],
+                   help="for a model trained with --ablation joint: which head to report (precheck: the "
+                   "request-only head on the triple's towers)")
     p.add_argument("--out", help="write the report as JSON")
     a = p.parse_args(argv)
 
     from editguard.clients.calibrate import Target, choose_threshold
     from editguard.training.evaluate import predict_manifest
 
-    recs_c, cfg, p_c = predict_manifest(a.model_dir, a.calibrate_on, progress=False)
+    recs_c, cfg, p_c = predict_manifest(a.model_dir, a.calibrate_on, progress=False, head=a.head)
     labels = cfg.labels
     y_c = np.array([[c in r.labels for c in labels] for r in recs_c], int)
     th = np.array([choose_threshold(y_c[:, j], p_c[:, j], target=Target("precision", a.precision)).threshold
                    for j in range(len(labels))])
-    recs, _, prob = predict_manifest(a.model_dir, a.manifest, progress=False)
+    recs, _, prob = predict_manifest(a.model_dir, a.manifest, progress=False, head=a.head)
     y = np.array([[c in r.labels for c in labels] for r in recs], int)
     masks = groups(recs)
-    report = {"model_dir": a.model_dir, "ablation": cfg.ablation, "manifest": a.manifest, "auroc": auroc_table(
+    report = {"model_dir": a.model_dir, "ablation": cfg.ablation, "head": a.head, "manifest": a.manifest, "auroc": auroc_table(
         labels, y, prob, masks), "thresholds": dict(zip(labels, th.round(4).tolist()))}
     flag = (prob >= th).any(1)
     unsafe = y.any(1)
@@ -85,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "groups": op, "gen_seconds": a.gen_seconds,
                                  "gpu_seconds_saved_per_1000_requests": round(saved, 1)}
     cols = labels + ["macro"]
-    print(f"per-category AUROC of {a.model_dir} ({cfg.ablation}) on {a.manifest}")
+    print(f"per-category AUROC of {a.model_dir} ({cfg.ablation}, {a.head} head) on {a.manifest}")
     print(f"{'group':<12} {'n':>5} {'unsafe':>6} " + " ".join(f"{c[:10]:>10}" for c in cols))
     for g, row in report["auroc"].items():
         print(f"{g:<12} {row['n']:>5} {row['unsafe']:>6} " + " ".join(

@@ -61,7 +61,7 @@ def test_default_taxonomy_is_data(tmp_path):
 
 
 @pytest.mark.parametrize("ablation", [{}, {"use_input_image": False}, {"use_prompt": False}, {"use_mask": False},
-                                      {"use_output_image": False}])
+                                      {"use_output_image": False}, {"precheck_head": True}])
 def test_save_load_identical_outputs(tmp_path, synth_sets, ablation):
     cfg = preset_config("tiny", **ablation)
     recs = read_manifest(synth_sets["val"])[:16]
@@ -101,6 +101,60 @@ def test_precheck_sees_the_request_only(tmp_path, synth_sets):
     assert not torch.allclose(a, c)  # the mask does reach it
     with pytest.raises(ValueError, match="needs the prompt"):
         preset_config("tiny", use_output_image=False, use_prompt=False)
+
+
+def test_joint_precheck_head_sees_the_request_only_and_trains(tmp_path, synth_sets):
+    """The "joint" ablation: a request-only head on the triple's towers, trained with it, measured
+    through predict_manifest(head="precheck"), and refused by export (it is not served)."""
+    from editguard.export.repository import ExportConfig, export_version
+    from editguard.training.evaluate import predict_manifest
+    from editguard.training.train import TrainConfig, train
+
+    assert preset_config("tiny", precheck_head=True).ablation == "joint"
+    with pytest.raises(ValueError, match="second head on a triple model"):
+        preset_config("tiny", precheck_head=True, use_prompt=False)
+    out = tmp_path / "joint"
+    train(TrainConfig(train=str(synth_sets["val"]), val=str(synth_sets["test"]), out=str(out), ablation="joint",
+                      epochs=1, progress=False))
+    net, pre = load_model_dir(out)
+    recs = read_manifest(synth_sets["val"])[:8]
+    batch = collate_batch([TripleDataset(recs, pre, net.cfg.labels, cache=False)[i] for i in range(8)])
+    batch.pop("labels")
+    with torch.no_grad():
+        pre_a = net(**batch, head="precheck")
+        pre_b = net(**{**batch, "output_image": 255 - batch["output_image"]}, head="precheck")
+        both = net(**batch, head="both")
+        triple = net(**batch)
+    torch.testing.assert_close(pre_a, pre_b, rtol=0, atol=0)  # the output image never reaches it
+    torch.testing.assert_close(both, torch.cat([triple, pre_a], 1))
+    assert not torch.allclose(pre_a, triple)
+    _, _, probs = predict_manifest(out, synth_sets["val"], progress=False, head="precheck")
+    assert probs.shape == (300, 7) and np.isfinite(probs).all()
+    with pytest.raises(ValueError, match="is an ablation \\(joint\\)"):
+        export_version(ExportConfig(model_dir=str(out), repository=str(tmp_path / "repo")))
+    with pytest.raises(ValueError, match="needs a model with precheck_head"):
+        create_model(preset_config("tiny"), tmp_path / "t", prompts=PROMPTS)[0](**batch, head="precheck")
+
+
+def test_normalised_prompt_embedding_and_training_noise(tmp_path):
+    """``text_encoder.normalize``: unit-length prompt embeddings; ``embedding_noise``: jitter in training
+    only, still on the unit sphere; eval is deterministic."""
+    cfg = preset_config("tiny")
+    cfg.text_encoder.normalize, cfg.text_encoder.embedding_noise = True, 0.1
+    net, pre = create_model(cfg, tmp_path, prompts=PROMPTS)
+    ids, att = (torch.from_numpy(a) for a in pre.tokens(PROMPTS))
+    net.eval()
+    with torch.no_grad():
+        e = net.text(ids, att)
+        torch.testing.assert_close(e, net.text(ids, att), rtol=0, atol=0)
+        net.train()
+        noisy = net.text(ids, att)
+    torch.testing.assert_close(e.norm(dim=-1), torch.ones(3))
+    torch.testing.assert_close(noisy.norm(dim=-1), torch.ones(3))
+    cos = (noisy * e).sum(-1)
+    assert (cos < 0.99).all() and (cos > 0.2).all()
+    with pytest.raises(ValueError, match="embedding_noise must be in"):
+        preset_config("tiny").text_encoder.__class__(embedding_noise=2.0)
 
 
 def test_preprocess_letterbox_and_mask_rules():

@@ -41,7 +41,10 @@ ABLATIONS = {"triple": {}, "output-only": {"use_input_image": False}, "no-prompt
              "prompt-only": {"use_input_image": False, "use_output_image": False},
              "image-only": {"use_input_image": False, "use_prompt": False},
              # before generation: the request only (input image, mask, prompt), for `editguard_precheck`
-             "precheck": {"use_output_image": False}}
+             "precheck": {"use_output_image": False},
+             # the pre-check as a second head on the triple's towers, trained together: measured against
+             # a separate precheck model (scripts/precheck_report.py --head precheck); not served
+             "joint": {"precheck_head": True}}
 
 
 @dataclass
@@ -136,8 +139,10 @@ def _optimizer(net: torch.nn.Module, cfg: TrainConfig, total_steps: int):
 
 
 @torch.no_grad()
-def predict(net: torch.nn.Module, loader, device: torch.device, amp: bool = False, progress: bool = False) -> np.ndarray:
-    """Probabilities ``float32 [N, C]`` for every batch of ``loader``, in order."""
+def predict(net: torch.nn.Module, loader, device: torch.device, amp: bool = False, progress: bool = False,
+            head: str = "triple") -> np.ndarray:
+    """Probabilities ``float32 [N, C]`` for every batch of ``loader``, in order (of the pre-check head of
+    a joint model with ``head="precheck"``)."""
     from ..progress import progress as progress_bar
 
     net.eval()
@@ -145,7 +150,7 @@ def predict(net: torch.nn.Module, loader, device: torch.device, amp: bool = Fals
     for batch in progress_bar(loader, desc="predict", unit="batch", disable=not progress, leave=False):
         inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            logits = net(**inputs)
+            logits = net(**inputs, head=head) if head != "triple" else net(**inputs)
         out.append(torch.sigmoid(logits.float()).cpu().numpy())
     return np.concatenate(out)
 
@@ -164,7 +169,10 @@ def _train_epoch(run: _Run, epoch: int) -> float:
         sync = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(loader)
         ctx = run.model.no_sync() if d.world > 1 and not sync else contextlib.nullcontext()
         with ctx, torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.amp and d.device.type == "cuda"):
-            loss = run.loss_fn(run.model(**batch).float(), y)
+            if run.net.cfg.precheck_head:  # joint: both heads learn the edit's labels
+                loss = run.loss_fn(run.model(**batch, head="both").float(), y.repeat(1, 2))
+            else:
+                loss = run.loss_fn(run.model(**batch).float(), y)
             (loss / cfg.grad_accum).backward()
         if sync:
             torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
@@ -241,6 +249,8 @@ def train(cfg: TrainConfig) -> dict:
     y = label_matrix(train_recs, taxonomy.names)
     pos = y.sum(0)
     pos_weight = torch.tensor(np.clip((len(y) - pos) / np.maximum(pos, 1), 1.0, 50.0), device=d.device)
+    if mcfg.precheck_head:
+        pos_weight = pos_weight.repeat(2)
     model = net
     if d.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[d.device] if d.device.type == "cuda" else None)
