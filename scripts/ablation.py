@@ -7,11 +7,14 @@ Writes the realistic benchmark (`editguard synth`, the default renderer) and the
 
 - AUROC per model on iid test and the held-out ood split: the triple, the output-only (prompt +
   output), no-prompt, and the per-modality OR that production editors run today (the max of a
-  prompt-only and an image-only model's scores); the triple without its pair tower, without
-  realistic augmentation, and the `tiny` preset's triple; the triple on the clean benchmark;
+  prompt-only and an image-only model's scores); the triple without its pair tower, the `tiny`
+  preset's triple; the triple on the clean benchmark;
 - the triple's slices by mask kind and codec;
 - operating points: thresholds calibrated on iid val at precision 0.9, then precision, recall
-  and FPR on iid test and on ood, per category and for "unsafe (any)".
+  and FPR on iid test and on ood, per category and for "unsafe (any)";
+- the check before generation as a separate model or as a second head on the triple's towers
+  (`--ablation joint`): ood AUROC by what the prompt shows, and the joint model's triple head
+  beside the triple's.
 
 Everything lands in OUT/ablation.json and OUT/ablation.md; trained models and scored sets are
 reused on a re-run.
@@ -36,11 +39,12 @@ ROWS = {  # row -> (benchmark, preset, ablation, extra train flags)
     "no prompt (input + output + mask)": ("real", "cpu", "no-prompt", ()),
     "per-modality OR (max of prompt-only, image-only)": ("real", "cpu", ("prompt-only", "image-only"), ()),
     "triple, no pair tower": ("real", "cpu-nopair", "triple", ()),
-    "triple, flips and mask dropout only (no realistic augmentation)": ("real", "cpu", "triple",
-                                                                        ("--no-realistic-augment",)),
     "triple, tiny preset (text tower from scratch, no pair tower)": ("real", "tiny", "triple", ()),
     "triple on the clean benchmark": ("clean", "cpu", "triple", ()),
+    "triple head of the joint model (with a pre-check head)": ("real", "cpu", "joint", ()),
 }
+# the check before generation, as a separate model or as a second head on the triple's towers
+PRECHECK = {"separate precheck model": ("precheck", "triple"), "second head (joint)": ("joint", "precheck")}
 
 
 def data(out: Path, bench: str) -> dict[str, Path]:
@@ -70,8 +74,9 @@ def preset_arg(out: Path, preset: str) -> str:
 
 
 def probs(out: Path, bench: str, preset: str, ablation: str, sets: dict[str, Path],
-          flags: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """Train one model (once) and its probabilities on val, test and ood (cached as .npy)."""
+          flags: tuple[str, ...] = (), head: str = "triple") -> dict[str, np.ndarray]:
+    """Train one model (once) and its probabilities on val, test and ood (cached as .npy); of the
+    joint model's pre-check head with ``head="precheck"``."""
     from editguard.training.evaluate import predict_manifest
 
     model = out / "models" / "_".join([bench, preset, ablation, *(f.strip("-") for f in flags)])
@@ -81,9 +86,9 @@ def probs(out: Path, bench: str, preset: str, ablation: str, sets: dict[str, Pat
             "--no-progress", *flags)
     res = {}
     for split in ("val", "test", "ood"):
-        f = model / f"probs_{split}.npy"
+        f = model / f"probs_{split}{'' if head == 'triple' else '_' + head}.npy"
         if not f.exists():
-            np.save(f, predict_manifest(model, sets[split], progress=False)[2])
+            np.save(f, predict_manifest(model, sets[split], progress=False, head=head)[2])
         res[split] = np.load(f)
     return res
 
@@ -138,6 +143,15 @@ def tables(res: dict, names: list[str]) -> str:
             for v, s in res["slices"][split][field].items():
                 uc = s["per_category"].get("unintended_change", float("nan"))
                 lines.append(f"| {split} | {v} | {s['n']} | {s['macro']:.3f} | {uc:.3f} |")
+    lines += ["", "The check before generation on ood, macro AUROC by what the prompt shows (and per category "
+              "where it states the edit):", "", "| pre-check | " + " | ".join(res["precheck"]["groups"]) + " | "
+              + " | ".join(c for c in names if c != "unintended_change") + " |",
+              "|---|" + "---|" * (len(res["precheck"]["groups"]) + len(names) - 1)]
+    for row, r in res["precheck"]["rows"].items():
+        cells = [r[g]["macro"] for g in res["precheck"]["groups"]]
+        cells += [r["stated"][c] for c in names if c != "unintended_change"]
+        cells = ["-" if v is None else f"{v:.3f}" for v in cells]
+        lines.append(f"| {row} | {' | '.join(cells)} |")
     op = res["operating_points"]
     lines += ["", "Triple, thresholds from iid val at precision >= 0.9 (precision / recall / FPR):", "",
               "| category | iid test | ood |", "|---|---|---|"]
@@ -173,6 +187,13 @@ def main(argv: list[str] | None = None) -> int:
             res["slices"] = {s: {f: slices(y[s], pr[s], truth[bench][s][1], names, f) for f in ("mask_kind", "codec")}
                              for s in ("test", "ood")}
             res["operating_points"] = operating_points(y, pr, names)
+    from precheck_report import auroc_table, groups
+    from editguard.training.manifest import read_manifest
+
+    masks = groups(read_manifest(sets["real"]["ood"], labels=names))
+    res["precheck"] = {"groups": ["stated", "neutral", "side effect"], "rows": {
+        row: auroc_table(names, truth["real"]["ood"][0], probs(out, "real", "cpu", ab, sets["real"], head=head)["ood"],
+                         masks) for row, (ab, head) in PRECHECK.items()}}
     md = tables(res, names)
     print(md)
     (out / "ablation.md").write_text(md + "\n")

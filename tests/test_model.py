@@ -219,11 +219,19 @@ def test_cpu_preset_frozen_minilm_and_pair_tower_export(tmp_path):
     net, pre = create_model("cpu", tmp_path, prompts=[])
     assert net.use_pair and not any(p.requires_grad for p in net.text.parameters())
     ids, att = (torch.from_numpy(a) for a in pre.tokens(PROMPTS + [PROMPTS[0]]))
-    net.train()
+    net.eval()
     cached = net.text(ids, att)
     assert len(net.text._cache) == 3  # one entry per distinct prompt
     torch.testing.assert_close(net.text(ids, att), cached)
     torch.testing.assert_close(cached, net.text.encode(ids, att))
+    # the preset normalises the embedding (as sentence-transformers does for this model) and jitters it
+    # in training only; the cache holds the clean embedding
+    assert net.text.normalize and net.text.noise > 0
+    torch.testing.assert_close(cached.norm(dim=-1), torch.ones(4))
+    net.train()
+    noisy = net.text(ids, att)
+    assert not torch.allclose(noisy, cached) and len(net.text._cache) == 3
+    torch.testing.assert_close(noisy.norm(dim=-1), torch.ones(4))
     with pytest.raises(FileNotFoundError, match="pip install no-such-package"):
         from editguard.model.config import resolve_local
         resolve_local("pkg:no_such_package/model")
