@@ -1,0 +1,120 @@
+"""The README's prompt-embedding table: how the pooled MiniLM embedding is used, over two seeds.
+
+    .venv/bin/python scripts/prompt_variants.py --out runs/variants    # about 50 minutes on 2 CPU cores
+
+The cpu preset's triple model, trained on the ablation's realistic benchmark (`scripts/ablation.py`
+writes it; the same sizes and seeds as `make demo`) with these `text_encoder` settings:
+
+- `mean`: the mean-pooled embedding as it comes (the preset before this comparison);
+- `normalised`: L2-normalised, as sentence-transformers uses all-MiniLM-L6-v2;
+- `noise 0.05`, `noise 0.08`: normalised, plus Gaussian noise of that std per dimension in
+  training only. In 384 dimensions that leaves a cosine of about 0.71 and 0.54 with the clean
+  embedding; the ood split's phrasings sit at a median cosine of 0.64 (quartiles 0.53-0.73) from
+  their nearest iid phrasing.
+
+Each is trained with seeds 0 and 1. Reported: macro AUROC, and the "unsafe (any)" FPR at
+per-category thresholds for precision >= 0.9, calibrated two ways: on iid val (1,000 triples, as
+the ablation does) and on val plus the first half of iid test (2,000), then measured on the second
+half of iid test and on ood. The second way shows how much of the spread between runs is the
+calibration set's noise rather than the model's.
+
+Writes OUT/prompt_variants.json and OUT/prompt_variants.md; trained models are reused on a re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ablation import auroc_report, data, labels_and_meta  # noqa: E402
+from demo import EPOCHS, run  # noqa: E402
+
+VARIANTS = {"mean": {"normalize": False, "embedding_noise": 0.0},
+            "normalised": {"normalize": True, "embedding_noise": 0.0},
+            "noise 0.05": {"normalize": True, "embedding_noise": 0.05},
+            "noise 0.08": {"normalize": True, "embedding_noise": 0.08}}
+SEEDS = (0, 1)
+
+
+def train_variant(out: Path, name: str, seed: int, sets: dict[str, Path]) -> dict[str, np.ndarray]:
+    from editguard.model import preset_config
+    from editguard.training.evaluate import predict_manifest
+
+    model = out / "models" / f"{name.replace(' ', '_')}_s{seed}"
+    if not (model / "metrics.json").exists():
+        cfg = preset_config("cpu").to_dict()
+        cfg.pop("preset")
+        cfg["labels"] = []
+        cfg["text_encoder"].update(VARIANTS[name])
+        arch = out / f"{name.replace(' ', '_')}.json"
+        arch.write_text(json.dumps(cfg, indent=2))
+        run("train", "--train", str(sets["train"]), "--val", str(sets["val"]), "--out", str(model), "--preset",
+            str(arch), "--epochs", str(EPOCHS), "--device", "cpu", "--seed", str(seed), "--no-progress")
+    res = {}
+    for split in ("val", "test", "ood"):
+        f = model / f"probs_{split}.npy"
+        if not f.exists():
+            np.save(f, predict_manifest(model, sets[split], progress=False)[2])
+        res[split] = np.load(f)
+    return res
+
+
+def any_fpr(names: list[str], y_cal, p_cal, measured: dict) -> dict[str, float]:
+    """Thresholds for precision >= 0.9 per category on (y_cal, p_cal); "unsafe (any)" FPR on each set."""
+    from editguard.clients.calibrate import Target, calibrate
+
+    cal = calibrate(names, y_cal, p_cal, targets={n: Target("precision", 0.9) for n in names}, allow_unmet=True,
+                    n_boot=10)
+    th = np.array([cal.choices[n].threshold for n in names])
+    out = {}
+    for split, (y, p) in measured.items():
+        safe = ~y.any(1)
+        out[split] = float(((p >= th).any(1) & safe).sum() / safe.sum())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/variants")
+    ap.add_argument("--data", default="runs/ablation", help="where scripts/ablation.py keeps (or will write) the "
+                    "benchmark (default: %(default)s)")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    from editguard.model import default_taxonomy
+
+    names = default_taxonomy().names
+    sets = data(Path(a.data), "real")
+    y = {s: labels_and_meta(sets[s], names)[0] for s in ("val", "test", "ood")}
+    half = len(y["test"]) // 2
+    rows = {}
+    for name in VARIANTS:
+        for seed in SEEDS:
+            p = train_variant(out, name, seed, sets)
+            measured = {"test, 2nd half": (y["test"][half:], p["test"][half:]), "ood": (y["ood"], p["ood"])}
+            rows[f"{name}, seed {seed}"] = {
+                "auroc": {s: auroc_report(y[s], p[s], names)["macro"] for s in ("test", "ood")},
+                "fpr_cal_val": any_fpr(names, y["val"], p["val"], measured),
+                "fpr_cal_2000": any_fpr(names, np.concatenate([y["val"], y["test"][:half]]),
+                                        np.concatenate([p["val"], p["test"][:half]]), measured)}
+    lines = ["| prompt embedding | macro AUROC iid / ood | unsafe-any FPR, thresholds from val (1,000): iid / ood "
+             "| from val + half of test (2,000): iid / ood |", "|---|---|---|---|"]
+    for row, r in rows.items():
+        f1, f2 = r["fpr_cal_val"], r["fpr_cal_2000"]
+        lines.append(f"| {row} | {r['auroc']['test']:.3f} / {r['auroc']['ood']:.3f} | "
+                     f"{100 * f1['test, 2nd half']:.1f}% / {100 * f1['ood']:.1f}% | "
+                     f"{100 * f2['test, 2nd half']:.1f}% / {100 * f2['ood']:.1f}% |")
+    md = "\n".join(lines)
+    print(md)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prompt_variants.md").write_text(md + "\n")
+    (out / "prompt_variants.json").write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
