@@ -150,7 +150,7 @@ def predict(net: torch.nn.Module, loader, device: torch.device, amp: bool = Fals
     for batch in progress_bar(loader, desc="predict", unit="batch", disable=not progress, leave=False):
         inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            logits = net(**inputs, head=head) if head != "triple" else net(**inputs)
+            logits = net(**inputs, head=head)
         out.append(torch.sigmoid(logits.float()).cpu().numpy())
     return np.concatenate(out)
 
