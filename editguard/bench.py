@@ -16,7 +16,8 @@ Three sections, each measured in one run so the ratios compare like with like:
   can run: the network inline in the front model (the default) and a BLS hop to
   ``editguard_classifier``; Triton's queue and compute per model beside the client's latency;
 - **preprocess**: decode + resize throughput of 512 and 1024 px JPEG, PNG and WebP, with and
-  without Pillow's JPEG draft (downscale-on-decode);
+  without Pillow's JPEG draft (downscale-on-decode), and JPEG through the served front's
+  ``decode_device`` decoder (torchvision on the CPU, and nvJPEG where torch sees a GPU);
 - **ray** (not in the default set): ``editguard score`` on one manifest of 256 px triples with
   the local engine, then with ``--engine ray`` at 1, 2, ... workers (one CPU each) on a Ray
   cluster started once beforehand; whole-run triples/s, actor start-up included.
@@ -329,17 +330,26 @@ def bench_preprocess(cfg: BenchConfig, workdir: Path) -> dict:
     from .model.preprocess import Preprocessor
 
     base = ModelConfig.load(Path(cfg.model_dir) / "config.json").preprocess
+    decoders = [("pillow", Preprocessor(type(base)(**{**asdict(base), "jpeg_draft": False}), tokenizer=None)),
+                ("pillow draft", Preprocessor(type(base)(**{**asdict(base), "jpeg_draft": True}), tokenizer=None))]
+    try:  # the served front's decode_device: torchvision, on the GPU (nvJPEG) where there is one
+        import torch
+
+        from .model.torch_decode import TorchDecoder
+
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        decoders += [(f"torchvision {d}", TorchDecoder(base, None, d)) for d in devices]
+    except (ImportError, RuntimeError):
+        pass
     rows = []
     for size in (512, 1024):
         img = upload_images(size, 1)[0]
         for fmt in ("JPEG", "PNG", "WEBP"):
             data = _encode(img, fmt)
-            for draft in (False, True):
-                if fmt != "JPEG" and draft:
-                    continue  # draft only applies to JPEG (Pillow reduces nothing on PNG or WebP decode)
-                pre = Preprocessor(type(base)(**{**asdict(base), "jpeg_draft": draft}), tokenizer=None)
+            # only JPEG differs by decoder: the others take Pillow's path whatever the front is set to
+            for name, pre in decoders if fmt == "JPEG" else decoders[:1]:
                 r = _timed(lambda: pre.image(data), cfg.seconds / 2, 1)
-                rows.append({"format": fmt, "size": size, "bytes": len(data), "draft": draft,
+                rows.append({"format": fmt, "size": size, "bytes": len(data), "decoder": name,
                              "images_s": r["triples_s"], "p50_ms": r["p50_ms"]})
     return {"rows": rows}
 
@@ -467,10 +477,11 @@ def ratios(r: dict) -> dict:
     if "preprocess" in r:
         rows = r["preprocess"]["rows"]
         for size in (512, 1024):
-            off = next((x["images_s"] for x in rows if x["format"] == "JPEG" and x["size"] == size and not x["draft"]), None)
-            on = next((x["images_s"] for x in rows if x["format"] == "JPEG" and x["size"] == size and x["draft"]), None)
-            if off and on:
-                out[f"jpeg{size}_draft_speedup"] = round(on / off, 2)
+            rate = {x["decoder"]: x["images_s"] for x in rows if x["format"] == "JPEG" and x["size"] == size}
+            for name, key in (("pillow draft", "draft"), ("torchvision cpu", "torchvision_cpu"),
+                              ("torchvision cuda", "nvjpeg")):
+                if rate.get("pillow") and rate.get(name):
+                    out[f"jpeg{size}_{key}_over_pillow"] = round(rate[name] / rate["pillow"], 2)
     return out
 
 

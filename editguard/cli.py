@@ -220,6 +220,7 @@ def _add_export(sub) -> None:
         epilog="examples:\n  editguard export runs/tiny --repository model_repository\n"
         "  editguard export runs/small --repository repo --fp16 --max-batch 64\n"
         "  editguard export runs/small --repository repo --runtime tensorrt   # on a GPU with tensorrt installed\n"
+        "  editguard export runs/small --repository repo --decode-device cuda  # decode JPEG uploads with nvJPEG\n"
         "then: editguard serve --repository model_repository",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -231,6 +232,10 @@ def _add_export(sub) -> None:
                    help="tensorrt also builds model.plan for the native TensorRT backend")
     p.add_argument("--max-batch", type=int, default=64, help="max batch size of the served models (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="where the parity check runs: cpu or cuda")
+    p.add_argument("--decode-device", metavar="DEVICE", help="where the served model decodes JPEG uploads: 'cuda' "
+                   "(nvJPEG; needs torch and torchvision in Triton's Python backend), 'cpu' (torchvision, for "
+                   "checking that path without a GPU), or '' for Pillow, the default; other formats always use "
+                   "Pillow. Omitted: the repository keeps its setting")
     p.add_argument("--server", metavar="URL", help="also load the new version into this running Triton (gRPC "
                    "host:port); comma-separate the replicas that share the repository to roll it across them. "
                    "Model control needs the server's admin key (see --admin-key-file)")
@@ -242,7 +247,8 @@ def _run_export(a: argparse.Namespace) -> int:
     from editguard.export.repository import ExportConfig, export_version
 
     r = export_version(ExportConfig(model_dir=a.model_dir, repository=a.repository, version=a.version, fp16=a.fp16,
-                                    runtime=a.runtime, max_batch=a.max_batch, device=a.device))
+                                    runtime=a.runtime, max_batch=a.max_batch, device=a.device,
+                                    decode_device=a.decode_device))
     print(f"exported version {r.version} of {r.model} to {r.repository} in {r.seconds} s")
     print(f"  parity FP32: max |dprob| {r.parity_fp32['max_abs_prob']:.2e} over {r.parity_fp32['n']} triples "
           f"(limit {r.parity_fp32['tolerance']:.0e})")

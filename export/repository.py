@@ -98,12 +98,18 @@ class ExportConfig:
     max_batch: int = 64  # max_batch_size of both models; the TensorRT profile's max
     opset: int = 17  # ONNX opset
     device: str = "cpu"  # where the parity check runs ("cuda" for FP16 on a GPU)
+    # where the served front decodes JPEG uploads: "" Pillow on the host, or a torch device ("cuda":
+    # nvJPEG through torchvision); None leaves the repository's setting as it is
+    decode_device: str | None = None
 
     def __post_init__(self) -> None:
         if self.runtime not in ("onnxruntime", "tensorrt"):
             raise ValueError(f"runtime must be 'onnxruntime' or 'tensorrt', got {self.runtime!r}")
         if not 1 <= self.max_batch <= 4096:
             raise ValueError(f"max_batch must be 1..4096, got {self.max_batch}")
+        d = self.decode_device
+        if d not in (None, "", "cpu", "cuda") and not (d.startswith("cuda:") and d[5:].isdigit()):
+            raise ValueError(f"decode_device must be '' (Pillow), 'cpu', 'cuda' or 'cuda:N', got {d!r}")
 
 
 @dataclass
@@ -145,7 +151,7 @@ def export_version(cfg: ExportConfig) -> ExportResult:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    _update_configs(repo, cfg.max_batch, net, front_name)
+    _update_configs(repo, cfg.max_batch, net, front_name, cfg.decode_device)
     result.model = front_name
     result.repository, result.seconds = str(repo), round(time.perf_counter() - t0, 1)
     return result
@@ -212,9 +218,9 @@ def _check_labels(repo: Path, labels: list[str], front: str = FRONT) -> None:
     write_text_atomic(path, "\n".join(labels) + "\n")
 
 
-def _update_configs(repo: Path, max_batch: int, net, front: str = FRONT) -> None:
+def _update_configs(repo: Path, max_batch: int, net, front: str = FRONT, decode_device: str | None = None) -> None:
     """max_batch_size for both models; exact dims in the native classifier configs; the front's pixels
-    specs per version; the front's variants for the native classifier configs."""
+    specs per version and its decode device; the front's variants for the native classifier configs."""
     clf = PAIRS[front]
     p = net.cfg.preprocess
     dims = {"input_image": [p.image_size, p.image_size, 3], "output_image": [p.image_size, p.image_size, 3],
@@ -239,6 +245,8 @@ def _update_configs(repo: Path, max_batch: int, net, front: str = FRONT) -> None
                     t.dims.extend(dims[t.name])
         if path == repo / front / "config.pbtxt":
             cfg.parameters["preprocess"].string_value = json.dumps(pixels_specs(repo, front), sort_keys=True)
+            if decode_device is not None:
+                cfg.parameters["decode_device"].string_value = decode_device
         if cfg.SerializeToString() != before:
             write_config(path, cfg, header)
     if front == FRONT:

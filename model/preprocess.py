@@ -94,16 +94,33 @@ class Preprocessor:
             img = self._open(data, field)
         return img
 
-    def _open(self, data: bytes, field: str) -> Image.Image:
+    def header(self, data: bytes, field: str) -> Image.Image:
+        """Open encoded bytes lazily (nothing decoded yet) and refuse what the limits refuse: a
+        format Pillow can't identify, too many pixels, a decompression bomb."""
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img = Image.open(io.BytesIO(data))
-                w, h = img.size
-                if w * h > self.cfg.max_pixels:
-                    raise PreprocessError(
-                        field, f"image is {w}x{h} = {w * h} pixels, over the limit of {self.cfg.max_pixels}",
-                        "too_large")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise PreprocessError(field, f"image declares too many pixels, over the limit of {self.cfg.max_pixels} "
+                                  f"(a decompression bomb?): {e}", "too_large") from e
+        except UnidentifiedImageError as e:
+            raise PreprocessError(field, f"not a decodable image ({type(e).__name__}: {e})") from e
+        except (OSError, SyntaxError, ValueError, EOFError) as e:  # a corrupt header
+            raise PreprocessError(field, f"corrupt or truncated image ({e})") from e
+        w, h = img.size
+        if w * h > self.cfg.max_pixels:
+            raise PreprocessError(
+                field, f"image is {w}x{h} = {w * h} pixels, over the limit of {self.cfg.max_pixels}", "too_large")
+        if w < 1 or h < 1:
+            raise PreprocessError(field, f"image has no pixels ({w}x{h})")
+        return img
+
+    def _open(self, data: bytes, field: str) -> Image.Image:
+        img = self.header(data, field)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)  # animated GIF/WebP/APNG: the first frame
                 full = img.size
@@ -116,13 +133,9 @@ class Preprocessor:
                 if img.size != loaded:  # rotated by its EXIF orientation
                     full = (full[1], full[0])
                 img.info["source_size"] = full  # before any draft: what a mask must match
-        except PreprocessError:
-            raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise PreprocessError(field, f"image declares too many pixels, over the limit of {self.cfg.max_pixels} "
                                   f"(a decompression bomb?): {e}", "too_large") from e
-        except UnidentifiedImageError as e:
-            raise PreprocessError(field, f"not a decodable image ({type(e).__name__}: {e})") from e
         except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
             raise PreprocessError(field, f"corrupt or truncated image ({e})") from e
         if img.width < 1 or img.height < 1:
@@ -150,15 +163,25 @@ class Preprocessor:
             )
         return self.resize(img.convert("L"), Image.NEAREST)
 
-    def resize(self, img: Image.Image, resample: int) -> np.ndarray:
-        s, gap = self.cfg.image_size, self.cfg.reducing_gap
+    def placement(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """Where an image of ``width`` x ``height`` lands in the ``S x S`` network input: ``(w, h, left,
+        top)``, the resized size and its offset (letterbox: aspect kept, centred on the pad value;
+        stretch: the whole square). The one geometry every resize path uses."""
+        s = self.cfg.image_size
         if self.cfg.resize == "stretch":
-            return np.asarray(img.resize((s, s), resample, reducing_gap=gap), dtype=np.uint8)
-        scale = s / max(img.width, img.height)
-        w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
-        resized = img.resize((w, h), resample, reducing_gap=gap)
+            return s, s, 0, 0
+        scale = s / max(width, height)
+        w, h = max(1, round(width * scale)), max(1, round(height * scale))
+        return w, h, (s - w) // 2, (s - h) // 2
+
+    def resize(self, img: Image.Image, resample: int) -> np.ndarray:
+        s = self.cfg.image_size
+        w, h, left, top = self.placement(img.width, img.height)
+        resized = img.resize((w, h), resample, reducing_gap=self.cfg.reducing_gap)
+        if (w, h) == (s, s):
+            return np.asarray(resized, dtype=np.uint8)
         canvas = Image.new(img.mode, (s, s), self.cfg.pad_value if img.mode != "RGB" else (self.cfg.pad_value,) * 3)
-        canvas.paste(resized, ((s - w) // 2, (s - h) // 2))
+        canvas.paste(resized, (left, top))
         return np.asarray(canvas, dtype=np.uint8)
 
     # -- prompts ----------------------------------------------------------------

@@ -4,7 +4,8 @@
 labels.json (and `editguard calibrate --install` adds thresholds.json). Per batch of requests:
 
 1. each request is checked and preprocessed by editguard.model.preprocess, the one definition
-   of preprocessing, configured from this version's files. A request brings either encoded
+   of preprocessing, configured from this version's files (with the parameter decode_device,
+   editguard.model.torch_decode decodes the JPEGs on that torch device: nvJPEG on "cuda"). A request brings either encoded
    images (INPUT_IMAGE, OUTPUT_IMAGE, optional MASK: decoded and resized here) or pixels the
    client already letterboxed with the same module (INPUT_PIXELS, OUTPUT_PIXELS, optional
    MASK_PIXELS, and PIXELS_SPEC: the preprocessing it used, which must be this version's).
@@ -41,6 +42,16 @@ class TritonPythonModel:
         self.precheck = params.get("stage", "triple") == "precheck"
         self.images = ("INPUT",) if self.precheck else ("INPUT", "OUTPUT")
         self.pre = Preprocessor.from_dir(self.dir)
+        device = params.get("decode_device", "").strip()
+        if device:  # JPEGs decoded and letterboxed by torchvision there (nvJPEG on "cuda"); the rest by Pillow
+            from editguard.model.torch_decode import TorchDecoder
+
+            if device == "cpu":
+                import torch
+
+                torch.set_num_threads(1)  # like onnxruntime here: the instances already run side by side
+            self.pre = TorchDecoder(self.pre.cfg, self.pre.tokenizer, device)
+            pb_utils.Logger.log_info(f"editguard v{self.version}: decoding JPEGs on {device}")
         self.spec = self.pre.cfg.pixels_spec()
         self.net = None
         if params.get("inline_classifier", "false").lower() == "true":
