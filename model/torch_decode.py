@@ -17,9 +17,10 @@ keeps that contract and leans on it:
   among them), and any JPEG the device decoder refuses (so a corrupt upload gets
   Pillow's error message, naming the input).
 
-The pixels are not bit-identical to Pillow's: nvJPEG's IDCT and a full-size decode followed by an
-antialiased bilinear resize differ from Pillow's DCT-domain draft and box reduction by about one
-grey level on average (``tests/test_preprocess.py`` bounds it). The served front turns this on with
+The pixels are not bit-identical to Pillow's: a full-size decode followed by an antialiased
+bilinear resize differs from Pillow's exact resample by under half a grey level on average, and
+from its DCT-domain draft (the served default) by up to about one (``tests/test_torch_decode.py``
+bounds both; nvJPEG's IDCT may add a little on a GPU). The served front turns this on with
 its ``decode_device`` parameter (``editguard export --decode-device cuda``); it needs torch and
 torchvision in the Python backend's environment. With ``device="cpu"`` torchvision decodes with
 libjpeg-turbo: no faster than Pillow, but it runs the same code where there is no GPU.
