@@ -5,6 +5,7 @@ Everything is generated here; no weights or data are committed.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -40,6 +41,13 @@ def tiny_model_dir(synth_sets, tmp_path_factory) -> Path:
     train(TrainConfig(train=str(synth_sets["train"]), val=str(synth_sets["val"]), out=str(out), epochs=4,
                       patience=10, progress=False))
     return out
+
+
+def encode(img, fmt: str = "PNG", **kw) -> bytes:
+    """A PIL image encoded as a client would upload it."""
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -23,13 +23,7 @@ from editguard.export.repository import CLASSIFIER, FRONT
 from editguard.model.config import PreprocessConfig
 from editguard.model.preprocess import PreprocessError, Preprocessor
 
-from conftest import triple_bytes
-
-
-def enc(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
+from conftest import encode as enc, triple_bytes
 
 
 def scene(w: int = 96, h: int = 96, seed: int = 0) -> Image.Image:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from editguard.model import ModelConfig, PreprocessError, Preprocessor, preset_config
-from editguard.model.config import list_presets
+from editguard.model.config import TextEncoderConfig, list_presets
 from editguard.model.model_dir import create_model, load_model_dir, save_model_dir
 from editguard.model.taxonomy import Taxonomy, default_taxonomy, load_taxonomy
 from editguard.training.data import TripleDataset, collate_batch
@@ -154,7 +154,7 @@ def test_normalised_prompt_embedding_and_training_noise(tmp_path):
     cos = (noisy * e).sum(-1)
     assert (cos < 0.99).all() and (cos > 0.2).all()
     with pytest.raises(ValueError, match="embedding_noise must be in"):
-        preset_config("tiny").text_encoder.__class__(embedding_noise=2.0)
+        TextEncoderConfig(embedding_noise=2.0)
 
 
 def test_preprocess_letterbox_and_mask_rules():

@@ -22,7 +22,7 @@ from editguard.export.triton import TritonServer, free_port
 from editguard.model.config import PreprocessConfig
 from editguard.model.preprocess import Preprocessor
 
-from conftest import model_stats, triple_bytes
+from conftest import encode, model_stats, triple_bytes
 
 
 def decoded(t: dict) -> tuple:
@@ -30,9 +30,7 @@ def decoded(t: dict) -> tuple:
 
 
 def png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
+    return encode(img, "PNG")
 
 
 def test_pixels_path_scores_equal_the_bytes_path(triton, synth_sets):

@@ -22,7 +22,7 @@ from editguard.export.triton import TritonServer, free_port
 from editguard.model.config import PreprocessConfig
 from editguard.model.preprocess import PreprocessError, Preprocessor
 
-from conftest import triple_bytes
+from conftest import encode, triple_bytes
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
@@ -36,15 +36,11 @@ def jpeg(img: Image.Image, orientation: int = 1, **kw) -> bytes:
     exif = Image.Exif()
     if orientation != 1:
         exif[0x0112] = orientation
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", exif=exif, **{"quality": 90, **kw})
-    return buf.getvalue()
+    return encode(img, "JPEG", exif=exif, **{"quality": 90, **kw})
 
 
 def png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
+    return encode(img, "PNG")
 
 
 def pair(device: str, **cfg) -> tuple[Preprocessor, TorchDecoder]:
@@ -92,9 +88,7 @@ def test_a_triple_keeps_the_mask_rules_and_other_formats_take_pillows_path(devic
     with pytest.raises(PreprocessError, match="mask is 320x200 but the input image is 200x320"):
         dev.pixels(jpeg(src, 6), jpeg(out), png(mask.rotate(90, expand=True)))
     # PNG, WebP, CMYK JPEG, PIL images and arrays: Pillow's own pixels, bit for bit
-    webp = io.BytesIO()
-    src.save(webp, "WEBP", quality=80)
-    for other in (png(src), webp.getvalue(), jpeg(src.convert("CMYK")), src, np.asarray(src)):
+    for other in (png(src), encode(src, "WEBP", quality=80), jpeg(src.convert("CMYK")), src, np.asarray(src)):
         np.testing.assert_array_equal(dev.image(other), pre.image(other))
     np.testing.assert_array_equal(dev.pixels(src, None)["input_image"], pre.pixels(src, None)["input_image"])
 
