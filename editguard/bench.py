@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from pathlib import Path
 
@@ -330,8 +330,8 @@ def bench_preprocess(cfg: BenchConfig, workdir: Path) -> dict:
     from .model.preprocess import Preprocessor
 
     base = ModelConfig.load(Path(cfg.model_dir) / "config.json").preprocess
-    decoders = [("pillow", Preprocessor(type(base)(**{**asdict(base), "jpeg_draft": False}), tokenizer=None)),
-                ("pillow draft", Preprocessor(type(base)(**{**asdict(base), "jpeg_draft": True}), tokenizer=None))]
+    decoders = [("pillow", Preprocessor(replace(base, jpeg_draft=False), tokenizer=None)),
+                ("pillow draft", Preprocessor(replace(base, jpeg_draft=True), tokenizer=None))]
     try:  # the served front's decode_device: torchvision, on the GPU (nvJPEG) where there is one
         import torch
 

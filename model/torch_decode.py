@@ -74,8 +74,8 @@ class TorchDecoder(Preprocessor):
         return self._images({field: data})[field][0]
 
     # -- internals ----------------------------------------------------------------
-    def _jpeg_header(self, data: ImageSource, field: str) -> tuple[Image.Image, int] | None:
-        """``(header, EXIF orientation)`` for encoded bytes the device can take (a single-frame RGB or
+    def _orientation(self, data: ImageSource, field: str) -> int | None:
+        """The EXIF orientation (1-8) of encoded bytes the device can take (a single-frame RGB or
         grayscale JPEG within the limits); None for anything the Pillow path should take. A header
         the limits refuse raises here, before any decoding."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -92,31 +92,31 @@ class TorchDecoder(Preprocessor):
             orientation = int(img.getexif().get(_ORIENTATION, 1))
         except Exception:  # an unreadable EXIF block: let Pillow decide, as it does on that path
             return None
-        return (img, orientation if 1 <= orientation <= 8 else 1)
+        return orientation if 1 <= orientation <= 8 else 1
 
     def _images(self, images: dict[str, ImageSource]) -> dict[str, tuple[np.ndarray, tuple[int, int]]]:
         """``{field: (uint8 [S, S, 3], source size)}``: the device-ready JPEGs in one decoder call, the
         rest (and all of them, when the decoder refuses one) on the Pillow path."""
-        heads = {f: self._jpeg_header(data, f) for f, data in images.items()}
-        ready = [f for f, h in heads.items() if h is not None]
-        decoded = dict(zip(ready, self._decode([bytes(images[f]) for f in ready]) or []))
+        orientation = {f: self._orientation(data, f) for f, data in images.items()}
+        ready = [f for f, o in orientation.items() if o is not None]
+        decoded = dict(zip(ready, self._decode([images[f] for f in ready]) or []))
         done = {}
         for f, data in images.items():
             if f in decoded:
-                t = _orient(decoded[f], heads[f][1])
+                t = _orient(decoded[f], orientation[f])
                 done[f] = (self._letterbox(t), (t.shape[2], t.shape[1]))
             else:
                 img = self.decode(data, f)
                 done[f] = (self.resize(img, Image.BILINEAR), img.info.get("source_size", img.size))
         return done
 
-    def _decode(self, blobs: list[bytes]):
+    def _decode(self, blobs: list[bytes | bytearray | memoryview]):
         """Decoded ``uint8 [3, H, W]`` tensors on the device, or None when the decoder refuses any of
         them (decode_jpeg returns nothing partial); the caller then takes the Pillow path."""
         if not blobs:
             return []
         torch = self.torch
-        tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+        tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]  # (a writable copy)
         try:
             return self._decode_jpeg(tensors, mode=self._rgb, device=self.device)
         except (RuntimeError, ValueError):
