@@ -7,7 +7,8 @@ Writes the realistic benchmark (`editguard synth`, the default renderer) and the
 
 - AUROC per model on iid test and the held-out ood split: the triple, the output-only (prompt +
   output), no-prompt, and the per-modality OR that production editors run today (the max of a
-  prompt-only and an image-only model's scores); the triple without its pair tower, the `tiny`
+  prompt-only and an image-only model's scores), and the prompt-only model alone (what the
+  wording gives away, and so the least any model that reads the prompt should reach); the triple without its pair tower, the `tiny`
   preset's triple; the triple on the clean benchmark;
 - the triple's slices by mask kind and codec;
 - operating points: thresholds calibrated on iid val at precision 0.9, then precision, recall
@@ -38,6 +39,7 @@ ROWS = {  # row -> (benchmark, preset, ablation, extra train flags)
     "output-only (prompt + output)": ("real", "cpu", "output-only", ()),
     "no prompt (input + output + mask)": ("real", "cpu", "no-prompt", ()),
     "per-modality OR (max of prompt-only, image-only)": ("real", "cpu", ("prompt-only", "image-only"), ()),
+    "prompt-only (no image)": ("real", "cpu", "prompt-only", ()),
     "triple, no pair tower": ("real", "cpu-nopair", "triple", ()),
     "triple, tiny preset (text tower from scratch, no pair tower)": ("real", "tiny", "triple", ()),
     "triple on the clean benchmark": ("clean", "cpu", "triple", ()),
