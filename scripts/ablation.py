@@ -8,8 +8,8 @@ Writes the realistic benchmark (`editguard synth`, the default renderer) and the
 - AUROC per model on iid test and the held-out ood split: the triple, the output-only (prompt +
   output), no-prompt, and the per-modality OR that production editors run today (the max of a
   prompt-only and an image-only model's scores), and the prompt-only model alone (what the
-  wording gives away, and so the least any model that reads the prompt should reach); the triple without its pair tower, the `tiny`
-  preset's triple; the triple on the clean benchmark;
+  wording gives away, and so the least any model that reads the prompt should reach); the
+  triple without its pair tower, the `tiny` preset's triple; the triple on the clean benchmark;
 - the triple's slices by mask kind and codec;
 - operating points: thresholds calibrated on iid val at precision 0.9, then precision, recall
   and FPR on iid test and on ood, per category and for "unsafe (any)";
