@@ -50,6 +50,10 @@ def encode(img, fmt: str = "PNG", **kw) -> bytes:
     return buf.getvalue()
 
 
+def png(img) -> bytes:
+    return encode(img, "PNG")
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

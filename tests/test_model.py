@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -18,13 +17,13 @@ from editguard.model.taxonomy import Taxonomy, default_taxonomy, load_taxonomy
 from editguard.training.data import TripleDataset, collate_batch
 from editguard.training.manifest import read_manifest
 
+from conftest import encode
+
 PROMPTS = ["make the shirt red", "remove their clothes", "change the background to a beach"]
 
 
 def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
+    return encode(Image.fromarray(arr))
 
 
 def test_presets_and_unknown_keys():

@@ -10,7 +10,7 @@ import urllib.request
 from collections import defaultdict
 
 import pytest
-from conftest import triple_bytes
+from conftest import png, triple_bytes
 from PIL import Image
 from test_hostile import png_bomb
 
@@ -46,7 +46,7 @@ def test_metrics_count_what_was_served_and_refused(triton, synth_sets):
         t = triples[0]
         refusals = {"decode": (b"\x89PNG\r\n\x1a\nnot really", t["prompt"], t["output"], None),
                     "too_large": (png_bomb(), t["prompt"], t["output"], None),
-                    "bad_mask": (t["input"], t["prompt"], t["output"], _png(Image.new("L", (7, 5))))}
+                    "bad_mask": (t["input"], t["prompt"], t["output"], png(Image.new("L", (7, 5))))}
         for reason, args in refusals.items():
             with pytest.raises(InvalidInputError):
                 guard.classify(*args)
@@ -67,12 +67,6 @@ def test_metrics_count_what_was_served_and_refused(triton, synth_sets):
         assert d("editguard_rejected_total", reason=reason) == 1, reason
     assert value(after, "editguard_score_bucket", model="editguard", le="+Inf") > 0
     assert sorted({float(dict(k)["le"]) for k in after["editguard_score_bucket"]} - {float("inf")}) == SCORE_BUCKETS
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
 
 
 def test_progress_in_a_log_file_is_plain_lines(tmp_path):

@@ -22,15 +22,11 @@ from editguard.export.triton import TritonServer, free_port
 from editguard.model.config import PreprocessConfig
 from editguard.model.preprocess import Preprocessor
 
-from conftest import encode, model_stats, triple_bytes
+from conftest import model_stats, png, triple_bytes
 
 
 def decoded(t: dict) -> tuple:
     return tuple(Image.open(io.BytesIO(t[k])) for k in ("input", "output", "mask"))
-
-
-def png(img: Image.Image) -> bytes:
-    return encode(img, "PNG")
 
 
 def test_pixels_path_scores_equal_the_bytes_path(triton, synth_sets):

@@ -22,7 +22,7 @@ from editguard.export.triton import TritonServer, free_port
 from editguard.model.config import PreprocessConfig
 from editguard.model.preprocess import PreprocessError, Preprocessor
 
-from conftest import encode, triple_bytes
+from conftest import encode, png, triple_bytes
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
@@ -37,10 +37,6 @@ def jpeg(img: Image.Image, orientation: int = 1, **kw) -> bytes:
     if orientation != 1:
         exif[0x0112] = orientation
     return encode(img, "JPEG", exif=exif, **{"quality": 90, **kw})
-
-
-def png(img: Image.Image) -> bytes:
-    return encode(img, "PNG")
 
 
 def pair(device: str, **cfg) -> tuple[Preprocessor, TorchDecoder]:
