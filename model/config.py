@@ -152,6 +152,10 @@ class ModelConfig:
     # the "joint" ablation: the pre-check as a second head on this triple model's towers, trained together
     # (the alternative to a separate --ablation precheck model; it is measured, not served)
     precheck_head: bool = False
+    # training only, the pre-check: the share of requests whose image embedding (input image and mask) the
+    # fusion head sees zeroed, so that the prompt alone learns to carry a stated intent and an unfamiliar
+    # photo or a missing mask cannot talk it out of one
+    image_dropout: float = 0.0
     preset: str = "custom"  # the preset this config came from, for reports
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,6 +182,8 @@ class ModelConfig:
             raise ValueError("a model needs an image or the prompt: use_output_image and use_prompt are both False")
         if self.precheck_head and not (self.use_input_image and self.use_output_image and self.use_prompt):
             raise ValueError("precheck_head is a second head on a triple model (input, output and prompt)")
+        if not 0.0 <= self.image_dropout < 1.0:
+            raise ValueError(f"image_dropout must be in [0, 1), got {self.image_dropout}")
 
     @property
     def ablation(self) -> str:

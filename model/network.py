@@ -152,13 +152,14 @@ class FusionHead(nn.Module):
 
     Features: ``[out, in, out - in, |out - in|, text, text * (out - in)]``, plus ``[pair,
     text * pair]`` with a pair tower; ablations leave out what they drop. Before generation
-    (the pre-check: no output image) they are ``[in, text, text * in]``. Returns logits
-    ``[B, num_labels]``.
+    (the pre-check: no output image) they are ``[in, text, text * in]``, and in training
+    ``image_dropout`` of the items get ``in`` zeroed. Returns logits ``[B, num_labels]``.
     """
 
     def __init__(self, width: int, num_labels: int, use_input: bool, use_prompt: bool, dropout: float,
-                 use_pair: bool = False, use_output: bool = True):
+                 use_pair: bool = False, use_output: bool = True, image_dropout: float = 0.0):
         super().__init__()
+        self.image_dropout = image_dropout
         self.use_input, self.use_prompt, self.use_pair, self.use_output = use_input, use_prompt, use_pair, use_output
         self.precheck = use_input and not use_output
         if self.precheck:
@@ -178,6 +179,9 @@ class FusionHead(nn.Module):
     def forward(self, e_out: torch.Tensor, e_in: torch.Tensor | None, t: torch.Tensor | None,
                 pair: torch.Tensor | None = None) -> torch.Tensor:
         if self.precheck:
+            if self.training and self.image_dropout:
+                keep = torch.rand(e_in.shape[0], 1, device=e_in.device) >= self.image_dropout
+                e_in = e_in * keep.to(e_in.dtype)
             feats = [e_in] + ([t, t * e_in] if self.use_prompt else [])
             return self.mlp(torch.cat(feats, dim=-1))
         feats = [e_out] if self.use_output else []
@@ -214,10 +218,10 @@ class EditGuardNet(nn.Module):
             self.text = TextTower(cfg.text_encoder, text_hf_config, vocab_size, p.max_tokens)
             self.text_proj = nn.Linear(self.text.hidden_size, cfg.fusion_width)
         self.head = FusionHead(cfg.fusion_width, len(cfg.labels), cfg.use_input_image, cfg.use_prompt, cfg.dropout,
-                               self.use_pair, cfg.use_output_image)
+                               self.use_pair, cfg.use_output_image, cfg.image_dropout)
         if cfg.precheck_head:  # the "joint" ablation: the request-only head on the same towers
             self.precheck_head = FusionHead(cfg.fusion_width, len(cfg.labels), True, True, cfg.dropout,
-                                            use_output=False)
+                                            use_output=False, image_dropout=cfg.image_dropout)
 
     @property
     def input_names(self) -> list[str]:

@@ -190,9 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                              for s in ("test", "ood")}
             res["operating_points"] = operating_points(y, pr, names)
     from precheck_report import auroc_table, groups
-    from editguard.training.manifest import read_manifest
 
-    masks = groups(read_manifest(sets["real"]["ood"], labels=names))
+    masks = groups(truth["real"]["ood"][1])
     res["precheck"] = {"groups": ["stated", "neutral", "side effect"], "rows": {
         row: auroc_table(names, truth["real"]["ood"][0], probs(out, "real", "cpu", ab, sets["real"], head=head)["ood"],
                          masks) for row, (ab, head) in PRECHECK.items()}}

@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 
 
-def groups(records) -> dict[str, np.ndarray]:
-    side = np.array([str(r.meta.get("op", "")).startswith("unintended_") for r in records])
-    neutral = np.array([bool(r.meta.get("neutral_prompt", False)) for r in records]) & ~side
-    return {"stated": ~side & ~neutral, "neutral": neutral, "side effect": side, "all": np.ones(len(records), bool)}
+def groups(metas: list[dict]) -> dict[str, np.ndarray]:
+    """Boolean masks of the prompt groups, from each item's meta."""
+    side = np.array([str(m.get("op", "")).startswith("unintended_") for m in metas])
+    neutral = np.array([bool(m.get("neutral_prompt", False)) for m in metas]) & ~side
+    return {"stated": ~side & ~neutral, "neutral": neutral, "side effect": side, "all": np.ones(len(metas), bool)}
 
 
 def auroc_table(labels, y, p, masks) -> dict:
@@ -50,6 +51,29 @@ def auroc_table(labels, y, p, masks) -> dict:
     return out
 
 
+def thresholds(y: np.ndarray, prob: np.ndarray, precision: float) -> np.ndarray:
+    """Per category, the threshold for precision >= ``precision`` on (y, prob)."""
+    from editguard.clients.calibrate import Target, choose_threshold
+
+    return np.array([choose_threshold(y[:, j], prob[:, j], target=Target("precision", precision)).threshold
+                     for j in range(y.shape[1])])
+
+
+def operating_point(y: np.ndarray, prob: np.ndarray, th: np.ndarray, masks: dict[str, np.ndarray]) -> dict:
+    """Per group: the unsafe edits an item is flagged on (any category over its threshold) would stop, and
+    the safe requests it would falsely block."""
+    flag = (prob >= th).any(1)
+    unsafe = y.any(1)
+    op = {}
+    for g, m in masks.items():
+        tp, fp = int((flag & unsafe & m).sum()), int((flag & ~unsafe & m).sum())
+        n_unsafe = int((unsafe & m).sum())
+        op[g] = {"unsafe": n_unsafe, "stopped": tp, "share_stopped": round(tp / max(1, n_unsafe), 4),
+                 "false_blocks": fp, "precision": round(tp / max(1, tp + fp), 4),
+                 "fpr": round(fp / max(1, (~unsafe & m).sum()), 4)}
+    return op
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir")
@@ -64,28 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the report as JSON")
     a = p.parse_args(argv)
 
-    from editguard.clients.calibrate import Target, choose_threshold
     from editguard.training.evaluate import predict_manifest
 
     recs_c, cfg, p_c = predict_manifest(a.model_dir, a.calibrate_on, progress=False, head=a.head)
     labels = cfg.labels
     y_c = np.array([[c in r.labels for c in labels] for r in recs_c], int)
-    th = np.array([choose_threshold(y_c[:, j], p_c[:, j], target=Target("precision", a.precision)).threshold
-                   for j in range(len(labels))])
+    th = thresholds(y_c, p_c, a.precision)
     recs, _, prob = predict_manifest(a.model_dir, a.manifest, progress=False, head=a.head)
     y = np.array([[c in r.labels for c in labels] for r in recs], int)
-    masks = groups(recs)
+    masks = groups([r.meta for r in recs])
     report = {"model_dir": a.model_dir, "ablation": cfg.ablation, "head": a.head, "manifest": a.manifest, "auroc": auroc_table(
         labels, y, prob, masks), "thresholds": dict(zip(labels, th.round(4).tolist()))}
-    flag = (prob >= th).any(1)
-    unsafe = y.any(1)
-    op = {}
-    for g, m in masks.items():
-        tp, fp = int((flag & unsafe & m).sum()), int((flag & ~unsafe & m).sum())
-        n_unsafe = int((unsafe & m).sum())
-        op[g] = {"unsafe": n_unsafe, "stopped": tp, "share_stopped": round(tp / max(1, n_unsafe), 4),
-                 "false_blocks": fp, "precision": round(tp / max(1, tp + fp), 4),
-                 "fpr": round(fp / max(1, (~unsafe & m).sum()), 4)}
+    op = operating_point(y, prob, th, masks)
     saved = op["all"]["stopped"] / len(recs) * 1000 * a.gen_seconds
     report["operating_point"] = {"target": f"precision >= {a.precision} per category on {a.calibrate_on}",
                                  "groups": op, "gen_seconds": a.gen_seconds,

@@ -62,21 +62,26 @@ def image_tower_variant(out: Path) -> dict:
                                                         "weights": str(weights)}}
 
 
-def train_variant(out: Path, name: str, patch: dict, seed: int, sets: dict[str, Path]) -> dict[str, np.ndarray]:
+def train_variant(out: Path, name: str, patch: dict, seed: int, sets: dict[str, Path],
+                  ablation: str = "triple") -> dict[str, np.ndarray]:
+    """The cpu preset with ``patch`` over it (a section's fields, or a top-level field's value), trained once
+    with this seed; its probabilities on val, test and ood (cached as .npy beside the model)."""
     from editguard.model import preset_config
     from editguard.training.evaluate import predict_manifest
 
-    model = out / "models" / f"{name.replace(' ', '_')}_s{seed}"
+    slug = name.replace(" ", "_")
+    model = out / "models" / f"{slug}_s{seed}"
     if not (model / "metrics.json").exists():
         cfg = preset_config("cpu").to_dict()
         cfg.pop("preset")
         cfg["labels"] = []
-        for section, values in patch.items():
-            cfg[section].update(values)
-        arch = out / f"{name.replace(' ', '_')}.json"
+        for key, value in patch.items():
+            cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+        arch = out / f"{slug}.json"
         arch.write_text(json.dumps(cfg, indent=2))
         run("train", "--train", str(sets["train"]), "--val", str(sets["val"]), "--out", str(model), "--preset",
-            str(arch), "--epochs", str(EPOCHS), "--device", "cpu", "--seed", str(seed), "--no-progress")
+            str(arch), "--ablation", ablation, "--epochs", str(EPOCHS), "--device", "cpu", "--seed", str(seed),
+            "--no-progress")
     res = {}
     for split in ("val", "test", "ood"):
         f = model / f"probs_{split}.npy"

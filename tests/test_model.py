@@ -156,6 +156,23 @@ def test_normalised_prompt_embedding_and_training_noise(tmp_path):
         TextEncoderConfig(embedding_noise=2.0)
 
 
+def test_precheck_image_dropout_is_training_only(tmp_path):
+    """``image_dropout``: in training, the pre-check's head sees some items' image embedding zeroed, the
+    rest as they are; in eval it sees every one."""
+    cfg = preset_config("tiny")
+    cfg.use_output_image, cfg.image_dropout, cfg.dropout = False, 0.5, 0.0
+    head = create_model(cfg, tmp_path, prompts=PROMPTS)[0].head
+    e_in, t = torch.randn(64, cfg.fusion_width), torch.randn(64, cfg.fusion_width)
+    with torch.no_grad():
+        full, blind = head.eval()(None, e_in, t), head(None, torch.zeros_like(e_in), t)
+        seen = head.train()(None, e_in, t)
+    kept = torch.isclose(seen, full, atol=1e-6).all(1)
+    dropped = torch.isclose(seen, blind, atol=1e-6).all(1)
+    assert (kept ^ dropped).all() and 10 < dropped.sum() < 54
+    with pytest.raises(ValueError, match="image_dropout must be in"):
+        ModelConfig(image_dropout=1.0)
+
+
 def test_preprocess_letterbox_and_mask_rules():
     cfg = preset_config("tiny").preprocess
     from editguard.model.preprocess import PreprocessError as PE

@@ -1,0 +1,101 @@
+"""The README's pre-check table: how the pre-check's training settings move what it can know, over
+three seeds.
+
+    .venv/bin/python scripts/precheck_variants.py --out runs/precheck_variants   # about 35 minutes on 2 CPU cores
+
+The cpu preset's pre-check (``--ablation precheck``: input image, mask and prompt), trained on the
+ablation's realistic benchmark (`scripts/ablation.py` writes it; the same sizes as `make demo`)
+with these settings:
+
+- `noise 0.12`: the cpu preset as it is (prompt-embedding noise 0.12, the post-check's choice);
+- `noise 0.08`: the noise the preset had before;
+- `... + image dropout 0.3`: the fusion head sees the request's image embedding zeroed for 30% of
+  training items (``image_dropout``), so that the prompt alone learns to carry a stated intent.
+
+Reported on the held-out ood split: AUROC per category over the triples whose prompt states the
+edit (`scripts/precheck_report.py`'s groups; each category's positives there come from two or three
+unseen phrasings, so one misread phrasing moves a figure by hundredths), macro AUROC over the neutral
+and side-effect groups, and at per-category thresholds for precision >= 0.95 on iid val, the share of
+unsafe edits stopped before generation and the false blocks (FPR) among safe requests.
+
+Writes OUT/precheck_variants.json and OUT/precheck_variants.md; trained models are reused on a re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ablation import data, labels_and_meta  # noqa: E402
+from precheck_report import auroc_table, groups, operating_point, thresholds  # noqa: E402
+from prompt_variants import train_variant  # noqa: E402
+
+VARIANTS = {"noise 0.12": {},
+            "noise 0.08": {"text_encoder": {"embedding_noise": 0.08}},
+            "noise 0.12 + image dropout 0.3": {"image_dropout": 0.3},
+            "noise 0.08 + image dropout 0.3": {"text_encoder": {"embedding_noise": 0.08}, "image_dropout": 0.3}}
+SEEDS = (0, 1, 2)
+PRECISION = 0.95
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/precheck_variants")
+    ap.add_argument("--data", default="runs/ablation", help="where scripts/ablation.py keeps (or will write) the "
+                    "benchmark (default: %(default)s)")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    from editguard.model import default_taxonomy
+
+    names = default_taxonomy().names
+    sets = data(Path(a.data), "real")
+    y_val, _ = labels_and_meta(sets["val"], names)
+    y, meta = labels_and_meta(sets["ood"], names)
+    y_test, meta_test = labels_and_meta(sets["test"], names)
+    masks, masks_test = groups(meta), groups(meta_test)
+    stated = [n for n in names if y[masks["stated"], names.index(n)].any()]
+    rows = {}
+    for name, patch in VARIANTS.items():
+        for seed in SEEDS:
+            p = train_variant(out, name, patch, seed, sets, ablation="precheck")
+            auroc = auroc_table(names, y, p["ood"], masks)
+            th = thresholds(y_val, p["val"], PRECISION)
+            rows[f"{name}, seed {seed}"] = {
+                "variant": name, "seed": seed, "stated": {n: auroc["stated"][n] for n in stated},
+                "neutral": auroc["neutral"]["macro"], "side effect": auroc["side effect"]["macro"],
+                "operating_point": operating_point(y, p["ood"], th, masks)["all"],
+                "operating_point_iid": operating_point(y_test, p["test"], th, masks_test)["all"]}
+    lines = ["| pre-check (ood unless named) | " + " | ".join(n.replace("_", " ") for n in stated) + " | worst | neutral "
+             f"| side effect | stopped before generation (FPR), precision >= {PRECISION} on val | the same on iid test |",
+             "|---|" + "---|" * (len(stated) + 5)]
+
+    def stops(ops: list[dict]) -> str:
+        return (f"{100 * np.mean([o['share_stopped'] for o in ops]):.1f}% "
+                f"({100 * np.mean([o['fpr'] for o in ops]):.1f}%)")
+
+    for name in VARIANTS:
+        runs = [r for r in rows.values() if r["variant"] == name]
+        for r in runs + [None]:  # each seed, then the mean over seeds
+            group = runs if r is None else [r]
+            stated_auroc = {n: float(np.mean([g["stated"][n] for g in group])) for n in stated}
+            label = f"**{name}, mean**" if r is None else f"{name}, seed {r['seed']}"
+            lines.append(f"| {label} | " + " | ".join(f"{stated_auroc[n]:.3f}" for n in stated) +
+                         f" | {min(stated_auroc.values()):.3f} | {np.mean([g['neutral'] for g in group]):.3f} | "
+                         f"{np.mean([g['side effect'] for g in group]):.3f} | "
+                         f"{stops([g['operating_point'] for g in group])} | "
+                         f"{stops([g['operating_point_iid'] for g in group])} |")
+    md = "\n".join(lines)
+    print(md)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "precheck_variants.md").write_text(md + "\n")
+    (out / "precheck_variants.json").write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
