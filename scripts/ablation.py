@@ -46,7 +46,10 @@ ROWS = {  # row -> (benchmark, preset, ablation, extra train flags)
     "triple head of the joint model (with a pre-check head)": ("real", "cpu", "joint", ()),
 }
 # the check before generation, as a separate model or as a second head on the triple's towers
-PRECHECK = {"separate precheck model": ("precheck", "triple"), "second head (joint)": ("joint", "precheck")}
+# (preset, ablation, head): the separate model with its own preset (cpu-precheck: the prompt noise the
+# pre-check measured best at, scripts/precheck_variants.py), the joint one with the triple's
+PRECHECK = {"separate precheck model": ("cpu-precheck", "precheck", "triple"),
+            "second head (joint)": ("cpu", "joint", "precheck")}
 
 
 def data(out: Path, bench: str) -> dict[str, Path]:
@@ -193,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
 
     masks = groups(truth["real"]["ood"][1])
     res["precheck"] = {"groups": ["stated", "neutral", "side effect"], "rows": {
-        row: auroc_table(names, truth["real"]["ood"][0], probs(out, "real", "cpu", ab, sets["real"], head=head)["ood"],
-                         masks) for row, (ab, head) in PRECHECK.items()}}
+        row: auroc_table(names, truth["real"]["ood"][0], probs(out, "real", preset, ab, sets["real"], head=head)["ood"],
+                         masks) for row, (preset, ab, head) in PRECHECK.items()}}
     md = tables(res, names)
     print(md)
     (out / "ablation.md").write_text(md + "\n")

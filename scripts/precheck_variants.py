@@ -1,14 +1,14 @@
 """The README's pre-check table: how the pre-check's training settings move what it can know, over
 three seeds.
 
-    .venv/bin/python scripts/precheck_variants.py --out runs/precheck_variants   # about 35 minutes on 2 CPU cores
+    .venv/bin/python scripts/precheck_variants.py --out runs/precheck_variants   # about 40 minutes on 2 CPU cores
 
 The cpu preset's pre-check (``--ablation precheck``: input image, mask and prompt), trained on the
 ablation's realistic benchmark (`scripts/ablation.py` writes it; the same sizes as `make demo`)
 with these settings:
 
 - `noise 0.12`: the cpu preset as it is (prompt-embedding noise 0.12, the post-check's choice);
-- `noise 0.08`: the noise the preset had before;
+- `noise 0.08`: what the `cpu-precheck` preset uses;
 - `... + image dropout 0.3`: the fusion head sees the request's image embedding zeroed for 30% of
   training items (``image_dropout``), so that the prompt alone learns to carry a stated intent.
 

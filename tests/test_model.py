@@ -27,7 +27,8 @@ def png(arr: np.ndarray) -> bytes:
 
 
 def test_presets_and_unknown_keys():
-    assert {"tiny", "small", "base"} <= set(list_presets())
+    assert {"tiny", "cpu", "cpu-precheck", "small", "base"} <= set(list_presets())
+    assert preset_config("cpu-precheck").ablation == "precheck"
     cfg = preset_config("tiny")
     assert cfg.preset == "tiny" and ModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown keys in config.preprocess: \\['imgsize'\\]"):
