@@ -16,7 +16,9 @@ Reported on the held-out ood split: AUROC per category over the triples whose pr
 edit (`scripts/precheck_report.py`'s groups; each category's positives there come from two or three
 unseen phrasings, so one misread phrasing moves a figure by hundredths), macro AUROC over the neutral
 and side-effect groups, and at per-category thresholds for precision >= 0.95 on iid val, the share of
-unsafe edits stopped before generation and the false blocks (FPR) among safe requests.
+unsafe edits stopped before generation and the false blocks (FPR) among safe requests; that
+operating point on iid test too, which is where a choice between settings is made without the
+held-out split.
 
 Writes OUT/precheck_variants.json and OUT/precheck_variants.md; trained models are reused on a re-run.
 """
