@@ -2,6 +2,7 @@
 three seeds.
 
     .venv/bin/python scripts/precheck_variants.py --out runs/precheck_variants   # about 40 minutes on 2 CPU cores
+    .venv/bin/python scripts/precheck_variants.py --out runs/precheck_variants --fine-tune  # + about 50 minutes
 
 The cpu preset's pre-check (``--ablation precheck``: input image, mask and prompt), trained on the
 ablation's realistic benchmark (`scripts/ablation.py` writes it; the same sizes as `make demo`)
@@ -11,6 +12,10 @@ with these settings:
 - `noise 0.08`: what the `cpu-precheck` preset uses;
 - `... + image dropout 0.3`: the fusion head sees the request's image embedding zeroed for 30% of
   training items (``image_dropout``), so that the prompt alone learns to carry a stated intent.
+
+With ``--fine-tune``, one more row: `noise 0.08 + text tower fine-tuned`, the MiniLM prompt tower
+trained too (``text_encoder.freeze: false``, at the train command's pretrained learning-rate scale),
+about 16 minutes a seed instead of 3.
 
 Reported on the held-out ood split: AUROC per category over the triples whose prompt states the
 edit (`scripts/precheck_report.py`'s groups; each category's positives there come from two or three
@@ -26,7 +31,6 @@ Writes OUT/precheck_variants.json and OUT/precheck_variants.md; trained models a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -35,12 +39,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from ablation import data, labels_and_meta  # noqa: E402
 from precheck_report import auroc_table, groups, operating_point, thresholds  # noqa: E402
-from prompt_variants import train_variant  # noqa: E402
+from prompt_variants import train_variant, write_table  # noqa: E402
 
 VARIANTS = {"noise 0.12": {},
             "noise 0.08": {"text_encoder": {"embedding_noise": 0.08}},
             "noise 0.12 + image dropout 0.3": {"image_dropout": 0.3},
             "noise 0.08 + image dropout 0.3": {"text_encoder": {"embedding_noise": 0.08}, "image_dropout": 0.3}}
+FINE_TUNE = {"text_encoder": {"embedding_noise": 0.08, "freeze": False}}
 SEEDS = (0, 1, 2)
 PRECISION = 0.95
 
@@ -50,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/precheck_variants")
     ap.add_argument("--data", default="runs/ablation", help="where scripts/ablation.py keeps (or will write) the "
                     "benchmark (default: %(default)s)")
+    ap.add_argument("--fine-tune", action="store_true", help="also train the row with the prompt tower fine-tuned "
+                    "(about 50 more minutes)")
     a = ap.parse_args(argv)
     out = Path(a.out)
+    variants = {**VARIANTS, **({"noise 0.08 + text tower fine-tuned": FINE_TUNE} if a.fine_tune else {})}
     from editguard.model import default_taxonomy
 
     names = default_taxonomy().names
@@ -62,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     masks, masks_test = groups(meta), groups(meta_test)
     stated = [n for n in names if y[masks["stated"], names.index(n)].any()]
     rows = {}
-    for name, patch in VARIANTS.items():
+    for name, patch in variants.items():
         for seed in SEEDS:
             p = train_variant(out, name, patch, seed, sets, ablation="precheck")
             auroc = auroc_table(names, y, p["ood"], masks)
@@ -80,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         return (f"{100 * np.mean([o['share_stopped'] for o in ops]):.1f}% "
                 f"({100 * np.mean([o['fpr'] for o in ops]):.1f}%)")
 
-    for name in VARIANTS:
+    for name in variants:
         runs = [r for r in rows.values() if r["variant"] == name]
         for r in runs + [None]:  # each seed, then the mean over seeds
             group = runs if r is None else [r]
@@ -91,11 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{np.mean([g['side effect'] for g in group]):.3f} | "
                          f"{stops([g['operating_point'] for g in group])} | "
                          f"{stops([g['operating_point_iid'] for g in group])} |")
-    md = "\n".join(lines)
-    print(md)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "precheck_variants.md").write_text(md + "\n")
-    (out / "precheck_variants.json").write_text(json.dumps(rows, indent=2))
+    write_table(out, "precheck_variants", lines, rows)
     return 0
 
 
