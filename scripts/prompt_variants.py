@@ -78,6 +78,7 @@ def train_variant(out: Path, name: str, patch: dict, seed: int, sets: dict[str, 
         for key, value in patch.items():
             cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
         arch = out / f"{slug}.json"
+        out.mkdir(parents=True, exist_ok=True)
         arch.write_text(json.dumps(cfg, indent=2))
         run("train", "--train", str(sets["train"]), "--val", str(sets["val"]), "--out", str(model), "--preset",
             str(arch), "--ablation", ablation, "--epochs", str(EPOCHS), "--device", "cpu", "--seed", str(seed),
