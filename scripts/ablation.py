@@ -64,6 +64,14 @@ def data(out: Path, bench: str) -> dict[str, Path]:
     return sets
 
 
+def write_table(out: Path, stem: str, md: str, rows: dict) -> None:
+    """Print the markdown table and write it as OUT/STEM.md, its rows as OUT/STEM.json."""
+    print(md)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(md + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(rows, indent=2))
+
+
 def preset_arg(out: Path, preset: str) -> str:
     """A preset name, or for ``cpu-nopair`` a config file: the cpu preset without its pair tower."""
     if preset != "cpu-nopair":
@@ -198,10 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     res["precheck"] = {"groups": ["stated", "neutral", "side effect"], "rows": {
         row: auroc_table(names, truth["real"]["ood"][0], probs(out, "real", preset, ab, sets["real"], head=head)["ood"],
                          masks) for row, (preset, ab, head) in PRECHECK.items()}}
-    md = tables(res, names)
-    print(md)
-    (out / "ablation.md").write_text(md + "\n")
-    (out / "ablation.json").write_text(json.dumps(res, indent=2))
+    write_table(out, "ablation", tables(res, names), res)
     return 0
 
 

@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ablation import data, labels_and_meta  # noqa: E402
+from ablation import data, labels_and_meta, write_table  # noqa: E402
 from precheck_report import auroc_table, groups, operating_point, thresholds  # noqa: E402
-from prompt_variants import train_variant, write_table  # noqa: E402
+from prompt_variants import train_variant  # noqa: E402
 
 VARIANTS = {"noise 0.12": {},
             "noise 0.08": {"text_encoder": {"embedding_noise": 0.08}},
@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                     "(about 50 more minutes)")
     a = ap.parse_args(argv)
     out = Path(a.out)
-    variants = {**VARIANTS, **({"noise 0.08 + text tower fine-tuned": FINE_TUNE} if a.fine_tune else {})}
+    variants = dict(VARIANTS)
+    if a.fine_tune:
+        variants["noise 0.08 + text tower fine-tuned"] = FINE_TUNE
     from editguard.model import default_taxonomy
 
     names = default_taxonomy().names
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{np.mean([g['side effect'] for g in group]):.3f} | "
                          f"{stops([g['operating_point'] for g in group])} | "
                          f"{stops([g['operating_point_iid'] for g in group])} |")
-    write_table(out, "precheck_variants", lines, rows)
+    write_table(out, "precheck_variants", "\n".join(lines), rows)
     return 0
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ablation import auroc_report, data, labels_and_meta  # noqa: E402
+from ablation import auroc_report, data, labels_and_meta, write_table  # noqa: E402
 from demo import EPOCHS, run  # noqa: E402
 
 VARIANTS = {"mean": {"text_encoder": {"normalize": False, "embedding_noise": 0.0}},
@@ -92,15 +92,6 @@ def train_variant(out: Path, name: str, patch: dict, seed: int, sets: dict[str, 
     return res
 
 
-def write_table(out: Path, stem: str, lines: list[str], rows: dict) -> None:
-    """Print the markdown table and write it as OUT/STEM.md, its rows as OUT/STEM.json."""
-    md = "\n".join(lines)
-    print(md)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.md").write_text(md + "\n")
-    (out / f"{stem}.json").write_text(json.dumps(rows, indent=2))
-
-
 def any_fpr(names: list[str], y_cal, p_cal, measured: dict) -> dict[str, float]:
     """Thresholds for precision >= 0.9 per category on (y_cal, p_cal); "unsafe (any)" FPR on each set."""
     from editguard.clients.calibrate import Target, calibrate
@@ -150,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {row} | {r['auroc']['test']:.3f} / {r['auroc']['ood']:.3f} | "
                      f"{100 * f1['test, 2nd half']:.1f}% / {100 * f1['ood']:.1f}% | "
                      f"{100 * f2['test, 2nd half']:.1f}% / {100 * f2['ood']:.1f}% |")
-    write_table(out, "prompt_variants", lines, rows)
+    write_table(out, "prompt_variants", "\n".join(lines), rows)
     return 0
 
 
