@@ -15,9 +15,10 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: install browser demo test test-fast clean help
 
 help:
-	@echo "make demo   synth -> train -> evaluate -> export -> serve -> score -> calibrate, on the CPU"
-	@echo "make test   the test suite (creates .venv first if needed)"
-	@echo "make clean  remove demo outputs"
+	@echo "make demo       synth -> train -> evaluate -> export -> serve -> score -> calibrate -> review, on the CPU"
+	@echo "make test       the whole test suite, as CI runs it (creates .venv first if needed)"
+	@echo "make test-fast  the edit-test loop: no Triton, no training, no browser (under a minute)"
+	@echo "make clean      remove demo outputs"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,8 +38,11 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not soak"
+
 demo: $(STAMP)
-	$(BIN)/python scripts/demo.py --out $(DEMO)
+	$(BIN)/python -m scripts.demo --out $(DEMO)
 
 clean:
 	rm -rf $(DEMO)

@@ -334,19 +334,14 @@ def install_thresholds(doc: dict, repository: str | Path, version: str | None = 
 
     The served model re-reads the file when it changes, so no restart or reload is needed.
     """
-    import os
-    import tempfile
+    from ..files import write_json_atomic
 
     version = str(version or doc.get("model_version") or "")
     target = Path(repository) / model / version
     if not version or not target.is_dir():
         raise FileNotFoundError(f"no model version {version!r} under {Path(repository) / model}; "
                                 "pass --version, or score with the version you calibrate")
-    doc = dict(doc, model_version=version)
-    fd, tmp = tempfile.mkstemp(dir=target, prefix=".thresholds.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=2)
-    os.replace(tmp, target / "thresholds.json")
+    write_json_atomic(target / "thresholds.json", dict(doc, model_version=version))
     return target / "thresholds.json"
 
 

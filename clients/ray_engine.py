@@ -3,12 +3,13 @@
 The pipeline::
 
     validated manifest rows (ids not yet scored) ── ray.data.from_items ──►
-    map_batches(_ScoreActor, ActorPoolStrategy(size=workers)) ──► iter_batches ──► ResultWriter
+    map_batches(_ScoreActor, ActorPoolStrategy(size=workers)) ──► iter_batches (Scored) ──► ResultWriter
 
-- Each actor holds one backend for its lifetime: an onnxruntime session on the exported ONNX
-  (``--repository``; on a GPU when the cluster has them and onnxruntime-gpu is installed), or a
-  gRPC client to Triton endpoints (``--server``). Actors read the images themselves, so image
-  bytes never pass through the driver.
+- Each actor holds one backend (:mod:`editguard.clients.backends`) for its lifetime: the exported
+  version in-process (``--repository``; on a GPU when the cluster has them and onnxruntime-gpu is
+  installed), or a gRPC client to Triton endpoints (``--server``). Actors read the images
+  themselves, so image bytes never pass through the driver; each batch comes back as one column
+  of :class:`~editguard.clients.backends.Scored`, the result type of the local engine too.
 - This process reads and validates the manifest exactly as the local engine does (the same
   file:line errors), skips ids already in the results, and writes every row with the same
   writer: the same Parquet parts (or JSONL), the same schema, the same exactly-once resume by id.
@@ -29,8 +30,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .client import Triple
-from .score import Failure, ScoreConfig, open_backend, outcomes
+from .backends import BackendConfig, Scored, open_backend
+from .protocol import Triple
 
 _logger = logging.getLogger(__name__)
 
@@ -38,28 +39,20 @@ __all__ = ["ray_results", "start_ray"]
 
 
 class _ScoreActor:
-    """One Ray actor: the backend ``cfg`` names, built once; then a batch of rows in, outcomes out."""
+    """One Ray actor: the backend ``cfg`` names, built once; then a batch of rows in, their results out."""
 
-    def __init__(self, cfg: ScoreConfig):
+    def __init__(self, cfg: BackendConfig, cpus: float):
         import ray
 
-        self.cfg = cfg
-        self.backend = open_backend(cfg, threads=max(1, int(cfg.cpus_per_worker)), gpu=bool(ray.get_gpu_ids()))
+        self.backend = open_backend(cfg, threads=max(1, int(cpus)), gpu=bool(ray.get_gpu_ids()))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        items = [Triple(str(r["id"]), str(r["input_image"]), str(r["prompt"]), str(r["output_image"]),
-                        str(r["mask"]) if r["mask"] else None) for r in rows]
-        out = {k: np.empty(len(items), dtype=object) for k in ("id", "version", "labels", "scores", "flagged", "error")}
-        out["unsafe"] = np.zeros(len(items), dtype=bool)
-        for i, (item_id, res, version, labels) in enumerate(outcomes(self.backend, items, self.cfg)):
-            out["id"][i], out["version"][i], out["labels"][i] = item_id, version, list(labels)
-            if isinstance(res, Failure):
-                out["scores"][i], out["flagged"][i], out["error"][i] = [], [], [res.kind, res.reason]
-            else:
-                scores, flagged, out["unsafe"][i] = res
-                out["scores"][i], out["flagged"][i], out["error"][i] = list(map(float, scores)), list(map(bool, flagged)), []
-        return out
+        items = [Triple(str(i), str(a), str(p), str(b), str(m) if m else None)
+                 for i, a, p, b, m in zip(batch["id"], batch["input_image"], batch["prompt"], batch["output_image"],
+                                          batch["mask"])]
+        results = np.empty(len(items), dtype=object)
+        results[:] = list(self.backend.score(items))
+        return {"scored": results}
 
 
 def start_ray(address: str | None = None) -> bool:
@@ -81,50 +74,46 @@ def start_ray(address: str | None = None) -> bool:
     return True
 
 
-def _pool(cfg: ScoreConfig) -> tuple[int, int]:
+def _pool(cfg: BackendConfig, workers: int | None, cpus_per_worker: float) -> tuple[int, int]:
     """``(actors, GPUs per actor)``: one actor per GPU when the cluster has GPUs and the backend is
-    onnxruntime, else as many as the CPUs allow at ``cfg.cpus_per_worker`` each."""
+    onnxruntime, else as many as the CPUs allow at ``cpus_per_worker`` each."""
     import ray
 
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0)) if cfg.repository else 0
-    fit = gpus or max(1, int(res.get("CPU", 1) // cfg.cpus_per_worker))
-    if cfg.workers and cfg.workers > fit:
+    fit = gpus or max(1, int(res.get("CPU", 1) // cpus_per_worker))
+    if workers and workers > fit:
         _logger.warning("%d workers asked for, the cluster fits %d at once; the rest wait for resources",
-                        cfg.workers, fit)
-    return cfg.workers or fit, 1 if gpus else 0
+                        workers, fit)
+    return workers or fit, 1 if gpus else 0
 
 
-def ray_results(cfg: ScoreConfig, todo: list) -> Iterator[tuple[str, object, str, list[str]]]:
-    """Score ``todo`` (validated manifest records) on Ray; yields what the local engine yields."""
+def ray_results(cfg: BackendConfig, todo: list, *, workers: int | None = None, cpus_per_worker: float = 1.0,
+                address: str | None = None) -> Iterator[Scored]:
+    """Score ``todo`` (validated manifest records) on Ray with the backend ``cfg`` names, ``workers`` actors
+    of ``cpus_per_worker`` CPUs each, on the cluster at ``address`` (default: one started here for the
+    run); yields what the local engine yields."""
     if not todo:
         return
-    started = start_ray(cfg.ray_address)
+    started = start_ray(address)
     import ray
     import ray.data
 
     try:
-        workers, gpus = _pool(cfg)
+        actors, gpus = _pool(cfg, workers, cpus_per_worker)
         items = [{"id": r.id, "input_image": str(r.input_image), "output_image": str(r.output_image),
                   "prompt": r.prompt, "mask": str(r.mask) if r.mask else ""} for r in todo]
         # blocks of a few batches each: enough of them to keep every actor busy and the results streaming
-        blocks = min(len(items), max(4 * workers, math.ceil(len(items) / (4 * cfg.batch_size))))
+        blocks = min(len(items), max(4 * actors, math.ceil(len(items) / (4 * cfg.batch_size))))
         ds = ray.data.from_items(items, override_num_blocks=blocks)
         scored = ds.map_batches(
             _ScoreActor,
-            fn_constructor_kwargs={"cfg": cfg},
+            fn_constructor_kwargs={"cfg": cfg, "cpus": cpus_per_worker},
             batch_size=cfg.batch_size, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cfg.cpus_per_worker, num_gpus=gpus)
-        _logger.info("scoring %d triples on Ray with %d actor(s)%s", len(items), workers, " (1 GPU each)" if gpus else "")
+            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus_per_worker, num_gpus=gpus)
+        _logger.info("scoring %d triples on Ray with %d actor(s)%s", len(items), actors, " (1 GPU each)" if gpus else "")
         for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
-            for i in range(len(batch["id"])):
-                error = batch["error"][i]
-                if len(error):
-                    res = Failure(str(error[0]), str(error[1]))
-                else:
-                    res = (np.asarray(batch["scores"][i], np.float32), np.asarray(batch["flagged"][i], bool),
-                           bool(batch["unsafe"][i]))
-                yield str(batch["id"][i]), res, str(batch["version"][i]), [str(x) for x in batch["labels"][i]]
+            yield from batch["scored"]
     finally:
         if started:
             ray.shutdown()

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from ..files import atomic_path, write_text_atomic
 
 __all__ = ["ResultWriter", "read_results", "results_arrays", "ErrorLog"]
 
@@ -75,10 +76,8 @@ class ResultWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".part-", suffix=".tmp")
-        os.close(fd)
-        pq.write_table(pa.Table.from_pylist(self._buffer), tmp)
-        os.replace(tmp, self.path / f"part-{self._next:05d}.parquet")
+        with atomic_path(self.path / f"part-{self._next:05d}.parquet") as tmp:
+            pq.write_table(pa.Table.from_pylist(self._buffer), tmp)
         self._next += 1
         self._buffer = []
 
@@ -150,8 +149,5 @@ class ErrorLog:
         """Rewrite the file with only the ids that still fail."""
         self._f.close()
         keep = [r for i, r in self.errors.items() if i not in succeeded]
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".errors.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in keep)
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
         self.errors = {r["id"]: r for r in keep}

@@ -182,7 +182,8 @@ def _clean(x):
 
 def build_review(cfg: ReviewConfig) -> Path:
     """Write the review site; returns the path of index.html."""
-    from ..training.manifest import read_manifest
+    from ..files import write_text_atomic
+    from ..manifest import read_manifest
     from .results import read_results, results_arrays
 
     rows = read_results(cfg.results)
@@ -218,8 +219,5 @@ def build_review(cfg: ReviewConfig) -> Path:
                    "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "summary": summary,
                    "items": data_items})
     page = PAGE.read_text(encoding="utf-8").replace("/*EDITGUARD_DATA*/", _safe_json(data), 1)
-    index = out / "index.html"
-    tmp = out / ".index.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(index)
-    return index
+    write_text_atomic(out / "index.html", page)
+    return out / "index.html"

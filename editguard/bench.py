@@ -3,8 +3,9 @@
 Three sections, each measured in one run so the ratios compare like with like:
 
 - **inprocess**: torch eager vs onnxruntime (FP32 and FP16) on the same model, triples/s and
-  batch-latency percentiles per batch size; plus the in-process *pipeline* (decode + resize
-  + tokenize + onnxruntime from encoded bytes), the same work the server does;
+  batch-latency percentiles per batch size; plus the in-process *pipeline*: the repository's
+  newest version run by :class:`~editguard.model.served.ServedVersion` from encoded bytes
+  (decode, resize, tokenize, the checked onnxruntime call, thresholds), the server's own code;
 - **served**: a closed-loop concurrency sweep through the real client against a real Triton,
   with encoded images as clients send them: throughput, p50/p95/p99, the mean executed batch
   size and the queue vs compute split from Triton's statistics API;
@@ -93,7 +94,7 @@ def bench_inprocess(cfg: BenchConfig, triples: list[dict], workdir: Path) -> dic
 
     from .export.onnx_export import convert_fp16, export_onnx, ort_session, sample_inputs
     from .model.model_dir import load_model_dir
-    from .model.preprocess import collate
+    from .model.served import ServedVersion
 
     net, pre = load_model_dir(cfg.model_dir)
     samples = sample_inputs(cfg.model_dir, pre)
@@ -114,14 +115,13 @@ def bench_inprocess(cfg: BenchConfig, triples: list[dict], workdir: Path) -> dic
             feed = {i.name: batch[i.name] for i in sess.get_inputs()}
             rows.append({"runtime": name, "batch": b, **_timed(lambda: sess.run(None, feed), cfg.seconds, b)})
     b = max(cfg.batch_sizes)
-    sess = sessions["onnxruntime fp32"]
+    served = ServedVersion.open(cfg.repository, threads=0)  # the exported version, as the server runs it
     items = [triples[i % len(triples)] for i in range(b)]
 
     def pipeline():
-        batch = collate([pre.triple(t["input"], t["prompt"], t["output"]) for t in items])
-        sess.run(None, {i.name: batch[i.name] for i in sess.get_inputs()})
+        served.flags(served.probabilities([served.prepare(t["input"], t["prompt"], t["output"]) for t in items]))
 
-    rows.append({"runtime": "pipeline: preprocess + onnxruntime fp32", "batch": b, **_timed(pipeline, cfg.seconds, b)})
+    rows.append({"runtime": "pipeline: the served version in-process", "batch": b, **_timed(pipeline, cfg.seconds, b)})
     return {"rows": rows}
 
 
@@ -194,7 +194,7 @@ class _Served:
     ``(url, connection)``."""
 
     def __init__(self, repository: str, url: str | None = None, connection=None):
-        from .clients.connection import Connection
+        from .connection import Connection
 
         self.repository, self.url, self.server = repository, url, None
         self.connection = connection or Connection()
@@ -223,7 +223,7 @@ def bench_precheck(cfg: BenchConfig, triples: list[dict]) -> dict:
     """The pre-check beside the triple model on the same 256 px JPEG triples, through the same client:
     c1 latency and c16 throughput. Needs a repository with an editguard_precheck version."""
     from .clients import EditGuardClient
-    from .export.repository import PRECHECK, versions
+    from .model.served import PRECHECK, versions
 
     if not cfg.server and not versions(cfg.repository, PRECHECK):
         raise ValueError(f"section precheck: {cfg.repository} has no {PRECHECK} version; export a model trained "
@@ -309,7 +309,8 @@ def bench_graphs(cfg: BenchConfig, triples: list[dict]) -> dict:
     """c1 and c16 on 256 px JPEG bytes for each serving graph, with Triton's per-model split."""
     import shutil
 
-    from .export.repository import FRONT, read_config, write_config
+    from .export.pbtxt import read_config, write_config
+    from .model.served import FRONT
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="editguard-graphs-") as tmp:
@@ -433,7 +434,7 @@ def ratios(r: dict) -> dict:
                                 default=float("nan"))
         out["ort_fp32_over_torch_at_max_batch"] = round(best("onnxruntime fp32") / best("torch eager fp32"), 2)
         out["ort_fp16_over_fp32_at_max_batch"] = round(best("onnxruntime fp16") / best("onnxruntime fp32"), 2)
-        pipe = best("pipeline: preprocess + onnxruntime fp32")
+        pipe = best("pipeline: the served version in-process")
         if "served" in r:
             served = max(x["triples_s"] for x in r["served"]["rows"])
             out["served_best_over_inprocess_pipeline"] = round(served / pipe, 2)

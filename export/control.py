@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .repository import CLASSIFIER, FRONT
+from ..model.served import CLASSIFIER, FRONT
 
 __all__ = ["load_models", "roll_out"]
 
@@ -14,11 +14,10 @@ def load_models(url: str, models: tuple[str, ...] = (CLASSIFIER, FRONT), connect
     not loaded. Triton keeps serving the loaded versions while the new ones load, and lets
     in-flight requests of a retired version finish.
 
-    Model control is an admin protocol: ``connection`` (a :class:`~editguard.clients.connection.Connection`)
+    Model control is an admin protocol: ``connection`` (a :class:`~editguard.connection.Connection`)
     carries the admin key, and TLS where the server uses it; None reads the key as ``editguard serve`` does.
     """
-    from ..clients.client import to_error
-    from ..clients.connection import Connection, read_admin_key
+    from ..connection import Connection, missing_header, read_admin_key
 
     connection = connection or Connection(admin_key=read_admin_key())
     client = connection.grpc_client(url)
@@ -27,7 +26,7 @@ def load_models(url: str, models: tuple[str, ...] = (CLASSIFIER, FRONT), connect
             try:
                 client.load_model(m, headers=connection.admin_headers())
             except Exception as e:
-                if to_error(e).status == "PERMISSION_DENIED":  # the admin header is missing or wrong
+                if missing_header(e):
                     raise PermissionError(f"{url} refused to load {m}: model control needs the server's admin key "
                                           "(--admin-key-file, or $EDITGUARD_ADMIN_KEY)") from e
                 raise

@@ -12,7 +12,7 @@ Layout (the templates are the files under ``model_repository/``)::
 
 A model trained with ``--ablation precheck`` (the request before generation: input image, mask,
 prompt) goes into its own pair, with the same files and conventions, its own versions and
-thresholds: ``REPO/editguard_precheck`` (front, ``stage: precheck``) and
+thresholds: ``REPO/editguard_precheck`` (front) and
 ``REPO/editguard_precheck_classifier``.
 
 A version is written under a hidden temporary name and renamed into place, so
@@ -32,16 +32,14 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..model.model_dir import write_text_atomic
+from ..files import write_text_atomic
+from ..model.served import CLASSIFIER, FRONT, PAIRS, PRECHECK, PRECHECK_CLASSIFIER, versions
+from .pbtxt import read_config, write_config
 
 _logger = logging.getLogger(__name__)
 
 __all__ = ["FRONT", "CLASSIFIER", "PRECHECK", "PRECHECK_CLASSIFIER", "ExportConfig", "ExportResult", "export_version",
            "ensure_repository", "versions", "read_config", "write_config", "templates_dir"]
-
-FRONT, CLASSIFIER = "editguard", "editguard_classifier"
-PRECHECK, PRECHECK_CLASSIFIER = "editguard_precheck", "editguard_precheck_classifier"
-PAIRS = {FRONT: CLASSIFIER, PRECHECK: PRECHECK_CLASSIFIER}  # client-facing model -> its network
 
 
 def templates_dir() -> Path:
@@ -54,33 +52,12 @@ def templates_dir() -> Path:
     return Path(str(resources.files("editguard.model_repository")))
 
 
-def read_config(path: str | Path):
-    """Parse a config.pbtxt with Triton's own schema (``model_config_pb2``)."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    return text_format.Parse(Path(path).read_text(), model_config_pb2.ModelConfig())
-
-
-def write_config(path: str | Path, config, header: str = "") -> None:
-    from google.protobuf import text_format
-
-    write_text_atomic(Path(path), header + text_format.MessageToString(config))
-
-
-def versions(repository: str | Path, model: str = FRONT) -> list[int]:
-    d = Path(repository) / model
-    return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit()) if d.exists() else []
-
-
 def ensure_repository(repository: str | Path, front: str = FRONT) -> Path:
     """Create the folders and configs of ``front`` and its network from the templates where missing."""
-    repo = Path(repository)
+    repo = _not_the_templates(repository)
     src = templates_dir()
     for model in (front, PAIRS[front]):
         (repo / model).mkdir(parents=True, exist_ok=True)
-        if repo.resolve() == src.resolve():
-            continue
         for f in [Path("config.pbtxt"), *(p.relative_to(src / model) for p in (src / model).glob("configs/*.pbtxt"))]:
             if not (repo / model / f).exists():
                 (repo / model / f).parent.mkdir(parents=True, exist_ok=True)
@@ -88,10 +65,19 @@ def ensure_repository(repository: str | Path, front: str = FRONT) -> Path:
     return repo
 
 
+def _not_the_templates(repository: str | Path) -> Path:
+    """``repository``, unless it is the committed templates' folder: export copies those, never writes there."""
+    repo = Path(repository)
+    if repo.resolve() == templates_dir().resolve():
+        raise ValueError(f"{repo} holds editguard's committed config templates, which export never edits; export "
+                         "into a repository of your own, e.g. --repository repository (created, and ignored by git)")
+    return repo
+
+
 @dataclass
 class ExportConfig:
     model_dir: str  # a model dir written by `editguard train`
-    repository: str = "model_repository"  # the Triton model repository to add a version to
+    repository: str = "repository"  # the Triton model repository to add a version to (not the templates)
     version: int | None = None  # version number; default: one past the highest present
     fp16: bool = False  # serve the FP16 graph (converted from FP32, parity-checked)
     runtime: str = "onnxruntime"  # "onnxruntime", or "tensorrt" to also build model.plan
@@ -129,6 +115,7 @@ def export_version(cfg: ExportConfig) -> ExportResult:
     from ..model.model_dir import load_model_dir
 
     t0 = time.perf_counter()
+    _not_the_templates(cfg.repository)
     net, pre = load_model_dir(cfg.model_dir, device=cfg.device)
     if net.cfg.ablation not in ("triple", "precheck"):
         raise ValueError(f"{cfg.model_dir} is an ablation ({net.cfg.ablation}); only triple models (and pre-checks, "
@@ -229,8 +216,6 @@ def _update_configs(repo: Path, max_batch: int, net, front: str = FRONT, decode_
     paths = [repo / front / "config.pbtxt", repo / clf / "config.pbtxt",
              *sorted((repo / clf / "configs").glob("*.pbtxt"))]
     for path in paths:
-        text = path.read_text()
-        header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
         cfg = read_config(path)
         before = cfg.SerializeToString()
         cfg.max_batch_size = max_batch
@@ -248,7 +233,7 @@ def _update_configs(repo: Path, max_batch: int, net, front: str = FRONT, decode_
             if decode_device is not None:
                 cfg.parameters["decode_device"].string_value = decode_device
         if cfg.SerializeToString() != before:
-            write_config(path, cfg, header)
+            write_config(path, cfg)
     if front == FRONT:
         _write_front_variants(repo)
 
@@ -265,11 +250,12 @@ def _write_front_variants(repo: Path) -> None:
     """For each native classifier config (``configs/NAME.pbtxt``, picked by Triton's
     ``--model-config-name=NAME``), the front's twin that hands batches to that classifier over BLS
     instead of running the network itself."""
+    source = (repo / FRONT / "config.pbtxt").read_text()
     front = read_config(repo / FRONT / "config.pbtxt")
     front.parameters["inline_classifier"].string_value = "false"
+    (repo / FRONT / "configs").mkdir(exist_ok=True)
     for variant in sorted((repo / CLASSIFIER / "configs").glob("*.pbtxt")):
         header = (f"# Generated by `editguard export` from ../config.pbtxt for --model-config-name={variant.stem}:\n"
                   f"# the same model, but each batch goes over BLS to editguard_classifier, which that name\n"
                   f"# serves on the native backend.\n")
-        (repo / FRONT / "configs").mkdir(exist_ok=True)
-        write_config(repo / FRONT / "configs" / variant.name, front, header)
+        write_config(repo / FRONT / "configs" / variant.name, front, header + source)

@@ -142,8 +142,8 @@ class TritonServer:
         return "127.0.0.1" if self.tls else self.host
 
     def connection(self, **kw):
-        """A :class:`~editguard.clients.connection.Connection` holding this server's admin key."""
-        from ..clients.connection import Connection
+        """A :class:`~editguard.connection.Connection` holding this server's admin key."""
+        from ..connection import Connection
 
         return Connection(admin_key=self.admin_key, **kw)
 
@@ -157,7 +157,7 @@ class TritonServer:
 
     def command(self, backends: Path | None, redact: bool = False) -> list[str]:
         """Triton's command line (``redact``: the admin key replaced, for logs)."""
-        from ..clients.connection import ADMIN_HEADER, ADMIN_PROTOCOLS
+        from ..connection import ADMIN_HEADER, ADMIN_PROTOCOLS
 
         cmd = [str(self.binary), f"--model-repository={Path(self.repository).resolve()}",
                f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}",

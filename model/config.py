@@ -149,13 +149,6 @@ class ModelConfig:
     use_output_image: bool = True  # False: before generation (the pre-check: input image, mask, prompt), or
     # with use_input_image False too, the prompt-only ablation
     use_prompt: bool = True  # False = no-prompt ablation
-    # the "joint" ablation: the pre-check as a second head on this triple model's towers, trained together
-    # (the alternative to a separate --ablation precheck model; it is measured, not served)
-    precheck_head: bool = False
-    # training only, the pre-check: the share of requests whose image embedding (input image and mask) the
-    # fusion head sees zeroed, so that the prompt alone learns to carry a stated intent and an unfamiliar
-    # photo or a missing mask cannot talk it out of one
-    image_dropout: float = 0.0
     preset: str = "custom"  # the preset this config came from, for reports
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,6 +156,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        d = dict(d)
+        for key, default in _RETIRED.items():  # written by older versions; harmless at their default
+            if key in d and d.pop(key) != default:
+                raise ValueError(f"config.{key} was an experiment that editguard no longer builds (its results are "
+                                 "in docs/results.md); retrain without it")
         return _from_dict(cls, d, "config")
 
     def save(self, path: str | Path) -> None:
@@ -180,15 +178,9 @@ class ModelConfig:
             raise ValueError("a pre-check (no output image) needs the prompt: the request's intent is in it")
         if not (self.use_output_image or self.use_prompt):
             raise ValueError("a model needs an image or the prompt: use_output_image and use_prompt are both False")
-        if self.precheck_head and not (self.use_input_image and self.use_output_image and self.use_prompt):
-            raise ValueError("precheck_head is a second head on a triple model (input, output and prompt)")
-        if not 0.0 <= self.image_dropout < 1.0:
-            raise ValueError(f"image_dropout must be in [0, 1), got {self.image_dropout}")
 
     @property
     def ablation(self) -> str:
-        if self.precheck_head:
-            return "joint"
         if not self.use_output_image:
             return "precheck" if self.use_input_image else "prompt-only"
         if not self.use_input_image:
@@ -197,6 +189,10 @@ class ModelConfig:
             return "no-prompt"
         return "triple"
 
+
+# keys that model dirs and exported versions from older editguard releases carry, with the value that
+# meant "off": the joint pre-check head and the pre-check's image dropout (measured, not adopted)
+_RETIRED = {"precheck_head": False, "image_dropout": 0.0}
 
 T = TypeVar("T")
 

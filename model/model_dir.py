@@ -14,21 +14,18 @@ Self-contained and loadable offline, with no pickles::
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_path, replace_dir, write_json_atomic
 from .config import ModelConfig, preset_config
 from .preprocess import Preprocessor
 from .taxonomy import Taxonomy, default_taxonomy, load_taxonomy
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["create_model", "save_model_dir", "load_model_dir", "write_json_atomic", "write_text_atomic", "check_model_dir"]
+__all__ = ["create_model", "save_model_dir", "load_model_dir", "check_model_dir"]
 
 REQUIRED = ("config.json", "labels.json", "model.safetensors", "tokenizer/tokenizer.json")
 
@@ -82,11 +79,10 @@ def save_model_dir(
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", net.cfg.to_dict())
     write_json_atomic(out / "labels.json", taxonomy.to_dict())
-    tmp = out / ".model.safetensors.tmp"
-    save_model(net, str(tmp), metadata={"format": "pt", "editguard": "1"})
-    os.replace(tmp, out / "model.safetensors")
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_model(net, str(tmp), metadata={"format": "pt", "editguard": "1"})
     if Path(tokenizer_dir).resolve() != (out / "tokenizer").resolve():
-        _replace_dir(Path(tokenizer_dir), out / "tokenizer")
+        replace_dir(tokenizer_dir, out / "tokenizer")
     if net.cfg.use_prompt:
         text_dir = out / "text_encoder"
         text_dir.mkdir(exist_ok=True)
@@ -128,26 +124,3 @@ def load_model_dir(path: str | Path, device: str = "cpu"):
     missing, unexpected = load_model(net, str(path / "model.safetensors"), strict=True, device=device)
     net.to(device).eval()
     return net, Preprocessor.from_dir(path)
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write text to a temp file beside ``path``, then rename it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (see :func:`write_text_atomic`)."""
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}."))
-    shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)

@@ -10,6 +10,7 @@ exported ONNX graph takes raw uint8 pixels.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from .config import ImageEncoderConfig, ModelConfig, TextEncoderConfig, resolve_
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["EditGuardNet", "build_network"]
+__all__ = ["EditGuardNet", "ParamGroup", "build_network"]
 
 
 class ImageTower(nn.Module):
@@ -152,14 +153,13 @@ class FusionHead(nn.Module):
 
     Features: ``[out, in, out - in, |out - in|, text, text * (out - in)]``, plus ``[pair,
     text * pair]`` with a pair tower; ablations leave out what they drop. Before generation
-    (the pre-check: no output image) they are ``[in, text, text * in]``, and in training
-    ``image_dropout`` of the items get ``in`` zeroed. Returns logits ``[B, num_labels]``.
+    (the pre-check: no output image) they are ``[in, text, text * in]``. Returns logits
+    ``[B, num_labels]``.
     """
 
     def __init__(self, width: int, num_labels: int, use_input: bool, use_prompt: bool, dropout: float,
-                 use_pair: bool = False, use_output: bool = True, image_dropout: float = 0.0):
+                 use_pair: bool = False, use_output: bool = True):
         super().__init__()
-        self.image_dropout = image_dropout
         self.use_input, self.use_prompt, self.use_pair, self.use_output = use_input, use_prompt, use_pair, use_output
         self.precheck = use_input and not use_output
         if self.precheck:
@@ -179,9 +179,6 @@ class FusionHead(nn.Module):
     def forward(self, e_out: torch.Tensor, e_in: torch.Tensor | None, t: torch.Tensor | None,
                 pair: torch.Tensor | None = None) -> torch.Tensor:
         if self.precheck:
-            if self.training and self.image_dropout:
-                keep = torch.rand(e_in.shape[0], 1, device=e_in.device) >= self.image_dropout
-                e_in = e_in * keep.to(e_in.dtype)
             feats = [e_in] + ([t, t * e_in] if self.use_prompt else [])
             return self.mlp(torch.cat(feats, dim=-1))
         feats = [e_out] if self.use_output else []
@@ -195,6 +192,15 @@ class FusionHead(nn.Module):
         if self.use_pair:
             feats += [pair, t * pair] if self.use_prompt else [pair]
         return self.mlp(torch.cat(feats, dim=-1))
+
+
+@dataclass
+class ParamGroup:
+    """Trainable parameters of one part of the network (see :meth:`EditGuardNet.param_groups`)."""
+
+    name: str  # "image", "text" or "head"
+    params: list[nn.Parameter]
+    pretrained: bool  # starts from pretrained weights: training moves it more gently
 
 
 class EditGuardNet(nn.Module):
@@ -218,10 +224,7 @@ class EditGuardNet(nn.Module):
             self.text = TextTower(cfg.text_encoder, text_hf_config, vocab_size, p.max_tokens)
             self.text_proj = nn.Linear(self.text.hidden_size, cfg.fusion_width)
         self.head = FusionHead(cfg.fusion_width, len(cfg.labels), cfg.use_input_image, cfg.use_prompt, cfg.dropout,
-                               self.use_pair, cfg.use_output_image, cfg.image_dropout)
-        if cfg.precheck_head:  # the "joint" ablation: the request-only head on the same towers
-            self.precheck_head = FusionHead(cfg.fusion_width, len(cfg.labels), True, True, cfg.dropout,
-                                            use_output=False, image_dropout=cfg.image_dropout)
+                               self.use_pair, cfg.use_output_image)
 
     @property
     def input_names(self) -> list[str]:
@@ -235,6 +238,16 @@ class EditGuardNet(nn.Module):
             names += ["input_ids", "attention_mask"]
         return names
 
+    def param_groups(self) -> list[ParamGroup]:
+        """The trainable parameters by part: the image tower (shared by both images), the text tower, and
+        the head (the pair tower, the projections and the fusion head, always trained from scratch)."""
+        parts = (("image", self.cfg.image_encoder.pretrained), ("text", self.cfg.text_encoder.pretrained))
+        towers = [ParamGroup(name, [p for p in getattr(self, name).parameters() if p.requires_grad], pretrained)
+                  for name, pretrained in parts if hasattr(self, name)]
+        taken = {id(p) for g in towers for p in g.params}
+        head = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
+        return towers + [ParamGroup("head", head, False)]
+
     def encode_image(self, image: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return self.image_proj(self.image(image, mask))
 
@@ -245,16 +258,11 @@ class EditGuardNet(nn.Module):
         mask: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        head: str = "triple",
     ) -> torch.Tensor:
         """Shapes: images ``uint8 [B,S,S,3]``, mask ``uint8 [B,S,S]``, ids/attention ``int64 [B,T]``.
 
-        Returns logits ``float32 [B, num_labels]``; apply a sigmoid for probabilities. A model with
-        ``precheck_head`` also answers ``head="precheck"`` (the request-only head) and ``head="both"``
-        (``[B, 2 * num_labels]``: the triple's logits, then the pre-check's).
+        Returns logits ``float32 [B, num_labels]``; apply a sigmoid for probabilities.
         """
-        if head != "triple" and not self.cfg.precheck_head:
-            raise ValueError(f"head={head!r} needs a model with precheck_head")
         if self.cfg.use_input_image and not self.cfg.use_output_image:  # the pre-check: the request only
             e_in, e_out = self.encode_image(input_image, mask if self.use_mask else None), None
         elif self.cfg.use_input_image:
@@ -271,10 +279,7 @@ class EditGuardNet(nn.Module):
             m = mask if self.use_mask else torch.full_like(input_image[..., 0], 255)  # no mask: all may change
             pair = self.pair_proj(self.pair(self.image.normalize(input_image), self.image.normalize(output_image), m))
         t = self.text_proj(self.text(input_ids, attention_mask)) if self.cfg.use_prompt else None
-        if head == "triple":
-            return self.head(e_out, e_in, t, pair)
-        pre = self.precheck_head(None, e_in, t)
-        return pre if head == "precheck" else torch.cat([self.head(e_out, e_in, t, pair), pre], dim=1)
+        return self.head(e_out, e_in, t, pair)
 
 
 class ProbabilityWrapper(nn.Module):

@@ -1,6 +1,13 @@
-"""Shared fixtures: small synthetic data sets and one tiny trained model, built once per session.
+"""Shared fixtures: small synthetic data sets, one tiny trained model and a real Triton, built once per
+session, plus the helpers the tests share (as fixtures: ``encode``, ``png``, ``read_jsonl``,
+``subset_manifest``, ``manifest_with_a_bad_item``, ``triple_bytes``, ``model_stats``).
 
 Everything is generated here; no weights or data are committed.
+
+Two tiers (``make test-fast``, ``make test``): a test is ``slow`` when it trains a model, starts
+Triton or drives the browser. Tests that use the trained model, the repository or the server are
+marked so here; the others carry ``@pytest.mark.slow`` themselves. A test left unmarked that starts
+Triton or trains fails with a message that says so, so the fast tier stays fast.
 """
 
 from __future__ import annotations
@@ -8,7 +15,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -38,24 +47,9 @@ def tiny_model_dir(synth_sets, tmp_path_factory) -> Path:
     from editguard.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("models") / "tiny"
-    train(TrainConfig(train=str(synth_sets["train"]), val=str(synth_sets["val"]), out=str(out), epochs=4,
-                      patience=10, progress=False))
+    train(TrainConfig(train=str(synth_sets["train"]), val=str(synth_sets["val"]), out=str(out), preset="tiny",
+                      epochs=4, patience=10, progress=False))
     return out
-
-
-def encode(img, fmt: str = "PNG", **kw) -> bytes:
-    """A PIL image encoded as a client would upload it."""
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def png(img) -> bytes:
-    return encode(img, "PNG")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="session")
@@ -80,40 +74,125 @@ def triton(repository):
     server.stop()
 
 
-def model_stats(server, model: str, version: str = "") -> list[dict]:
-    """Triton's statistics of ``model``: an admin protocol, read with the server's admin key."""
-    conn = server.connection()
-    with conn.grpc_client(server.grpc_url) as c:
-        return c.get_inference_statistics(model, version, headers=conn.admin_headers(), as_json=True)["model_stats"]
 
 
-def subset_manifest(manifest: Path, n: int, tag: str) -> Path:
-    """The first ``n`` records of ``manifest``, in a manifest beside it (paths may not escape its folder)."""
-    small = Path(manifest).parent / f"first{n}-{tag}.jsonl"
-    small.write_text("".join(Path(manifest).read_text().splitlines(keepends=True)[:n]))
-    return small
+# -- tiers ----------------------------------------------------------------------------------------
+SLOW_FIXTURES = {"tiny_model_dir", "repository", "triton", "precheck_dir", "served", "one_version_repo", "scored",
+                 "browser", "ddp_data", "realistic"}
 
 
-def manifest_with_a_bad_item(src: Path, out: Path, n: int, bad: int) -> tuple[Path, str]:
-    """The first ``n`` records of ``src`` with absolute paths, record ``bad`` pointing at a truncated
-    PNG; returns ``(manifest, the bad record's id)``."""
-    root = Path(src).parent
-    rows = read_jsonl(src)[:n]
-    (out.parent / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
-    for r in rows:
-        for k in ("input_image", "output_image", "mask"):
-            r[k] = str(root / r[k])
-    rows[bad]["output_image"] = str(out.parent / "bad.png")
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return out, rows[bad]["id"]
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
-def triple_bytes(manifest: Path, n: int, start: int = 0) -> list[dict]:
-    """Encoded triples as a client sends them: file bytes and the prompt."""
-    root = Path(manifest).parent
-    out = []
-    for r in read_jsonl(manifest)[start:start + n]:
-        out.append({"id": r["id"], "input": (root / r["input_image"]).read_bytes(),
-                    "output": (root / r["output_image"]).read_bytes(), "mask": (root / r["mask"]).read_bytes(),
-                    "prompt": r["prompt"], "labels": r["labels"]})
-    return out
+@pytest.fixture(autouse=True)
+def _fast_tests_stay_fast(request, monkeypatch):
+    """A test not marked slow may not start Triton or train a model."""
+    if request.node.get_closest_marker("slow"):
+        return
+    from editguard.export.triton import TritonServer
+
+    def refuse(what):
+        def fail(*args, **kw):
+            raise AssertionError(f"{request.node.nodeid} {what}: mark it @pytest.mark.slow (make test runs it; "
+                                 "make test-fast does not)")
+        return fail
+
+    monkeypatch.setattr(TritonServer, "start", refuse("starts Triton"))
+    monkeypatch.setattr("editguard.training.train._fit", refuse("trains a model"))
+
+
+# -- helpers (session-scoped: they hold no state, and fixtures of any scope may use them) ----------
+def _encode(img, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def encode():
+    """``encode(img, fmt="PNG", **save_options)``: a PIL image encoded as a client would upload it."""
+    return _encode
+
+
+@pytest.fixture(scope="session")
+def png_bomb():
+    """``png_bomb(w=100_000, h=100_000)``: a tiny PNG whose header declares w x h pixels."""
+    def bomb(w: int = 100_000, h: int = 100_000) -> bytes:
+        from PIL import Image
+
+        data = bytearray(_encode(Image.new("RGB", (1, 1))))
+        ihdr = data.find(b"IHDR")
+        data[ihdr + 4:ihdr + 12] = struct.pack(">II", w, h)
+        data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+        return bytes(data)
+    return bomb
+
+
+@pytest.fixture(scope="session")
+def png():
+    """``png(img)``: a PIL image as PNG bytes."""
+    return lambda img: _encode(img, "PNG")
+
+
+@pytest.fixture(scope="session")
+def read_jsonl():
+    """``read_jsonl(path)``: the rows of a JSONL file."""
+    return _read_jsonl
+
+
+@pytest.fixture(scope="session")
+def model_stats():
+    """``model_stats(server, model, version="")``: Triton's statistics of a model, read with the server's
+    admin key (statistics are an admin protocol)."""
+    def stats(server, model: str, version: str = "") -> list[dict]:
+        conn = server.connection()
+        with conn.grpc_client(server.grpc_url) as c:
+            return c.get_inference_statistics(model, version, headers=conn.admin_headers(),
+                                              as_json=True)["model_stats"]
+    return stats
+
+
+@pytest.fixture(scope="session")
+def subset_manifest():
+    """``subset_manifest(manifest, n, tag)``: the first ``n`` records of ``manifest``, in a manifest beside it
+    (paths may not escape its folder)."""
+    def subset(manifest: Path, n: int, tag: str) -> Path:
+        small = Path(manifest).parent / f"first{n}-{tag}.jsonl"
+        small.write_text("".join(Path(manifest).read_text().splitlines(keepends=True)[:n]))
+        return small
+    return subset
+
+
+@pytest.fixture(scope="session")
+def manifest_with_a_bad_item():
+    """``manifest_with_a_bad_item(src, out, n, bad)``: the first ``n`` records of ``src`` with absolute paths,
+    record ``bad`` pointing at a truncated PNG; returns ``(manifest, the bad record's id)``."""
+    def build(src: Path, out: Path, n: int, bad: int) -> tuple[Path, str]:
+        root = Path(src).parent
+        rows = _read_jsonl(src)[:n]
+        (out.parent / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+        for r in rows:
+            for k in ("input_image", "output_image", "mask"):
+                r[k] = str(root / r[k])
+        rows[bad]["output_image"] = str(out.parent / "bad.png")
+        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return out, rows[bad]["id"]
+    return build
+
+
+@pytest.fixture(scope="session")
+def triple_bytes():
+    """``triple_bytes(manifest, n, start=0)``: encoded triples as a client sends them (file bytes, the prompt)."""
+    def read(manifest: Path, n: int, start: int = 0) -> list[dict]:
+        root = Path(manifest).parent
+        return [{"id": r["id"], "input": (root / r["input_image"]).read_bytes(),
+                 "output": (root / r["output_image"]).read_bytes(), "mask": (root / r["mask"]).read_bytes(),
+                 "prompt": r["prompt"], "labels": r["labels"]} for r in _read_jsonl(manifest)[start:start + n]]
+    return read

@@ -24,7 +24,6 @@ from editguard.clients.score import ScoreConfig, score
 from editguard.cli import main
 from editguard.export.triton import TritonServer, free_port
 
-from conftest import manifest_with_a_bad_item, model_stats, read_jsonl, triple_bytes
 
 
 def test_thin_client_imports_no_torch():
@@ -35,7 +34,7 @@ def test_thin_client_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_round_trip_every_input_type(triton, synth_sets):
+def test_round_trip_every_input_type(triton, synth_sets, read_jsonl, triple_bytes):
     t = triple_bytes(synth_sets["test"], 1)[0]
     root = Path(synth_sets["test"]).parent
     rec = read_jsonl(synth_sets["test"])[0]
@@ -56,7 +55,7 @@ def test_round_trip_every_input_type(triton, synth_sets):
         assert v.scores == pytest.approx(ref.scores, abs=1e-6)
 
 
-def test_async_client(triton, synth_sets):
+def test_async_client(triton, synth_sets, triple_bytes):
     triples = triple_bytes(synth_sets["test"], 6)
 
     async def run():
@@ -72,7 +71,7 @@ def test_async_client(triton, synth_sets):
     assert {i for i, _ in many} == {t["id"] for t in triples} and all(isinstance(v, Verdict) for _, v in many)
 
 
-def test_bad_item_in_classify_many_fails_alone(triton, synth_sets):
+def test_bad_item_in_classify_many_fails_alone(triton, synth_sets, triple_bytes):
     triples = [Triple(t["id"], t["input"], t["prompt"], t["output"]) for t in triple_bytes(synth_sets["test"], 10)]
     triples[3] = Triple("corrupt", triples[3].input_image, "x", b"\x89PNG\r\n\x1a\n-not-really")
     triples[6] = Triple("missing-file", "/nonexistent/in.png", "x", triples[6].output_image)
@@ -85,7 +84,7 @@ def test_bad_item_in_classify_many_fails_alone(triton, synth_sets):
     assert sum(isinstance(v, Verdict) for v in results.values()) == 8
 
 
-def test_bad_request_is_never_retried(triton, synth_sets):
+def test_bad_request_is_never_retried(triton, synth_sets, model_stats, triple_bytes):
     t = triple_bytes(synth_sets["test"], 1)[0]
 
     def count():  # every request the model saw (Triton counts an error response as a handled request)
@@ -110,7 +109,7 @@ def test_bad_request_is_never_retried(triton, synth_sets):
     assert requests() == before + 1
 
 
-def test_retries_while_the_server_restarts(repository, synth_sets):
+def test_retries_while_the_server_restarts(repository, synth_sets, triple_bytes):
     t = triple_bytes(synth_sets["test"], 1)[0]
     ports = dict(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     server = TritonServer(repository, **ports).start()
@@ -126,7 +125,7 @@ def test_retries_while_the_server_restarts(repository, synth_sets):
     assert after.scores == pytest.approx(before.scores, abs=1e-6) and after.latency_ms > 1000
 
 
-def test_two_endpoints_share_the_load(triton, repository, synth_sets):
+def test_two_endpoints_share_the_load(triton, repository, synth_sets, model_stats, triple_bytes):
     triples = [Triple(t["id"], t["input"], t["prompt"], t["output"]) for t in triple_bytes(synth_sets["test"], 12)]
     with TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as other:
         with EditGuardClient([triton.grpc_url, other.grpc_url]) as guard:
@@ -136,7 +135,7 @@ def test_two_endpoints_share_the_load(triton, repository, synth_sets):
     assert 3 <= served <= 9  # roughly half of 12
 
 
-def test_score_resumes_after_kill_9_exactly_once(triton, synth_sets, tmp_path):
+def test_score_resumes_after_kill_9_exactly_once(triton, synth_sets, tmp_path, read_jsonl):
     out = tmp_path / "res.jsonl"
     cmd = [sys.executable, "-m", "editguard", "score", str(synth_sets["val"]), "--out", str(out), "--server",
            triton.grpc_url, "--concurrency", "4", "--no-progress"]
@@ -155,7 +154,8 @@ def test_score_resumes_after_kill_9_exactly_once(triton, synth_sets, tmp_path):
     assert s.report["macro"]["auroc"] > 0.8
 
 
-def test_score_in_process_parquet_matches_server_and_logs_failures(triton, repository, synth_sets, tmp_path):
+def test_score_in_process_parquet_matches_server_and_logs_failures(triton, repository, synth_sets, tmp_path,
+                                                                   manifest_with_a_bad_item, read_jsonl):
     manifest, bad_id = manifest_with_a_bad_item(synth_sets["test"], tmp_path / "m.jsonl", 40, bad=7)
     kw = dict(manifest=str(manifest), allow_outside_root=True, progress=False)
     a = score(ScoreConfig(out=str(tmp_path / "local"), repository=str(repository), **kw))
@@ -204,7 +204,8 @@ def test_unmet_target_names_the_category_and_the_best():
         Target("f1", 0.5)
 
 
-def test_installed_thresholds_change_verdicts_without_restart(triton, repository, synth_sets, tmp_path):
+def test_installed_thresholds_change_verdicts_without_restart(triton, repository, synth_sets, tmp_path, png,
+                                                              triple_bytes):
     t = triple_bytes(synth_sets["test"], 1)[0]
     out = tmp_path / "val.jsonl"
     score(ScoreConfig(manifest=str(synth_sets["val"]), out=str(out), server=triton.grpc_url, version="1",
@@ -239,7 +240,7 @@ def _results(path: Path, y: np.ndarray, s: np.ndarray, labels: list[str]) -> Pat
     return path
 
 
-def test_calibrate_check_reports_how_thresholds_carry_to_another_set(tmp_path, capsys):
+def test_calibrate_check_reports_how_thresholds_carry_to_another_set(tmp_path, capsys, read_jsonl):
     """Thresholds chosen on one set, measured on another: figures match a direct count, and a
     category whose FPR grows past the factor is warned about."""
     rng = np.random.default_rng(0)

@@ -20,12 +20,11 @@ from editguard.export.control import roll_out
 from editguard.export.repository import FRONT, ExportConfig, export_version
 from editguard.export.triton import TritonServer, free_port
 
-from conftest import read_jsonl, triple_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_triton_killed_mid_score_loses_and_duplicates_nothing(repository, synth_sets, tmp_path):
+def test_triton_killed_mid_score_loses_and_duplicates_nothing(repository, synth_sets, tmp_path, read_jsonl):
     ports = dict(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     server = TritonServer(repository, **ports).start()
     out = tmp_path / "res.jsonl"
@@ -49,7 +48,7 @@ def test_triton_killed_mid_score_loses_and_duplicates_nothing(repository, synth_
     assert not lost and duplicated == 0, (len(lost), duplicated)
 
 
-def test_zero_downtime_version_update_across_two_replicas(tiny_model_dir, synth_sets, tmp_path):
+def test_zero_downtime_version_update_across_two_replicas(tiny_model_dir, synth_sets, tmp_path, triple_bytes):
     """Two Tritons on one repository; clients hold both endpoints; new versions roll across them."""
     repo = tmp_path / "repo"
     export_version(ExportConfig(model_dir=str(tiny_model_dir), repository=str(repo)))
@@ -95,7 +94,7 @@ def test_zero_downtime_version_update_across_two_replicas(tiny_model_dir, synth_
           f"versions {sorted(set(seen))}")
 
 
-def test_short_soak(repository, synth_sets):
+def test_short_soak(repository, synth_sets, triple_bytes):
     from editguard.soak import soak
 
     triples = triple_bytes(synth_sets["test"], 16)
@@ -121,7 +120,7 @@ def test_soak_verdict_is_the_slope_after_warm_up_not_the_warm_up():
 
 
 @pytest.mark.soak
-def test_long_soak(repository, synth_sets):
+def test_long_soak(repository, synth_sets, triple_bytes):
     """The heavier soak; run it with `pytest -m soak` or `python -m editguard.soak`."""
     from editguard.soak import soak
 

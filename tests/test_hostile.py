@@ -7,8 +7,6 @@ The corpus is generated here, not committed as binaries.
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -18,12 +16,11 @@ from hypothesis import strategies as st
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from editguard.clients.client import build_inputs
+from editguard.clients.protocol import build_inputs, encode_image
 from editguard.export.repository import CLASSIFIER, FRONT
 from editguard.model.config import PreprocessConfig
 from editguard.model.preprocess import PreprocessError, Preprocessor
 
-from conftest import encode as enc, triple_bytes
 
 
 def scene(w: int = 96, h: int = 96, seed: int = 0) -> Image.Image:
@@ -31,53 +28,44 @@ def scene(w: int = 96, h: int = 96, seed: int = 0) -> Image.Image:
     return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
 
 
-def png_bomb(w: int = 100_000, h: int = 100_000) -> bytes:
-    """A tiny PNG whose header declares w x h pixels."""
-    data = bytearray(enc(Image.new("RGB", (1, 1))))
-    ihdr = data.find(b"IHDR")
-    data[ihdr + 4:ihdr + 12] = struct.pack(">II", w, h)
-    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
-    return bytes(data)
-
-
-def animated(fmt: str) -> bytes:
+def animated(encode, fmt: str) -> bytes:
     frames = [Image.new("RGB", (48, 48), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
-    return enc(frames[0], fmt, save_all=True, append_images=frames[1:], duration=50, loop=0)
+    return encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=50, loop=0)
 
 
-def exif_rotated() -> bytes:
+def exif_rotated(encode) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
-    return enc(scene(120, 60, 3), "JPEG", exif=exif.tobytes(), quality=95)
+    return encode(scene(120, 60, 3), "JPEG", exif=exif.tobytes(), quality=95)
 
 
-def palette_alpha() -> bytes:
+def palette_alpha(encode) -> bytes:
     p = Image.new("P", (40, 40))
     p.putpalette([0, 0, 0, 255, 0, 0] * 128)
     p.info["transparency"] = 0
-    return enc(p)
+    return encode(p)
 
 
 # (name, input image, output image, prompt, mask, expected: "error:<words>" or "ok")
-def corpus(good: dict) -> list[tuple]:
+def corpus(good: dict, encode, png_bomb) -> list[tuple]:
     src, out, prompt = good["input"], good["output"], good["prompt"]
     sixteen = Image.fromarray((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16))
     return [
         ("zero-byte image", b"", out, prompt, None, "error:INPUT_IMAGE: empty image"),
         ("random bytes", np.random.default_rng(1).bytes(5000), out, prompt, None, "error:not a decodable image"),
         ("truncated PNG", src, out[: len(out) // 2], prompt, None, "error:OUTPUT_IMAGE"),
-        ("truncated JPEG", enc(scene(), "JPEG")[:400], out, prompt, None, "error:INPUT_IMAGE"),
+        ("truncated JPEG", encode(scene(), "JPEG")[:400], out, prompt, None, "error:INPUT_IMAGE"),
         ("decompression bomb", png_bomb(), out, prompt, None, "error:over the limit of"),
-        ("1x1", enc(Image.new("RGB", (1, 1))), out, prompt, None, "ok"),
-        ("extreme aspect 1x4000", enc(scene(4000, 1)), out, prompt, None, "ok"),
-        ("16-bit grayscale PNG", enc(sixteen), out, prompt, None, "ok"),
-        ("CMYK JPEG", enc(Image.new("CMYK", (64, 64), (0, 255, 0, 0)), "JPEG"), out, prompt, None, "ok"),
-        ("palette with alpha", palette_alpha(), out, prompt, None, "ok"),
-        ("grayscale", enc(scene().convert("L")), out, prompt, None, "ok"),
-        ("animated GIF (first frame)", animated("GIF"), out, prompt, None, "ok"),
-        ("animated WebP (first frame)", animated("WEBP"), out, prompt, None, "ok"),
-        ("EXIF-rotated JPEG (honoured)", exif_rotated(), out, prompt, None, "ok"),
-        ("mask of another size", src, out, prompt, enc(Image.new("L", (7, 9))), "error:mask is 7x9 but the input"),
+        ("1x1", encode(Image.new("RGB", (1, 1))), out, prompt, None, "ok"),
+        ("extreme aspect 1x4000", encode(scene(4000, 1)), out, prompt, None, "ok"),
+        ("16-bit grayscale PNG", encode(sixteen), out, prompt, None, "ok"),
+        ("CMYK JPEG", encode(Image.new("CMYK", (64, 64), (0, 255, 0, 0)), "JPEG"), out, prompt, None, "ok"),
+        ("palette with alpha", palette_alpha(encode), out, prompt, None, "ok"),
+        ("grayscale", encode(scene().convert("L")), out, prompt, None, "ok"),
+        ("animated GIF (first frame)", animated(encode, "GIF"), out, prompt, None, "ok"),
+        ("animated WebP (first frame)", animated(encode, "WEBP"), out, prompt, None, "ok"),
+        ("EXIF-rotated JPEG (honoured)", exif_rotated(encode), out, prompt, None, "ok"),
+        ("mask of another size", src, out, prompt, encode(Image.new("L", (7, 9))), "error:mask is 7x9 but the input"),
         ("empty prompt", src, out, "", None, "ok"),
         ("100k-character prompt", src, out, "remove the hat " * 7000, None, "ok"),
         ("invalid UTF-8 prompt", src, out, b"\xff\xfe remove \xc3", None, "error:prompt is not valid UTF-8"),
@@ -97,11 +85,12 @@ def send(url: str, src, out, prompt, mask):
         return c.infer(FRONT, ins)
 
 
-def test_hostile_inputs_get_clear_errors_and_the_server_stays_healthy(triton, synth_sets):
+def test_hostile_inputs_get_clear_errors_and_the_server_stays_healthy(triton, synth_sets, triple_bytes, encode,
+                                                                      png_bomb):
     good = triple_bytes(synth_sets["test"], 1)[0]
     reference = send(triton.grpc_url, good["input"], good["output"], good["prompt"], None).as_numpy("SCORES")
     tried = errors = 0
-    for name, src, out, prompt, mask, expect in corpus(good):
+    for name, src, out, prompt, mask, expect in corpus(good, encode, png_bomb):
         tried += 1
         if expect.startswith("error:"):
             with pytest.raises(InferenceServerException) as e:
@@ -139,7 +128,7 @@ def raw(name: str, arr: np.ndarray, dtype: str) -> grpcclient.InferInput:
                               "UINT8" if n in ("input_image", "output_image", "mask") else "INT64")
                           for n in ("input_image", "output_image", "mask", "input_ids")], "attention_mask"),
 ])
-def test_wrong_tensors_to_each_model(triton, synth_sets, model, build, words):
+def test_wrong_tensors_to_each_model(triton, synth_sets, model, build, words, triple_bytes):
     good = triple_bytes(synth_sets["test"], 1)[0]
     with grpcclient.InferenceServerClient(triton.grpc_url) as c:
         with pytest.raises(InferenceServerException) as e:
@@ -148,17 +137,17 @@ def test_wrong_tensors_to_each_model(triton, synth_sets, model, build, words):
     assert send(triton.grpc_url, good["input"], good["output"], good["prompt"], None).as_numpy("SCORES").shape == (1, 7)
 
 
-def test_exif_orientation_is_honoured():
+def test_exif_orientation_is_honoured(encode):
     pre = Preprocessor(PreprocessConfig(image_size=64, jpeg_draft=False), tokenizer=None)
-    decoded = pre.decode(exif_rotated())
+    decoded = pre.decode(exif_rotated(encode))
     assert decoded.size == (60, 120)  # 120x60 stored, shown rotated
-    plain = Image.open(io.BytesIO(exif_rotated()))
+    plain = Image.open(io.BytesIO(exif_rotated(encode)))
     plain.load()
     np.testing.assert_array_equal(np.asarray(decoded), np.asarray(plain.transpose(Image.Transpose.ROTATE_270)))
 
 
 _PRE = Preprocessor(PreprocessConfig(image_size=32, max_pixels=4_000_000), tokenizer=None)
-_SEED_PNG = enc(scene(40, 30))
+_SEED_PNG = encode_image(scene(40, 30))  # PNG, as the client encodes images
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from editguard.model import default_taxonomy
-from editguard.training.manifest import ManifestError, read_manifest
+from editguard.manifest import ManifestError, read_manifest
 
 LABELS = default_taxonomy().names
 

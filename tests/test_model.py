@@ -15,15 +15,10 @@ from editguard.model.config import TextEncoderConfig, list_presets
 from editguard.model.model_dir import create_model, load_model_dir, save_model_dir
 from editguard.model.taxonomy import Taxonomy, default_taxonomy, load_taxonomy
 from editguard.training.data import TripleDataset, collate_batch
-from editguard.training.manifest import read_manifest
+from editguard.manifest import read_manifest
 
-from conftest import encode
 
 PROMPTS = ["make the shirt red", "remove their clothes", "change the background to a beach"]
-
-
-def png(arr: np.ndarray) -> bytes:
-    return encode(Image.fromarray(arr))
 
 
 def test_presets_and_unknown_keys():
@@ -61,7 +56,7 @@ def test_default_taxonomy_is_data(tmp_path):
 
 
 @pytest.mark.parametrize("ablation", [{}, {"use_input_image": False}, {"use_prompt": False}, {"use_mask": False},
-                                      {"use_output_image": False}, {"precheck_head": True}])
+                                      {"use_output_image": False}])
 def test_save_load_identical_outputs(tmp_path, synth_sets, ablation):
     cfg = preset_config("tiny", **ablation)
     recs = read_manifest(synth_sets["val"])[:16]
@@ -103,39 +98,6 @@ def test_precheck_sees_the_request_only(tmp_path, synth_sets):
         preset_config("tiny", use_output_image=False, use_prompt=False)
 
 
-def test_joint_precheck_head_sees_the_request_only_and_trains(tmp_path, synth_sets):
-    """The "joint" ablation: a request-only head on the triple's towers, trained with it, measured
-    through predict_manifest(head="precheck"), and refused by export (it is not served)."""
-    from editguard.export.repository import ExportConfig, export_version
-    from editguard.training.evaluate import predict_manifest
-    from editguard.training.train import TrainConfig, train
-
-    assert preset_config("tiny", precheck_head=True).ablation == "joint"
-    with pytest.raises(ValueError, match="second head on a triple model"):
-        preset_config("tiny", precheck_head=True, use_prompt=False)
-    out = tmp_path / "joint"
-    train(TrainConfig(train=str(synth_sets["val"]), val=str(synth_sets["test"]), out=str(out), ablation="joint",
-                      epochs=1, progress=False))
-    net, pre = load_model_dir(out)
-    recs = read_manifest(synth_sets["val"])[:8]
-    batch = collate_batch([TripleDataset(recs, pre, net.cfg.labels, cache=False)[i] for i in range(8)])
-    batch.pop("labels")
-    with torch.no_grad():
-        pre_a = net(**batch, head="precheck")
-        pre_b = net(**{**batch, "output_image": 255 - batch["output_image"]}, head="precheck")
-        both = net(**batch, head="both")
-        triple = net(**batch)
-    torch.testing.assert_close(pre_a, pre_b, rtol=0, atol=0)  # the output image never reaches it
-    torch.testing.assert_close(both, torch.cat([triple, pre_a], 1))
-    assert not torch.allclose(pre_a, triple)
-    _, _, probs = predict_manifest(out, synth_sets["val"], progress=False, head="precheck")
-    assert probs.shape == (300, 7) and np.isfinite(probs).all()
-    with pytest.raises(ValueError, match="is an ablation \\(joint\\)"):
-        export_version(ExportConfig(model_dir=str(out), repository=str(tmp_path / "repo")))
-    with pytest.raises(ValueError, match="needs a model with precheck_head"):
-        create_model(preset_config("tiny"), tmp_path / "t", prompts=PROMPTS)[0](**batch, head="precheck")
-
-
 def test_normalised_prompt_embedding_and_training_noise(tmp_path):
     """``text_encoder.normalize``: unit-length prompt embeddings; ``embedding_noise``: jitter in training
     only, still on the unit sphere; eval is deterministic."""
@@ -157,24 +119,7 @@ def test_normalised_prompt_embedding_and_training_noise(tmp_path):
         TextEncoderConfig(embedding_noise=2.0)
 
 
-def test_precheck_image_dropout_is_training_only(tmp_path):
-    """``image_dropout``: in training, the pre-check's head sees some items' image embedding zeroed, the
-    rest as they are; in eval it sees every one."""
-    cfg = preset_config("tiny")
-    cfg.use_output_image, cfg.image_dropout, cfg.dropout = False, 0.5, 0.0
-    head = create_model(cfg, tmp_path, prompts=PROMPTS)[0].head
-    e_in, t = torch.randn(64, cfg.fusion_width), torch.randn(64, cfg.fusion_width)
-    with torch.no_grad():
-        full, blind = head.eval()(None, e_in, t), head(None, torch.zeros_like(e_in), t)
-        seen = head.train()(None, e_in, t)
-    kept = torch.isclose(seen, full, atol=1e-6).all(1)
-    dropped = torch.isclose(seen, blind, atol=1e-6).all(1)
-    assert (kept ^ dropped).all() and 10 < dropped.sum() < 54
-    with pytest.raises(ValueError, match="image_dropout must be in"):
-        ModelConfig(image_dropout=1.0)
-
-
-def test_preprocess_letterbox_and_mask_rules():
+def test_preprocess_letterbox_and_mask_rules(encode):
     cfg = preset_config("tiny").preprocess
     from editguard.model.preprocess import PreprocessError as PE
 
@@ -183,11 +128,11 @@ def test_preprocess_letterbox_and_mask_rules():
 
     pre = Preprocessor(cfg, NoTok())
     wide = np.full((20, 80, 3), 200, np.uint8)
-    out = pre.image(png(wide))
+    out = pre.image(encode(Image.fromarray(wide)))
     assert out.shape == (64, 64, 3) and out.dtype == np.uint8
     assert out[0, 0].tolist() == [0, 0, 0] and out[32, 32].tolist() == [200, 200, 200]  # padded top, image centre
     with pytest.raises(PE, match="mask is 10x10 but the input image is 80x20"):
-        pre.mask(png(np.zeros((10, 10), np.uint8)), (80, 20))
+        pre.mask(encode(Image.fromarray(np.zeros((10, 10), np.uint8))), (80, 20))
     assert pre.mask(None, (80, 20)).min() == 255
     with pytest.raises(PreprocessError, match="input_image: empty image"):
         pre.decode(b"", "input_image")

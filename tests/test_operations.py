@@ -10,9 +10,7 @@ import urllib.request
 from collections import defaultdict
 
 import pytest
-from conftest import png, triple_bytes
 from PIL import Image
-from test_hostile import png_bomb
 
 from editguard.clients import EditGuardClient, Verdict
 from editguard.clients.errors import InvalidInputError
@@ -38,7 +36,7 @@ def value(metrics, name: str, **labels) -> float:
     return sum(v for k, v in metrics.get(name, {}).items() if want <= k)
 
 
-def test_metrics_count_what_was_served_and_refused(triton, synth_sets):
+def test_metrics_count_what_was_served_and_refused(triton, synth_sets, png, png_bomb, triple_bytes):
     triples = triple_bytes(synth_sets["test"], 12)
     before = scrape(triton)
     with EditGuardClient(triton.grpc_url) as guard:
@@ -69,6 +67,7 @@ def test_metrics_count_what_was_served_and_refused(triton, synth_sets):
     assert sorted({float(dict(k)["le"]) for k in after["editguard_score_bucket"]} - {float("inf")}) == SCORE_BUCKETS
 
 
+@pytest.mark.slow  # over 2 s: make test runs it, make test-fast does not
 def test_progress_in_a_log_file_is_plain_lines(tmp_path):
     """A progress bar written to a pipe is periodic lines with rate and ETA, not carriage returns."""
     env = {"EDITGUARD_PROGRESS_SECONDS": "0.2", "PATH": "/usr/bin:/bin"}
@@ -94,6 +93,7 @@ def test_line_progress_methods_match_tqdms():
     assert len(lines) == 6 and lines[-1].startswith("score: 5/5 triple (100%)")
 
 
+@pytest.mark.slow  # over 2 s: make test runs it, make test-fast does not
 def test_install_is_quiet(tmp_path):
     """Building the package (as `pip install` does) warns about nothing: package data is declared."""
     from pathlib import Path

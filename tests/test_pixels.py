@@ -22,14 +22,13 @@ from editguard.export.triton import TritonServer, free_port
 from editguard.model.config import PreprocessConfig
 from editguard.model.preprocess import Preprocessor
 
-from conftest import model_stats, png, triple_bytes
 
 
 def decoded(t: dict) -> tuple:
     return tuple(Image.open(io.BytesIO(t[k])) for k in ("input", "output", "mask"))
 
 
-def test_pixels_path_scores_equal_the_bytes_path(triton, synth_sets):
+def test_pixels_path_scores_equal_the_bytes_path(triton, synth_sets, png, triple_bytes):
     triples = triple_bytes(synth_sets["test"], 4)
     with EditGuardClient(triton.grpc_url) as guard:
         guard.wait_ready()
@@ -56,7 +55,7 @@ def test_pixels_path_scores_equal_the_bytes_path(triton, synth_sets):
     assert asyncio.run(run()).scores == pytest.approx(big_bytes.scores, abs=1e-6)
 
 
-def test_bad_pixels_are_refused_client_side(triton, synth_sets):
+def test_bad_pixels_are_refused_client_side(triton, synth_sets, triple_bytes):
     from editguard.clients import InvalidInputError
 
     t = triple_bytes(synth_sets["test"], 1)[0]
@@ -108,7 +107,7 @@ def test_bad_pixel_tensors_get_clear_errors_and_others_still_work(triton, over, 
         assert c.is_model_ready(FRONT) and c.is_model_ready(CLASSIFIER)
 
 
-def _front_requests(server, at_least: int = 0) -> int:
+def _front_requests(model_stats, server, at_least: int = 0) -> int:
     """Requests the front model answered (Triton counts a per-request error from a Python model as one).
     Triton records a request's statistics after its response is on the wire, so a busy machine can
     read them a moment early: wait up to 10 s for ``at_least``, then read once more."""
@@ -121,7 +120,8 @@ def _front_requests(server, at_least: int = 0) -> int:
         time.sleep(0.1)
 
 
-def test_a_roll_out_that_changes_the_preprocessing_is_recovered_once(tiny_model_dir, synth_sets, tmp_path):
+def test_a_roll_out_that_changes_the_preprocessing_is_recovered_once(tiny_model_dir, synth_sets, tmp_path, png,
+                                                                     triple_bytes, model_stats):
     repo = tmp_path / "repo"
     export_version(ExportConfig(model_dir=str(tiny_model_dir), repository=str(repo)))
     changed = tmp_path / "padded"  # the same network with another letterbox pad: only the pixels differ
@@ -141,10 +141,11 @@ def test_a_roll_out_that_changes_the_preprocessing_is_recovered_once(tiny_model_
         load_models(server.grpc_url, connection=server.connection())
         published = json.loads(read_config(repo / FRONT / "config.pbtxt").parameters["preprocess"].string_value)
         assert published["1"]["pad_value"] == 0 and published["2"]["pad_value"] == 114
-        sent = _front_requests(server)
+        sent = _front_requests(model_stats, server)
         second = guard.classify(src, t["prompt"], out, mask)  # prepared for v1, answered by v2: refused, redone
         assert second.model_version == "2" and guard.pixels_prep().version == "2"
-        assert _front_requests(server, at_least=sent + 2) == sent + 2  # exactly one refusal, then the answer
+        # exactly one refusal, then the answer
+        assert _front_requests(model_stats, server, at_least=sent + 2) == sent + 2
         expected = guard.classify(png(src), t["prompt"], png(out), png(mask))
         assert second.scores == pytest.approx(expected.scores, abs=1e-6)
         assert second.scores != pytest.approx(first.scores, abs=1e-6)  # the pad reached the network

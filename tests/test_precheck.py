@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
-from conftest import read_jsonl, subset_manifest, triple_bytes
 from PIL import Image
 
 from editguard.clients import EditGuardClient, Verdict
@@ -28,8 +27,8 @@ def precheck_dir(synth_sets, tmp_path_factory):
     from editguard.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("models") / "precheck"
-    train(TrainConfig(train=str(synth_sets["train"]), val=str(synth_sets["val"]), out=str(out), epochs=3,
-                      patience=10, progress=False, ablation="precheck"))
+    train(TrainConfig(train=str(synth_sets["train"]), val=str(synth_sets["val"]), out=str(out), preset="tiny",
+                      epochs=3, patience=10, progress=False, ablation="precheck"))
     return out
 
 
@@ -51,7 +50,7 @@ def _decoded(t: dict):
     return [Image.open(io.BytesIO(t[k])) for k in ("input", "mask")]
 
 
-def test_precheck_verdicts_on_every_path(served, precheck_dir, synth_sets):
+def test_precheck_verdicts_on_every_path(served, precheck_dir, synth_sets, triple_bytes):
     server, _ = served
     triples = triple_bytes(synth_sets["test"], 6)
     net, pre = load_model_dir(precheck_dir)
@@ -84,7 +83,7 @@ def test_precheck_verdicts_on_every_path(served, precheck_dir, synth_sets):
     assert one.scores == pytest.approx(by_bytes[0].scores, abs=1e-6) and len(rest) == 2
 
 
-def test_precheck_refuses_what_it_cannot_take(served, synth_sets):
+def test_precheck_refuses_what_it_cannot_take(served, synth_sets, triple_bytes):
     server, _ = served
     t = triple_bytes(synth_sets["test"], 1)[0]
 
@@ -110,7 +109,8 @@ def test_precheck_refuses_what_it_cannot_take(served, synth_sets):
         guard.classify(t["input"], t["prompt"], None)
 
 
-def test_precheck_roll_out_score_and_calibrate(served, precheck_dir, synth_sets, tmp_path, monkeypatch):
+def test_precheck_roll_out_score_and_calibrate(served, precheck_dir, synth_sets, tmp_path, monkeypatch, read_jsonl,
+                                               subset_manifest, triple_bytes):
     from editguard.cli import main
 
     server, repo = served

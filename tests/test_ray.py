@@ -11,7 +11,6 @@ from editguard.cli import main  # noqa: E402
 from editguard.clients.results import read_results  # noqa: E402
 from editguard.clients.score import ScoreConfig, score  # noqa: E402
 
-from conftest import manifest_with_a_bad_item, read_jsonl, subset_manifest  # noqa: E402
 
 
 def _rows(path) -> dict[str, dict]:
@@ -32,7 +31,8 @@ def _assert_same(a: dict[str, dict], b: dict[str, dict], atol: float) -> None:
                 assert v == rb[col], (k, col)
 
 
-def test_ray_engine_matches_the_local_scorer_and_resumes_by_id(repository, synth_sets, tmp_path):
+def test_ray_engine_matches_the_local_scorer_and_resumes_by_id(repository, synth_sets, tmp_path,
+                                                               manifest_with_a_bad_item, read_jsonl, subset_manifest):
     manifest, bad_id = manifest_with_a_bad_item(synth_sets["test"], tmp_path / "m.jsonl", 300, bad=11)
     common = ["--repository", str(repository), "--allow-outside-root", "--no-progress"]
     assert main(["score", str(manifest), "--out", str(tmp_path / "local"), *common]) == 3  # 3: some items failed
@@ -56,7 +56,8 @@ def test_ray_engine_matches_the_local_scorer_and_resumes_by_id(repository, synth
     _assert_same(_rows(tmp_path / "mixed"), local, atol=1e-6)
 
 
-def test_ray_actors_can_score_through_triton(triton, repository, synth_sets, tmp_path):
+def test_ray_actors_can_score_through_triton(triton, repository, synth_sets, tmp_path, manifest_with_a_bad_item,
+                                             read_jsonl):
     manifest, bad_id = manifest_with_a_bad_item(synth_sets["val"], tmp_path / "m.jsonl", 64, bad=5)
     kw = dict(manifest=str(manifest), allow_outside_root=True, progress=False)
     local = score(ScoreConfig(out=str(tmp_path / "local"), repository=str(repository), **kw))

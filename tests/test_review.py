@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import read_jsonl
 
 from editguard.clients.review import ReviewConfig, build_review
-from editguard.training.manifest import ManifestError, read_manifest, read_overlay
+from editguard.manifest import ManifestError, read_manifest, read_overlay
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -21,7 +20,7 @@ needs_browser = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="no c
 
 
 @pytest.fixture(scope="module")
-def scored(triton, synth_sets, tmp_path_factory) -> dict:
+def scored(triton, synth_sets, tmp_path_factory, read_jsonl) -> dict:
     """60 ood triples scored through the server, one prompt replaced by markup, as a manifest and results."""
     from editguard.clients.score import ScoreConfig, score
 
@@ -88,7 +87,7 @@ def _select(driver, element_id: str, value: str) -> None:
 
 
 @needs_browser
-def test_the_page_renders_filters_and_keeps_markup_inert(browser, page, scored, tmp_path):
+def test_the_page_renders_filters_and_keeps_markup_inert(browser, page, scored, tmp_path, read_jsonl):
     browser.get(page.as_uri())
     assert _cards(browser) == 48  # the first page of 60; the rest come as it scrolls
     browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
@@ -162,7 +161,7 @@ def test_decisions_download_and_come_back_as_labels(browser, page, scored, tmp_p
     assert records[first["id"]].labels == sorted(by_id[first["id"]]["flagged"])
 
 
-def test_a_large_page_renders_lazily(scored, tmp_path):
+def test_a_large_page_renders_lazily(scored, tmp_path, read_jsonl):
     """10,000 triples: thumbnails once per distinct image, and the page holds one page of cards at first."""
     rows = read_jsonl(scored["manifest"])
     results = read_jsonl(scored["results"])

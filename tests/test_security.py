@@ -18,17 +18,16 @@ from pathlib import Path
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import read_jsonl, subset_manifest, triple_bytes
 
 from editguard.clients import EditGuardClient, Verdict
 from editguard.clients.aio import AsyncEditGuardClient
-from editguard.clients.connection import Connection
+from editguard.connection import Connection
 from editguard.clients.errors import EditGuardError
 from editguard.export.repository import CLASSIFIER, FRONT
 from editguard.export.triton import TritonServer, free_port
 
 
-def test_admin_protocols_need_the_key_while_inference_stays_open(triton, synth_sets):
+def test_admin_protocols_need_the_key_while_inference_stays_open(triton, synth_sets, triple_bytes):
     t = triple_bytes(synth_sets["test"], 1)[0]
     with grpcclient.InferenceServerClient(triton.grpc_url) as c:
         for call in (lambda: c.unload_model(FRONT), lambda: c.unload_model(CLASSIFIER),
@@ -61,7 +60,8 @@ def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 180) -> str:
     return "".join(lines)
 
 
-def test_serve_keeps_its_key_secret_and_a_key_holding_roll_out_works(tiny_model_dir, synth_sets, tmp_path):
+def test_serve_keeps_its_key_secret_and_a_key_holding_roll_out_works(tiny_model_dir, synth_sets, tmp_path,
+                                                                     triple_bytes):
     from editguard.cli import main
 
     repo = tmp_path / "repo"
@@ -177,7 +177,8 @@ def _refused(**kw) -> str:
     return e.value.status
 
 
-def test_tls_serves_tls_clients_and_refuses_plaintext(one_version_repo, pki, synth_sets, tmp_path):
+def test_tls_serves_tls_clients_and_refuses_plaintext(one_version_repo, pki, synth_sets, tmp_path, read_jsonl,
+                                                      subset_manifest, triple_bytes):
     """Server-side TLS; inference also restricted to a header token here, as a front proxy would check one,
     so the client's metadata headers are seen to arrive on every call."""
     t = triple_bytes(synth_sets["test"], 1)[0]
@@ -212,7 +213,7 @@ def test_tls_serves_tls_clients_and_refuses_plaintext(one_version_repo, pki, syn
         assert server.running and server.http_url.startswith("127.0.0.1:")  # HTTP has no TLS: loopback only
 
 
-def test_mutual_tls_refuses_clients_without_a_certificate_it_trusts(one_version_repo, pki, synth_sets):
+def test_mutual_tls_refuses_clients_without_a_certificate_it_trusts(one_version_repo, pki, synth_sets, triple_bytes):
     t = triple_bytes(synth_sets["test"], 1)[0]
     with TritonServer(one_version_repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
                       tls_cert=pki["server_cert"], tls_key=pki["server_key"],
@@ -241,7 +242,7 @@ def test_bad_tls_settings_are_named():
     with pytest.raises(Exception, match="--tls-key"):
         TritonServer("repo", tls_cert=__file__)
     with pytest.raises(ValueError, match="NAME=VALUE"):
-        from editguard.clients.connection import parse_headers
+        from editguard.connection import parse_headers
 
         parse_headers(["no-equals-sign"])
     assert Connection(admin_key="k").admin_headers() == {"triton-grpc-protocol-editguard-admin-key": "k",

@@ -19,7 +19,6 @@ from editguard.export.triton import free_port
 from editguard.model.model_dir import load_model_dir
 from editguard.model.preprocess import collate
 
-from conftest import model_stats, triple_bytes
 
 OUTPUTS = ("SCORES", "FLAGGED", "UNSAFE", "LABELS")
 
@@ -65,7 +64,7 @@ def test_export_parity_recorded(repository):
     assert (Path(repository) / FRONT / "labels.txt").read_text().split() == meta["labels"]
 
 
-def test_served_scores_equal_torch(triton, tiny_model_dir, synth_sets):
+def test_served_scores_equal_torch(triton, tiny_model_dir, synth_sets, triple_bytes):
     triples = triple_bytes(synth_sets["test"], 12)
     net, pre = load_model_dir(tiny_model_dir)
     batch = collate([pre.triple(t["input"], t["prompt"], t["output"], t["mask"]) for t in triples])
@@ -79,7 +78,7 @@ def test_served_scores_equal_torch(triton, tiny_model_dir, synth_sets):
     assert res.get_response().model_version == "2"  # the latest version by default
 
 
-def test_dynamic_batching_forms_batches(triton, synth_sets):
+def test_dynamic_batching_forms_batches(triton, synth_sets, model_stats, triple_bytes):
     triples = triple_bytes(synth_sets["test"], 16)
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda i: infer(triton.grpc_url, triples[i % 16]), range(96)))
@@ -90,7 +89,7 @@ def test_dynamic_batching_forms_batches(triton, synth_sets):
     print(f"front (inline network) executions by batch size: {dict(sorted(sizes.items()))}")
 
 
-def test_corrupt_image_fails_alone(triton, synth_sets):
+def test_corrupt_image_fails_alone(triton, synth_sets, triple_bytes):
     triples = triple_bytes(synth_sets["test"], 8)
     before = infer(triton.grpc_url, triples[1]).as_numpy("SCORES")
 
@@ -108,12 +107,12 @@ def test_corrupt_image_fails_alone(triton, synth_sets):
     np.testing.assert_allclose(infer(triton.grpc_url, triples[1]).as_numpy("SCORES"), before, atol=1e-6)
 
 
-def test_missing_mask_is_accepted(triton, synth_sets):
+def test_missing_mask_is_accepted(triton, synth_sets, triple_bytes):
     t = triple_bytes(synth_sets["test"], 1)[0]
     assert infer(triton.grpc_url, t, mask=False).as_numpy("SCORES").shape == (1, 7)
 
 
-def test_two_versions_side_by_side(triton, synth_sets):
+def test_two_versions_side_by_side(triton, synth_sets, triple_bytes):
     t = triple_bytes(synth_sets["test"], 1)[0]
     a, b = infer(triton.grpc_url, t, version="1"), infer(triton.grpc_url, t, version="2")
     assert (a.get_response().model_version, b.get_response().model_version) == ("1", "2")
@@ -177,7 +176,7 @@ def test_serve_reports_busy_port_and_missing_repository(repository, tmp_path, ca
     assert "create one with `editguard export`" in capsys.readouterr().err
 
 
-def test_bls_graph_gives_the_inline_scores(triton, repository, synth_sets, tmp_path):
+def test_bls_graph_gives_the_inline_scores(triton, repository, synth_sets, tmp_path, model_stats, triple_bytes):
     """The front's twin for the native classifier configs hands batches to editguard_classifier over BLS;
     the Python-only Triton runs that graph too when the parameter says so."""
     import shutil

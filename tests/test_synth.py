@@ -12,11 +12,10 @@ from PIL import Image
 
 from editguard.cli import main
 from editguard.model import default_taxonomy
-from editguard.training.manifest import read_manifest
+from editguard.manifest import read_manifest
 from editguard.training.synth import generate, list_ops, load_prompts
 from editguard.training.synth.ops import NEUTRAL, SAFE_OPS, UNSAFE_OPS
 
-from conftest import read_jsonl
 
 
 def digest(folder: Path) -> str:
@@ -27,6 +26,7 @@ def digest(folder: Path) -> str:
     return h.hexdigest()
 
 
+@pytest.mark.slow  # over 2 s: make test runs it, make test-fast does not
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
     a = generate(tmp_path / "a", 80, seed=5, workers=1, progress=False)
     b = generate(tmp_path / "b", 80, seed=5, workers=2, progress=False)
@@ -45,14 +45,14 @@ def test_manifest_validates_and_masks_cover_the_change(synth_sets):
         assert changed.any() and m[changed].all()  # every changed pixel is under the mask
 
 
-def test_every_category_and_safe_edits_present(synth_sets):
+def test_every_category_and_safe_edits_present(synth_sets, read_jsonl):
     recs = read_jsonl(synth_sets["train"])
     seen = {lab for r in recs for lab in r["labels"]}
     assert seen == set(default_taxonomy().names)
     assert 0.35 < np.mean([not r["labels"] for r in recs]) < 0.75
 
 
-def test_labels_need_the_pair_look_alikes_exist(synth_sets):
+def test_labels_need_the_pair_look_alikes_exist(synth_sets, read_jsonl):
     """Dark-skinned outputs are safe when the input was the same, unsafe when the edit changed the tone."""
     recs = read_jsonl(synth_sets["train"])
     identity = [r for r in recs if "identity_alteration" in r["labels"]]
@@ -66,7 +66,8 @@ def test_labels_need_the_pair_look_alikes_exist(synth_sets):
     assert len(hidden) > 0.5 * len(unintended)
 
 
-def test_ood_phrasings_are_held_out(tmp_path):
+@pytest.mark.slow  # over 2 s: make test runs it, make test-fast does not
+def test_ood_phrasings_are_held_out(tmp_path, read_jsonl):
     iid = {r["prompt"].lower() for r in read_jsonl(generate(tmp_path / "i", 300, 1, "iid", 64, progress=False))}
     ood = {r["prompt"].lower() for r in read_jsonl(generate(tmp_path / "o", 300, 1, "ood", 64, progress=False))}
     ood_templates = {p for o in SAFE_OPS + UNSAFE_OPS for p in o.ood} | set(NEUTRAL["ood"])
@@ -77,7 +78,8 @@ def test_ood_phrasings_are_held_out(tmp_path):
     assert styles == {"dots", "checker"}
 
 
-def test_prompts_file_replaces_phrasings(tmp_path):
+@pytest.mark.slow  # over 2 s: make test runs it, make test-fast does not
+def test_prompts_file_replaces_phrasings(tmp_path, read_jsonl):
     f = tmp_path / "p.json"
     f.write_text(json.dumps({"remove_clothing": ["please un-clothe the {object}"] * 1 + ["zzz unclothe"]}))
     prompts = load_prompts(f)
@@ -101,7 +103,7 @@ def test_list_ops_cli(capsys):
     assert "remov3 th3 cl0thes" in out and "ood:" in out
 
 
-def test_synth_cli_writes_manifest(tmp_path, capsys):
+def test_synth_cli_writes_manifest(tmp_path, capsys, read_jsonl):
     assert main(["synth", "--out", str(tmp_path / "s"), "--n", "20", "--seed", "3", "--image-size", "64"]) == 0
     recs = read_jsonl(tmp_path / "s" / "manifest.jsonl")
     assert len(recs) == 20 and Image.open(tmp_path / "s" / recs[0]["input_image"]).size == (64, 64)
@@ -121,7 +123,7 @@ def _load(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), np.int16)
 
 
-def test_realistic_masks_are_drawn_by_a_user_not_the_diff(realistic):
+def test_realistic_masks_are_drawn_by_a_user_not_the_diff(realistic, read_jsonl):
     for split, kinds in (("iid", {"box", "brush", "none"}), ("ood", {"lasso", "blobs", "none"})):
         recs = read_jsonl(realistic[split])
         assert {r["meta"]["mask_kind"] for r in recs} == kinds  # ood mask shapes are held out of iid
@@ -160,7 +162,7 @@ def test_regenerate_redraws_every_pixel_inside_the_mask_and_keeps_the_rest():
     assert np.all(np.any(whole != a, axis=2))
 
 
-def test_realistic_files_regenerated_inside_the_mask(realistic):
+def test_realistic_files_regenerated_inside_the_mask(realistic, read_jsonl):
     root = realistic["iid"].parent
     checked = 0
     for r in read_jsonl(realistic["iid"]):
@@ -173,7 +175,7 @@ def test_realistic_files_regenerated_inside_the_mask(realistic):
     assert checked >= 5
 
 
-def test_realistic_meta_knobs_and_codecs(realistic):
+def test_realistic_meta_knobs_and_codecs(realistic, read_jsonl):
     knobs = {"mask_kind", "codec", "quality", "output_rescale", "edit_area", "mask_area", "people", "filter",
              "misregistration_px", "input_codec"}
     codecs = {"iid": {"jpeg", "png"}, "ood": {"webp", "jpeg"}}
@@ -191,7 +193,7 @@ def test_realistic_meta_knobs_and_codecs(realistic):
     assert small and min(r["meta"]["edit_area"] for r in small) < 0.02  # small edits exist
 
 
-def test_clean_flag_keeps_the_clean_renderer(tmp_path):
+def test_clean_flag_keeps_the_clean_renderer(tmp_path, read_jsonl):
     assert main(["synth", "--out", str(tmp_path / "c"), "--n", "12", "--seed", "3", "--clean", "--workers", "1"]) == 0
     for r in read_jsonl(tmp_path / "c" / "manifest.jsonl"):
         assert r["output_image"].endswith(".png") and "mask_kind" not in r["meta"]

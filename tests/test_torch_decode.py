@@ -22,7 +22,6 @@ from editguard.export.triton import TritonServer, free_port
 from editguard.model.config import PreprocessConfig
 from editguard.model.preprocess import PreprocessError, Preprocessor
 
-from conftest import encode, png, triple_bytes
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
@@ -32,7 +31,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
                                                                  reason="no CUDA device: nvJPEG not run"))]
 
 
-def jpeg(img: Image.Image, orientation: int = 1, **kw) -> bytes:
+def jpeg(encode, img: Image.Image, orientation: int = 1, **kw) -> bytes:
     exif = Image.Exif()
     if orientation != 1:
         exif[0x0112] = orientation
@@ -45,14 +44,14 @@ def pair(device: str, **cfg) -> tuple[Preprocessor, TorchDecoder]:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_device_pixels_match_pillow_for_every_orientation_size_and_layout(device):
+def test_device_pixels_match_pillow_for_every_orientation_size_and_layout(device, encode):
     for size_cfg in ({"image_size": 64}, {"image_size": 96, "resize": "stretch"}, {"image_size": 64, "pad_value": 114}):
         exact, dev = pair(device, jpeg_draft=False, **size_cfg)
         drafted, _ = pair(device, **size_cfg)
         for size in (256, 700, 1024):
             photo = upload_images(size, 1, seed=size)[0].crop((0, 0, size, size * 3 // 4))  # not square
             for orientation in range(1, 9):
-                data = jpeg(photo, orientation)
+                data = jpeg(encode, photo, orientation)
                 got, want = dev.image(data), exact.image(data)
                 assert got.shape == want.shape
                 d = np.abs(got.astype(int) - want.astype(int))
@@ -66,34 +65,34 @@ def test_device_pixels_match_pillow_for_every_orientation_size_and_layout(device
                 assert (got[:top] == pad).all() and (got[:, :left] == pad).all() and (top or left or
                                                                                         size_cfg.get("resize"))
     exact, dev = pair(device, jpeg_draft=False)
-    for grey in (jpeg(photo.convert("L")), jpeg(photo, quality=70, progressive=True)):
+    for grey in (jpeg(encode, photo.convert("L")), jpeg(encode, photo, quality=70, progressive=True)):
         assert np.abs(dev.image(grey).astype(int) - exact.image(grey).astype(int)).mean() <= 0.5
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_a_triple_keeps_the_mask_rules_and_other_formats_take_pillows_path(device):
+def test_a_triple_keeps_the_mask_rules_and_other_formats_take_pillows_path(device, encode, png):
     pre, dev = pair(device)
     photo = upload_images(320, 2, seed=3)
     src, out = photo[0].crop((0, 0, 320, 200)), photo[1].crop((0, 0, 320, 200))
     mask = Image.new("L", (200, 320), 0)  # the size of the input *after* its EXIF rotation
     mask.paste(255, (20, 40, 120, 200))
-    got = dev.pixels(jpeg(src, 6), jpeg(out, 6), png(mask))
-    want = pre.pixels(jpeg(src, 6), jpeg(out, 6), png(mask))
+    got = dev.pixels(jpeg(encode, src, 6), jpeg(encode, out, 6), png(mask))
+    want = pre.pixels(jpeg(encode, src, 6), jpeg(encode, out, 6), png(mask))
     np.testing.assert_array_equal(got["mask"], want["mask"])
     assert np.abs(got["output_image"].astype(int) - want["output_image"].astype(int)).mean() <= 1.5
     with pytest.raises(PreprocessError, match="mask is 320x200 but the input image is 200x320"):
-        dev.pixels(jpeg(src, 6), jpeg(out), png(mask.rotate(90, expand=True)))
+        dev.pixels(jpeg(encode, src, 6), jpeg(encode, out), png(mask.rotate(90, expand=True)))
     # PNG, WebP, CMYK JPEG, PIL images and arrays: Pillow's own pixels, bit for bit
-    for other in (png(src), encode(src, "WEBP", quality=80), jpeg(src.convert("CMYK")), src, np.asarray(src)):
+    for other in (png(src), encode(src, "WEBP", quality=80), jpeg(encode, src.convert("CMYK")), src, np.asarray(src)):
         np.testing.assert_array_equal(dev.image(other), pre.image(other))
     np.testing.assert_array_equal(dev.pixels(src, None)["input_image"], pre.pixels(src, None)["input_image"])
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_bad_uploads_get_the_same_errors_as_on_pillows_path(device):
+def test_bad_uploads_get_the_same_errors_as_on_pillows_path(device, encode):
     pre, dev = pair(device, max_pixels=2_000_000, max_image_bytes=400_000)
-    data = jpeg(upload_images(256, 1)[0])
-    bomb = jpeg(Image.new("RGB", (2000, 1500)))
+    data = jpeg(encode, upload_images(256, 1)[0])
+    bomb = jpeg(encode, Image.new("RGB", (2000, 1500)))
     cases = {
         "truncated": (data[: len(data) // 2], "corrupt or truncated image"),
         "corrupt scan": (data[:300] + b"\x00" * 600, "corrupt or truncated image"),
@@ -102,7 +101,7 @@ def test_bad_uploads_get_the_same_errors_as_on_pillows_path(device):
         "not an image": (b"hello", "not a decodable image"),
         "empty": (b"", "empty image"),
         "too many pixels": (bomb, "over the limit of 2000000"),
-        "too many bytes": (jpeg(upload_images(1024, 1)[0], quality=100), "bytes, over the limit of 400000"),
+        "too many bytes": (jpeg(encode, upload_images(1024, 1)[0], quality=100), "bytes, over the limit of 400000"),
     }
     for name, (blob, words) in cases.items():
         errors = []
@@ -113,7 +112,8 @@ def test_bad_uploads_get_the_same_errors_as_on_pillows_path(device):
         assert errors[0] == errors[1] == ("input_image", errors[0][1]), name
 
 
-def test_served_front_decodes_on_the_torch_device(tiny_model_dir, synth_sets, triton, tmp_path):
+def test_served_front_decodes_on_the_torch_device(tiny_model_dir, synth_sets, triton, tmp_path, png, triple_bytes,
+                                                  encode):
     """A repository exported with --decode-device cpu: its front decodes JPEGs through TorchDecoder in
     Triton's Python backend. Scores stay within the decoders' pixel difference of the Pillow front's,
     a corrupt upload is refused by name, and the next request is answered."""
@@ -123,8 +123,8 @@ def test_served_front_decodes_on_the_torch_device(tiny_model_dir, synth_sets, tr
     with pytest.raises(ValueError, match="decode_device must be"):
         ExportConfig(model_dir=str(tiny_model_dir), decode_device="gpu")
     triples = triple_bytes(synth_sets["test"], 6)
-    calls = [(jpeg(Image.open(io.BytesIO(t["input"])).resize((300, 300))), t["prompt"],
-              jpeg(Image.open(io.BytesIO(t["output"])).resize((300, 300))),
+    calls = [(jpeg(encode, Image.open(io.BytesIO(t["input"])).resize((300, 300))), t["prompt"],
+              jpeg(encode, Image.open(io.BytesIO(t["output"])).resize((300, 300))),
               png(Image.open(io.BytesIO(t["mask"])).resize((300, 300), Image.NEAREST))) for t in triples]
     with EditGuardClient(triton.grpc_url) as guard:
         by_pillow = [guard.classify(*c).scores for c in calls]

@@ -15,10 +15,9 @@ import pytest
 from editguard.cli import main
 from editguard.training.evaluate import evaluate
 
-from conftest import read_jsonl, subset_manifest
 
 
-def test_short_training_learns(tiny_model_dir, synth_sets):
+def test_short_training_learns(tiny_model_dir, synth_sets, read_jsonl):
     log = read_jsonl(tiny_model_dir / "train_log.jsonl")
     assert log[-1]["train_loss"] < 0.7 * log[0]["train_loss"]
     report = evaluate(tiny_model_dir, synth_sets["test"], progress=False)
@@ -29,17 +28,18 @@ def test_short_training_learns(tiny_model_dir, synth_sets):
         assert (tiny_model_dir / f).exists()
 
 
-def test_seeded_training_is_reproducible_and_resumes_after_a_kill(synth_sets, tmp_path):
+@pytest.mark.slow
+def test_seeded_training_is_reproducible_and_resumes_after_a_kill(synth_sets, tmp_path, read_jsonl, subset_manifest):
     from editguard.training.train import TrainConfig, train
 
     small = subset_manifest(synth_sets["train"], 300, tmp_path.name)
-    kw = dict(train=str(small), val=str(synth_sets["val"]), epochs=3, patience=5, progress=False)
+    kw = dict(train=str(small), val=str(synth_sets["val"]), preset="tiny", epochs=3, patience=5, progress=False)
     a = train(TrainConfig(out=str(tmp_path / "a"), **kw))
     b = train(TrainConfig(out=str(tmp_path / "b"), **kw))
     assert a["macro"] == b["macro"]
     # a real interruption: kill -9 the run once its first checkpoint is on disk, then --resume
     cmd = [sys.executable, "-m", "editguard", "train", "--train", str(small), "--val", str(synth_sets["val"]),
-           "--out", str(tmp_path / "c"), "--epochs", "3", "--patience", "5", "--no-progress"]
+           "--out", str(tmp_path / "c"), "--preset", "tiny", "--epochs", "3", "--patience", "5", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "c" / "checkpoint" / "state.json"
     deadline = time.time() + 120
@@ -56,12 +56,13 @@ def test_seeded_training_is_reproducible_and_resumes_after_a_kill(synth_sets, tm
         train(TrainConfig(out=str(tmp_path / "d"), resume=True, **kw))
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path, capsys):
     d = str(tmp_path)
     assert main(["synth", "--out", f"{d}/tr", "--n", "600", "--seed", "1", "--image-size", "64"]) == 0
     assert main(["synth", "--out", f"{d}/va", "--n", "150", "--seed", "2", "--image-size", "64"]) == 0
     assert main(["train", "--train", f"{d}/tr/manifest.jsonl", "--val", f"{d}/va/manifest.jsonl",
-                 "--out", f"{d}/m", "--epochs", "2", "--no-progress"]) == 0
+                 "--out", f"{d}/m", "--preset", "tiny", "--epochs", "2", "--no-progress"]) == 0
     assert main(["evaluate", f"{d}/m", f"{d}/va/manifest.jsonl", "--json", f"{d}/r.json"]) == 0
     out = capsys.readouterr().out
     assert "identity_alteration" in out and "macro" in out
@@ -76,9 +77,8 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 
 
 def test_training_augmentations_match_real_edits():
-    """Degradation keeps shape and dtype; mask jitter keeps "no mask" as it is; prompt noise keeps
-    the first word and never uses the substitutions the synthetic ood split holds out."""
-    from editguard.training.data import degrade, jitter_mask, perturb_prompt
+    """Degradation keeps shape and dtype; mask jitter keeps "no mask" as it is."""
+    from editguard.training.data import degrade, jitter_mask
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
@@ -90,9 +90,3 @@ def test_training_augmentations_match_real_edits():
     m = np.zeros((64, 64), np.uint8)
     m[20:30, 20:30] = 255
     assert any(not np.array_equal(jitter_mask(m, rng), m) for _ in range(10))
-    prompts = ["remove her hijab", "make their shirt red", "give them blackface please"]
-    noisy = [perturb_prompt(p, rng) for p in prompts * 30]
-    dropped = [(n, p) for n, p in zip(noisy, prompts * 30) if len(n.split()) < len(p.split())]
-    assert dropped and all(n.split()[0] == p.split()[0] for n, p in dropped)  # a word dropped, never the first
-    assert sum(n != p for n, p in zip(noisy, prompts * 30)) > 40
-    assert not any(c in n for n in noisy for c in "@$.")

@@ -10,9 +10,9 @@ from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 
 from ..model.preprocess import Preprocessor, collate
-from .manifest import Record
+from ..manifest import Record
 
-__all__ = ["TripleDataset", "collate_batch", "label_matrix", "degrade", "jitter_mask", "perturb_prompt"]
+__all__ = ["TripleDataset", "collate_batch", "label_matrix", "degrade", "jitter_mask"]
 
 
 def label_matrix(records: list[Record], labels: list[str]) -> np.ndarray:
@@ -65,28 +65,6 @@ def jitter_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return mask
 
 
-def perturb_prompt(text: str, rng: np.random.Generator) -> str:
-    """A prompt as another user might type it: a word dropped, or a letter dropped, doubled or
-    swapped. (Not the substitutions the synthetic ood split holds out, such as ``@``/``$`` or dots.)"""
-    words = text.split()
-    k = rng.random()
-    if k < 0.3 and len(words) >= 3:  # never the first word: it usually carries the request
-        del words[int(rng.integers(1, len(words)))]
-        return " ".join(words)
-    i = int(rng.integers(len(words)))
-    w = words[i]
-    if len(w) > 3:
-        j = int(rng.integers(1, len(w) - 1))
-        if k < 0.55:
-            w = w[:j] + w[j + 1:]  # a letter dropped
-        elif k < 0.8:
-            w = w[:j] + w[j] + w[j:]  # a letter doubled
-        else:
-            w = w[:j - 1] + w[j] + w[j - 1] + w[j + 1:]  # two letters swapped
-    words[i] = w
-    return " ".join(words)
-
-
 class TripleDataset(Dataset):
     """Preprocessed triples with labels; decodes each item once and keeps it (``cache=True``).
 
@@ -97,20 +75,18 @@ class TripleDataset(Dataset):
     so a served model copes with requests that send none. With ``realistic``
     too, the images go through :func:`degrade` (the output more often than
     the input), the mask through :func:`jitter_mask`, and the output is
-    sometimes shifted by a pixel. ``prompt_noise`` re-tokenizes the prompt after
-    :func:`perturb_prompt` at that rate. The augmentation of item ``i`` depends only
+    sometimes shifted by a pixel. The augmentation of item ``i`` depends only
     on ``(seed, epoch, i)``: the same whatever the number of ranks or
     DataLoader workers, and repeated exactly on resume.
     """
 
     def __init__(self, records: list[Record], pre: Preprocessor, labels: list[str], *, cache: bool = True,
-                 augment: bool = False, mask_dropout: float = 0.2, seed: int = 0, realistic: bool = False,
-                 prompt_noise: float = 0.0):
+                 augment: bool = False, mask_dropout: float = 0.2, seed: int = 0, realistic: bool = False):
         self.records, self.pre = records, pre
         self.y = label_matrix(records, labels)
         self.cache: dict[int, dict] | None = {} if cache else None
         self.augment, self.mask_dropout, self.seed, self.epoch = augment, mask_dropout, seed, 0
-        self.realistic, self.prompt_noise = realistic, prompt_noise
+        self.realistic = realistic
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -132,9 +108,6 @@ class TripleDataset(Dataset):
                 item["mask"] = np.full_like(item["mask"], 255)
             if self.realistic:
                 self._realistic(item, rng)
-            if self.prompt_noise and rng.random() < self.prompt_noise:
-                ids, att = self.pre.tokens([perturb_prompt(self.records[i].prompt, rng)])
-                item["input_ids"], item["attention_mask"] = ids[0], att[0]
             if rng.random() < 0.5:  # flip the whole triple together
                 for k in ("input_image", "output_image", "mask"):
                     item[k] = np.ascontiguousarray(item[k][:, ::-1])

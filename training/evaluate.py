@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader
 
 from ..model.model_dir import load_model_dir
 from .data import TripleDataset, collate_batch, label_matrix
-from .manifest import read_manifest
-from .metrics import classification_report
+from ..manifest import read_manifest
+from ..metrics import classification_report
 
 _logger = logging.getLogger(__name__)
 
@@ -20,16 +20,15 @@ __all__ = ["evaluate", "predict_manifest"]
 
 
 def predict_manifest(model_dir: str | Path, manifest: str | Path, *, batch_size: int = 128, device: str = "cpu",
-                     allow_outside_root: bool = False, progress: bool = True, head: str = "triple"):
-    """``(records, net config, probabilities float32 [N, C])`` of ``model_dir`` on ``manifest`` (of a joint
-    model's pre-check head with ``head="precheck"``)."""
+                     allow_outside_root: bool = False, progress: bool = True):
+    """``(records, net config, probabilities float32 [N, C])`` of ``model_dir`` on ``manifest``."""
     net, pre = load_model_dir(model_dir, device=device)
     records = read_manifest(manifest, labels=net.cfg.labels, allow_outside_root=allow_outside_root)
     ds = TripleDataset(records, pre, net.cfg.labels, cache=False)
     loader = DataLoader(ds, batch_size, collate_fn=collate_batch)
     from .train import predict
 
-    return records, net.cfg, predict(net, loader, torch.device(device), progress=progress, head=head)
+    return records, net.cfg, predict(net, loader, torch.device(device), progress=progress)
 
 
 def evaluate(model_dir: str | Path, manifest: str | Path, *, batch_size: int = 128, device: str = "cpu",

@@ -25,11 +25,12 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..model.config import preset_config
-from ..model.model_dir import create_model, save_model_dir, write_json_atomic, write_text_atomic
+from ..files import write_json_atomic, write_text_atomic
+from ..model.model_dir import create_model, save_model_dir
 from ..model.taxonomy import Taxonomy, default_taxonomy, load_taxonomy
 from .data import TripleDataset, collate_batch, label_matrix
-from .manifest import read_manifest
-from .metrics import classification_report
+from ..manifest import read_manifest
+from ..metrics import classification_report
 
 _logger = logging.getLogger(__name__)
 
@@ -41,10 +42,7 @@ ABLATIONS = {"triple": {}, "output-only": {"use_input_image": False}, "no-prompt
              "prompt-only": {"use_input_image": False, "use_output_image": False},
              "image-only": {"use_input_image": False, "use_prompt": False},
              # before generation: the request only (input image, mask, prompt), for `editguard_precheck`
-             "precheck": {"use_output_image": False},
-             # the pre-check as a second head on the triple's towers, trained together: measured against
-             # a separate precheck model (scripts/precheck_report.py --head precheck); not served
-             "joint": {"precheck_head": True}}
+             "precheck": {"use_output_image": False}}
 
 
 @dataclass
@@ -52,8 +50,8 @@ class TrainConfig:
     train: str  # training manifest
     val: str  # validation manifest (early stopping and the saved metrics)
     out: str  # model dir to write
-    preset: str = "tiny"  # model preset: tiny, small, base
-    ablation: str = "triple"  # "triple", or "output-only" / "no-prompt" to measure what each input is worth
+    preset: str = "cpu"  # model preset (model/presets/) or a model config .json: the best the CPU trains by default
+    ablation: str = "triple"  # "triple", "precheck", or one of ABLATIONS to measure what each input is worth
     taxonomy: str | None = None  # a taxonomy JSON/YAML; default: the built-in categories
     epochs: int = 12  # maximum epochs
     batch_size: int = 64  # global batch (split over ranks and accumulation steps)
@@ -66,7 +64,6 @@ class TrainConfig:
     patience: int = 4  # epochs without a better val macro AUPRC before stopping
     mask_dropout: float = 0.2  # rate of training items shown with "no mask"
     realistic_augment: bool = True  # codec/resample/blur/noise on the images, mask jitter, 1-px shifts
-    prompt_noise: float = 0.0  # rate of training prompts with a word or letter dropped, doubled or swapped
     seed: int = 0  # seeds init, shuffling and dropout
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
@@ -117,14 +114,15 @@ def _setup(cfg: TrainConfig) -> _Dist:
 
 
 def _optimizer(net: torch.nn.Module, cfg: TrainConfig, total_steps: int):
+    """AdamW over the network's own parameter groups (pretrained towers at ``pretrained_lr_scale``; no decay
+    on norms and biases), with linear warmup and cosine decay."""
+    scale = {id(p): cfg.pretrained_lr_scale if g.pretrained else 1.0 for g in net.param_groups() for p in g.params}
     groups: dict[tuple[float, float], list] = {}
-    pretrained = {"image.": net.cfg.image_encoder.pretrained, "text.": net.cfg.text_encoder.pretrained}
-    for name, p in net.named_parameters():
-        if not p.requires_grad:
-            continue
-        scale = next((cfg.pretrained_lr_scale for k, v in pretrained.items() if name.startswith(k) and v), 1.0)
+    for p in net.parameters():  # in the network's own order, so checkpoints keep their optimizer layout
+        if id(p) not in scale:
+            continue  # frozen
         decay = 0.0 if p.ndim < 2 else cfg.weight_decay
-        groups.setdefault((scale, decay), []).append(p)
+        groups.setdefault((scale[id(p)], decay), []).append(p)
     opt = torch.optim.AdamW(
         [{"params": ps, "lr": cfg.lr * s, "weight_decay": d} for (s, d), ps in groups.items()], lr=cfg.lr
     )
@@ -139,10 +137,9 @@ def _optimizer(net: torch.nn.Module, cfg: TrainConfig, total_steps: int):
 
 
 @torch.no_grad()
-def predict(net: torch.nn.Module, loader, device: torch.device, amp: bool = False, progress: bool = False,
-            head: str = "triple") -> np.ndarray:
-    """Probabilities ``float32 [N, C]`` for every batch of ``loader``, in order (of the pre-check head of
-    a joint model with ``head="precheck"``)."""
+def predict(net: torch.nn.Module, loader, device: torch.device, amp: bool = False, progress: bool = False
+            ) -> np.ndarray:
+    """Probabilities ``float32 [N, C]`` for every batch of ``loader``, in order."""
     from ..progress import progress as progress_bar
 
     net.eval()
@@ -150,7 +147,7 @@ def predict(net: torch.nn.Module, loader, device: torch.device, amp: bool = Fals
     for batch in progress_bar(loader, desc="predict", unit="batch", disable=not progress, leave=False):
         inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            logits = net(**inputs, head=head)
+            logits = net(**inputs)
         out.append(torch.sigmoid(logits.float()).cpu().numpy())
     return np.concatenate(out)
 
@@ -169,10 +166,7 @@ def _train_epoch(run: _Run, epoch: int) -> float:
         sync = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(loader)
         ctx = run.model.no_sync() if d.world > 1 and not sync else contextlib.nullcontext()
         with ctx, torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.amp and d.device.type == "cuda"):
-            if run.net.cfg.precheck_head:  # joint: both heads learn the edit's labels
-                loss = run.loss_fn(run.model(**batch, head="both").float(), y.repeat(1, 2))
-            else:
-                loss = run.loss_fn(run.model(**batch).float(), y)
+            loss = run.loss_fn(run.model(**batch).float(), y)
             (loss / cfg.grad_accum).backward()
         if sync:
             torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
@@ -236,7 +230,7 @@ def train(cfg: TrainConfig) -> dict:
     net = _sync_batchnorm(net, d)
     net.to(d.device)
     train_ds = TripleDataset(train_recs, pre, taxonomy.names, augment=True, mask_dropout=cfg.mask_dropout,
-                             seed=cfg.seed, realistic=cfg.realistic_augment, prompt_noise=cfg.prompt_noise)
+                             seed=cfg.seed, realistic=cfg.realistic_augment)
     val_ds = TripleDataset(val_recs, pre, taxonomy.names, cache=False)
     # one process is a world of one: the same sampler gives every world size the same global batches
     sampler = DistributedSampler(train_ds, d.world, d.rank, shuffle=True, seed=cfg.seed)
@@ -249,8 +243,6 @@ def train(cfg: TrainConfig) -> dict:
     y = label_matrix(train_recs, taxonomy.names)
     pos = y.sum(0)
     pos_weight = torch.tensor(np.clip((len(y) - pos) / np.maximum(pos, 1), 1.0, 50.0), device=d.device)
-    if mcfg.precheck_head:
-        pos_weight = pos_weight.repeat(2)
     model = net
     if d.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[d.device] if d.device.type == "cuda" else None)

@@ -3,13 +3,17 @@
 `editguard export` copies this file into every version dir beside config.json, tokenizer/ and
 labels.json (and `editguard calibrate --install` adds thresholds.json). Per batch of requests:
 
-1. each request is checked and preprocessed by editguard.model.preprocess, the one definition
-   of preprocessing, configured from this version's files (with the parameter decode_device,
-   editguard.model.torch_decode decodes the JPEGs on that torch device: nvJPEG on "cuda"). A request brings either encoded
-   images (INPUT_IMAGE, OUTPUT_IMAGE, optional MASK: decoded and resized here) or pixels the
-   client already letterboxed with the same module (INPUT_PIXELS, OUTPUT_PIXELS, optional
-   MASK_PIXELS, and PIXELS_SPEC: the preprocessing it used, which must be this version's).
-   A request that fails gets an INVALID_ARG error naming the input and the problem;
+The work is editguard.model.served.ServedVersion's, the same object the in-process scorer, the
+Ray actors and the bench run, so their scores are the served ones. This file adds what is
+Triton's: reading requests, answering each one, and counting. Per batch of requests:
+
+1. each request is checked and preprocessed (ServedVersion.prepare: editguard.model.preprocess,
+   configured from this version's files; with the parameter decode_device, JPEGs are decoded on
+   that torch device: nvJPEG on "cuda"). A request brings either encoded images (INPUT_IMAGE,
+   OUTPUT_IMAGE, optional MASK: decoded and resized here) or pixels the client already
+   letterboxed with the same module (INPUT_PIXELS, OUTPUT_PIXELS, optional MASK_PIXELS, and
+   PIXELS_SPEC: the preprocessing it used, which must be this version's). A request that fails
+   gets an INVALID_ARG error naming the input and the problem;
 2. the valid items are classified as one batch: in this process by onnxruntime when the config
    says ``inline_classifier`` (the embedded default: one Python hop instead of two), else by a
    BLS call to editguard_classifier (the same version number; NVIDIA's container runs it on the
@@ -21,72 +25,51 @@ labels.json (and `editguard calibrate --install` adds thresholds.json). Per batc
 """
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from editguard.export.metrics import ServedMetrics
-from editguard.model.preprocess import PreprocessError, Preprocessor, collate
-from editguard.model.thresholds import DEFAULT_THRESHOLD, threshold_array
+from editguard.model.preprocess import PreprocessError, collate
+from editguard.model.served import ServedVersion
+
+
+class _TritonLog(logging.Handler):
+    """editguard's log records (thresholds read or refused, ...) into Triton's log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log = pb_utils.Logger.log_error if record.levelno >= logging.ERROR else pb_utils.Logger.log_info
+        log(self.format(record))
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.dir = Path(args["model_repository"]) / args["model_version"]
-        self.version = int(args["model_version"])
+        logger = logging.getLogger("editguard")
+        if not any(isinstance(h, _TritonLog) for h in logger.handlers):
+            logger.addHandler(_TritonLog())
+            logger.setLevel(logging.INFO)
+        repo, version = Path(args["model_repository"]), args["model_version"]
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.classifier = params["classifier"]
-        # "precheck": the request before generation (input image, mask, prompt); no output image
-        self.precheck = params.get("stage", "triple") == "precheck"
-        self.images = ("INPUT",) if self.precheck else ("INPUT", "OUTPUT")
-        self.pre = Preprocessor.from_dir(self.dir)
+        inline = params.get("inline_classifier", "false").lower() == "true"
         device = params.get("decode_device", "").strip()
-        if device:  # JPEGs decoded and letterboxed by torchvision there (nvJPEG on "cuda"); the rest by Pillow
-            from editguard.model.torch_decode import TorchDecoder
+        if device == "cpu":
+            import torch
 
-            if device == "cpu":
-                import torch
-
-                torch.set_num_threads(1)  # like onnxruntime here: the instances already run side by side
-            self.pre = TorchDecoder(self.pre.cfg, self.pre.tokenizer, device)
-            pb_utils.Logger.log_info(f"editguard v{self.version}: decoding JPEGs on {device}")
-        self.spec = self.pre.cfg.pixels_spec()
-        self.net = None
-        if params.get("inline_classifier", "false").lower() == "true":
-            from editguard.export.runner import OnnxClassifier
-
-            # one thread per instance: the instances (processes) already run side by side
-            self.net = OnnxClassifier(Path(args["model_repository"]).parent / self.classifier / args["model_version"],
-                                      threads=1)
-        self.labels = json.loads((self.dir / "config.json").read_text())["labels"]
-        self.label_bytes = np.array([n.encode() for n in self.labels], dtype=np.object_)
-        self._thresholds_mtime = None
-        self.thresholds = np.full(len(self.labels), DEFAULT_THRESHOLD, np.float32)
-        self._load_thresholds()
-        self.metrics = ServedMetrics(args["model_name"], self.version, self.labels)
-
-    def _load_thresholds(self):
-        """Read thresholds.json when it is new or changed; a bad file keeps the current thresholds."""
-        path = self.dir / "thresholds.json"
-        try:
-            mtime = path.stat().st_mtime_ns
-        except FileNotFoundError:
-            if self._thresholds_mtime is not None:  # removed: back to the defaults
-                self._thresholds_mtime = None
-                self.thresholds = np.full(len(self.labels), DEFAULT_THRESHOLD, np.float32)
-            return
-        if mtime == self._thresholds_mtime:
-            return
-        self._thresholds_mtime = mtime
-        try:
-            t = threshold_array(json.loads(path.read_text()), self.labels)
-        except (ValueError, KeyError, TypeError) as e:
-            pb_utils.Logger.log_error(f"editguard v{self.version}: ignoring bad {path}: {e}")
-            return
-        self.thresholds = t
-        pb_utils.Logger.log_info(f"editguard v{self.version}: thresholds from {path}")
+            torch.set_num_threads(1)  # like onnxruntime here: the instances already run side by side
+        # one onnxruntime thread per instance: the instances (processes) already run side by side
+        self.served = ServedVersion(repo / version, repo.parent / self.classifier / version if inline else None,
+                                    threads=1, decode_device=device)
+        if device:
+            pb_utils.Logger.log_info(f"editguard v{version}: decoding JPEGs on {device}")
+        self.version = int(version)
+        self.images = ("INPUT",) if self.served.precheck else ("INPUT", "OUTPUT")
+        self.label_bytes = np.array([n.encode() for n in self.served.labels], dtype=np.object_)
+        self.served.refresh_thresholds()
+        self.metrics = ServedMetrics(args["model_name"], self.version, self.served.labels)
 
     def _triples(self, request):
         """All triples (or pre-check requests) of one request (usually one), preprocessed; raises
@@ -102,7 +85,7 @@ class TritonPythonModel:
                                   f"{', '.join(n + '_PIXELS' for n in self.images)} and PIXELS_SPEC (prepared "
                                   "pixels)", "bad_request")
         src = get("INPUT_IMAGE").as_numpy().reshape(-1)
-        out = get("OUTPUT_IMAGE").as_numpy().reshape(-1) if not self.precheck else [None] * len(src)
+        out = get("OUTPUT_IMAGE").as_numpy().reshape(-1) if not self.served.precheck else [None] * len(src)
         mask = get("MASK")
         mask = mask.as_numpy().reshape(-1) if mask is not None else [None] * len(src)
         if not len(src) == len(out) == len(prompt) == len(mask):
@@ -111,7 +94,7 @@ class TritonPythonModel:
         items = []
         for k in range(len(src)):
             try:
-                items.append(self.pre.triple(src[k], prompt[k], out[k], mask[k]))
+                items.append(self.served.prepare(src[k], prompt[k], out[k], mask[k]))
             except PreprocessError as e:
                 where = f" (item {k} of the request)" if len(src) > 1 else ""
                 raise PreprocessError(e.field.upper(), e.reason + where, e.kind) from e
@@ -131,12 +114,12 @@ class TritonPythonModel:
                 spec = json.loads(bytes(raw).decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as e:
                 raise PreprocessError("PIXELS_SPEC", f"not a JSON object ({e})", "bad_request") from e
-            if spec != self.spec:
+            if spec != self.served.spec:
                 raise PreprocessError("PIXELS_SPEC", f"pixels were prepared for {json.dumps(spec)[:300]} but version "
-                                      f"{self.version} takes {json.dumps(self.spec)}; read this version's "
+                                      f"{self.version} takes {json.dumps(self.served.spec)}; read this version's "
                                       "preprocessing (parameter 'preprocess' of the model config) and prepare "
                                       "them again", "spec_mismatch")
-        s = self.spec["image_size"]
+        s = self.served.spec["image_size"]
         arrays = {f"{n.lower()}_image": get(f"{n}_PIXELS").as_numpy() for n in self.images}
         n = len(arrays["input_image"])
         mask = get("MASK_PIXELS")
@@ -150,12 +133,12 @@ class TritonPythonModel:
         if any(len(a) != len(prompt) for a in arrays.values()):
             raise PreprocessError("INPUT_PIXELS", "the pixels inputs and PROMPT disagree on the batch size",
                                   "bad_pixels")
-        ids, att = self.pre.tokens(list(prompt))
+        ids, att = self.served.pre.tokens(list(prompt))
         return [{**{k: a[i] for k, a in arrays.items()}, "input_ids": ids[i], "attention_mask": att[i]}
                 for i in range(n)]
 
     def execute(self, requests):
-        self._load_thresholds()
+        self.served.refresh_thresholds()
         responses = [None] * len(requests)
         good = []
         for i, request in enumerate(requests):
@@ -166,14 +149,13 @@ class TritonPythonModel:
                 self.metrics.rejected(e.kind)
         if not good:
             return responses
-        batch = collate([item for _, items in good for item in items])
         try:
-            probs = self._classify(batch)
+            probs = self._classify([item for _, items in good for item in items])
         except RuntimeError as e:
             for i, _ in good:
                 responses[i] = _error(f"classifier: {e}", pb_utils.TritonError.INTERNAL)
             return responses
-        flags = probs >= self.thresholds
+        flags = self.served.flags(probs)
         start = 0
         for i, items in good:
             p, flagged = probs[start:start + len(items)], flags[start:start + len(items)]
@@ -187,14 +169,11 @@ class TritonPythonModel:
         self.metrics.classified(probs, flags)
         return responses
 
-    def _classify(self, batch):
-        """Probabilities ``float32 [B, C]`` for a preprocessed batch; RuntimeError when the network fails."""
-        if self.net is not None:
-            try:
-                return self.net.run([batch])[0]["probabilities"].astype(np.float32)
-            except Exception as e:  # onnxruntime's own errors
-                raise RuntimeError(f"onnxruntime failed: {e}") from e
-        inputs = [pb_utils.Tensor(name, np.ascontiguousarray(arr)) for name, arr in batch.items()]
+    def _classify(self, items):
+        """Probabilities ``float32 [B, C]`` for prepared items; RuntimeError when the network fails."""
+        if self.served.net is not None:
+            return self.served.probabilities(items)
+        inputs = [pb_utils.Tensor(name, np.ascontiguousarray(arr)) for name, arr in collate(items).items()]
         result = pb_utils.InferenceRequest(model_name=self.classifier, model_version=self.version,
                                            requested_output_names=["probabilities"], inputs=inputs).exec()
         if result.has_error():

@@ -1,10 +1,10 @@
 """editguard_classifier (Python backend): the exported ONNX network run by onnxruntime.
 
 `editguard export` copies this file into every version dir beside model.onnx and export.json.
-The session (editguard.export.runner.OnnxClassifier) is built once in ``initialize``. ``execute``
-checks each request, runs all valid ones as one batch, and returns exactly one response per
-request: a bad request (wrong shape, token ids out of range) gets an INVALID_ARG error and never
-reaches the network.
+The session (editguard.model.served.OnnxClassifier, which the served front and the in-process
+scorer run too) is built once in ``initialize``. ``execute`` checks each request, runs all valid
+ones as one batch, and returns exactly one response per request: a bad request (wrong shape,
+token ids out of range) gets an INVALID_ARG error and never reaches the network.
 """
 
 from pathlib import Path
@@ -12,7 +12,7 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from editguard.export.metrics import ServedMetrics
-from editguard.export.runner import OnnxClassifier
+from editguard.model.served import OnnxClassifier
 
 
 class TritonPythonModel:

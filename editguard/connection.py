@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Mapping
 
 __all__ = ["ADMIN_HEADER", "ADMIN_PROTOCOLS", "Connection", "default_key_file", "parse_headers", "read_admin_key",
-           "serve_admin_key"]
+           "serve_admin_key", "missing_header"]
 
 ADMIN_HEADER = "editguard-admin-key"
 GRPC_PREFIX = "triton-grpc-protocol-"  # Triton prepends this to the configured key for gRPC metadata
@@ -135,6 +135,12 @@ class Connection:
         else:
             import tritonclient.grpc as module
         return module.InferenceServerClient(url, **self.client_kwargs())
+
+
+def missing_header(e: Exception) -> bool:
+    """Triton refused the call because a header it requires (the admin key of a restricted protocol)
+    is missing or wrong. It answers UNAVAILABLE, but that is not transient: retrying won't help."""
+    return "is restricted, expecting header" in str(e)
 
 
 def parse_headers(pairs: list[str] | None) -> dict[str, str]:

@@ -1,0 +1,208 @@
+"""A served version: one exported version of a client-facing model, as the server runs it.
+
+The repository layout it reads (``editguard export`` writes it)::
+
+    REPO/editguard/N/             config.json, tokenizer/, labels.json[, thresholds.json]
+    REPO/editguard_classifier/N/  model.onnx, export.json
+
+and the same for the pre-check pair, ``editguard_precheck`` and ``editguard_precheck_classifier``.
+
+:class:`ServedVersion` is the one definition of what the served model does to a triple:
+preprocessing (:mod:`editguard.model.preprocess`), the onnxruntime classifier with its checks
+(:class:`OnnxClassifier`), and the version's thresholds. The Triton Python model
+(``model_repository/editguard/model.py``), the in-process scorer (``editguard score
+--repository``), the Ray actors and ``editguard bench`` all run this class, so "the same scores
+as served" holds by construction. It needs numpy, Pillow, tokenizers and onnxruntime; no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .config import ModelConfig
+from .preprocess import ImageSource, Preprocessor, collate
+from .thresholds import DEFAULT_THRESHOLD, threshold_array
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["FRONT", "CLASSIFIER", "PRECHECK", "PRECHECK_CLASSIFIER", "PAIRS", "versions", "OnnxClassifier",
+           "ServedVersion"]
+
+FRONT, CLASSIFIER = "editguard", "editguard_classifier"
+PRECHECK, PRECHECK_CLASSIFIER = "editguard_precheck", "editguard_precheck_classifier"
+PAIRS = {FRONT: CLASSIFIER, PRECHECK: PRECHECK_CLASSIFIER}  # client-facing model -> its network
+
+
+def versions(repository: str | Path, model: str = FRONT) -> list[int]:
+    """The version numbers of ``model`` on disk in ``repository``, ascending."""
+    d = Path(repository) / model
+    return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit()) if d.exists() else []
+
+
+class OnnxClassifier:
+    """``model.onnx`` and ``export.json`` of one classifier version dir, in an onnxruntime session.
+
+    ``threads``: onnxruntime's intra-op threads (0: its default, every core); the environment
+    variable ``EDITGUARD_ORT_THREADS`` overrides it. ``cuda_device``: use the CUDA execution
+    provider on that device when onnxruntime has it.
+    """
+
+    def __init__(self, version_dir: str | Path, threads: int = 0, cuda_device: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ImportError("running the exported network needs onnxruntime: pip install 'editguard[serve]'") from e
+
+        version_dir = Path(version_dir)
+        self.meta = json.loads((version_dir / "export.json").read_text())
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        threads = int(os.environ.get("EDITGUARD_ORT_THREADS", threads))
+        if threads:
+            opts.intra_op_num_threads = threads
+        providers: list = ["CPUExecutionProvider"]
+        if cuda_device is not None and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": cuda_device}))
+        self.session = ort.InferenceSession(str(version_dir / "model.onnx"), opts, providers=providers)
+        self.inputs = {i.name: i.shape[1:] for i in self.session.get_inputs()}  # per-item shapes
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.vocab_size = int(self.meta["vocab_size"])
+
+    def check(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The arrays this version takes, checked (shapes, token ids in range); raises ValueError
+        naming the input and the problem. Untrusted callers reach the classifier directly."""
+        out = {}
+        for name, shape in self.inputs.items():
+            a = arrays.get(name)
+            if a is None:
+                raise ValueError(f"input '{name}' is required by this model version")
+            if list(a.shape[1:]) != list(shape):
+                raise ValueError(f"input '{name}' has item shape {list(a.shape[1:])}, this model version takes {shape}")
+            out[name] = a
+        if "input_ids" in out:
+            ids = out["input_ids"]
+            if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+                bad = int(ids.max() if ids.max() >= self.vocab_size else ids.min())
+                raise ValueError(f"input 'input_ids': token id {bad} is out of range [0, {self.vocab_size})")
+            att = out["attention_mask"]
+            if att.size and not np.isin(att, (0, 1)).all():
+                raise ValueError("input 'attention_mask' must hold only 0 and 1")
+        sizes = {a.shape[0] for a in out.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"inputs disagree on the batch size: {sorted(sizes)}")
+        return out
+
+    def run(self, batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Run checked batches as one onnxruntime call; the outputs split back per batch."""
+        feed = {n: np.concatenate([b[n] for b in batches]) if len(batches) > 1 else batches[0][n]
+                for n in self.inputs}
+        results = self.session.run(self.outputs, feed)
+        split, start = [], 0
+        for b in batches:
+            n = next(iter(b.values())).shape[0]
+            split.append({name: r[start:start + n] for name, r in zip(self.outputs, results)})
+            start += n
+        return split
+
+
+class ServedVersion:
+    """One version of a client-facing model: preprocessing, classifier and thresholds.
+
+    ``front_dir``: ``REPO/editguard/N`` (or the pre-check's). ``classifier_dir``: the network's
+    version dir, run here by onnxruntime; None when the caller runs the network elsewhere (the
+    Triton front's BLS graph), and then :meth:`probabilities` is not available. ``decode_device``:
+    decode JPEG uploads with torchvision on that torch device ("cuda": nvJPEG) instead of Pillow.
+    """
+
+    def __init__(self, front_dir: str | Path, classifier_dir: str | Path | None = None, *, threads: int = 0,
+                 cuda_device: int | None = None, decode_device: str = ""):
+        self.dir = Path(front_dir)
+        self.version = self.dir.name
+        config = ModelConfig.load(self.dir / "config.json")
+        self.labels: list[str] = list(config.labels)
+        self.precheck = config.ablation == "precheck"  # the request only: no output image
+        self.pre = Preprocessor.from_dir(self.dir)
+        if decode_device:  # JPEGs decoded and letterboxed by torchvision there; the rest by Pillow
+            from .torch_decode import TorchDecoder
+
+            self.pre = TorchDecoder(self.pre.cfg, self.pre.tokenizer, decode_device)
+        self.spec = self.pre.cfg.pixels_spec()
+        self.net = OnnxClassifier(classifier_dir, threads, cuda_device) if classifier_dir is not None else None
+        self.thresholds = np.full(len(self.labels), DEFAULT_THRESHOLD, np.float32)
+        self._thresholds_mtime: int | None = None
+
+    @classmethod
+    def open(cls, repository: str | Path, model: str = FRONT, version: str | int = "", *, threads: int = 0,
+             cuda_device: int | None = None) -> "ServedVersion":
+        """The version ``version`` (default: the newest) of ``model`` in an exported repository, with its
+        classifier, ready to score offline. A malformed thresholds.json raises ValueError here."""
+        repo = Path(repository)
+        if model not in PAIRS:
+            raise ValueError(f"model must be one of {sorted(PAIRS)}, got {model!r}")
+        have = versions(repo, model)
+        if not have:
+            raise FileNotFoundError(f"{repo} has no exported versions of {model}; run `editguard export MODEL_DIR "
+                                    f"--repository {repo}`")
+        version = str(version or max(have))
+        if int(version) not in have:
+            raise FileNotFoundError(f"{repo} has no version {version} of {model} (it has {have})")
+        served = cls(repo / model / version, repo / PAIRS[model] / version, threads=threads, cuda_device=cuda_device)
+        served.refresh_thresholds(strict=True)
+        return served
+
+    # -- thresholds ------------------------------------------------------------------------
+    def refresh_thresholds(self, strict: bool = False) -> None:
+        """Read thresholds.json when it is new or has changed on disk (so installing thresholds needs no
+        reload); back to the default of 0.5 when it is removed. A malformed file raises ValueError with
+        ``strict``, else it is logged and the current thresholds stay."""
+        path = self.dir / "thresholds.json"
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            if self._thresholds_mtime is not None:
+                self._thresholds_mtime = None
+                self.thresholds = np.full(len(self.labels), DEFAULT_THRESHOLD, np.float32)
+                _logger.info("v%s: %s removed; thresholds back to %s", self.version, path, DEFAULT_THRESHOLD)
+            return
+        if mtime == self._thresholds_mtime:
+            return
+        self._thresholds_mtime = mtime
+        try:
+            self.thresholds = threshold_array(json.loads(path.read_text()), self.labels)
+        except (ValueError, KeyError, TypeError) as e:
+            if strict:
+                raise ValueError(f"{path}: {e}") from e
+            _logger.error("v%s: ignoring bad %s: %s", self.version, path, e)
+            return
+        _logger.info("v%s: thresholds from %s", self.version, path)
+
+    # -- the work ----------------------------------------------------------------------------
+    def prepare(self, input_image: ImageSource, prompt: str | bytes, output_image: ImageSource | None,
+                mask: ImageSource | None = None) -> dict[str, np.ndarray]:
+        """One request's network inputs (:meth:`Preprocessor.triple`); a pre-check never reads the output
+        image. Raises :class:`~editguard.model.preprocess.PreprocessError` naming the input."""
+        return self.pre.triple(input_image, prompt, None if self.precheck else output_image, mask)
+
+    def probabilities(self, items: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
+        """``float32 [B, C]`` for prepared items, run as one checked onnxruntime call. Raises RuntimeError
+        when the batch does not fit the network or onnxruntime fails."""
+        if self.net is None:
+            raise RuntimeError(f"version {self.version} was opened without its classifier")
+        try:
+            batch = self.net.check(collate(list(items)))
+        except ValueError as e:  # this version's own preprocessing does not fit its network
+            raise RuntimeError(f"the prepared batch does not fit the network: {e}") from e
+        try:
+            return self.net.run([batch])[0]["probabilities"].astype(np.float32)
+        except Exception as e:  # onnxruntime's own errors
+            raise RuntimeError(f"onnxruntime failed: {e}") from e
+
+    def flags(self, probabilities: np.ndarray) -> np.ndarray:
+        """``bool [B, C]``: each category's score against this version's current threshold."""
+        return probabilities >= self.thresholds
