@@ -5,36 +5,22 @@
           -> score over gRPC -> calibrate --install -> re-score with the installed thresholds
           -> review (a static page of the held-out ood scores)
 
-Each stage is a plain `editguard` command; the commands are printed so they
-can be re-run by hand.
+Each stage is a plain `editguard` command; the commands are printed, with the time each took,
+so they can be re-run by hand.
+
+    .venv/bin/python -m scripts.demo --out demo     # what `make demo` runs
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
 
-from editguard.cli import main as editguard
+from scripts.experiments import SETTINGS, run
 
-SETTINGS = {  # the demo settings the README's figures come from
-    "train": dict(n=6000, seed=1, split="iid"),
-    "val": dict(n=1000, seed=2, split="iid"),
-    "test": dict(n=2000, seed=3, split="iid"),
-    "ood": dict(n=2000, seed=4, split="ood"),
-}
-EPOCHS = 10
-
-
-def run(*argv: str) -> None:
-    print(f"\n$ editguard {shlex.join(argv)}", flush=True)
-    t0 = time.perf_counter()
-    rc = editguard(list(argv))
-    if rc:
-        sys.exit(f"demo: `editguard {argv[0]}` failed with exit code {rc}")
-    print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+EPOCHS = 10  # the demo model's training epochs
 
 
 def serve_score_calibrate(out: Path, repo: Path) -> None:

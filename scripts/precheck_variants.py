@@ -1,24 +1,25 @@
-"""The README's pre-check table: how the pre-check's training settings move what it can know, over
+"""The pre-check table of docs/results.md: how the pre-check's training settings move what it can know, over
 three seeds.
 
-    .venv/bin/python scripts/precheck_variants.py --out runs/precheck_variants   # about 40 minutes on 2 CPU cores
-    .venv/bin/python scripts/precheck_variants.py --out runs/precheck_variants --fine-tune  # + about 50 minutes
+    .venv/bin/python -m scripts.precheck_variants --out runs/precheck_variants   # about 20 minutes on 2 CPU cores
+    .venv/bin/python -m scripts.precheck_variants --out runs/precheck_variants --fine-tune  # + about 50 minutes
 
 The cpu preset's pre-check (``--ablation precheck``: input image, mask and prompt), trained on the
-ablation's realistic benchmark (`scripts/ablation.py` writes it; the same sizes as `make demo`)
+ablation's realistic benchmark (`scripts.ablation` writes it; the same sizes as `make demo`)
 with these settings:
 
 - `noise 0.12`: the cpu preset as it is (prompt-embedding noise 0.12, the post-check's choice);
-- `noise 0.08`: what the `cpu-precheck` preset uses;
-- `... + image dropout 0.3`: the fusion head sees the request's image embedding zeroed for 30% of
-  training items (``image_dropout``), so that the prompt alone learns to carry a stated intent.
+- `noise 0.08`: what the `cpu-precheck` preset uses.
+
+(Image dropout, the head seeing the request's image embedding zeroed for some training items,
+was measured too and not adopted; its rows are in docs/results.md.)
 
 With ``--fine-tune``, one more row: `noise 0.08 + text tower fine-tuned`, the MiniLM prompt tower
 trained too (``text_encoder.freeze: false``, at the train command's pretrained learning-rate scale),
 about 16 minutes a seed instead of 3.
 
 Reported on the held-out ood split: AUROC per category over the triples whose prompt states the
-edit (`scripts/precheck_report.py`'s groups; each category's positives there come from two or three
+edit (`scripts.precheck_report`'s groups; each category's positives there come from two or three
 unseen phrasings, so one misread phrasing moves a figure by hundredths), macro AUROC over the neutral
 and side-effect groups, and at per-category thresholds for precision >= 0.95 on iid val, the share of
 unsafe edits stopped before generation and the false blocks (FPR) among safe requests; that
@@ -30,31 +31,23 @@ Writes OUT/precheck_variants.json and OUT/precheck_variants.md; trained models a
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from ablation import data, labels_and_meta, write_table  # noqa: E402
-from precheck_report import auroc_table, groups, operating_point, thresholds  # noqa: E402
-from prompt_variants import train_variant  # noqa: E402
+from scripts.experiments import (auroc_table, data, groups, labels_and_meta, operating_point, parser, thresholds,
+                                 train_variant, write_table)
 
 VARIANTS = {"noise 0.12": {},
-            "noise 0.08": {"text_encoder": {"embedding_noise": 0.08}},
-            "noise 0.12 + image dropout 0.3": {"image_dropout": 0.3},
-            "noise 0.08 + image dropout 0.3": {"text_encoder": {"embedding_noise": 0.08}, "image_dropout": 0.3}}
+            "noise 0.08": {"text_encoder": {"embedding_noise": 0.08}}}
 FINE_TUNE = {"text_encoder": {"embedding_noise": 0.08, "freeze": False}}
 SEEDS = (0, 1, 2)
 PRECISION = 0.95
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/precheck_variants")
-    ap.add_argument("--data", default="runs/ablation", help="where scripts/ablation.py keeps (or will write) the "
-                    "benchmark (default: %(default)s)")
+    ap = parser(__doc__, "runs/precheck_variants")
     ap.add_argument("--fine-tune", action="store_true", help="also train the row with the prompt tower fine-tuned "
                     "(about 50 more minutes)")
     a = ap.parse_args(argv)

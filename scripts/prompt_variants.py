@@ -1,9 +1,9 @@
-"""The README's prompt-embedding table: how the pooled MiniLM embedding is used, over two seeds.
+"""The prompt-embedding table of docs/results.md: how the pooled MiniLM embedding is used, over two seeds.
 
-    .venv/bin/python scripts/prompt_variants.py --out runs/variants    # about 60 minutes on 2 CPU cores
-    .venv/bin/python scripts/prompt_variants.py --out runs/variants --image-tower  # + about 60 minutes
+    .venv/bin/python -m scripts.prompt_variants --out runs/variants    # about 60 minutes on 2 CPU cores
+    .venv/bin/python -m scripts.prompt_variants --out runs/variants --image-tower  # + about 60 minutes
 
-The cpu preset's triple model, trained on the ablation's realistic benchmark (`scripts/ablation.py`
+The cpu preset's triple model, trained on the ablation's realistic benchmark (`scripts.ablation`
 writes it; the same sizes and seeds as `make demo`) with these `text_encoder` settings:
 
 - `mean`: the mean-pooled embedding as it comes (the preset before this comparison);
@@ -28,16 +28,12 @@ Writes OUT/prompt_variants.json and OUT/prompt_variants.md; trained models are r
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from ablation import auroc_report, data, labels_and_meta, write_table  # noqa: E402
-from demo import EPOCHS, run  # noqa: E402
+from scripts.experiments import auroc_report, data, labels_and_meta, parser, train_variant, write_table
 
 VARIANTS = {"mean": {"text_encoder": {"normalize": False, "embedding_noise": 0.0}},
             "normalised": {"text_encoder": {"normalize": True, "embedding_noise": 0.0}},
@@ -62,36 +58,6 @@ def image_tower_variant(out: Path) -> dict:
                                                         "weights": str(weights)}}
 
 
-def train_variant(out: Path, name: str, patch: dict, seed: int, sets: dict[str, Path],
-                  ablation: str = "triple") -> dict[str, np.ndarray]:
-    """The cpu preset with ``patch`` over it (a section's fields, or a top-level field's value), trained once
-    with this seed; its probabilities on val, test and ood (cached as .npy beside the model)."""
-    from editguard.model import preset_config
-    from editguard.training.evaluate import predict_manifest
-
-    slug = name.replace(" ", "_")
-    model = out / "models" / f"{slug}_s{seed}"
-    if not (model / "metrics.json").exists():
-        cfg = preset_config("cpu").to_dict()
-        cfg.pop("preset")
-        cfg["labels"] = []
-        for key, value in patch.items():
-            cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
-        arch = out / f"{slug}.json"
-        out.mkdir(parents=True, exist_ok=True)
-        arch.write_text(json.dumps(cfg, indent=2))
-        run("train", "--train", str(sets["train"]), "--val", str(sets["val"]), "--out", str(model), "--preset",
-            str(arch), "--ablation", ablation, "--epochs", str(EPOCHS), "--device", "cpu", "--seed", str(seed),
-            "--no-progress")
-    res = {}
-    for split in ("val", "test", "ood"):
-        f = model / f"probs_{split}.npy"
-        if not f.exists():
-            np.save(f, predict_manifest(model, sets[split], progress=False)[2])
-        res[split] = np.load(f)
-    return res
-
-
 def any_fpr(names: list[str], y_cal, p_cal, measured: dict) -> dict[str, float]:
     """Thresholds for precision >= 0.9 per category on (y_cal, p_cal); "unsafe (any)" FPR on each set."""
     from editguard.clients.calibrate import Target, calibrate
@@ -107,10 +73,7 @@ def any_fpr(names: list[str], y_cal, p_cal, measured: dict) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/variants")
-    ap.add_argument("--data", default="runs/ablation", help="where scripts/ablation.py keeps (or will write) the "
-                    "benchmark (default: %(default)s)")
+    ap = parser(__doc__, "runs/variants")
     ap.add_argument("--image-tower", action="store_true", help="also train the pretrained EfficientNet-Lite0 image "
                     "tower row (about 5x the CPU time of the others)")
     a = ap.parse_args(argv)
