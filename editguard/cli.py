@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 from typing import Callable
 
 __all__ = ["main", "build_parser"]
@@ -32,13 +33,15 @@ quick start (the cpu preset on 2 CPU cores; `make demo` runs all of it for you):
 """
 
 
-def _command(sub, name: str, summary: str, description: str, examples: list[str], notes: str = ""):
-    """A subcommand's parser: ``summary`` in ``editguard --help``, then its description, examples and notes."""
-    epilog = ("example:\n" if len(examples) == 1 else "examples:\n") + "\n".join(f"  {e}" for e in examples)
-    if notes:
-        epilog += f"\n\n{notes}"
-    return sub.add_parser(name, help=summary, description=description, epilog=epilog,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+def _command(sub, name: str, run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name``, which ``run`` carries out. ``run``'s docstring is its help: the
+    first line is the summary ``editguard --help`` lists, then the description, then the examples."""
+    summary, _, rest = textwrap.dedent(run.__doc__ or "").strip().partition("\n")
+    description, _, examples = textwrap.dedent(rest).strip().partition("\nexample")
+    p = sub.add_parser(name, help=summary, description=description.strip(), epilog="example" + examples,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=run)
+    return p
 
 
 def _add_connection(p, admin: bool = False) -> None:
@@ -73,19 +76,7 @@ def _connection(a: argparse.Namespace):
 
 
 def _add_synth(sub) -> None:
-    p = _command(
-        sub, "synth", "write a synthetic benchmark of labelled triples",
-        "Draw abstract scenes (no real people), apply edit operations, and write input and output "
-        "images, masks and manifest.jsonl. Deterministic by --seed. By default a triple looks like real "
-        "inpainting: a rough user-drawn mask (or none), the masked region regenerated, blur/noise/colour shifts, "
-        "resampling and a JPEG/WebP/PNG encode of the output; meta records every knob (mask_kind, codec, quality, "
-        "output_rescale, edit_area, people) for slicing. --clean writes pixel-exact outputs and masks of exactly "
-        "the changed pixels instead.",
-        ['editguard synth --out data/train --n 6000 --seed 1',
-         'editguard synth --out data/val --n 1000 --seed 2',
-         'editguard synth --out data/ood --n 2000 --seed 4 --split ood',
-         'editguard synth --out data/clean --n 1000 --seed 5 --clean',
-         'editguard synth --list-ops'])
+    p = _command(sub, "synth", _run_synth)
     g = p.add_argument_group("what to write")
     g.add_argument("--out", help="output folder (created); gets images/ and manifest.jsonl")
     g.add_argument("--n", type=int, default=1000, help="number of triples (default: %(default)s)")
@@ -102,10 +93,25 @@ def _add_synth(sub) -> None:
                    "{color} {place} {object}")
     g.add_argument("--list-ops", action="store_true", help="print the operations, labels and phrasings, then exit")
     g.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    p.set_defaults(func=_run_synth)
 
 
 def _run_synth(a: argparse.Namespace) -> int:
+    """write a synthetic benchmark of labelled triples
+
+    Draw abstract scenes (no real people), apply edit operations, and write input and output
+    images, masks and manifest.jsonl. Deterministic by --seed. By default a triple looks like
+    real inpainting: a rough user-drawn mask (or none), the masked region regenerated,
+    blur/noise/colour shifts, resampling and a JPEG/WebP/PNG encode of the output; meta records
+    every knob (mask_kind, codec, quality, output_rescale, edit_area, people) for slicing.
+    --clean writes pixel-exact outputs and masks of exactly the changed pixels instead.
+
+    examples:
+      editguard synth --out data/train --n 6000 --seed 1
+      editguard synth --out data/val --n 1000 --seed 2
+      editguard synth --out data/ood --n 2000 --seed 4 --split ood
+      editguard synth --out data/clean --n 1000 --seed 5 --clean
+      editguard synth --list-ops
+    """
     from editguard.training.synth import generate, list_ops, load_prompts
 
     prompts = load_prompts(a.prompts) if a.prompts else None
@@ -126,16 +132,7 @@ def _run_synth(a: argparse.Namespace) -> int:
 
 def _add_train(sub) -> None:
     from_help = "(default: %(default)s)"
-    p = _command(
-        sub, "train", "train a model on labelled triples",
-        "Train the triple classifier and write a self-contained model dir (config.json, "
-        "model.safetensors, tokenizer/, labels.json, metrics.json). Runs under torchrun for DDP unchanged.",
-        ['editguard train --train data/train/manifest.jsonl --val data/val/manifest.jsonl --out runs/cpu',
-         'editguard train --train data/train/manifest.jsonl --val data/val/manifest.jsonl --out runs/precheck \\\n'
-         '      --preset cpu-precheck',
-         'editguard train --train data/train/manifest.jsonl --val data/val/manifest.jsonl --out runs/cpu \\\n'
-         '      --overlay decisions.jsonl   # reviewed labels from `editguard review`',
-         'torchrun --nproc_per_node 4 -m editguard train --train ... --val ... --out runs/small --preset small'])
+    p = _command(sub, "train", _run_train)
     g = p.add_argument_group("data")
     g.add_argument("--train", required=True, help="training manifest (.jsonl, .parquet, .csv)")
     g.add_argument("--val", required=True, help="validation manifest, for early stopping and metrics.json")
@@ -171,10 +168,23 @@ def _add_train(sub) -> None:
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run_train)
 
 
 def _run_train(a: argparse.Namespace) -> int:
+    """train a model on labelled triples
+
+    Train the triple classifier and write a self-contained model dir (config.json,
+    model.safetensors, tokenizer/, labels.json, metrics.json). Runs under torchrun for DDP
+    unchanged.
+
+    examples:
+      editguard train --train data/train/manifest.jsonl --val data/val/manifest.jsonl --out runs/cpu
+      editguard train --train data/train/manifest.jsonl --val data/val/manifest.jsonl --out runs/precheck \\
+          --preset cpu-precheck
+      editguard train --train data/train/manifest.jsonl --val data/val/manifest.jsonl --out runs/cpu \\
+          --overlay decisions.jsonl   # reviewed labels from `editguard review`
+      torchrun --nproc_per_node 4 -m editguard train --train ... --val ... --out runs/small --preset small
+    """
     from editguard.metrics import format_table
     from editguard.training.train import TrainConfig, train
 
@@ -190,21 +200,24 @@ def _run_train(a: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub) -> None:
-    p = _command(
-        sub, "evaluate", "metrics of a model dir on a labelled manifest",
-        "Print per-category AUROC, AUPRC, recall at precision 0.9 and support, plus macro figures.",
-        ['editguard evaluate runs/cpu data/val/manifest.jsonl',
-         'editguard evaluate runs/cpu data/test/manifest.jsonl --json runs/cpu/test.json'])
+    p = _command(sub, "evaluate", _run_evaluate)
     p.add_argument("model_dir", help="a model dir written by `editguard train`")
     p.add_argument("manifest", help="a labelled manifest")
     p.add_argument("--json", metavar="OUT", help="also write the report as JSON")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--allow-outside-root", action="store_true")
-    p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(a: argparse.Namespace) -> int:
+    """metrics of a model dir on a labelled manifest
+
+    Print per-category AUROC, AUPRC, recall at precision 0.9 and support, plus macro figures.
+
+    examples:
+      editguard evaluate runs/cpu data/val/manifest.jsonl
+      editguard evaluate runs/cpu data/test/manifest.jsonl --json runs/cpu/test.json
+    """
     from editguard.training.evaluate import evaluate, write_report
     from editguard.metrics import format_table
 
@@ -218,19 +231,7 @@ def _run_evaluate(a: argparse.Namespace) -> int:
 
 
 def _add_export(sub) -> None:
-    p = _command(
-        sub, "export", "export a model dir to ONNX (FP32/FP16, TensorRT) as a new version in a Triton repository",
-        "Export MODEL_DIR to ONNX, check it against torch (max |dprob| <= 1e-4 FP32, <= 1e-2 FP16), "
-        "and write it as a new numbered version of `editguard` and `editguard_classifier` in the repository, "
-        "atomically, without touching other versions. A model trained with --ablation precheck goes to "
-        "`editguard_precheck` and `editguard_precheck_classifier` instead.",
-        ['editguard export runs/cpu --repository repository',
-         'editguard export runs/precheck --repository repository          # -> editguard_precheck',
-         'editguard export runs/small --repository repository --fp16 --max-batch 64',
-         'editguard export runs/small --repository repository --runtime tensorrt   # a GPU with tensorrt',
-         'editguard export runs/small --repository repository --decode-device cuda  # nvJPEG for JPEG uploads',
-         'editguard export runs/cpu --repository repository --server localhost:8001  # and load it there'],
-        'then: editguard serve --repository repository')
+    p = _command(sub, "export", _run_export)
     p.add_argument("model_dir", help="a model dir written by `editguard train`")
     p.add_argument("--repository", default="repository", help="Triton model repository (default: %(default)s)")
     p.add_argument("--version", type=int, help="version number (default: one past the highest present)")
@@ -247,10 +248,26 @@ def _add_export(sub) -> None:
                    "host:port); comma-separate the replicas that share the repository to roll it across them. "
                    "Model control needs the server's admin key (see --admin-key-file)")
     _add_connection(p, admin=True)
-    p.set_defaults(func=_run_export)
 
 
 def _run_export(a: argparse.Namespace) -> int:
+    """export a model dir to ONNX (FP32/FP16, TensorRT) as a new version in a Triton repository
+
+    Export MODEL_DIR to ONNX, check it against torch (max |dprob| <= 1e-4 FP32, <= 1e-2 FP16),
+    and write it as a new numbered version of `editguard` and `editguard_classifier` in the
+    repository, atomically, without touching other versions. A model trained with --ablation
+    precheck goes to `editguard_precheck` and `editguard_precheck_classifier` instead.
+
+    examples:
+      editguard export runs/cpu --repository repository
+      editguard export runs/precheck --repository repository          # -> editguard_precheck
+      editguard export runs/small --repository repository --fp16 --max-batch 64
+      editguard export runs/small --repository repository --runtime tensorrt   # a GPU with tensorrt
+      editguard export runs/small --repository repository --decode-device cuda  # nvJPEG for JPEG uploads
+      editguard export runs/cpu --repository repository --server localhost:8001  # and load it there
+
+    then: editguard serve --repository repository
+    """
     from editguard.export.repository import ExportConfig, export_version
 
     r = export_version(ExportConfig(model_dir=a.model_dir, repository=a.repository, version=a.version, fp16=a.fp16,
@@ -281,20 +298,7 @@ def _run_export(a: argparse.Namespace) -> int:
 
 
 def _add_serve(sub) -> None:
-    p = _command(
-        sub, "serve", "start a local Triton on a model repository",
-        "Start Triton on the repository: NVIDIA's tritonserver from PATH if present, else the binary "
-        "inside the nvidia-pytriton wheel (pip install 'editguard[serve]'). Waits until the models are ready, "
-        "prints the endpoints, and stops cleanly on Ctrl-C or SIGTERM. Inference, health, metadata and model "
-        "config are open; the admin protocols (model load/unload, statistics, shared memory, trace, logging) "
-        "need the admin key: $EDITGUARD_ADMIN_KEY, else --admin-key-file, generated there (mode 0600) when the "
-        "file does not exist. The key is never printed. Beyond loopback, serve gRPC with TLS (--tls-cert, "
-        "--tls-key; --tls-ca for mutual TLS): Triton's HTTP endpoint has no TLS, so it then stays on loopback.",
-        ['editguard serve --repository repository',
-         'editguard serve --repository repository --host 0.0.0.0 --tls-cert server.pem --tls-key server.key \\\n'
-         '      --tls-ca clients-ca.pem'],
-        'then classify with the client (see the README):\n  from editguard.clients import EditGuardClient\n'
-        '  EditGuardClient("localhost:8001").classify(source, prompt, edited, mask)')
+    p = _command(sub, "serve", _run_serve)
     p.add_argument("--repository", default="repository", help="Triton model repository (default: %(default)s)")
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--http-port", type=int, default=8000)
@@ -309,10 +313,29 @@ def _add_serve(sub) -> None:
     g.add_argument("--tls-key", metavar="PEM", help="the server certificate's private key")
     g.add_argument("--tls-ca", metavar="PEM", help="CA of the client certificates: mutual TLS, clients without a "
                    "certificate it signed are refused")
-    p.set_defaults(func=_run_serve)
 
 
 def _run_serve(a: argparse.Namespace) -> int:
+    """start a local Triton on a model repository
+
+    Start Triton on the repository: NVIDIA's tritonserver from PATH if present, else the binary
+    inside the nvidia-pytriton wheel (pip install 'editguard[serve]'). Waits until the models
+    are ready, prints the endpoints, and stops cleanly on Ctrl-C or SIGTERM. Inference, health,
+    metadata and model config are open; the admin protocols (model load/unload, statistics,
+    shared memory, trace, logging) need the admin key: $EDITGUARD_ADMIN_KEY, else
+    --admin-key-file, generated there (mode 0600) when the file does not exist. The key is never
+    printed. Beyond loopback, serve gRPC with TLS (--tls-cert, --tls-key; --tls-ca for mutual
+    TLS): Triton's HTTP endpoint has no TLS, so it then stays on loopback.
+
+    examples:
+      editguard serve --repository repository
+      editguard serve --repository repository --host 0.0.0.0 --tls-cert server.pem --tls-key server.key \\
+          --tls-ca clients-ca.pem
+
+    then classify with the client (see the README):
+      from editguard.clients import EditGuardClient
+      EditGuardClient("localhost:8001").classify(source, prompt, edited, mask)
+    """
     import signal
 
     from editguard.connection import serve_admin_key
@@ -362,18 +385,7 @@ def _run_serve(a: argparse.Namespace) -> int:
 
 
 def _add_score(sub) -> None:
-    p = _command(
-        sub, "score", "score a manifest offline (through Triton or in-process), resumable",
-        "Score every triple of MANIFEST and write per-category scores and flags. Through a running "
-        "Triton (--server) or in-process with onnxruntime from an exported repository (--repository). A rerun "
-        "skips ids already written and retries failures; failures go to OUT.errors.jsonl with the reason.",
-        ['editguard score data/val/manifest.jsonl --out results/val.jsonl --server localhost:8001',
-         'editguard score data/val/manifest.jsonl --out results/val.jsonl --repository repository   # no server',
-         'editguard score data/val/manifest.jsonl --out results/pre-val.jsonl --server localhost:8001 --precheck',
-         'editguard score logs.parquet --out results/logs --repository repository --engine ray --workers 8'],
-        "A results folder instead of a .jsonl file gets Parquet parts. --engine ray runs a Ray Data actor pool\n"
-        "(pip install 'editguard[ray]'): on a Ray cluster started here for the run, or on a running one with\n"
-        "--ray-address. Same results, same resume, same output schema.")
+    p = _command(sub, "score", _run_score)
     p.add_argument("manifest", help="manifest to score (.jsonl, .parquet, .csv); labels optional")
     p.add_argument("--out", required=True, help="results: a .jsonl file, or a folder of Parquet parts")
     g = p.add_mutually_exclusive_group(required=True)
@@ -397,10 +409,26 @@ def _add_score(sub) -> None:
     g.add_argument("--ray-address", metavar="ADDR", help="a running Ray cluster (auto, ray://head:10001); "
                    "default: start one on this machine for the run")
     _add_connection(p)
-    p.set_defaults(func=_run_score)
 
 
 def _run_score(a: argparse.Namespace) -> int:
+    """score a manifest offline (through Triton or in-process), resumable
+
+    Score every triple of MANIFEST and write per-category scores and flags. Through a running
+    Triton (--server) or in-process with onnxruntime from an exported repository (--repository).
+    A rerun skips ids already written and retries failures; failures go to OUT.errors.jsonl with
+    the reason.
+
+    examples:
+      editguard score data/val/manifest.jsonl --out results/val.jsonl --server localhost:8001
+      editguard score data/val/manifest.jsonl --out results/val.jsonl --repository repository   # no server
+      editguard score data/val/manifest.jsonl --out results/pre-val.jsonl --server localhost:8001 --precheck
+      editguard score logs.parquet --out results/logs --repository repository --engine ray --workers 8
+
+    A results folder instead of a .jsonl file gets Parquet parts. --engine ray runs a Ray Data actor pool
+    (pip install 'editguard[ray]'): on a Ray cluster started here for the run, or on a running one with
+    --ray-address. Same results, same resume, same output schema.
+    """
     from editguard.clients.score import ScoreConfig, score
 
     s = score(ScoreConfig(manifest=a.manifest, out=a.out, server=a.server, repository=a.repository, version=a.version,
@@ -420,17 +448,7 @@ def _run_score(a: argparse.Namespace) -> int:
 
 
 def _add_calibrate(sub) -> None:
-    p = _command(
-        sub, "calibrate", "choose per-category thresholds from labelled scores; install them into a repository",
-        "Choose each category's threshold with scikit-learn's precision_recall_curve so that it meets "
-        "a target (e.g. precision >= 0.95), report precision, recall, FPR and support with bootstrap 95% CIs, "
-        "and write thresholds.json. --install puts it beside the model version in a Triton repository; the "
-        "served model picks it up on its next request, with no restart.",
-        ['editguard calibrate results/val.jsonl --target precision=0.9 --install repository --plots plots/',
-         'editguard calibrate results/val.jsonl --target precision=0.9 --target-for minors=recall=0.99 \\\n'
-         '      --calibration isotonic --slice-by mask_kind --check results/ood.jsonl',
-         'editguard calibrate results/pre-val.jsonl --target precision=0.95 --model editguard_precheck \\\n'
-         '      --install repository'])
+    p = _command(sub, "calibrate", _run_calibrate)
     p.add_argument("results", help="results of `editguard score` on a labelled manifest")
     p.add_argument("--target", default="precision=0.95", help="default target, METRIC=VALUE (default: %(default)s)")
     p.add_argument("--target-for", action="append", default=[], metavar="CATEGORY=METRIC=VALUE",
@@ -460,10 +478,23 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--overlay", action="append", default=[], metavar="DECISIONS",
                    help="reviewed labels over the results' labels: the decisions JSONL that `editguard review`'s page "
                    "downloads; repeat for several")
-    p.set_defaults(func=_run_calibrate)
 
 
 def _run_calibrate(a: argparse.Namespace) -> int:
+    """choose per-category thresholds from labelled scores; install them into a repository
+
+    Choose each category's threshold with scikit-learn's precision_recall_curve so that it meets
+    a target (e.g. precision >= 0.95), report precision, recall, FPR and support with bootstrap
+    95% CIs, and write thresholds.json. --install puts it beside the model version in a Triton
+    repository; the served model picks it up on its next request, with no restart.
+
+    examples:
+      editguard calibrate results/val.jsonl --target precision=0.9 --install repository --plots plots/
+      editguard calibrate results/val.jsonl --target precision=0.9 --target-for minors=recall=0.99 \\
+          --calibration isotonic --slice-by mask_kind --check results/ood.jsonl
+      editguard calibrate results/pre-val.jsonl --target precision=0.95 --model editguard_precheck \\
+          --install repository
+    """
     from pathlib import Path
 
     import numpy as np
@@ -555,17 +586,7 @@ def _check_shift(a: argparse.Namespace, labels: list[str], th, y, scores, result
 
 
 def _add_review(sub) -> None:
-    p = _command(
-        sub, "review", "a static review page of scored triples: look at what was flagged, record decisions as labels",
-        "Write OUT/index.html (plus thumbnails): a self-contained page that opens from disk or any static "
-        "host. It shows a summary (flag rates; with labels, precision, recall and FPR at the thresholds, PR curves "
-        "and --slice-by tables) and a grid of triples (input, output, mask, what changed, the prompt, and each "
-        "category's score against its threshold), with filters, sorting and a near-the-threshold queue. Reviewers "
-        "mark verdicts correct or wrong and download decisions.jsonl, which `editguard train --overlay` and "
-        "`editguard calibrate --overlay` read back as labels.",
-        ['editguard review results/val.jsonl --manifest data/val/manifest.jsonl --out review/val --thresholds repository',
-         'editguard calibrate results/val.jsonl --overlay decisions.jsonl --target precision=0.9   # the decisions'],
-        'then open review/val/index.html in a browser, review, and "Download decisions".')
+    p = _command(sub, "review", _run_review)
     p.add_argument("results", help="results of `editguard score` (JSONL or Parquet folder)")
     p.add_argument("--manifest", required=True, help="the manifest that was scored (images, prompts, labels, meta)")
     p.add_argument("--out", required=True, help="folder for index.html and thumbs/ (created; thumbnails are reused)")
@@ -577,10 +598,25 @@ def _add_review(sub) -> None:
     p.add_argument("--workers", type=int, help="thumbnail processes (default: all cores)")
     p.add_argument("--allow-outside-root", action="store_true")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_run_review)
 
 
 def _run_review(a: argparse.Namespace) -> int:
+    """a static review page of scored triples: look at what was flagged, record decisions as labels
+
+    Write OUT/index.html (plus thumbnails): a self-contained page that opens from disk or any
+    static host. It shows a summary (flag rates; with labels, precision, recall and FPR at the
+    thresholds, PR curves and --slice-by tables) and a grid of triples (input, output, mask,
+    what changed, the prompt, and each category's score against its threshold), with filters,
+    sorting and a near-the-threshold queue. Reviewers mark verdicts correct or wrong and
+    download decisions.jsonl, which `editguard train --overlay` and `editguard calibrate
+    --overlay` read back as labels.
+
+    examples:
+      editguard review results/val.jsonl --manifest data/val/manifest.jsonl --out review/val --thresholds repository
+      editguard calibrate results/val.jsonl --overlay decisions.jsonl --target precision=0.9   # the decisions
+
+    then open review/val/index.html in a browser, review, and "Download decisions".
+    """
     from editguard.clients.review import ReviewConfig, build_review
 
     index = build_review(ReviewConfig(results=a.results, manifest=a.manifest, out=a.out, thresholds=a.thresholds,
@@ -591,16 +627,7 @@ def _run_review(a: argparse.Namespace) -> int:
 
 
 def _add_bench(sub) -> None:
-    p = _command(
-        sub, "bench", "benchmark the hot paths: torch vs onnxruntime, served throughput, preprocessing",
-        "Measure in-process torch eager vs onnxruntime (FP32/FP16) per batch size, a closed-loop "
-        "concurrency sweep against a real Triton through the real client, what uploads cost at 256/512/1024 px "
-        "(PIL images on the pixels path vs PNG and JPEG bytes: c1 latency, c16 throughput, client CPU per "
-        "triple), the two serving graphs (network inline in the front model vs a BLS hop) with Triton's "
-        "queue/compute split, and image decode + resize throughput; optionally (--sections ray) batch scoring "
-        "on Ray at 1, 2, ... workers. Prints markdown tables and writes bench.json and bench.md to --out.",
-        ['editguard bench --model-dir demo/model --repository demo/repository --out bench/cpu',
-         'editguard bench --model-dir demo/model --repository demo/repository --out bench/ray --sections ray'])
+    p = _command(sub, "bench", _run_bench)
     p.add_argument("--model-dir", required=True, help="a trained model dir")
     p.add_argument("--repository", required=True, help="an exported repository of the same model")
     p.add_argument("--out", default="bench", help="output folder (default: %(default)s)")
@@ -616,10 +643,23 @@ def _add_bench(sub) -> None:
     p.add_argument("--ray-workers", default="1,2", help="ray section: actor counts to compare (default: %(default)s)")
     p.add_argument("--ray-items", type=int, default=3000, help="ray section: triples per run (default: %(default)s)")
     _add_connection(p, admin=True)
-    p.set_defaults(func=_run_bench)
 
 
 def _run_bench(a: argparse.Namespace) -> int:
+    """benchmark the hot paths: torch vs onnxruntime, served throughput, preprocessing
+
+    Measure in-process torch eager vs onnxruntime (FP32/FP16) per batch size, a closed-loop
+    concurrency sweep against a real Triton through the real client, what uploads cost at
+    256/512/1024 px (PIL images on the pixels path vs PNG and JPEG bytes: c1 latency, c16
+    throughput, client CPU per triple), the two serving graphs (network inline in the front
+    model vs a BLS hop) with Triton's queue/compute split, and image decode + resize throughput;
+    optionally (--sections ray) batch scoring on Ray at 1, 2, ... workers. Prints markdown
+    tables and writes bench.json and bench.md to --out.
+
+    examples:
+      editguard bench --model-dir demo/model --repository demo/repository --out bench/cpu
+      editguard bench --model-dir demo/model --repository demo/repository --out bench/ray --sections ray
+    """
     from editguard.bench import BenchConfig, run_bench, to_markdown
 
     ints = lambda s: [int(x) for x in s.split(",") if x]

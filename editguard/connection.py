@@ -18,10 +18,10 @@ import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 __all__ = ["ADMIN_HEADER", "ADMIN_PROTOCOLS", "Connection", "default_key_file", "parse_headers", "read_admin_key",
-           "serve_admin_key", "missing_header"]
+           "serve_admin_key", "missing_header", "require_files"]
 
 ADMIN_HEADER = "editguard-admin-key"
 GRPC_PREFIX = "triton-grpc-protocol-"  # Triton prepends this to the configured key for gRPC metadata
@@ -96,10 +96,8 @@ class Connection:
     def __post_init__(self) -> None:
         if bool(self.private_key) != bool(self.certificate_chain):
             raise ValueError("mutual TLS needs both the client's private key and its certificate chain")
-        for name in ("root_certificates", "private_key", "certificate_chain"):
-            path = getattr(self, name)
-            if path and not Path(path).is_file():
-                raise FileNotFoundError(f"{name}: {path} is not a file")
+        require_files({n: getattr(self, n) for n in ("root_certificates", "private_key", "certificate_chain")},
+                      lambda name, path: FileNotFoundError(f"{name}: {path} is not a file"))
 
     @property
     def tls(self) -> bool:
@@ -135,6 +133,13 @@ class Connection:
         else:
             import tritonclient.grpc as module
         return module.InferenceServerClient(url, **self.client_kwargs())
+
+
+def require_files(paths: Mapping[str, str | Path | None], error: Callable[[str, str], Exception]) -> None:
+    """Raise ``error(name, path)`` for the first of ``paths`` that is given but is not a file (TLS material)."""
+    for name, path in paths.items():
+        if path and not Path(path).is_file():
+            raise error(name, str(path))
 
 
 def missing_header(e: Exception) -> bool:

@@ -127,10 +127,10 @@ class TritonServer:
             raise TritonError("TLS needs both the server certificate (--tls-cert) and its key (--tls-key)")
         if self.tls_ca and not self.tls_cert:
             raise TritonError("mutual TLS (--tls-ca) needs the server's own certificate too (--tls-cert, --tls-key)")
-        for name in ("tls_cert", "tls_key", "tls_ca"):
-            path = getattr(self, name)
-            if path and not Path(path).is_file():
-                raise TritonError(f"--{name.replace('_', '-')} {path} is not a file")
+        from ..connection import require_files
+
+        require_files({f"--{n.replace('_', '-')}": getattr(self, n) for n in ("tls_cert", "tls_key", "tls_ca")},
+                      lambda name, path: TritonError(f"{name} {path} is not a file"))
 
     @property
     def tls(self) -> bool:

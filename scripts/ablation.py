@@ -42,7 +42,7 @@ ROWS = {  # row -> (benchmark, preset, ablation)
     "triple, tiny preset (text tower from scratch, no pair tower)": ("real", "tiny", "triple"),
     "triple on the clean benchmark": ("clean", "cpu", "triple"),
 }
-# the check before generation, with its own preset (cpu-precheck: the prompt noise the pre-check measured
+# the check before generation, with its own preset (cpu-precheck: the embedding noise the pre-check measured
 # best at, scripts/precheck_variants.py)
 PRECHECK = {"pre-check (cpu-precheck preset)": ("cpu-precheck", "precheck")}
 

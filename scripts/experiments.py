@@ -27,12 +27,14 @@ SETTINGS = {  # the benchmark: the demo's data sets, and the ones docs/results.m
 EPOCHS = 10  # training epochs of every model in docs/results.md
 
 
-def parser(doc: str, out: str) -> argparse.ArgumentParser:
-    """A variants script's command line: its docstring as help, ``--out`` and ``--data``."""
+def parser(doc: str, out: str, extra_row: str, extra_help: str) -> argparse.ArgumentParser:
+    """A variants script's command line: its docstring as help, ``--out``, ``--data``, and the flag
+    ``extra_row`` that adds its most expensive row."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=out, help="folder for the models and the table (default: %(default)s)")
     ap.add_argument("--data", default="runs/ablation", help="where scripts.ablation keeps (or will write) the "
                     "benchmark (default: %(default)s)")
+    ap.add_argument(extra_row, action="store_true", help=extra_help)
     return ap
 
 
@@ -56,6 +58,13 @@ def data(out: Path, bench: str) -> dict[str, Path]:
                 *(["--clean"] if bench == "clean" else []))
         sets[name] = folder / "manifest.jsonl"
     return sets
+
+
+def realistic_benchmark(folder: Path) -> tuple[list[str], dict[str, Path]]:
+    """The default taxonomy's category names, and the realistic benchmark's manifests under ``folder``."""
+    from editguard.model import default_taxonomy
+
+    return default_taxonomy().names, data(Path(folder), "real")
 
 
 def write_table(out: Path, stem: str, md: str, rows: dict) -> None:

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.experiments import (auroc_table, data, groups, labels_and_meta, operating_point, parser, thresholds,
-                                 train_variant, write_table)
+from scripts.experiments import (auroc_table, groups, labels_and_meta, operating_point, parser,
+                                 realistic_benchmark, thresholds, train_variant, write_table)
 
 VARIANTS = {"noise 0.12": {},
             "noise 0.08": {"text_encoder": {"embedding_noise": 0.08}}}
@@ -47,18 +47,11 @@ PRECISION = 0.95
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser(__doc__, "runs/precheck_variants")
-    ap.add_argument("--fine-tune", action="store_true", help="also train the row with the prompt tower fine-tuned "
-                    "(about 50 more minutes)")
-    a = ap.parse_args(argv)
+    a = parser(__doc__, "runs/precheck_variants", "--fine-tune", "also train the row with the prompt tower "
+               "fine-tuned (about 50 more minutes)").parse_args(argv)
     out = Path(a.out)
-    variants = dict(VARIANTS)
-    if a.fine_tune:
-        variants["noise 0.08 + text tower fine-tuned"] = FINE_TUNE
-    from editguard.model import default_taxonomy
-
-    names = default_taxonomy().names
-    sets = data(Path(a.data), "real")
+    variants = {**VARIANTS, **({"noise 0.08 + text tower fine-tuned": FINE_TUNE} if a.fine_tune else {})}
+    names, sets = realistic_benchmark(a.data)
     y_val, _ = labels_and_meta(sets["val"], names)
     y, meta = labels_and_meta(sets["ood"], names)
     y_test, meta_test = labels_and_meta(sets["test"], names)

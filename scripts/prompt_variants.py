@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.experiments import auroc_report, data, labels_and_meta, parser, train_variant, write_table
+from scripts.experiments import (auroc_report, labels_and_meta, parser, realistic_benchmark, train_variant,
+                                 write_table)
 
 VARIANTS = {"mean": {"text_encoder": {"normalize": False, "embedding_noise": 0.0}},
             "normalised": {"text_encoder": {"normalize": True, "embedding_noise": 0.0}},
@@ -73,18 +74,11 @@ def any_fpr(names: list[str], y_cal, p_cal, measured: dict) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser(__doc__, "runs/variants")
-    ap.add_argument("--image-tower", action="store_true", help="also train the pretrained EfficientNet-Lite0 image "
-                    "tower row (about 5x the CPU time of the others)")
-    a = ap.parse_args(argv)
+    a = parser(__doc__, "runs/variants", "--image-tower", "also train the pretrained EfficientNet-Lite0 image "
+               "tower row (about 5x the CPU time of the others)").parse_args(argv)
     out = Path(a.out)
-    variants = dict(VARIANTS)
-    if a.image_tower:
-        variants["noise 0.08 + Lite0 image tower"] = image_tower_variant(out)
-    from editguard.model import default_taxonomy
-
-    names = default_taxonomy().names
-    sets = data(Path(a.data), "real")
+    variants = {**VARIANTS, **({"noise 0.08 + Lite0 image tower": image_tower_variant(out)} if a.image_tower else {})}
+    names, sets = realistic_benchmark(a.data)
     y = {s: labels_and_meta(sets[s], names)[0] for s in ("val", "test", "ood")}
     half = len(y["test"]) // 2
     rows = {}

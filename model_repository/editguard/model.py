@@ -14,7 +14,8 @@ Triton's: reading requests, answering each one, and counting. Per batch of reque
    letterboxed with the same module (INPUT_PIXELS, OUTPUT_PIXELS, optional MASK_PIXELS, and
    PIXELS_SPEC: the preprocessing it used, which must be this version's). A request that fails
    gets an INVALID_ARG error naming the input and the problem;
-2. the valid items are classified as one batch: in this process by onnxruntime when the config
+2. the valid items are classified as one batch (editguard.export.python_backend answers each
+   request, its error or its verdicts): in this process by onnxruntime when the config
    says ``inline_classifier`` (the embedded default: one Python hop instead of two), else by a
    BLS call to editguard_classifier (the same version number; NVIDIA's container runs it on the
    native onnxruntime or TensorRT backend);
@@ -32,6 +33,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from editguard.export.metrics import ServedMetrics
+from editguard.export.python_backend import answer_each
 from editguard.model.preprocess import PreprocessError, collate
 from editguard.model.served import ServedVersion
 
@@ -139,35 +141,24 @@ class TritonPythonModel:
 
     def execute(self, requests):
         self.served.refresh_thresholds()
-        responses = [None] * len(requests)
-        good = []
-        for i, request in enumerate(requests):
-            try:
-                good.append((i, self._triples(request)))
-            except PreprocessError as e:
-                responses[i] = _error(str(e), pb_utils.TritonError.INVALID_ARG)
-                self.metrics.rejected(e.kind)
-        if not good:
-            return responses
-        try:
-            probs = self._classify([item for _, items in good for item in items])
-        except RuntimeError as e:
-            for i, _ in good:
-                responses[i] = _error(f"classifier: {e}", pb_utils.TritonError.INTERNAL)
-            return responses
+        return answer_each(requests, self._triples, self._verdicts,
+                           lambda e: self.metrics.rejected(getattr(e, "kind", "bad_request")),
+                           "classifier")
+
+    def _verdicts(self, work):
+        """The output tensors of each request's triples (``work``: one list of prepared items per request),
+        classified as one batch."""
+        probs = self._classify([item for items in work for item in items])
         flags = self.served.flags(probs)
-        start = 0
-        for i, items in good:
+        outputs, start = [], 0
+        for items in work:
             p, flagged = probs[start:start + len(items)], flags[start:start + len(items)]
             start += len(items)
-            responses[i] = pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("SCORES", p),
-                pb_utils.Tensor("FLAGGED", flagged),
-                pb_utils.Tensor("UNSAFE", flagged.any(axis=1, keepdims=True)),
-                pb_utils.Tensor("LABELS", np.tile(self.label_bytes, (len(items), 1))),
-            ])
+            outputs.append([pb_utils.Tensor("SCORES", p), pb_utils.Tensor("FLAGGED", flagged),
+                            pb_utils.Tensor("UNSAFE", flagged.any(axis=1, keepdims=True)),
+                            pb_utils.Tensor("LABELS", np.tile(self.label_bytes, (len(items), 1)))])
         self.metrics.classified(probs, flags)
-        return responses
+        return outputs
 
     def _classify(self, items):
         """Probabilities ``float32 [B, C]`` for prepared items; RuntimeError when the network fails."""
@@ -180,6 +171,3 @@ class TritonPythonModel:
             raise RuntimeError(result.error().message())
         return pb_utils.get_output_tensor_by_name(result, "probabilities").as_numpy().astype(np.float32)
 
-
-def _error(message, code):
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))

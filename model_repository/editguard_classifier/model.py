@@ -12,6 +12,7 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from editguard.export.metrics import ServedMetrics
+from editguard.export.python_backend import answer_each
 from editguard.model.served import OnnxClassifier
 
 
@@ -31,26 +32,8 @@ class TritonPythonModel:
         return self.net.check(arrays)
 
     def execute(self, requests):
-        responses = [None] * len(requests)
-        good = []
-        for i, request in enumerate(requests):
-            try:
-                good.append((i, self._arrays(request)))
-            except ValueError as e:
-                responses[i] = _error(str(e), pb_utils.TritonError.INVALID_ARG)
-                self.metrics.rejected("bad_tensors")
-        if not good:
-            return responses
-        try:
-            results = self.net.run([a for _, a in good])
-        except Exception as e:  # an ORT failure answers these requests with its message
-            for i, _ in good:
-                responses[i] = _error(f"onnxruntime failed: {e}", pb_utils.TritonError.INTERNAL)
-            return responses
-        for (i, _), out in zip(good, results):
-            responses[i] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in out.items()])
-        return responses
+        return answer_each(requests, self._arrays, self._run, lambda e: self.metrics.rejected("bad_tensors"),
+                           "onnxruntime failed")
 
-
-def _error(message, code):
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
+    def _run(self, batches):
+        return [[pb_utils.Tensor(k, v) for k, v in out.items()] for out in self.net.run(batches)]

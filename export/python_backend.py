@@ -1,0 +1,48 @@
+"""What the Python-backend models of ``model_repository/`` share: Triton's ``execute`` contract.
+
+Both ``editguard`` (and ``editguard_precheck``) and ``editguard_classifier`` answer a dynamic batch
+of requests the same way: every request that can't be read gets its own INVALID_ARG error and is
+counted, the rest run as one batch, and each request gets exactly one response. Import it only
+inside Triton's Python backend (it needs ``triton_python_backend_utils``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+__all__ = ["answer_each"]
+
+
+def answer_each(requests: list, read: Callable[[Any], Any], run: Callable[[list], list[list]],
+                rejected: Callable[[ValueError], None], failure: str) -> list:
+    """One response per request, in order.
+
+    ``read(request)``: the request's work; a ValueError (``PreprocessError`` is one) answers that request
+    alone with INVALID_ARG and its message, and ``rejected(error)`` counts it. ``run(works)``: for all
+    readable requests at once, one list of output tensors per work; when it raises, each of those
+    requests gets INTERNAL with ``failure`` and the message.
+    """
+    import triton_python_backend_utils as pb_utils
+
+    def error(message: str, code) -> Any:
+        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
+
+    responses: list = [None] * len(requests)
+    good = []
+    for i, request in enumerate(requests):
+        try:
+            good.append((i, read(request)))
+        except ValueError as e:
+            responses[i] = error(str(e), pb_utils.TritonError.INVALID_ARG)
+            rejected(e)
+    if not good:
+        return responses
+    try:
+        outputs = run([work for _, work in good])
+    except Exception as e:  # the network's own errors answer these requests, and the server goes on
+        for i, _ in good:
+            responses[i] = error(f"{failure}: {e}", pb_utils.TritonError.INTERNAL)
+        return responses
+    for (i, _), tensors in zip(good, outputs):
+        responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+    return responses
