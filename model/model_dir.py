@@ -80,7 +80,7 @@ def save_model_dir(
     write_json_atomic(out / "config.json", net.cfg.to_dict())
     write_json_atomic(out / "labels.json", taxonomy.to_dict())
     with atomic_path(out / "model.safetensors") as tmp:
-        save_model(net, str(tmp), metadata={"format": "pt", "editguard": "1"})
+        save_model(net, str(tmp), metadata={"format": "pt", "editguard": "1"}, force_contiguous=True)
     if Path(tokenizer_dir).resolve() != (out / "tokenizer").resolve():
         replace_dir(tokenizer_dir, out / "tokenizer")
     if net.cfg.use_prompt:

