@@ -20,7 +20,8 @@ from typing import AsyncIterator, Iterable, Mapping
 
 from .calls import Call, ClientSettings
 from .errors import EditGuardError
-from .protocol import ImageInput, PixelsPrep, Triple, Verdict, as_request, as_triple, mapped_errors, published_specs
+from .protocol import (ImageInput, PixelsPrep, Triple, Verdict, as_request, as_triple, mapped_errors,
+                       published_specs)
 
 __all__ = ["AsyncEditGuardClient"]
 

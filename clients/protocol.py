@@ -15,7 +15,7 @@ from typing import Iterator, Mapping, Sequence, Union
 import numpy as np
 
 from ..connection import missing_header
-from .errors import EditGuardError, InvalidInputError, ServerError, ServerUnavailableError, DeadlineExceededError
+from .errors import DeadlineExceededError, EditGuardError, InvalidInputError, ServerError, ServerUnavailableError
 
 __all__ = ["Verdict", "Triple", "ImageInput", "MAX_IMAGE_BYTES", "MAX_PROMPT_BYTES", "OUTPUTS", "encode_image",
            "check_prompt", "prepare", "build_inputs", "wants_pixels", "PixelsPrep", "published_specs",
@@ -217,7 +217,8 @@ def to_error(e: Exception, item_id: str | None = None) -> EditGuardError:
     status = _status(e)
     msg = getattr(e, "message", lambda: str(e))() if callable(getattr(e, "message", None)) else str(e)
     cls = {"INVALID_ARGUMENT": InvalidInputError, "UNAVAILABLE": ServerUnavailableError,
-           "RESOURCE_EXHAUSTED": ServerUnavailableError, "DEADLINE_EXCEEDED": DeadlineExceededError}.get(status, ServerError)
+           "RESOURCE_EXHAUSTED": ServerUnavailableError,
+           "DEADLINE_EXCEEDED": DeadlineExceededError}.get(status, ServerError)
     if status == "UNAVAILABLE" and missing_header(e):
         # Triton refuses a call without a required header as UNAVAILABLE; it is not transient
         cls, status = ServerError, "PERMISSION_DENIED"

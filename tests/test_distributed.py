@@ -1,14 +1,15 @@
 """Training under torchrun: 2 CPU ranks (gloo) against one process.
 
 - Same global batch (2 ranks x 8, or 1 process x 2 accumulated micro-batches of 8, or 1 x 16)
-  gives the same model, up to float rounding. How far float rounding carries is measured, not
-  assumed: every run uses one intra-op thread (the ranks run with OMP_NUM_THREADS=1, the
-  in-process runs with torch.set_num_threads(1)), so each result is the same however loaded the
-  machine is; and the bound on the weights comes from the drift between two runs that differ
-  only in the order of float additions (the same one-process run at 1 and at 2 threads). Adam
-  carries such drift furthest in rarely-updated rows (the word embeddings): splitting the batch
-  differently moved them by 1.3e-4 on one machine and under 1e-4 on another, while the
-  validation probabilities agreed to 1e-6.
+  gives the same model, up to float rounding. Every run uses one intra-op thread (the ranks run
+  with OMP_NUM_THREADS=1, the in-process runs with torch.set_num_threads(1)), so each result is
+  the same however loaded the machine is. The bound on the weights is derived from measured
+  spreads, not guessed: splitting the same batch differently is rounding at the first step, but
+  Adam carries it furthest in rarely-updated rows (the word embeddings), and after 3 epochs it
+  was 2e-5 to 1.5e-4 on two machines and both conv layouts; a wrong batch size or learning rate
+  moved the same weights by 3e-2 or more. So the weights must agree to 1e-3, ten times the
+  largest rounding drift seen and thirty times below the smallest real error. The validation
+  probabilities agreed to 1e-6, and must to 1e-4.
 - Only rank 0 writes: a Python audit hook, installed in every rank through ``sitecustomize``,
   records each file the process opens for writing, renames, creates or deletes under the model dir.
 - A checkpoint written by 2 ranks resumes in 1 process and ends where the straight run ends.
@@ -79,12 +80,12 @@ def ddp_data(synth_sets, tmp_path_factory, subset_manifest):
     return root, args
 
 
-def _single(args: list[str], out: Path, *extra: str, threads: int = 1) -> None:
-    """Train in this process at a fixed number of intra-op threads (the ranks run at 1)."""
+def _single(args: list[str], out: Path, *extra: str) -> None:
+    """Train in this process at one intra-op thread, as the ranks run."""
     from editguard.cli import main
 
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
     try:
         assert main(["train", *args, "--out", str(out), *extra]) == 0
     finally:
@@ -150,10 +151,9 @@ def _files(root: Path) -> set[str]:
 
 def test_two_ranks_match_one_process_and_only_rank0_writes(ddp_data, read_jsonl):
     root, args = ddp_data
-    one, accum, two, threads2 = root / "one", root / "accum", root / "two", root / "threads2"
+    one, accum, two = root / "one", root / "accum", root / "two"
     _single(args, one)
     _single(args, accum, "--grad-accum", "2")
-    _single(args, threads2, threads=2)  # the same run, its float additions in another order
 
     audit = root / "audit"
     audit.mkdir()
@@ -165,12 +165,13 @@ def test_two_ranks_match_one_process_and_only_rank0_writes(ddp_data, read_jsonl)
     assert proc.returncode == 0, log[-3000:]
 
     # the same model: weights after the last epoch, and validation probabilities of the best epoch
-    w_two, w_accum, rounding = _max_diff(one, two), _max_diff(one, accum), _max_diff(one, threads2)
+    w_two, w_accum = _max_diff(one, two), _max_diff(one, accum)
     p_two = float(np.abs(_val_probs(one) - _val_probs(two)).max())
-    bound = max(1e-4, 20 * rounding)  # a wrong batch size or learning rate moved them by 3e-2 or more
-    print(f"\nmax |dw| 1 vs 2 ranks {w_two:.2e}; 1 vs 2 accumulated micro-batches {w_accum:.2e}; rounding "
-          f"drift (1 vs 2 threads) {rounding:.2e}, bound {bound:.2e}; max |dp| 1 vs 2 ranks {p_two:.2e}")
-    assert w_two < bound and w_accum < bound and p_two < 1e-4
+    p_accum = float(np.abs(_val_probs(one) - _val_probs(accum)).max())
+    print(f"\nmax |dw| 1 vs 2 ranks {w_two:.2e}; 1 vs 2 accumulated micro-batches {w_accum:.2e}; "
+          f"max |dp| 1 vs 2 ranks {p_two:.2e}, vs accumulated {p_accum:.2e}")
+    assert w_two < 1e-3 and w_accum < 1e-3  # see the module docstring for where 1e-3 comes from
+    assert p_two < 1e-4 and p_accum < 1e-4
     l1, l2 = read_jsonl(one / "train_log.jsonl"), read_jsonl(two / "train_log.jsonl")
     assert [r["world_size"] for r in l2] == [2, 2, 2]  # one line per epoch, from rank 0 alone
     np.testing.assert_allclose([r["train_loss"] for r in l2], [r["train_loss"] for r in l1], rtol=1e-5)
@@ -206,6 +207,6 @@ def test_checkpoint_from_two_ranks_resumes_in_one_process(ddp_data, read_jsonl):
     _single(args, moved, "--resume")
     diff = _max_diff(one, moved)
     print(f"\nresumed on 1 process after epoch {meta['state']['epoch']} of 2 ranks: max |dw| vs one process {diff:.2e}")
-    assert diff < 1e-4
+    assert diff < 1e-3  # the same bound as above: rounding drift, not a different model
     assert [r["world_size"] for r in read_jsonl(moved / "train_log.jsonl")][-1] == 1
     assert len(read_jsonl(moved / "train_log.jsonl")) == 3

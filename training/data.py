@@ -9,8 +9,8 @@ import torch
 from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 
-from ..model.preprocess import Preprocessor, collate
 from ..manifest import Record
+from ..model.preprocess import Preprocessor, collate
 
 __all__ = ["TripleDataset", "collate_batch", "label_matrix", "degrade", "jitter_mask"]
 

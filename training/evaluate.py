@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ..model.model_dir import load_model_dir
-from .data import TripleDataset, collate_batch, label_matrix
 from ..manifest import read_manifest
 from ..metrics import classification_report
+from ..model.model_dir import load_model_dir
+from .data import TripleDataset, collate_batch, label_matrix
 
 _logger = logging.getLogger(__name__)
 

@@ -24,13 +24,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..model.config import preset_config
 from ..files import write_json_atomic, write_text_atomic
+from ..manifest import read_manifest
+from ..metrics import classification_report
+from ..model.config import preset_config
 from ..model.model_dir import create_model, save_model_dir
 from ..model.taxonomy import Taxonomy, default_taxonomy, load_taxonomy
 from .data import TripleDataset, collate_batch, label_matrix
-from ..manifest import read_manifest
-from ..metrics import classification_report
 
 _logger = logging.getLogger(__name__)
 
