@@ -14,13 +14,11 @@ record's meta as a JSON string) when it has one.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from ..files import atomic_path, write_text_atomic
+from ..files import JsonlAppender, atomic_path, iter_jsonl, write_text_atomic
 
 __all__ = ["ResultWriter", "read_results", "results_arrays", "ErrorLog"]
 
@@ -39,27 +37,16 @@ class ResultWriter:
         self._buffer: list[dict] = []
         self.done: set[str] = set()
         if self.jsonl:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._repair_jsonl()
-            self.done = {r["id"] for r in _iter_jsonl(self.path)} if self.path.exists() else set()
-            self._f = open(self.path, "a", encoding="utf-8")
+            self._lines = JsonlAppender(self.path)
+            self.done = self._lines.seen
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             self.done = {r["id"] for r in read_results(self.path, columns=["id"])}
             self._next = 1 + max((int(p.stem.split("-")[1]) for p in self.path.glob("part-*.parquet")), default=-1)
 
-    def _repair_jsonl(self) -> None:
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return
-        with open(self.path, "rb+") as f:
-            data = f.read()
-            if not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)  # drop the torn last line
-
     def write(self, row: dict) -> None:
         if self.jsonl:
-            self._f.write(json.dumps(row) + "\n")
-            self._f.flush()
+            self._lines.write(row)
         else:
             self._buffer.append(row)
             if len(self._buffer) >= self.part_rows:
@@ -68,8 +55,7 @@ class ResultWriter:
 
     def flush(self) -> None:
         if self.jsonl:
-            self._f.flush()
-            os.fsync(self._f.fileno())
+            self._lines.sync()
             return
         if not self._buffer:
             return
@@ -84,7 +70,7 @@ class ResultWriter:
     def close(self) -> None:
         self.flush()
         if self.jsonl:
-            self._f.close()
+            self._lines.close()
 
     def __enter__(self) -> "ResultWriter":
         return self
@@ -93,20 +79,13 @@ class ResultWriter:
         self.close()
 
 
-def _iter_jsonl(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.endswith("\n") and line.strip():
-                yield json.loads(line)
-
-
 def read_results(path: str | Path, columns: list[str] | None = None) -> list[dict]:
     """All rows of a results file (JSONL) or folder (Parquet parts)."""
     path = Path(path)
     if not path.exists():
         return []
     if _is_jsonl(path):
-        rows = list(_iter_jsonl(path))
+        rows = list(iter_jsonl(path))
         return [{k: r.get(k) for k in columns} for r in rows] if columns else rows
     import pyarrow.parquet as pq
 
@@ -135,7 +114,7 @@ class ErrorLog:
         self.path = results.with_name(results.name + ".errors.jsonl")
         self.errors: dict[str, dict] = {}
         if self.path.exists():
-            for r in _iter_jsonl(self.path):
+            for r in iter_jsonl(self.path):
                 self.errors[r["id"]] = r
         self._f = open(self.path, "a", encoding="utf-8")
 

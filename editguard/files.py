@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "write_text_atomic", "write_json_atomic", "replace_dir"]
+__all__ = ["atomic_path", "write_text_atomic", "write_json_atomic", "replace_dir", "iter_jsonl", "JsonlAppender"]
 
 
 @contextlib.contextmanager
@@ -58,3 +58,39 @@ def replace_dir(src: str | Path, dst: str | Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict]:
+    """The complete lines of a JSONL file as dicts (a torn last line, from a kill mid-write, is left out)."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.endswith("\n") and line.strip():
+                yield json.loads(line)
+
+
+class JsonlAppender:
+    """Append rows to a JSONL file, each flushed as written, exactly once by ``key``, also after ``kill -9``:
+    reopening cuts off a torn last line, and ``seen`` holds the keys already on disk."""
+
+    def __init__(self, path: str | Path, key: str = "id"):
+        self.path, self.key = Path(path), key
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size:
+            with open(self.path, "rb+") as f:
+                data = f.read()
+                if not data.endswith(b"\n"):
+                    f.truncate(data.rfind(b"\n") + 1)
+        self.seen: set = {r[key] for r in iter_jsonl(self.path)} if self.path.exists() else set()
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def write(self, row: dict) -> None:
+        self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+        self.seen.add(row[self.key])
+
+    def sync(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
