@@ -5,6 +5,7 @@ thin-client subcommands work on the base install (no torch).
     editguard import    a published editing corpus, or a folder of edits, into a manifest
     editguard split     train/val/test manifests in which no source photo lands in two splits
     editguard train     fit a model on a manifest -> model dir
+    editguard weights   pack a preset's pretrained weights for air-gapped clusters, or verify a pack
     editguard evaluate  metrics of a model dir on a labelled manifest
     editguard export    ONNX / FP16 / TensorRT into a Triton model repository
     editguard serve     start a local Triton on a repository
@@ -272,6 +273,9 @@ def _add_train(sub) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    g.add_argument("--weights", metavar="DIR", help="load the pretrained towers from this weights folder and nowhere "
+                   "else, after checking every file's hash (`editguard weights pack` makes one where the hub is "
+                   "reachable; default: $EDITGUARD_WEIGHTS)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -297,10 +301,49 @@ def _run_train(a: argparse.Namespace) -> int:
                       epochs=a.epochs, batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr,
                       patience=a.patience, seed=a.seed, device=a.device, num_workers=a.num_workers, resume=a.resume,
                       allow_outside_root=a.allow_outside_root, progress=not a.no_progress,
-                      realistic_augment=not a.no_realistic_augment, overlays=a.overlay)
+                      realistic_augment=not a.no_realistic_augment, overlays=a.overlay, weights=a.weights)
     report = train(cfg)
     if report is not None:
         print(format_table(report, f"best validation metrics (epoch {report['epoch']}), model dir: {a.out}"))
+    return 0
+
+
+def _add_weights(sub) -> None:
+    p = _command(sub, "weights", _run_weights)
+    p.add_argument("action", choices=["pack", "verify"], help="pack: fetch a preset's pretrained files from the hub "
+                   "into --out; verify: check a weights folder's files against its manifest")
+    p.add_argument("folder", nargs="?", help="verify: the weights folder")
+    p.add_argument("--preset", help="pack: the preset (or model config .json) whose files to fetch")
+    p.add_argument("--out", help="pack: the folder to write")
+
+
+def _run_weights(a: argparse.Namespace) -> int:
+    """pack a preset's pretrained weights into one folder for air-gapped clusters, or verify one
+
+    On a machine that reaches the Hugging Face hub, `pack` fetches every file the preset's
+    pretrained towers load (timm's image tower, the prompt tower's snapshot) into one folder with
+    a manifest of sha256 hashes. Copy the folder to the cluster and train with --weights DIR (or
+    $EDITGUARD_WEIGHTS): the hashes are checked, and the towers load from there and nowhere else.
+    export and evaluate need no weights folder: a model dir holds every weight it uses.
+
+    examples:
+      editguard weights pack --preset small --out weights/small
+      editguard weights verify weights/small
+      editguard train --train data/train.jsonl --val data/val.jsonl --out runs/small --preset small \\
+          --weights weights/small
+    """
+    from editguard.model.config import preset_config
+    from editguard.model.weight_pack import pack, verify
+
+    if a.action == "pack":
+        if not a.preset or not a.out:
+            raise ValueError("weights pack needs --preset and --out")
+        print(f"wrote {pack(preset_config(a.preset), a.out)}")
+        return 0
+    if not a.folder:
+        raise ValueError("weights verify needs the folder")
+    doc = verify(a.folder)
+    print(f"{a.folder}: {len(doc['files'])} files as packed for preset {doc['preset']!r}")
     return 0
 
 
@@ -778,7 +821,7 @@ def _run_bench(a: argparse.Namespace) -> int:
     return 0
 
 
-_SUBCOMMANDS: list[Callable] = [_add_synth, _add_import, _add_split, _add_train, _add_evaluate, _add_export, _add_serve, _add_score,
+_SUBCOMMANDS: list[Callable] = [_add_synth, _add_import, _add_split, _add_train, _add_weights, _add_evaluate, _add_export, _add_serve, _add_score,
                                 _add_calibrate, _add_review, _add_bench]
 
 

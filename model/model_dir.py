@@ -44,7 +44,8 @@ def create_model(
     written to ``workdir/tokenizer`` (or read from there with
     ``reuse_tokenizer``), trained on ``prompts`` for the tiny text
     tower, else from the hub or a local dir). Pretrained towers load through
-    ``timm.create_model`` and ``from_pretrained``.
+    ``timm.create_model`` and ``from_pretrained``; when their files can't be had (no hub, nothing
+    local), :class:`~editguard.model.weight_pack.WeightsUnavailableError` says which and what to do.
     """
     from .network import build_network
     from .preprocess import load_tokenizer
@@ -56,11 +57,18 @@ def create_model(
         raise ValueError(f"config labels {cfg.labels} differ from the taxonomy's {taxonomy.names}")
     cfg.labels = taxonomy.names
     tok_dir = Path(workdir) / "tokenizer"
-    if reuse_tokenizer and (tok_dir / "tokenizer.json").exists():  # e.g. DDP ranks > 0
-        vocab = load_tokenizer(tok_dir, cfg.preprocess.max_tokens).get_vocab_size(with_added_tokens=True)
-    else:
-        vocab = build_tokenizer(cfg.text_encoder, prompts, tok_dir)
-    net = build_network(cfg, vocab_size=vocab, new=True)
+    try:
+        if reuse_tokenizer and (tok_dir / "tokenizer.json").exists():  # e.g. DDP ranks > 0
+            vocab = load_tokenizer(tok_dir, cfg.preprocess.max_tokens).get_vocab_size(with_added_tokens=True)
+        else:
+            vocab = build_tokenizer(cfg.text_encoder, prompts, tok_dir)
+        net = build_network(cfg, vocab_size=vocab, new=True)
+    except OSError as e:  # the hub's and timm's "can't download" errors (offline, unreachable, not cached)
+        from .weight_pack import hub_files, unavailable
+
+        if hub_files(cfg):
+            raise unavailable(cfg, e) from e
+        raise
     return net, Preprocessor(cfg.preprocess, load_tokenizer(tok_dir, cfg.preprocess.max_tokens))
 
 

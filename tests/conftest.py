@@ -42,6 +42,13 @@ def synth_sets(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def few_triples(tmp_path_factory) -> Path:
+    """A manifest of 24 clean synthetic triples at 96 px, for the fast tests that need a few real records
+    (synth_sets takes seconds to draw)."""
+    return generate(tmp_path_factory.mktemp("few"), 24, 12, "iid", image_size=96, progress=False, clean=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(synth_sets, tmp_path_factory) -> Path:
     """A tiny triple model trained for a few epochs on the CPU."""
     from editguard.training.train import TrainConfig, train

@@ -57,9 +57,9 @@ def test_default_taxonomy_is_data(tmp_path):
 
 @pytest.mark.parametrize("ablation", [{}, {"use_input_image": False}, {"use_prompt": False}, {"use_mask": False},
                                       {"use_output_image": False}])
-def test_save_load_identical_outputs(tmp_path, synth_sets, ablation):
+def test_save_load_identical_outputs(tmp_path, few_triples, ablation):
     cfg = preset_config("tiny", **ablation)
-    recs = read_manifest(synth_sets["val"])[:16]
+    recs = read_manifest(few_triples)[:16]
     net, pre = create_model(cfg, tmp_path, prompts=PROMPTS)
     batch = collate_batch([TripleDataset(recs, pre, cfg.labels, cache=False)[i] for i in range(16)])
     batch.pop("labels")
@@ -78,13 +78,13 @@ def test_save_load_identical_outputs(tmp_path, synth_sets, ablation):
     assert json.loads((tmp_path / "m" / "config.json").read_text())["preprocess"]["image_size"] == 64
 
 
-def test_precheck_sees_the_request_only(tmp_path, synth_sets):
+def test_precheck_sees_the_request_only(tmp_path, few_triples):
     """The pre-generation model (no output image): its inputs and scores never involve the output."""
     cfg = preset_config("tiny", use_output_image=False)
     assert cfg.ablation == "precheck"
     net, pre = create_model(cfg, tmp_path, prompts=PROMPTS)
     assert net.input_names == ["input_image", "mask", "input_ids", "attention_mask"]
-    recs = read_manifest(synth_sets["val"])[:8]
+    recs = read_manifest(few_triples)[:8]
     batch = collate_batch([TripleDataset(recs, pre, cfg.labels, cache=False)[i] for i in range(8)])
     batch.pop("labels")
     net.eval()

@@ -30,6 +30,7 @@ from ..metrics import classification_report
 from ..model.config import preset_config
 from ..model.model_dir import create_model, save_model_dir
 from ..model.taxonomy import Taxonomy, default_taxonomy, load_taxonomy
+from ..model.weight_pack import use_pack
 from .data import TripleDataset, collate_batch, label_matrix
 
 _logger = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ class TrainConfig:
     preset: str = "cpu"  # model preset (model/presets/) or a model config .json: the best the CPU trains by default
     ablation: str = "triple"  # "triple", "precheck", or one of ABLATIONS to measure what each input is worth
     taxonomy: str | None = None  # a taxonomy JSON/YAML; default: the built-in categories
+    # a weights folder (`editguard weights pack`) the pretrained towers load from, and nowhere else;
+    # default: $EDITGUARD_WEIGHTS, else the hub (or the preset's local paths)
+    weights: str | None = None
     epochs: int = 12  # maximum epochs
     batch_size: int = 64  # global batch (split over ranks and accumulation steps)
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -219,6 +223,9 @@ def train(cfg: TrainConfig) -> dict:
     read = dict(labels=taxonomy.names, allow_outside_root=cfg.allow_outside_root, overlays=cfg.overlays)
     train_recs, val_recs = read_manifest(cfg.train, **read), read_manifest(cfg.val, **read)
     mcfg = preset_config(cfg.preset, **ABLATIONS[cfg.ablation], labels=taxonomy.names)
+    weights = cfg.weights or os.environ.get("EDITGUARD_WEIGHTS")
+    if weights:
+        mcfg = use_pack(mcfg, weights)
     prompts = [r.prompt for r in train_recs]
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
