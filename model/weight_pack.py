@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 from .config import ModelConfig
@@ -104,9 +105,7 @@ def pack(cfg: ModelConfig, out: str | Path) -> Path:
                           allow_patterns=["model.safetensors", "config.json"])
     if "text_encoder" in need:
         snapshot_download(need["text_encoder"], local_dir=out / "text_encoder", allow_patterns=TEXT_FILES)
-    for cache in out.rglob(".cache"):  # huggingface_hub's download bookkeeping: not part of the pack
-        import shutil
-
+    for cache in list(out.rglob(".cache")):  # huggingface_hub's download bookkeeping: not part of the pack
         shutil.rmtree(cache)
     return write_manifest(out, cfg)
 
