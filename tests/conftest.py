@@ -85,7 +85,7 @@ def triton(repository):
 
 # -- tiers ----------------------------------------------------------------------------------------
 SLOW_FIXTURES = {"tiny_model_dir", "repository", "triton", "precheck_dir", "served", "one_version_repo", "scored",
-                 "browser", "ddp_data", "realistic"}
+                 "browser", "ddp_data", "realistic", "preset_models", "preset_served"}
 
 
 def pytest_collection_modifyitems(config, items):

