@@ -19,6 +19,11 @@ Three sections, each measured in one run so the ratios compare like with like:
 - **preprocess**: decode + resize throughput of 512 and 1024 px JPEG, PNG and WebP, with and
   without Pillow's JPEG draft (downscale-on-decode), and JPEG through the served front's
   ``decode_device`` decoder (torchvision on the CPU, and nvJPEG where torch sees a GPU);
+- **presets** (not in the default set): each production preset's exact architecture (``small`` and
+  ``base`` from stand-in weights folders, random-init towers where the hub would give pretrained
+  ones; ``cpu-lite0`` as it ships), untrained, exported and run at its own resolution: torch
+  eager and onnxruntime at batch 1 and 8, the served version in-process from encoded bytes, and
+  through a real Triton at concurrency 1 and 4. The baseline a GPU run compares with;
 - **ray** (not in the default set): ``editguard score`` on one manifest of 256 px triples with
   the local engine, then with ``--engine ray`` at 1, 2, ... workers (one CPU each) on a Ray
   cluster started once beforehand; whole-run triples/s, actor start-up included.
@@ -45,8 +50,8 @@ __all__ = ["BenchConfig", "run_bench"]
 
 @dataclass
 class BenchConfig:
-    model_dir: str  # a trained model dir
-    repository: str  # an exported repository of the same model (served)
+    model_dir: str | None  # a trained model dir (not needed by the presets and preprocess sections)
+    repository: str | None  # an exported repository of the same model (served)
     out: str = "bench"  # folder for bench.md and bench.json
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
     concurrency: list[int] = field(default_factory=lambda: [1, 4, 16, 32, 64])
@@ -54,6 +59,7 @@ class BenchConfig:
     server: str | None = None  # a running Triton (gRPC URL); default: start one on the repository
     sections: list[str] = field(default_factory=lambda: ["inprocess", "served", "uploads", "graphs", "preprocess"])
     upload_sizes: list[int] = field(default_factory=lambda: [256, 512, 1024])
+    presets: list[str] = field(default_factory=lambda: ["small", "base", "cpu-lite0"])  # section presets
     ray_items: int = 3000  # triples scored per ray-section run
     ray_workers: list[int] = field(default_factory=lambda: [1, 2])
     connection: Any = None  # with ``server``: its TLS, headers and admin key (statistics need the key)
@@ -394,6 +400,75 @@ def machine() -> dict:
             "command": "editguard " + " ".join(sys.argv[1:]) if sys.argv else ""}
 
 
+def preset_version(preset: str, workdir: Path) -> tuple[Path, Path]:
+    """An untrained model of ``preset``'s exact architecture (a stand-in weights folder where its towers
+    come from the hub), exported as version 1 of a repository under ``workdir``: ``(model dir, repository)``."""
+    from .export.repository import ExportConfig, export_version
+    from .model.config import preset_config
+    from .model.model_dir import create_model, save_model_dir
+    from .model.stand_ins import write_stand_in
+    from .model.taxonomy import default_taxonomy
+    from .model.weight_pack import hub_files, use_pack
+
+    cfg = preset_config(preset)
+    if hub_files(cfg):
+        cfg = use_pack(cfg, write_stand_in(cfg, workdir / "weights"))
+    net, _ = create_model(cfg, workdir / "build", prompts=["make the sky pink"])
+    model = save_model_dir(net.eval(), workdir / "model", tokenizer_dir=workdir / "build" / "tokenizer",
+                           taxonomy=default_taxonomy())
+    export_version(ExportConfig(model_dir=str(model), repository=str(workdir / "repo"), max_batch=8))
+    return model, workdir / "repo"
+
+
+def bench_presets(cfg: BenchConfig, triples: list[dict], workdir: Path) -> dict:
+    import torch
+
+    from .clients import EditGuardClient
+    from .export.onnx_export import ort_session
+    from .model.model_dir import load_model_dir
+    from .model.served import CLASSIFIER, ServedVersion
+
+    rows = []
+    for preset in cfg.presets:
+        model, repo = preset_version(preset, workdir / preset)
+        net, pre = load_model_dir(model)
+        sess = ort_session(repo / CLASSIFIER / "1" / "model.onnx")
+        served = ServedVersion.open(str(repo), threads=0)
+        row = {"preset": preset, "image_size": pre.cfg.image_size,
+               "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 1)}
+        for b in (1, 8):
+            batch = collate_bytes(pre, [triples[i % len(triples)] for i in range(b)])
+            tensors = {k: torch.from_numpy(v) for k, v in batch.items()}
+
+            def run_torch():
+                with torch.inference_mode():
+                    net(**tensors)
+
+            feed = {i.name: batch[i.name] for i in sess.get_inputs()}
+            row[f"torch b{b} triples/s"] = _timed(run_torch, cfg.seconds, b)["triples_s"]
+            row[f"ORT b{b} triples/s"] = _timed(lambda: sess.run(None, feed), cfg.seconds, b)["triples_s"]
+        items = triples[:8]
+        row["pipeline b8 triples/s"] = _timed(lambda: served.flags(served.probabilities(
+            [served.prepare(t["input"], t["prompt"], t["output"]) for t in items])), cfg.seconds, 8)["triples_s"]
+        calls = [(t["input"], t["prompt"], t["output"]) for t in triples]
+        with _Served(str(repo)) as (url, conn), EditGuardClient(url, timeout=120, **conn.client_options()) as guard:
+            guard.classify(*calls[0])  # warm-up
+            lat1, _ = _closed_loop(guard.classify, calls, 1, cfg.seconds)
+            lat4, wall = _closed_loop(guard.classify, calls, 4, cfg.seconds)
+        row["served c1 p50 ms"] = _pct(lat1)["p50_ms"]
+        row["served c4 triples/s"] = round(len(lat4) / wall, 1)
+        rows.append(row)
+    return {"rows": rows, "note": "untrained models of the presets' exact architectures; small and base from "
+                                  "stand-in weights folders (random-init towers)"}
+
+
+def collate_bytes(pre, triples: list[dict]) -> dict:
+    """A model batch from encoded triples, through the model's own preprocessing."""
+    from .model.preprocess import collate
+
+    return collate([pre.triple(t["input"], t["prompt"], t["output"]) for t in triples])
+
+
 def run_bench(cfg: BenchConfig) -> dict:
     """Run the chosen sections; write ``bench.json`` and ``bench.md`` under ``cfg.out``; return the results."""
     out = Path(cfg.out)
@@ -402,8 +477,8 @@ def run_bench(cfg: BenchConfig) -> dict:
     result = {"machine": machine(), "config": config}
     with tempfile.TemporaryDirectory(prefix="editguard-bench-") as tmp:
         work = Path(tmp)
-        triples = encoded_triples(64, 256, work) if {"inprocess", "served", "graphs", "precheck"} & set(cfg.sections) \
-            else []
+        triples = encoded_triples(64, 256, work) \
+            if {"inprocess", "served", "graphs", "precheck", "presets"} & set(cfg.sections) else []
         if "inprocess" in cfg.sections:
             result["inprocess"] = bench_inprocess(cfg, triples, work)
         if "served" in cfg.sections:
@@ -416,6 +491,8 @@ def run_bench(cfg: BenchConfig) -> dict:
             result["precheck"] = bench_precheck(cfg, triples)
         if "preprocess" in cfg.sections:
             result["preprocess"] = bench_preprocess(cfg, work)
+        if "presets" in cfg.sections:
+            result["presets"] = bench_presets(cfg, triples, work)
         if "ray" in cfg.sections:
             result["ray"] = bench_ray(cfg, work)
     result["ratios"] = ratios(result)
@@ -499,7 +576,7 @@ def to_markdown(r: dict) -> str:
     m = r["machine"]
     parts = [f"machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}; "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), f"command: `{m['command']}`"]
-    for section in ("inprocess", "served", "uploads", "graphs", "precheck", "preprocess", "ray"):
+    for section in ("inprocess", "served", "uploads", "graphs", "precheck", "presets", "preprocess", "ray"):
         if section in r:
             parts += [f"\n### {section}\n", _table(r[section]["rows"])]
     parts += ["\n### ratios (this run)\n", _table([{"ratio": k, "value": v} for k, v in r["ratios"].items()])]

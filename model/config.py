@@ -53,7 +53,9 @@ def resolve_local(name: str) -> str:
 class ImageEncoderConfig:
     name: str = "test_resnet"  # a timm model name (``timm.list_models()``), optionally with a pretrained tag
     pretrained: bool = False  # load pretrained weights through timm (hub, or ``weights`` below)
-    weights: str | None = None  # a local weights file (.safetensors/.bin) used instead of the hub
+    # a local weights file used instead of the hub: .safetensors in timm's tensor names, or a .pth/.bin of the
+    # same architecture under other names (mapped to timm's when the model is built); a path or pkg:PACKAGE/FILE
+    weights: str | None = None
     drop_path_rate: float = 0.0  # stochastic depth for models that support it
 
 

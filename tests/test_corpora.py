@@ -151,10 +151,14 @@ def test_bad_rows_are_reported_with_row_and_column_and_the_import_resumes(tmp_pa
     assert (again.written, again.skipped, again.already) == (1, 2, 3)
     skipped = {r["row"]: r for r in read_jsonl(tmp_path / "out" / "skipped.jsonl")}
     assert skipped[1]["column"] == "target_img" and "truncated image" in skipped[1]["reason"]
-    assert skipped[2] == {"row": 2, "column": "instruction", "reason": "empty prompt"}
+    assert skipped[2] == {"source": "magicbrush", "row": 2, "column": "instruction", "reason": "empty prompt"}
     assert skipped[3]["column"] == "mask_img" and "mask is 7x9" in skipped[3]["reason"]
-    assert skipped[4] == {"row": 4, "column": "source_img", "reason": "no image"}
+    assert skipped[4] == {"source": "magicbrush", "row": 4, "column": "source_img", "reason": "no image"}
     assert [r["meta"]["row"] for r in read_jsonl(tmp_path / "out" / "manifest.jsonl")] == [0, 5]
+    # a second source into the same folder keeps its own rows (it is not "already imported")
+    other = import_corpus(ImportConfig(**{**cfg, "name": "magicbrush-dev"}))
+    assert (other.written, other.skipped, other.already) == (2, 4, 0)
+    assert len(read_manifest(tmp_path / "out" / "manifest.jsonl")) == 4
 
 
 def test_any_dataset_by_its_columns_and_labels_joined_by_id(tmp_path, capsys):
@@ -185,7 +189,7 @@ def test_any_dataset_by_its_columns_and_labels_joined_by_id(tmp_path, capsys):
                                    labels=str(tmp_path / "bad.csv"), progress=False))
 
 
-def test_a_folder_of_edits(tmp_path):
+def test_a_folder_of_edits(tmp_path, monkeypatch):
     for i in range(3):
         d = tmp_path / "edits" / f"case{i}"
         d.mkdir(parents=True)
@@ -195,8 +199,8 @@ def test_a_folder_of_edits(tmp_path):
     Image.new("L", photo(0).size, 255).save(tmp_path / "edits" / "case0" / "mask.png")
     with open(tmp_path / "labels.csv", "w", newline="") as f:
         csv.writer(f).writerows([["id", "labels"], ["case2", '["violence_gore"]']])
-    s = import_corpus(ImportConfig(source=str(tmp_path / "edits"), out=str(tmp_path / "out"), layout="folder",
-                                   labels=str(tmp_path / "labels.csv"), progress=False))
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed at a shell
+    s = import_corpus(ImportConfig(source="edits/", out="out", layout="folder", labels="labels.csv", progress=False))
     assert (s.written, s.labelled) == (3, 1)
     recs = {r.id: r for r in read_manifest(tmp_path / "out" / "manifest.jsonl")}
     assert recs["case2"].labels == ["violence_gore"] and recs["case0"].mask is not None

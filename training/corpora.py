@@ -18,7 +18,8 @@ Writes ``OUT/manifest.jsonl`` and ``OUT/images/`` (the original encoded bytes, u
 id). Public edits come in as safe (``labels: []``) with ``meta.source``; ``labels`` (a JSONL or
 CSV of ``id`` and ``labels``) joins reviewers' labels by id. A bad row (a missing or undecodable
 image, an empty prompt, a mask of another size) goes to ``OUT/skipped.jsonl`` with its row, column
-and reason: nothing is dropped silently. A killed import resumes where it stopped.
+and reason: nothing is dropped silently. A killed import resumes where it stopped. Several sources
+may be imported into one folder, each under its own ``--name``: one manifest to split.
 """
 
 from __future__ import annotations
@@ -184,12 +185,13 @@ def _dataset_rows(cfg: ImportConfig, cols: CorpusColumns) -> Iterator[tuple[int,
 
 
 def _folder_rows(source: Path) -> Iterator[tuple[int, dict]]:
-    """One row per sub-folder: its images by stem, its prompt.txt, its name as the id."""
+    """One row per sub-folder: its images by stem (paths relative to ``source``), its prompt.txt, its name as
+    the id."""
     for row, d in enumerate(sorted(p for p in source.iterdir() if p.is_dir())):
         r: dict[str, Any] = {"id": d.name}
         for role in ROLES:
             found = sorted(p for p in d.iterdir() if p.stem == role and p.suffix != ".txt")
-            r[role] = str(found[0]) if found else None
+            r[role] = str(found[0].relative_to(source)) if found else None
         prompt = d / "prompt.txt"
         r["prompt"] = prompt.read_text(encoding="utf-8").strip() if prompt.exists() else None
         yield row, r
@@ -306,7 +308,7 @@ def import_corpus(cfg: ImportConfig) -> ImportSummary:
     out = Path(cfg.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     manifest, skipped = JsonlAppender(out / "manifest.jsonl"), JsonlAppender(out / "skipped.jsonl", key="row")
-    done = {r for r in skipped.seen} | _rows_written(out / "manifest.jsonl")
+    done = _rows_done(out, name)
     decoder = Preprocessor(PreprocessConfig(), tokenizer=None)
     rows = _folder_rows(source) if cfg.layout == "folder" else _dataset_rows(cfg, cols)
     summary = ImportSummary(0, 0, 0, 0, manifest=str(out / "manifest.jsonl"))
@@ -325,7 +327,7 @@ def import_corpus(cfg: ImportConfig) -> ImportSummary:
                 if item.id in ids:
                     raise BadRow(",".join(cols.id) or "id", f"duplicate id {item.id!r}")
             except BadRow as e:
-                skipped.write({"row": row, "column": e.column, "reason": e.reason})
+                skipped.write({"source": name, "row": row, "column": e.column, "reason": e.reason})
                 summary.skipped += 1
                 continue
             manifest.write(_record(item, out, labels))
@@ -341,10 +343,16 @@ def import_corpus(cfg: ImportConfig) -> ImportSummary:
     return summary
 
 
-def _rows_written(manifest: Path) -> set[int]:
+def _rows_done(out: Path, source: str) -> set[int]:
+    """The rows of ``source`` an earlier run wrote or reported; other sources imported into the same folder
+    keep their own rows."""
     from ..files import iter_jsonl
 
-    return {r["meta"]["row"] for r in iter_jsonl(manifest)} if manifest.exists() else set()
+    done = set()
+    for f, row in ((out / "manifest.jsonl", lambda r: r["meta"]), (out / "skipped.jsonl", lambda r: r)):
+        if f.exists():
+            done |= {row(r)["row"] for r in iter_jsonl(f) if row(r).get("source", source) == source}
+    return done
 
 
 def _record(item: _Row, out: Path, labels: dict[str, list[str]]) -> dict:

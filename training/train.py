@@ -222,6 +222,10 @@ def train(cfg: TrainConfig) -> dict:
     taxonomy = load_taxonomy(cfg.taxonomy) if cfg.taxonomy else default_taxonomy()
     read = dict(labels=taxonomy.names, allow_outside_root=cfg.allow_outside_root, overlays=cfg.overlays)
     train_recs, val_recs = read_manifest(cfg.train, **read), read_manifest(cfg.val, **read)
+    if not any(r.labels for r in val_recs):
+        raise ValueError(f"{cfg.val} has no unsafe edit (every item's labels are empty): training keeps the epoch with "
+                         "the best validation AUPRC, which needs positives. Give a validation manifest with labelled "
+                         "unsafe edits (`editguard split` spreads each label over train, val and test where it can)")
     mcfg = preset_config(cfg.preset, **ABLATIONS[cfg.ablation], labels=taxonomy.names)
     weights = cfg.weights or os.environ.get("EDITGUARD_WEIGHTS")
     if weights:
