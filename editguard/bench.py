@@ -424,7 +424,7 @@ def bench_presets(cfg: BenchConfig, triples: list[dict], workdir: Path) -> dict:
     import torch
 
     from .clients import EditGuardClient
-    from .export.onnx_export import ort_session
+    from .export.onnx_export import FP16_TOL, convert_fp16, ort_session, parity, sample_inputs
     from .model.model_dir import load_model_dir
     from .model.served import CLASSIFIER, ServedVersion
 
@@ -432,10 +432,16 @@ def bench_presets(cfg: BenchConfig, triples: list[dict], workdir: Path) -> dict:
     for preset in cfg.presets:
         model, repo = preset_version(preset, workdir / preset)
         net, pre = load_model_dir(model)
-        sess = ort_session(repo / CLASSIFIER / "1" / "model.onnx")
+        onnx_path = repo / CLASSIFIER / "1" / "model.onnx"
+        sess = ort_session(onnx_path)
         served = ServedVersion.open(str(repo), threads=0)
+        p32 = json.loads((onnx_path.parent / "export.json").read_text())["parity_fp32"]
+        p16 = parity(net, convert_fp16(onnx_path, workdir / preset / "model.fp16.onnx"), sample_inputs(model, pre),
+                     FP16_TOL)
         row = {"preset": preset, "image_size": pre.cfg.image_size,
-               "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 1)}
+               "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 1),
+               "parity fp32 / fp16": f"{p32['max_abs_prob']:.1e} / {p16.max_abs_prob:.1e}",
+               "train step b8 s": round(_train_step(net, collate_bytes(pre, triples[:8]), cfg.seconds), 2)}
         for b in (1, 8):
             batch = collate_bytes(pre, [triples[i % len(triples)] for i in range(b)])
             tensors = {k: torch.from_numpy(v) for k, v in batch.items()}
@@ -460,6 +466,26 @@ def bench_presets(cfg: BenchConfig, triples: list[dict], workdir: Path) -> dict:
         rows.append(row)
     return {"rows": rows, "note": "untrained models of the presets' exact architectures; small and base from "
                                   "stand-in weights folders (random-init towers)"}
+
+
+def _train_step(net, batch: dict, seconds: float) -> float:
+    """Median seconds of one training step (forward, BCE loss, backward, AdamW) on ``batch``; leaves
+    ``net`` in eval mode."""
+    import torch
+
+    tensors = {k: torch.from_numpy(v) for k, v in batch.items()}
+    target = torch.zeros(len(batch["input_ids"]), len(net.cfg.labels))
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-5)
+    net.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.binary_cross_entropy_with_logits(net(**tensors), target).backward()
+        opt.step()
+
+    took = _timed(step, seconds, len(target))["p50_ms"] / 1e3
+    net.eval()
+    return took
 
 
 def collate_bytes(pre, triples: list[dict]) -> dict:
@@ -544,6 +570,11 @@ def ratios(r: dict) -> dict:
                 out[f"graph_inline_over_bls_c{c}_p50"] = round(g["inline", c]["p50_ms"] / g["BLS", c]["p50_ms"], 2)
                 out[f"graph_inline_over_bls_c{c}_throughput"] = round(
                     g["inline", c]["triples_s"] / g["BLS", c]["triples_s"], 2)
+    for row in r.get("presets", {}).get("rows", []):
+        name = row["preset"]
+        out[f"{name}_ort_over_torch_b8"] = round(row["ORT b8 triples/s"] / row["torch b8 triples/s"], 2)
+        out[f"{name}_served_c4_over_inprocess_pipeline_b8"] = round(row["served c4 triples/s"]
+                                                                    / row["pipeline b8 triples/s"], 2)
     if "ray" in r:
         rate = {x["workers"]: x["triples_s"] for x in r["ray"]["rows"] if x["engine"] == "ray"}
         for w in sorted(k for k in rate if k != 1):
