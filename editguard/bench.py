@@ -1,6 +1,6 @@
 """``editguard bench``: how fast each hot path is, as tables and JSON (never timed tests).
 
-Three sections, each measured in one run so the ratios compare like with like:
+Its sections, each measured in one run so the ratios compare like with like:
 
 - **inprocess**: torch eager vs onnxruntime (FP32 and FP16) on the same model, triples/s and
   batch-latency percentiles per batch size; plus the in-process *pipeline*: the repository's
