@@ -1,6 +1,7 @@
 """Shared fixtures: small synthetic data sets, one tiny trained model and a real Triton, built once per
 session, plus the helpers the tests share (as fixtures: ``encode``, ``png``, ``read_jsonl``,
-``subset_manifest``, ``manifest_with_a_bad_item``, ``triple_bytes``, ``model_stats``).
+``subset_manifest``, ``manifest_with_a_bad_item``, ``triple_bytes``, ``model_stats``,
+``stand_in_weights``).
 
 Everything is generated here; no weights or data are committed.
 
@@ -109,6 +110,22 @@ def _fast_tests_stay_fast(request, monkeypatch):
 
     monkeypatch.setattr(TritonServer, "start", refuse("starts Triton"))
     monkeypatch.setattr("editguard.training.train._fit", refuse("trains a model"))
+
+
+@pytest.fixture(scope="session")
+def stand_in_weights(tmp_path_factory):
+    """``stand_in_weights(preset)``: the preset's stand-in weights folder (model/stand_ins.py: its exact towers
+    at random init, in the layout `editguard weights pack` writes), written once per session."""
+    from editguard.model.config import preset_config
+    from editguard.model.stand_ins import write_stand_in
+
+    made: dict[str, Path] = {}
+
+    def get(preset: str) -> Path:
+        if preset not in made:
+            made[preset] = write_stand_in(preset_config(preset), tmp_path_factory.mktemp("weights") / preset)
+        return made[preset]
+    return get
 
 
 # -- helpers (session-scoped: they hold no state, and fixtures of any scope may use them) ----------

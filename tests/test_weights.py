@@ -16,16 +16,15 @@ import pytest
 from editguard.cli import main
 from editguard.model.config import preset_config
 from editguard.model.model_dir import create_model
-from editguard.model.stand_ins import write_stand_in
 from editguard.model.weight_pack import WeightPackError, WeightsUnavailableError, use_pack, verify, write_manifest
 
 SMALL_IMAGE = "vit_small_patch16_224.augreg_in21k_ft_in1k"
 
 
 @pytest.fixture(scope="module")
-def small_pack(tmp_path_factory) -> Path:
+def small_pack(stand_in_weights) -> Path:
     """The `small` preset's files in the pack's layout (random-init image tower, the real MiniLM)."""
-    return write_stand_in(preset_config("small"), tmp_path_factory.mktemp("weights") / "small")
+    return stand_in_weights("small")
 
 
 def test_without_hub_or_pack_the_error_names_the_files_and_the_ways_out(tmp_path, capsys):
