@@ -69,3 +69,10 @@ def test_train_refuses_a_changed_pack_before_it_starts(small_pack, few_triples, 
                  "--preset", "small", "--weights", str(changed), "--epochs", "1", "--no-progress"]) == 2
     assert "model.safetensors has changed since it was packed" in capsys.readouterr().err
     assert not (tmp_path / "refused" / "model.safetensors").exists()
+
+
+def test_stand_in_from_the_command_line(tmp_path, capsys):
+    assert main(["weights", "stand-in", "--preset", "cpu-lite0", "--out", str(tmp_path / "w")]) == 2
+    assert "loads nothing from the hub; it needs no weights folder" in capsys.readouterr().err
+    assert main(["weights", "stand-in", "--preset", "small"]) == 2
+    assert "weights stand-in needs --preset and --out" in capsys.readouterr().err
