@@ -400,9 +400,10 @@ def machine() -> dict:
             "command": "editguard " + " ".join(sys.argv[1:]) if sys.argv else ""}
 
 
-def preset_version(preset: str, workdir: Path) -> tuple[Path, Path]:
+def preset_version(preset: str, workdir: Path) -> tuple:
     """An untrained model of ``preset``'s exact architecture (a stand-in weights folder where its towers
-    come from the hub), exported as version 1 of a repository under ``workdir``: ``(model dir, repository)``."""
+    come from the hub), exported as version 1 of a repository under ``workdir``: ``(model dir, repository,
+    net, preprocessor)``, the net in eval mode."""
     from .export.repository import ExportConfig, export_version
     from .model.config import preset_config
     from .model.model_dir import create_model, save_model_dir
@@ -413,11 +414,11 @@ def preset_version(preset: str, workdir: Path) -> tuple[Path, Path]:
     cfg = preset_config(preset)
     if hub_files(cfg):
         cfg = use_pack(cfg, write_stand_in(cfg, workdir / "weights"))
-    net, _ = create_model(cfg, workdir / "build", prompts=["make the sky pink"])
+    net, pre = create_model(cfg, workdir / "build", prompts=["make the sky pink"])
     model = save_model_dir(net.eval(), workdir / "model", tokenizer_dir=workdir / "build" / "tokenizer",
                            taxonomy=default_taxonomy())
     export_version(ExportConfig(model_dir=str(model), repository=str(workdir / "repo"), max_batch=8))
-    return model, workdir / "repo"
+    return model, workdir / "repo", net, pre
 
 
 def bench_presets(cfg: BenchConfig, triples: list[dict], workdir: Path) -> dict:
@@ -425,13 +426,11 @@ def bench_presets(cfg: BenchConfig, triples: list[dict], workdir: Path) -> dict:
 
     from .clients import EditGuardClient
     from .export.onnx_export import FP16_TOL, convert_fp16, ort_session, parity, sample_inputs
-    from .model.model_dir import load_model_dir
     from .model.served import CLASSIFIER, ServedVersion
 
     rows = []
     for preset in cfg.presets:
-        model, repo = preset_version(preset, workdir / preset)
-        net, pre = load_model_dir(model)
+        model, repo, net, pre = preset_version(preset, workdir / preset)
         onnx_path = repo / CLASSIFIER / "1" / "model.onnx"
         sess = ort_session(onnx_path)
         served = ServedVersion.open(str(repo), threads=0)

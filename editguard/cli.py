@@ -5,7 +5,7 @@ thin-client subcommands work on the base install (no torch).
     editguard import    a published editing corpus, or a folder of edits, into a manifest
     editguard split     train/val/test manifests in which no source photo lands in two splits
     editguard train     fit a model on a manifest -> model dir
-    editguard weights   pack a preset's pretrained weights for air-gapped clusters, or verify a pack
+    editguard weights   pack a preset's pretrained weights for air-gapped clusters, verify a pack, or write a stand-in
     editguard evaluate  metrics of a model dir on a labelled manifest
     editguard export    ONNX / FP16 / TensorRT into a Triton model repository
     editguard serve     start a local Triton on a repository
