@@ -9,6 +9,7 @@ thin-client subcommands work on the base install (no torch).
     editguard evaluate  metrics of a model dir on a labelled manifest
     editguard export    ONNX / FP16 / TensorRT into a Triton model repository
     editguard serve     start a local Triton on a repository
+    editguard check-repository  every config.pbtxt of a repository against the graphs it serves
     editguard score     batch scoring of a manifest (Triton or in-process), resumable
     editguard calibrate per-category thresholds from labelled scores; install them
     editguard review    a static page of scored triples to look at and record decisions
@@ -440,12 +441,11 @@ def _run_export(a: argparse.Namespace) -> int:
     if a.server:
         from editguard.clients.protocol import parse_urls
         from editguard.export.control import roll_out
-        from editguard.model.served import PAIRS
 
         urls = parse_urls(a.server)
 
         try:
-            roll_out(urls, (PAIRS[r.model], r.model), connection=_connection(a))
+            roll_out(urls, tuple(r.models), connection=_connection(a))
         except (RuntimeError, PermissionError) as e:
             print(f"editguard export: version {r.version} is in {a.repository} but was not loaded: {e}",
                   file=sys.stderr)
@@ -462,6 +462,13 @@ def _add_serve(sub) -> None:
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--timeout", type=float, default=180, help="seconds to wait for readiness")
+    p.add_argument("--graph", default="inline", choices=["inline", "ensemble", "bls", "onnxruntime", "tensorrt"],
+                   help="the serving graph (Triton's --model-config-name): inline (default: one Python model runs "
+                   "everything; fastest with the Python backend only), ensemble (prepare -> prompt tower -> "
+                   "classifier -> verdicts over the Python stand-ins), bls, or onnxruntime/tensorrt (the ensemble "
+                   "over the native backends, in NVIDIA's container)")
+    p.add_argument("--cache-mb", type=int, default=64, help="Triton's response cache, which keeps the prompt "
+                   "tower's embeddings in the ensemble graph (MiB; 0 turns it off; default: %(default)s)")
     g = p.add_argument_group("security")
     g.add_argument("--admin-key-file", metavar="FILE", help="file holding the admin key; written with a new random "
                    "key if it does not exist (default: $EDITGUARD_ADMIN_KEY_FILE or ~/.config/editguard/admin-key; "
@@ -486,6 +493,7 @@ def _run_serve(a: argparse.Namespace) -> int:
 
     examples:
       editguard serve --repository repository
+      editguard serve --repository repository --graph ensemble     # the production graph, Python stand-ins
       editguard serve --repository repository --host 0.0.0.0 --tls-cert server.pem --tls-key server.key \\
           --tls-ca clients-ca.pem
 
@@ -501,7 +509,8 @@ def _run_serve(a: argparse.Namespace) -> int:
     key, key_source = serve_admin_key(a.admin_key_file)
     try:
         server = TritonServer(a.repository, a.grpc_port, a.http_port, a.metrics_port, host=a.host, admin_key=key,
-                              tls_cert=a.tls_cert, tls_key=a.tls_key, tls_ca=a.tls_ca)
+                              tls_cert=a.tls_cert, tls_key=a.tls_key, tls_ca=a.tls_ca, graph=a.graph,
+                              cache_bytes=a.cache_mb << 20)
     except TritonError as e:
         print(f"editguard serve: {e}", file=sys.stderr)
         return 2
@@ -517,7 +526,7 @@ def _run_serve(a: argparse.Namespace) -> int:
     except TritonError as e:
         print(f"editguard serve: {e}", file=sys.stderr)
         return 1
-    print(f"Triton is ready (pid {server.pid}), repository {a.repository}")
+    print(f"Triton is ready (pid {server.pid}), repository {a.repository}, {a.graph} graph")
     tls = ("mutual TLS" if a.tls_ca else "TLS") if a.tls_cert else "plaintext"
     if not a.tls_cert and a.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"editguard serve: warning: listening on {a.host} without TLS: prompts, images and the admin key "
@@ -538,6 +547,36 @@ def _run_serve(a: argparse.Namespace) -> int:
     print("stopping Triton ...", flush=True)
     code = server.stop()
     print(f"Triton stopped (exit code {code})")
+    return 0
+
+
+def _add_check(sub) -> None:
+    p = _command(sub, "check-repository", _run_check)
+    p.add_argument("repository", help="the Triton model repository to check")
+
+
+def _run_check(a: argparse.Namespace) -> int:
+    """check every config.pbtxt of a repository against the ONNX graphs it serves
+
+    Reads every config (config.pbtxt and the configs/NAME.pbtxt that --model-config-name picks)
+    with Triton's own schema, and compares each network's config with each version's model.onnx
+    (input and output names, types, dims, max_batch_size against the batch axis), and each
+    ensemble's steps with the configs Triton would load beside it. `editguard export` runs the
+    same check. Exit code 0 when all agree, 1 with one line per mismatch (file, tensor, both sides).
+
+    example:
+      editguard check-repository repository
+    """
+    from editguard.export.check import check_repository
+
+    errors = check_repository(a.repository)
+    for e in errors:
+        print(e)
+    if errors:
+        print(f"editguard check-repository: {len(errors)} mismatch(es) in {a.repository}; fix the config (or export "
+              "the model dir again, which writes the tensors from the graph)", file=sys.stderr)
+        return 1
+    print(f"{a.repository}: every config agrees with the graphs it serves")
     return 0
 
 
@@ -840,7 +879,8 @@ def _run_bench(a: argparse.Namespace) -> int:
     return 0
 
 
-_SUBCOMMANDS: list[Callable] = [_add_synth, _add_import, _add_split, _add_train, _add_weights, _add_evaluate, _add_export, _add_serve, _add_score,
+_SUBCOMMANDS: list[Callable] = [_add_synth, _add_import, _add_split, _add_train, _add_weights, _add_evaluate, _add_export, _add_serve, _add_check,
+                                _add_score,
                                 _add_calibrate, _add_review, _add_bench]
 
 

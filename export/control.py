@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from ..model.served import CLASSIFIER, FRONT
-
-__all__ = ["load_models", "roll_out"]
+__all__ = ["load_models", "roll_out", "load_order"]
 
 
-def load_models(url: str, models: tuple[str, ...] = (CLASSIFIER, FRONT), connection=None) -> None:
-    """(Re)load ``models`` so Triton picks up the repository's versions under their version policy.
+def load_order(models) -> list[str]:
+    """``models`` in the order a roll-out loads them: the networks (prompt towers, then classifiers), then
+    the ensemble's Python steps, then the client-facing models that call them."""
+    def rank(name: str) -> int:
+        return 0 if name.endswith("_prompt") else 1 if name.endswith("_classifier") else \
+            2 if name.endswith(("_prepare", "_verdicts")) else 3
+    return sorted(models, key=lambda m: (rank(m), m))
 
-    The classifier goes first, so a new front version never calls a classifier version that is
-    not loaded. Triton keeps serving the loaded versions while the new ones load, and lets
-    in-flight requests of a retired version finish.
+
+def load_models(url: str, models: tuple[str, ...] | None = None, connection=None) -> None:
+    """(Re)load ``models`` (default: every model in the server's repository) so Triton picks up the
+    repository's versions under their version policy.
+
+    The networks go first and the client-facing models last (:func:`load_order`), so a new front
+    version never calls a network version that is not loaded. Triton keeps serving the loaded
+    versions while the new ones load, and lets in-flight requests of a retired version finish.
 
     Model control is an admin protocol: ``connection`` (a :class:`~editguard.connection.Connection`)
     carries the admin key, and TLS where the server uses it; None reads the key as ``editguard serve`` does.
@@ -22,7 +30,10 @@ def load_models(url: str, models: tuple[str, ...] = (CLASSIFIER, FRONT), connect
     connection = connection or Connection(admin_key=read_admin_key())
     client = connection.grpc_client(url)
     try:
-        for m in models:
+        if models is None:
+            index = client.get_model_repository_index(headers=connection.admin_headers())
+            models = tuple(m.name for m in index.models)
+        for m in load_order(models):
             try:
                 client.load_model(m, headers=connection.admin_headers())
             except Exception as e:
@@ -34,7 +45,7 @@ def load_models(url: str, models: tuple[str, ...] = (CLASSIFIER, FRONT), connect
         client.close()
 
 
-def roll_out(urls: list[str], models: tuple[str, ...] = (CLASSIFIER, FRONT), connection=None) -> None:
+def roll_out(urls: list[str], models: tuple[str, ...] | None = None, connection=None) -> None:
     """Load the repository's new versions into replicas one at a time (all read the same repository).
 
     ``load_model`` returns once the new versions are ready on that replica, so at every moment each

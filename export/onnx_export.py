@@ -3,6 +3,11 @@
 The graph takes what preprocessing produces (uint8 images and mask, int64
 token ids and attention mask) with a dynamic batch axis, and returns
 ``logits`` and ``probabilities`` (``float32 [B, C]``).
+
+A frozen prompt tower (``text_encoder.freeze``) is exported as a graph of its own, ``input_ids`` and
+``attention_mask`` to ``prompt_embedding`` (``float32 [B, H]``), and the classifier graph takes
+``prompt_embedding`` instead of the ids: the server computes each distinct prompt's embedding once.
+Parity is then checked over the chain, prompt graph into classifier graph, against torch.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import numpy as np
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["export_onnx", "convert_fp16", "parity", "sample_inputs", "Parity", "OUTPUT_NAMES"]
+__all__ = ["export_onnx", "export_prompt_onnx", "convert_fp16", "parity", "sample_inputs", "Parity", "OUTPUT_NAMES",
+           "PROMPT_OUTPUT"]
 
 OUTPUT_NAMES = ["logits", "probabilities"]
+PROMPT_OUTPUT = "prompt_embedding"
 FP32_TOL, FP16_TOL = 1e-4, 1e-2
 
 
@@ -74,6 +81,7 @@ def export_onnx(net, path: str | Path, example: dict[str, np.ndarray], opset: in
 
     wrapper = ProbabilityWrapper(net).eval()
     names = wrapper.names
+    example = {**example, **_embeddings(net, example)} if net.split_prompt else example
     args = tuple(torch.from_numpy(np.ascontiguousarray(example[k][:2])) for k in names)
     axes = {k: {0: "batch"} for k in names + OUTPUT_NAMES}
     path = Path(path)
@@ -82,6 +90,32 @@ def export_onnx(net, path: str | Path, example: dict[str, np.ndarray], opset: in
                           dynamic_axes=axes, opset_version=opset, dynamo=False)
     onnx.checker.check_model(str(path), full_check=True)
     return path
+
+
+def export_prompt_onnx(net, path: str | Path, example: dict[str, np.ndarray], opset: int = 17) -> Path:
+    """Export ``net``'s frozen prompt tower (:class:`PromptWrapper`) to ``path`` with a dynamic batch axis."""
+    import onnx
+    import torch
+
+    from ..model.network import PromptWrapper
+
+    wrapper = PromptWrapper(net).eval()
+    args = tuple(torch.from_numpy(np.ascontiguousarray(example[k][:2])) for k in wrapper.names)
+    path = Path(path)
+    with torch.no_grad():
+        torch.onnx.export(wrapper, args, str(path), input_names=wrapper.names, output_names=[PROMPT_OUTPUT],
+                          dynamic_axes={k: {0: "batch"} for k in wrapper.names + [PROMPT_OUTPUT]},
+                          opset_version=opset, dynamo=False)
+    onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def _embeddings(net, example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        e = net.text.encode(*(torch.from_numpy(example[k]) for k in ("input_ids", "attention_mask")))
+    return {PROMPT_OUTPUT: e.float().numpy()}
 
 
 def convert_fp16(src: str | Path, dst: str | Path, op_block_list: list[str] | None = None) -> Path:
@@ -95,9 +129,29 @@ def convert_fp16(src: str | Path, dst: str | Path, op_block_list: list[str] | No
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     half = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=op_block_list)
+    _sort_nodes(half.graph)
     onnx.save(half, str(dst))
     onnx.checker.check_model(str(dst), full_check=True)
     return Path(dst)
+
+
+def _sort_nodes(graph) -> None:
+    """Put ``graph``'s nodes in topological order. The converter appends the Cast it adds after a float
+    graph input (the classifier's ``prompt_embedding``) at the end, after the nodes that read it."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        left = [n for n in pending if not set(n.input) <= ready]
+        done = [n for n in pending if set(n.input) <= ready]
+        if not done:  # inputs from outside (subgraphs): keep the rest as it was
+            ordered += left
+            break
+        for n in done:
+            ready.update(n.output)
+        ordered += done
+        pending = left
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def ort_session(path: str | Path, device: str = "cpu"):
@@ -109,14 +163,21 @@ def ort_session(path: str | Path, device: str = "cpu"):
     return ort.InferenceSession(str(path), opts, providers=providers)
 
 
-def parity(net, onnx_path: str | Path, inputs: dict[str, np.ndarray], tolerance: float, device: str = "cpu") -> Parity:
-    """Run torch and onnxruntime on ``inputs``; compare probabilities and logits."""
+def parity(net, onnx_path: str | Path, inputs: dict[str, np.ndarray], tolerance: float, device: str = "cpu",
+           prompt_path: str | Path | None = None) -> Parity:
+    """Run torch and onnxruntime on ``inputs``; compare probabilities and logits. With ``prompt_path`` (the
+    prompt tower's graph) onnxruntime runs the chain, prompt graph into classifier graph."""
     import torch
 
+    inputs = dict(inputs)
+    if prompt_path is not None:
+        prompt = ort_session(prompt_path, device)
+        inputs[PROMPT_OUTPUT] = prompt.run([PROMPT_OUTPUT], {i.name: inputs[i.name] for i in prompt.get_inputs()})[0]
     sess = ort_session(onnx_path, device)
     feed = {i.name: inputs[i.name] for i in sess.get_inputs()}
     logits, probs = sess.run(OUTPUT_NAMES, feed)
+    torch_in = {k: inputs[k] for k in net.input_names}
     with torch.no_grad():
-        ref = net(**{k: torch.from_numpy(v).to(next(net.parameters()).device) for k, v in feed.items()}).float().cpu()
+        ref = net(**{k: torch.from_numpy(v).to(next(net.parameters()).device) for k, v in torch_in.items()}).float().cpu()
     return Parity(float(np.abs(probs - torch.sigmoid(ref).numpy()).max()),
                   float(np.abs(logits - ref.numpy()).max()), len(probs), tolerance)

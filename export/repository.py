@@ -3,21 +3,27 @@
 Layout (the templates are the files under ``model_repository/``)::
 
     REPO/editguard/config.pbtxt                 client-facing model (Python; runs the network inline)
-    REPO/editguard/configs/NAME.pbtxt           its twin per native classifier config (BLS to the classifier)
+    REPO/editguard/configs/NAME.pbtxt           the ensemble graph, per native classifier config (NAME:
+                                                onnxruntime, tensorrt), and over the Python stand-ins
+                                                (ensemble); bls.pbtxt: the front handing batches over BLS
     REPO/editguard/labels.txt                   label file (one category per line)
     REPO/editguard/N/{model.py, config.json, labels.json, tokenizer/, export.json[, thresholds.json]}
     REPO/editguard_classifier/config.pbtxt      Python backend + onnxruntime (default)
     REPO/editguard_classifier/configs/{onnxruntime,tensorrt}.pbtxt   native, NVIDIA's container
     REPO/editguard_classifier/N/{model.py, model.onnx, export.json[, model.plan]}
+    REPO/editguard_prompt/...                   a frozen prompt tower, laid out like the classifier
+    REPO/editguard_prepare/N/model.py           the ensemble's Python steps, reading editguard/N's files
+    REPO/editguard_verdicts/N/model.py
 
 A model trained with ``--ablation precheck`` (the request before generation: input image, mask,
 prompt) goes into its own pair, with the same files and conventions, its own versions and
-thresholds: ``REPO/editguard_precheck`` (front) and
-``REPO/editguard_precheck_classifier``.
+thresholds: ``REPO/editguard_precheck`` (front), ``REPO/editguard_precheck_classifier`` (and
+``REPO/editguard_precheck_prompt``); it is served inline under every config name.
 
 A version is written under a hidden temporary name and renamed into place, so
-Triton never sees half a version; the classifier's version lands before the
-front model's that calls it.
+Triton never sees half a version; the networks' versions land before the
+front model's that calls them. The configs of the networks take their tensors from the exported
+graph, and the whole repository is then checked (:mod:`editguard.export.check`).
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from importlib import resources
 from pathlib import Path
 
 from ..files import write_text_atomic
-from ..model.served import CLASSIFIER, FRONT, PAIRS, PRECHECK, PRECHECK_CLASSIFIER, versions
+from ..model.served import (CLASSIFIER, FRONT, PAIRS, PRECHECK, PRECHECK_CLASSIFIER, PREPARE, PROMPT_EMBEDDING, PROMPTS,
+                            VERDICTS, versions)
 from .pbtxt import read_config, write_config
 
 _logger = logging.getLogger(__name__)
@@ -52,11 +59,19 @@ def templates_dir() -> Path:
     return Path(str(resources.files("editguard.model_repository")))
 
 
-def ensure_repository(repository: str | Path, front: str = FRONT) -> Path:
-    """Create the folders and configs of ``front`` and its network from the templates where missing."""
+def served_models(front: str = FRONT, split_prompt: bool = False) -> list[str]:
+    """The models one export of ``front`` writes a version of, in the order they land (and load): the
+    networks, the ensemble's Python steps, and the client-facing model last."""
+    return ([PROMPTS[front]] if split_prompt else []) + [PAIRS[front]] + \
+        ([PREPARE, VERDICTS] if front == FRONT else []) + [front]
+
+
+def ensure_repository(repository: str | Path, front: str = FRONT, split_prompt: bool = False) -> Path:
+    """Create the folders and configs of ``front`` and the models behind it from the templates where
+    missing."""
     repo = _not_the_templates(repository)
     src = templates_dir()
-    for model in (front, PAIRS[front]):
+    for model in served_models(front, split_prompt):
         (repo / model).mkdir(parents=True, exist_ok=True)
         for f in [Path("config.pbtxt"), *(p.relative_to(src / model) for p in (src / model).glob("configs/*.pbtxt"))]:
             if not (repo / model / f).exists():
@@ -108,6 +123,7 @@ class ExportResult:
     seconds: float = 0.0
     files: list[str] = field(default_factory=list)
     model: str = FRONT  # the client-facing model the version went to (editguard or editguard_precheck)
+    models: list[str] = field(default_factory=list)  # every model the version was written to, in landing order
 
 
 def export_version(cfg: ExportConfig) -> ExportResult:
@@ -121,60 +137,95 @@ def export_version(cfg: ExportConfig) -> ExportResult:
         raise ValueError(f"{cfg.model_dir} is an ablation ({net.cfg.ablation}); only triple models (and pre-checks, "
                          "--ablation precheck) can be served")
     front_name = PRECHECK if net.cfg.ablation == "precheck" else FRONT
-    clf = PAIRS[front_name]
-    repo = ensure_repository(cfg.repository, front_name)
-    taken = set(versions(repo, front_name)) | set(versions(repo, clf))
+    split = net.split_prompt
+    models = served_models(front_name, split)
+    repo = ensure_repository(cfg.repository, front_name, split)
+    _check_graph(repo, front_name, split)
+    taken = set().union(*(versions(repo, m) for m in models))
     version = cfg.version or (max(taken, default=0) + 1)
     if version in taken:
         raise FileExistsError(f"version {version} of {front_name} already exists in {repo}; pick another "
                               "--version or omit it")
     _check_labels(repo, net.cfg.labels, front_name)
-    stage = Path(tempfile.mkdtemp(dir=repo / clf, prefix=f".v{version}-"))
+    stages = {m: Path(tempfile.mkdtemp(dir=repo / m, prefix=f".v{version}-")) for m in models if m != front_name}
     try:
-        result = _write_classifier(cfg, net, pre, stage, version, clf)
-        front = _write_front(cfg, repo, version, result, front_name)
-        os.replace(stage, repo / clf / str(version))
-        os.replace(front, repo / front_name / str(version))
+        result = _write_networks(cfg, net, pre, stages[PAIRS[front_name]], version,
+                                 stages.get(PROMPTS[front_name]), PAIRS[front_name])
+        for step in (PREPARE, VERDICTS):
+            if step in stages:
+                shutil.copyfile(templates_dir() / FRONT / "model.py", stages[step] / "model.py")
+        stages[front_name] = _write_front(cfg, repo, version, result, front_name)
+        for m in models:  # the networks land first, the client-facing model last
+            os.replace(stages[m], repo / m / str(version))
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        for stage in stages.values():
+            shutil.rmtree(stage, ignore_errors=True)
         raise
-    _update_configs(repo, cfg.max_batch, net, front_name, cfg.decode_device)
-    result.model = front_name
+    _update_configs(repo, cfg.max_batch, net, front_name, cfg.decode_device, version)
+    from .check import check_repository
+
+    errors = check_repository(repo)
+    if errors:
+        raise ValueError(f"{repo}: the configs disagree with the exported graphs:\n  " + "\n  ".join(errors))
+    result.model, result.models = front_name, models
     result.repository, result.seconds = str(repo), round(time.perf_counter() - t0, 1)
     return result
 
 
-def _write_classifier(cfg: ExportConfig, net, pre, stage: Path, version: int, clf: str = CLASSIFIER) -> ExportResult:
-    from .onnx_export import FP16_TOL, FP32_TOL, convert_fp16, export_onnx, parity, sample_inputs
+def _check_graph(repo: Path, front: str, split: bool) -> None:
+    """Versions served side by side share one graph: with or without a separate prompt tower."""
+    have = versions(repo, front)
+    if have and bool(versions(repo, PROMPTS[front])) != split:
+        was = "a separate prompt tower" if not split else "the prompt tower inside the classifier"
+        raise ValueError(f"{repo / front} serves versions {have} with {was}, and this model's graph differs "
+                         "(text_encoder.freeze decides it); versions served side by side share one graph: export "
+                         "into a new repository")
+
+
+def _write_networks(cfg: ExportConfig, net, pre, stage: Path, version: int, prompt_stage: Path | None,
+                    clf: str = CLASSIFIER) -> ExportResult:
+    """The classifier's version (and, for a frozen prompt tower, the prompt tower's), parity-checked over
+    the chain in FP32 and, with ``cfg.fp16``, in FP16."""
+    from .onnx_export import FP16_TOL, FP32_TOL, convert_fp16, export_onnx, export_prompt_onnx, parity, sample_inputs
 
     samples = sample_inputs(cfg.model_dir, pre)
-    fp32 = export_onnx(net, stage / "model.fp32.onnx", samples, cfg.opset)
-    p32 = parity(net, fp32, samples, FP32_TOL, cfg.device)
+    stages = [stage] + ([prompt_stage] if prompt_stage else [])
+    export_onnx(net, stage / "model.fp32.onnx", samples, cfg.opset)
+    if prompt_stage:
+        export_prompt_onnx(net, prompt_stage / "model.fp32.onnx", samples, cfg.opset)
+    prompt = (lambda name: prompt_stage / name) if prompt_stage else (lambda name: None)
+    p32 = parity(net, stage / "model.fp32.onnx", samples, FP32_TOL, cfg.device, prompt("model.fp32.onnx"))
     _logger.info("FP32 parity: max |dprob| %.2e over %d triples (limit %.0e)", p32.max_abs_prob, p32.n, FP32_TOL)
     if not p32.ok:
         raise RuntimeError(f"FP32 ONNX parity failed: max |dprob| {p32.max_abs_prob:.3e} > {FP32_TOL}")
     p16 = None
     if cfg.fp16:
-        convert_fp16(fp32, stage / "model.onnx")
-        p16 = parity(net, stage / "model.onnx", samples, FP16_TOL, cfg.device)
+        for s in stages:
+            convert_fp16(s / "model.fp32.onnx", s / "model.onnx")
+        p16 = parity(net, stage / "model.onnx", samples, FP16_TOL, cfg.device, prompt("model.onnx"))
         _logger.info("FP16 parity: max |dprob| %.2e (limit %.0e)", p16.max_abs_prob, FP16_TOL)
         if not p16.ok:
             raise RuntimeError(f"FP16 ONNX parity failed: max |dprob| {p16.max_abs_prob:.3e} > {FP16_TOL}")
-        fp32.unlink()
+        for s in stages:
+            (s / "model.fp32.onnx").unlink()
     else:
-        fp32.rename(stage / "model.onnx")
+        for s in stages:
+            (s / "model.fp32.onnx").rename(s / "model.onnx")
     plan = None
     if cfg.runtime == "tensorrt":
         from .tensorrt import build_plan
 
-        plan = str(build_plan(stage / "model.onnx", stage / "model.plan", max_batch=cfg.max_batch, fp16=True,
-                              timing_cache=Path(cfg.repository) / clf / "timing.cache"))
-    shutil.copyfile(templates_dir() / CLASSIFIER / "model.py", stage / "model.py")
+        for s in stages:
+            built = build_plan(s / "model.onnx", s / "model.plan", max_batch=cfg.max_batch, fp16=True,
+                               timing_cache=Path(cfg.repository) / clf / "timing.cache")
+            plan = plan or str(built)
     meta = {"version": version, "model_dir": str(Path(cfg.model_dir).resolve()), "fp16": cfg.fp16,
-            "vocab_size": net.text.encoder.config.vocab_size, "labels": net.cfg.labels,
+            "vocab_size": net.text.encoder.config.vocab_size if net.cfg.use_prompt else 0, "labels": net.cfg.labels,
             "parity_fp32": asdict(p32), "parity_fp16": asdict(p16) if p16 else None,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    (stage / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
+    for s in stages:
+        shutil.copyfile(templates_dir() / CLASSIFIER / "model.py", s / "model.py")
+        (s / "export.json").write_text(json.dumps(meta, indent=2) + "\n")
     return ExportResult(version, str(cfg.repository), asdict(p32), asdict(p16) if p16 else None, plan)
 
 
@@ -205,37 +256,58 @@ def _check_labels(repo: Path, labels: list[str], front: str = FRONT) -> None:
     write_text_atomic(path, "\n".join(labels) + "\n")
 
 
-def _update_configs(repo: Path, max_batch: int, net, front: str = FRONT, decode_device: str | None = None) -> None:
-    """max_batch_size for both models; exact dims in the native classifier configs; the front's pixels
-    specs per version and its decode device; the front's variants for the native classifier configs."""
-    clf = PAIRS[front]
-    p = net.cfg.preprocess
-    dims = {"input_image": [p.image_size, p.image_size, 3], "output_image": [p.image_size, p.image_size, 3],
-            "mask": [p.image_size, p.image_size], "input_ids": [p.max_tokens], "attention_mask": [p.max_tokens],
-            "logits": [len(net.cfg.labels)], "probabilities": [len(net.cfg.labels)]}
-    paths = [repo / front / "config.pbtxt", repo / clf / "config.pbtxt",
-             *sorted((repo / clf / "configs").glob("*.pbtxt"))]
-    for path in paths:
-        cfg = read_config(path)
-        before = cfg.SerializeToString()
-        cfg.max_batch_size = max_batch
-        if cfg.dynamic_batching.preferred_batch_size:
-            sizes = [b for b in cfg.dynamic_batching.preferred_batch_size if b <= max_batch] or [max_batch]
-            del cfg.dynamic_batching.preferred_batch_size[:]
-            cfg.dynamic_batching.preferred_batch_size.extend(sizes)
-        if cfg.platform:  # native backends need the exact dims
-            for t in list(cfg.input) + list(cfg.output):
-                if t.name in dims:
-                    del t.dims[:]
-                    t.dims.extend(dims[t.name])
-        if path == repo / front / "config.pbtxt":
-            cfg.parameters["preprocess"].string_value = json.dumps(pixels_specs(repo, front), sort_keys=True)
-            if decode_device is not None:
+def _update_configs(repo: Path, max_batch: int, net, front: str = FRONT, decode_device: str | None = None,
+                    version: int | None = None) -> None:
+    """max_batch_size everywhere; the networks' tensors from the exported graph of ``version`` (exact dims
+    in the native configs); the front's pixels specs per version and the decode device; the front's
+    variants (the ensemble graph, BLS)."""
+    from .check import graph_tensors
+
+    graphs = {m: graph_tensors(repo / m / str(version) / "model.onnx")
+              for m in (PAIRS[front], PROMPTS[front]) if (repo / m / str(version) / "model.onnx").exists()}
+    for model in served_models(front, PROMPTS[front] in graphs):
+        for path in [repo / model / "config.pbtxt", *sorted((repo / model / "configs").glob("*.pbtxt"))]:
+            cfg = read_config(path)
+            before = cfg.SerializeToString()
+            cfg.max_batch_size = max_batch
+            if cfg.dynamic_batching.preferred_batch_size:
+                sizes = [b for b in cfg.dynamic_batching.preferred_batch_size if b <= max_batch] or [max_batch]
+                del cfg.dynamic_batching.preferred_batch_size[:]
+                cfg.dynamic_batching.preferred_batch_size.extend(sizes)
+            if model in graphs:
+                _set_tensors(cfg, graphs[model], exact=bool(cfg.platform))
+            if model == front:
+                cfg.parameters["preprocess"].string_value = json.dumps(pixels_specs(repo, front), sort_keys=True)
+            if model in (front, PREPARE) and decode_device is not None:
                 cfg.parameters["decode_device"].string_value = decode_device
-        if cfg.SerializeToString() != before:
-            write_config(path, cfg)
+            if cfg.SerializeToString() != before:
+                write_config(path, cfg)
     if front == FRONT:
-        _write_front_variants(repo)
+        _write_front_variants(repo, graphs)
+
+
+def _set_tensors(cfg, graph: dict, exact: bool) -> None:
+    """The config's inputs and outputs as the graph declares them: names, types, and per-item dims (exact for
+    a native backend, ``-1`` for the Python one, which serves versions of different sizes)."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    for kind, field in (("input", cfg.input), ("output", cfg.output)):
+        old = {t.name: t for t in field}
+        new = []
+        for name, (dtype, dims) in graph[kind].items():
+            t = mc.ModelInput() if kind == "input" else mc.ModelOutput()
+            if name in old:
+                t.CopyFrom(old[name])
+            t.name, t.data_type = name, mc.DataType.Value(dtype)
+            if kind == "input":
+                t.optional = False
+            del t.dims[:]
+            item = dims[1:]  # the Python backend keeps only the channels of an image fixed
+            t.dims.extend(item if exact else [d if (d == 3 and k == len(item) - 1 > 0) else -1
+                                              for k, d in enumerate(item)])
+            new.append(t)
+        del field[:]
+        field.extend(new)
 
 
 def pixels_specs(repo: Path, front: str = FRONT) -> dict[str, dict]:
@@ -246,16 +318,51 @@ def pixels_specs(repo: Path, front: str = FRONT) -> dict[str, dict]:
             for v in versions(repo, front)}
 
 
-def _write_front_variants(repo: Path) -> None:
-    """For each native classifier config (``configs/NAME.pbtxt``, picked by Triton's
-    ``--model-config-name=NAME``), the front's twin that hands batches to that classifier over BLS
-    instead of running the network itself."""
+ENSEMBLE_NAMES = ("ensemble",)  # config names that serve the ensemble over the Python stand-ins
+
+
+def _write_front_variants(repo: Path, graphs: dict) -> None:
+    """The front's variants under ``configs/``, which Triton picks with ``--model-config-name=NAME``: for each
+    native classifier config and for ``ensemble``, the ensemble graph (prepare -> prompt tower -> classifier
+    -> verdicts); ``bls.pbtxt``, the front handing each batch to the networks over BLS."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
     source = (repo / FRONT / "config.pbtxt").read_text()
     front = read_config(repo / FRONT / "config.pbtxt")
-    front.parameters["inline_classifier"].string_value = "false"
     (repo / FRONT / "configs").mkdir(exist_ok=True)
-    for variant in sorted((repo / CLASSIFIER / "configs").glob("*.pbtxt")):
-        header = (f"# Generated by `editguard export` from ../config.pbtxt for --model-config-name={variant.stem}:\n"
-                  f"# the same model, but each batch goes over BLS to editguard_classifier, which that name\n"
-                  f"# serves on the native backend.\n")
-        write_config(repo / FRONT / "configs" / variant.name, front, header + source)
+    bls = mc.ModelConfig()
+    bls.CopyFrom(front)
+    bls.parameters["mode"].string_value = "bls"
+    bls.parameters.pop("inline_classifier", None)
+    write_config(repo / FRONT / "configs" / "bls.pbtxt", bls,
+                 "# Generated by `editguard export` from ../config.pbtxt for --model-config-name=bls: the same\n"
+                 "# model, but each batch goes to editguard_classifier (and editguard_prompt) over BLS calls.\n"
+                 + source)
+    ensemble = mc.ModelConfig(name=FRONT, platform="ensemble", max_batch_size=front.max_batch_size)
+    ensemble.input.extend(front.input)
+    ensemble.output.extend(front.output)
+    ensemble.version_policy.CopyFrom(front.version_policy)
+    ensemble.parameters["preprocess"].CopyFrom(front.parameters["preprocess"])
+
+    def step(model: str, ins, outs) -> None:
+        s = ensemble.ensemble_scheduling.step.add(model_name=model, model_version=-1)
+        s.input_map.update({n: n for n in ins})
+        s.output_map.update({n: n for n in outs})
+
+    net_inputs = list(graphs[CLASSIFIER]["input"])
+    prompt_inputs = list(graphs[PROMPTS[FRONT]]["input"]) if PROMPTS[FRONT] in graphs else []
+    step(PREPARE, [t.name for t in front.input], [n for n in net_inputs if n != PROMPT_EMBEDDING] + prompt_inputs)
+    if prompt_inputs:
+        step(PROMPTS[FRONT], prompt_inputs, [PROMPT_EMBEDDING])
+    step(CLASSIFIER, net_inputs, ["probabilities"])
+    step(VERDICTS, ["probabilities"], [t.name for t in front.output])
+    body = text_format.MessageToString(ensemble)
+    names = sorted({p.stem for p in (repo / CLASSIFIER / "configs").glob("*.pbtxt")} | set(ENSEMBLE_NAMES))
+    for name in names:
+        backend = ("the Python-backend stand-ins (each step's config.pbtxt)" if name in ENSEMBLE_NAMES else
+                   f"the networks' configs/{name}.pbtxt (native backend) and the Python steps' config.pbtxt")
+        header = (f"# Generated by `editguard export` for --model-config-name={name}: editguard as an ensemble\n"
+                  f"# over {backend}.\n# Each step runs its latest loaded version. The client contract is the "
+                  "inline front's\n# (../config.pbtxt): the same tensors, parameters and per-request errors.\n")
+        write_text_atomic(repo / FRONT / "configs" / f"{name}.pbtxt", header + body)

@@ -117,6 +117,11 @@ class TritonServer:
     tls_cert: str | Path | None = None  # PEM server certificate and key: gRPC over TLS
     tls_key: str | Path | None = None
     tls_ca: str | Path | None = None  # PEM CA of the client certificates: mutual TLS (clients without one are refused)
+    # the serving graph: Triton's --model-config-name ("" or "inline": each model's config.pbtxt; "ensemble":
+    # editguard as an ensemble over the Python steps; "bls"; "onnxruntime"/"tensorrt": native networks)
+    graph: str = ""
+    # Triton's response cache (the `local` cache), which the ensemble's prompt-tower step uses; 0: none
+    cache_bytes: int = 64 << 20
     _proc: subprocess.Popen | None = None
     _workdir: Path | None = None
 
@@ -177,6 +182,12 @@ class TritonServer:
             cmd.append("--load-model=*")
         if backends is not None:
             cmd.append(f"--backend-directory={backends}")
+        if self.graph not in ("", "inline"):
+            cmd.append(f"--model-config-name={self.graph}")
+        if self.cache_bytes:
+            if getattr(self, "_caches", None) is not None:  # the wheel's caches/local; NVIDIA's install has its own
+                cmd.append(f"--cache-directory={self._caches}")
+            cmd.append(f"--cache-config=local,size={self.cache_bytes}")
         return cmd + list(self.extra_args)
 
     def start(self, timeout: float = 120.0) -> "TritonServer":
@@ -188,7 +199,7 @@ class TritonServer:
             if not port_free(port, host):
                 raise TritonError(f"{name} port {port} is in use; stop what holds it or pass --{name}-port")
         inst = find_tritonserver()
-        self.binary = inst.binary
+        self.binary, self._caches = inst.binary, inst.wheel_root / "caches" if inst.wheel_root else None
         self._workdir = Path(tempfile.mkdtemp(prefix="editguard-triton-"))
         env = dict(os.environ, **self.env)
         backends = inst.backends

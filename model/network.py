@@ -241,6 +241,21 @@ class EditGuardNet(nn.Module):
             names += ["input_ids", "attention_mask"]
         return names
 
+    @property
+    def split_prompt(self) -> bool:
+        """A frozen prompt tower is served as its own model (its embedding depends on the prompt alone, so a
+        server computes it once per distinct prompt); the classifier then takes ``prompt_embedding``."""
+        return self.cfg.use_prompt and self.cfg.text_encoder.freeze
+
+    @property
+    def classifier_names(self) -> list[str]:
+        """The exported classifier's inputs, in ONNX order: :attr:`input_names`, with ``prompt_embedding`` in
+        place of the token ids when the prompt tower is split off."""
+        names = self.input_names
+        if self.split_prompt:
+            names = [n for n in names if n not in ("input_ids", "attention_mask")] + ["prompt_embedding"]
+        return names
+
     def param_groups(self) -> list[ParamGroup]:
         """The trainable parameters by part: the image tower (shared by both images), the text tower, and
         the head (the pair tower, the projections and the fusion head, always trained from scratch)."""
@@ -261,8 +276,11 @@ class EditGuardNet(nn.Module):
         mask: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        prompt_embedding: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Shapes: images ``uint8 [B,S,S,3]``, mask ``uint8 [B,S,S]``, ids/attention ``int64 [B,T]``.
+        """Shapes: images ``uint8 [B,S,S,3]``, mask ``uint8 [B,S,S]``, ids/attention ``int64 [B,T]``;
+        or, in place of the ids, ``prompt_embedding`` ``float32 [B,H]`` from the frozen prompt tower
+        (:class:`PromptWrapper`).
 
         Returns logits ``float32 [B, num_labels]``; apply a sigmoid for probabilities.
         """
@@ -281,21 +299,37 @@ class EditGuardNet(nn.Module):
         if self.use_pair:
             m = mask if self.use_mask else torch.full_like(input_image[..., 0], 255)  # no mask: all may change
             pair = self.pair_proj(self.pair(self.image.normalize(input_image), self.image.normalize(output_image), m))
-        t = self.text_proj(self.text(input_ids, attention_mask)) if self.cfg.use_prompt else None
+        t = None
+        if self.cfg.use_prompt:
+            t = self.text_proj(self.text(input_ids, attention_mask) if prompt_embedding is None else prompt_embedding)
         return self.head(e_out, e_in, t, pair)
 
 
 class ProbabilityWrapper(nn.Module):
-    """Export wrapper: returns ``(logits, probabilities)``, positional inputs in ``input_names`` order."""
+    """Export wrapper: returns ``(logits, probabilities)``, positional inputs in ``classifier_names`` order."""
 
     def __init__(self, net: EditGuardNet):
         super().__init__()
         self.net = net
-        self.names = net.input_names
+        self.names = net.classifier_names
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(**dict(zip(self.names, args)))
         return logits, torch.sigmoid(logits)
+
+
+class PromptWrapper(nn.Module):
+    """Export wrapper of a frozen prompt tower: ``(input_ids, attention_mask)`` to ``prompt_embedding``, the
+    pooled (and normalised, where the config says so) embedding the classifier takes. No training noise."""
+
+    names = ["input_ids", "attention_mask"]
+
+    def __init__(self, net: EditGuardNet):
+        super().__init__()
+        self.text = net.text
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.text.encode(input_ids, attention_mask)
 
 
 def build_network(

@@ -4,8 +4,14 @@ The repository layout it reads (``editguard export`` writes it)::
 
     REPO/editguard/N/             config.json, tokenizer/, labels.json[, thresholds.json]
     REPO/editguard_classifier/N/  model.onnx, export.json
+    REPO/editguard_prompt/N/      model.onnx, export.json  (a frozen prompt tower only)
 
-and the same for the pre-check pair, ``editguard_precheck`` and ``editguard_precheck_classifier``.
+and the same for the pre-check pair, ``editguard_precheck`` and ``editguard_precheck_classifier``
+(``editguard_precheck_prompt``).
+
+A frozen prompt tower is its own graph: its embedding depends on the prompt alone. Here it runs
+behind an LRU of embeddings by token ids (:class:`PromptEmbeddings`), so a repeated prompt costs a
+dictionary lookup; the ensemble graph in Triton caches the same step with Triton's response cache.
 
 :class:`ServedVersion` is the one definition of what the served model does to a triple:
 preprocessing (:mod:`editguard.model.preprocess`), the onnxruntime classifier with its checks
@@ -20,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -31,12 +38,16 @@ from .thresholds import DEFAULT_THRESHOLD, threshold_array
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["FRONT", "CLASSIFIER", "PRECHECK", "PRECHECK_CLASSIFIER", "PAIRS", "versions", "OnnxClassifier",
-           "ServedVersion"]
+__all__ = ["FRONT", "CLASSIFIER", "PRECHECK", "PRECHECK_CLASSIFIER", "PAIRS", "PROMPTS", "PREPARE", "VERDICTS",
+           "versions", "OnnxClassifier", "PromptEmbeddings", "ServedVersion"]
 
 FRONT, CLASSIFIER = "editguard", "editguard_classifier"
 PRECHECK, PRECHECK_CLASSIFIER = "editguard_precheck", "editguard_precheck_classifier"
 PAIRS = {FRONT: CLASSIFIER, PRECHECK: PRECHECK_CLASSIFIER}  # client-facing model -> its network
+PROMPTS = {FRONT: "editguard_prompt", PRECHECK: "editguard_precheck_prompt"}  # -> its frozen prompt tower
+# the Python steps of the triple model's ensemble graph (before and after the networks)
+PREPARE, VERDICTS = "editguard_prepare", "editguard_verdicts"
+PROMPT_EMBEDDING = "prompt_embedding"
 
 
 def versions(repository: str | Path, model: str = FRONT) -> list[int]:
@@ -111,12 +122,56 @@ class OnnxClassifier:
         return split
 
 
+class PromptEmbeddings:
+    """A frozen prompt tower's graph (``REPO/editguard_prompt/N``) behind an LRU of embeddings.
+
+    Keyed by a prompt's token ids and attention mask, so two spellings that tokenise alike share an
+    entry. ``size``: entries kept (default 4096, about 6 MB for MiniLM's 384 dims; the environment
+    variable ``EDITGUARD_PROMPT_CACHE`` overrides it, 0 turns the cache off).
+    """
+
+    def __init__(self, version_dir: str | Path, threads: int = 0, cuda_device: int | None = None,
+                 size: int | None = None):
+        self.net = OnnxClassifier(version_dir, threads, cuda_device)
+        self.size = int(os.environ.get("EDITGUARD_PROMPT_CACHE", 4096 if size is None else size))
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """``float32 [B, H]`` for ``int64 [B, T]`` ids and mask; each distinct uncached prompt runs once."""
+        keys = [i.tobytes() + a.tobytes() for i, a in zip(input_ids, attention_mask)]
+        todo = {k: i for i, k in reversed(list(enumerate(keys))) if k not in self._cache}  # first row of each
+        self.misses += len(todo)
+        self.hits += len(keys) - len(todo)
+        fresh = {}
+        if todo:
+            rows = sorted(todo.values())
+            batch = self.net.check({"input_ids": input_ids[rows], "attention_mask": attention_mask[rows]})
+            out = self.net.run([batch])[0][PROMPT_EMBEDDING].astype(np.float32)
+            fresh = {keys[r]: e for r, e in zip(rows, out)}
+        rows = []
+        for k in keys:
+            e = fresh.get(k)
+            if e is None:
+                e = self._cache[k]
+                self._cache.move_to_end(k)
+            rows.append(e)
+        if self.size:
+            for k, e in fresh.items():
+                self._cache[k] = e
+            while len(self._cache) > self.size:
+                self._cache.popitem(last=False)
+        return np.stack(rows)
+
+
 class ServedVersion:
     """One version of a client-facing model: preprocessing, classifier and thresholds.
 
     ``front_dir``: ``REPO/editguard/N`` (or the pre-check's). ``classifier_dir``: the network's
     version dir, run here by onnxruntime; None when the caller runs the network elsewhere (the
-    Triton front's BLS graph), and then :meth:`probabilities` is not available. ``decode_device``:
+    Triton front's BLS graph), and then :meth:`probabilities` is not available. A classifier that takes
+    ``prompt_embedding`` comes with its prompt tower (the same version of the front's prompt model),
+    run here behind an LRU (:class:`PromptEmbeddings`). ``decode_device``:
     decode JPEG uploads with torchvision on that torch device ("cuda": nvJPEG) instead of Pillow.
     """
 
@@ -134,6 +189,13 @@ class ServedVersion:
             self.pre = TorchDecoder(self.pre.cfg, self.pre.tokenizer, decode_device)
         self.spec = self.pre.cfg.pixels_spec()
         self.net = OnnxClassifier(classifier_dir, threads, cuda_device) if classifier_dir is not None else None
+        self.prompt = None
+        if self.net is not None and PROMPT_EMBEDDING in self.net.inputs:
+            prompt_dir = self.dir.parent.parent / PROMPTS[self.dir.parent.name] / self.version
+            if not (prompt_dir / "model.onnx").exists():
+                raise FileNotFoundError(f"{classifier_dir} takes {PROMPT_EMBEDDING}, but its prompt tower "
+                                        f"{prompt_dir}/model.onnx is missing; export the model dir again")
+            self.prompt = PromptEmbeddings(prompt_dir, threads, cuda_device)
         self.thresholds = np.full(len(self.labels), DEFAULT_THRESHOLD, np.float32)
         self._thresholds_mtime: int | None = None
 
@@ -195,7 +257,10 @@ class ServedVersion:
         if self.net is None:
             raise RuntimeError(f"version {self.version} was opened without its classifier")
         try:
-            batch = self.net.check(collate(list(items)))
+            batch = collate(list(items))
+            if self.prompt is not None:
+                batch[PROMPT_EMBEDDING] = self.prompt(batch.pop("input_ids"), batch.pop("attention_mask"))
+            batch = self.net.check(batch)
         except ValueError as e:  # this version's own preprocessing does not fit its network
             raise RuntimeError(f"the prepared batch does not fit the network: {e}") from e
         try:

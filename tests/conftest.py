@@ -86,7 +86,7 @@ def triton(repository):
 
 # -- tiers ----------------------------------------------------------------------------------------
 SLOW_FIXTURES = {"tiny_model_dir", "repository", "triton", "precheck_dir", "served", "one_version_repo", "scored",
-                 "browser", "ddp_data", "realistic", "preset_models", "preset_served"}
+                 "browser", "ddp_data", "realistic", "preset_models", "preset_served", "frozen_model", "ensemble"}
 
 
 def pytest_collection_modifyitems(config, items):

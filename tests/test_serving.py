@@ -13,8 +13,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from editguard.clients.client import build_inputs
-from editguard.export.repository import (CLASSIFIER, FRONT, PRECHECK, PRECHECK_CLASSIFIER, ExportConfig, export_version,
-                                        read_config, templates_dir)
+from editguard.export.repository import (CLASSIFIER, FRONT, ExportConfig, export_version, read_config,
+                                        templates_dir)
 from editguard.export.triton import free_port
 from editguard.model.model_dir import load_model_dir
 from editguard.model.preprocess import collate
@@ -39,7 +39,8 @@ def test_every_config_parses_with_tritons_schema(repository):
     assert len(paths) >= 8
     for p in paths:
         cfg = read_config(p)
-        assert cfg.name in (FRONT, CLASSIFIER, PRECHECK, PRECHECK_CLASSIFIER) and cfg.max_batch_size > 0, p
+        folder = p.parent.parent if p.parent.name == "configs" else p.parent
+        assert cfg.name == folder.name and cfg.max_batch_size > 0, p
     front = read_config(Path(repository) / FRONT / "config.pbtxt")
     assert [i.name for i in front.input] == ["INPUT_IMAGE", "OUTPUT_IMAGE", "PROMPT", "MASK", "INPUT_PIXELS",
                                              "OUTPUT_PIXELS", "MASK_PIXELS", "PIXELS_SPEC"]
@@ -47,15 +48,22 @@ def test_every_config_parses_with_tritons_schema(repository):
     assert all(i.data_type == 13 and list(i.dims) == [1] for i in encoded)  # TYPE_STRING [1]
     assert all(i.optional for i in front.input if i.name != "PROMPT")
     assert front.dynamic_batching.max_queue_delay_microseconds > 0
-    assert front.parameters["inline_classifier"].string_value == "true"
+    assert front.parameters["mode"].string_value == "inline"
     specs = json.loads(front.parameters["preprocess"].string_value)
     assert set(specs) == {"1", "2"} and specs["2"]["image_size"] == 64
-    for variant in ("onnxruntime", "tensorrt"):  # the BLS twins Triton picks with --model-config-name
-        twin = read_config(Path(repository) / FRONT / "configs" / f"{variant}.pbtxt")
-        assert twin.parameters["inline_classifier"].string_value == "false" and twin.max_batch_size == 32
+    for variant in ("onnxruntime", "tensorrt", "ensemble"):  # the graphs Triton picks with --model-config-name
+        graph = read_config(Path(repository) / FRONT / "configs" / f"{variant}.pbtxt")
+        assert graph.platform == "ensemble" and graph.max_batch_size == 32
+        assert [s.model_name for s in graph.ensemble_scheduling.step] == [  # tiny's prompt tower is trained: no step
+            "editguard_prepare", CLASSIFIER, "editguard_verdicts"]
+        assert graph.parameters["preprocess"] == front.parameters["preprocess"]  # what pixels clients read
+    assert read_config(Path(repository) / FRONT / "configs" / "bls.pbtxt").parameters["mode"].string_value == "bls"
     native = read_config(Path(repository) / CLASSIFIER / "configs" / "onnxruntime.pbtxt")
     assert native.platform == "onnxruntime_onnx" and list(native.input[0].dims) == [64, 64, 3]
     assert native.max_batch_size == 32  # --max-batch rewrote it
+    trt = native.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
+    assert trt.parameters["trt_engine_cache_enable"] == "1"
 
 
 def test_export_parity_recorded(repository):
@@ -176,23 +184,20 @@ def test_serve_reports_busy_port_and_missing_repository(repository, tmp_path, ca
     assert "create one with `editguard export`" in capsys.readouterr().err
 
 
-def test_bls_graph_gives_the_inline_scores(triton, repository, synth_sets, tmp_path, model_stats, triple_bytes):
-    """The front's twin for the native classifier configs hands batches to editguard_classifier over BLS;
-    the Python-only Triton runs that graph too when the parameter says so."""
-    import shutil
-
-    from editguard.export.repository import write_config
+@pytest.mark.parametrize("graph", ["bls", "ensemble"])
+def test_other_graphs_give_the_inline_scores(triton, repository, synth_sets, model_stats, triple_bytes, graph):
+    """The same repository under --model-config-name=bls (the front hands batches to editguard_classifier
+    over BLS) and =ensemble (prepare -> classifier -> verdicts, the production graph over the Python
+    stand-ins) answers with the inline graph's scores, and a corrupt upload fails alone."""
     from editguard.export.triton import TritonServer
 
-    repo = tmp_path / "bls"
-    shutil.copytree(repository, repo)
-    conf = read_config(repo / FRONT / "config.pbtxt")
-    conf.parameters["inline_classifier"].string_value = "false"
-    write_config(repo / FRONT / "config.pbtxt", conf)
     triples = triple_bytes(synth_sets["test"], 4)
     inline = np.concatenate([infer(triton.grpc_url, t).as_numpy("SCORES") for t in triples])
-    with TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as bls:
-        via_bls = np.concatenate([infer(bls.grpc_url, t).as_numpy("SCORES") for t in triples])
-        stats = model_stats(bls, CLASSIFIER, "2")[0]
-    np.testing.assert_allclose(via_bls, inline, atol=1e-6)
+    with TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+                      graph=graph) as other:
+        served = np.concatenate([infer(other.grpc_url, t).as_numpy("SCORES") for t in triples])
+        with pytest.raises(InferenceServerException, match="OUTPUT_IMAGE: corrupt or truncated image"):
+            infer(other.grpc_url, triples[0], corrupt=True)
+        stats = model_stats(other, CLASSIFIER, "2")[0]
+    np.testing.assert_allclose(served, inline, atol=1e-6)
     assert int(stats["inference_count"]) == 4  # the classifier model ran every triple

@@ -1,28 +1,35 @@
 """editguard (Python backend): encoded images or prepared pixels, plus the prompt, in; verdicts out.
 
-`editguard export` copies this file into every version dir beside config.json, tokenizer/ and
-labels.json (and `editguard calibrate --install` adds thresholds.json). Per batch of requests:
+`editguard export` copies this file into every version dir of the Python models it writes: the
+client-facing ``editguard`` (and ``editguard_precheck``) and, for the ensemble graph, the steps
+``editguard_prepare`` and ``editguard_verdicts``. Each reads the files of the same version of the
+client-facing model (config.json, tokenizer/, labels.json, thresholds.json), named by the parameter
+``front``.
 
 The work is editguard.model.served.ServedVersion's, the same object the in-process scorer, the
 Ray actors and the bench run, so their scores are the served ones. This file adds what is
-Triton's: reading requests, answering each one, and counting. Per batch of requests:
+Triton's: reading requests, answering each one, and counting. The parameter ``mode`` picks the role:
 
-1. each request is checked and preprocessed (ServedVersion.prepare: editguard.model.preprocess,
-   configured from this version's files; with the parameter decode_device, JPEGs are decoded on
-   that torch device: nvJPEG on "cuda"). A request brings either encoded images (INPUT_IMAGE,
-   OUTPUT_IMAGE, optional MASK: decoded and resized here) or pixels the client already
-   letterboxed with the same module (INPUT_PIXELS, OUTPUT_PIXELS, optional MASK_PIXELS, and
-   PIXELS_SPEC: the preprocessing it used, which must be this version's). A request that fails
-   gets an INVALID_ARG error naming the input and the problem;
-2. the valid items are classified as one batch (editguard.export.python_backend answers each
-   request, its error or its verdicts): in this process by onnxruntime when the config
-   says ``inline_classifier`` (the embedded default: one Python hop instead of two), else by a
-   BLS call to editguard_classifier (the same version number; NVIDIA's container runs it on the
-   native onnxruntime or TensorRT backend);
-3. thresholds.json (re-read when it changes on disk, so installing thresholds needs no
-   reload) turns scores into FLAGGED and UNSAFE;
-4. editguard.export.metrics counts triples, flags, unsafe verdicts, rejections by reason and the
-   score distribution on Triton's metrics endpoint.
+- ``inline`` (the embedded default): per dynamic batch, each request is checked and preprocessed
+  (ServedVersion.prepare: editguard.model.preprocess, configured from this version's files; with the
+  parameter decode_device, JPEGs are decoded on that torch device: nvJPEG on "cuda"). A request brings
+  either encoded images (INPUT_IMAGE, OUTPUT_IMAGE, optional MASK: decoded and resized here) or pixels
+  the client already letterboxed with the same module (INPUT_PIXELS, OUTPUT_PIXELS, optional
+  MASK_PIXELS, and PIXELS_SPEC: the preprocessing it used, which must be this version's). A request
+  that fails gets an INVALID_ARG error naming the input and the problem. The valid items run as one
+  batch through onnxruntime in this process (a frozen prompt tower behind its LRU), and this version's
+  thresholds.json (re-read when it changes on disk, so installing thresholds needs no reload) turns
+  scores into FLAGGED and UNSAFE;
+- ``bls``: the same, but the network runs in editguard_classifier (and editguard_prompt) of the same
+  version, over BLS calls;
+- ``prepare`` (the ensemble's first step): the checks and preprocessing only; it answers with the
+  network's input tensors;
+- ``verdicts`` (the ensemble's last step): the classifier's probabilities in, SCORES, FLAGGED,
+  UNSAFE and LABELS out, against the front version's current thresholds.json.
+
+editguard.export.metrics counts triples, flags, unsafe verdicts, rejections by reason and the score
+distribution on Triton's metrics endpoint (in the ensemble: rejections under editguard_prepare,
+verdicts under editguard_verdicts).
 """
 
 import json
@@ -35,7 +42,9 @@ import triton_python_backend_utils as pb_utils
 from editguard.export.metrics import ServedMetrics
 from editguard.export.python_backend import answer_each
 from editguard.model.preprocess import PreprocessError, collate
-from editguard.model.served import ServedVersion
+from editguard.model.served import PAIRS, PROMPT_EMBEDDING, PROMPTS, ServedVersion
+
+NETWORK_INPUTS = ("input_image", "output_image", "mask", "input_ids", "attention_mask")
 
 
 class _TritonLog(logging.Handler):
@@ -52,26 +61,33 @@ class TritonPythonModel:
         if not any(isinstance(h, _TritonLog) for h in logger.handlers):
             logger.addHandler(_TritonLog())
             logger.setLevel(logging.INFO)
-        repo, version = Path(args["model_repository"]), args["model_version"]
+        repo, version = Path(args["model_repository"]).parent, args["model_version"]
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.classifier = params["classifier"]
-        inline = params.get("inline_classifier", "false").lower() == "true"
+        self.mode = params.get("mode") or ("inline" if params.get("inline_classifier", "false").lower() == "true"
+                                           else "bls")  # (configs from before "mode" say inline_classifier)
+        if self.mode not in ("inline", "bls", "prepare", "verdicts"):
+            raise ValueError(f"parameter 'mode' must be inline, bls, prepare or verdicts, got {self.mode!r}")
+        front = params.get("front") or args["model_name"]
+        self.classifier = params.get("classifier") or PAIRS[front]
+        self.prompt_model = PROMPTS[front] if (repo / PROMPTS[front] / version).is_dir() else None
         device = params.get("decode_device", "").strip()
         if device == "cpu":
             import torch
 
             torch.set_num_threads(1)  # like onnxruntime here: the instances already run side by side
         # one onnxruntime thread per instance: the instances (processes) already run side by side
-        self.served = ServedVersion(repo / version, repo.parent / self.classifier / version if inline else None,
+        self.served = ServedVersion(repo / front / version,
+                                    repo / self.classifier / version if self.mode == "inline" else None,
                                     threads=1, decode_device=device)
         if device:
-            pb_utils.Logger.log_info(f"editguard v{version}: decoding JPEGs on {device}")
+            pb_utils.Logger.log_info(f"{args['model_name']} v{version}: decoding JPEGs on {device}")
         self.version = int(version)
         self.images = ("INPUT",) if self.served.precheck else ("INPUT", "OUTPUT")
         self.label_bytes = np.array([n.encode() for n in self.served.labels], dtype=np.object_)
         self.served.refresh_thresholds()
-        self.metrics = ServedMetrics(args["model_name"], self.version, self.served.labels)
+        self.metrics = ServedMetrics(args["model_name"], self.version,
+                                     None if self.mode == "prepare" else self.served.labels)
 
     def _triples(self, request):
         """All triples (or pre-check requests) of one request (usually one), preprocessed; raises
@@ -140,34 +156,65 @@ class TritonPythonModel:
                 for i in range(n)]
 
     def execute(self, requests):
+        rejected = lambda e: self.metrics.rejected(getattr(e, "kind", "bad_request"))  # noqa: E731
+        if self.mode == "prepare":
+            return answer_each(requests, self._triples, self._prepared, rejected, "prepare")
         self.served.refresh_thresholds()
-        return answer_each(requests, self._triples, self._verdicts,
-                           lambda e: self.metrics.rejected(getattr(e, "kind", "bad_request")),
-                           "classifier")
+        if self.mode == "verdicts":
+            return answer_each(requests, self._probabilities, self._verdicts, rejected, "verdicts")
+        return answer_each(requests, self._triples, self._classified, rejected, "classifier")
 
-    def _verdicts(self, work):
-        """The output tensors of each request's triples (``work``: one list of prepared items per request),
-        classified as one batch."""
+    def _prepared(self, work):
+        """The ensemble's prepare step: each request's network inputs, as tensors."""
+        return [[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in collate(items).items()
+                 if k in NETWORK_INPUTS] for items in work]
+
+    def _probabilities(self, request):
+        """The verdicts step's input: ``float32 [n, C]`` probabilities, checked."""
+        p = pb_utils.get_input_tensor_by_name(request, "probabilities")
+        p = p.as_numpy() if p is not None else None
+        if p is None or p.ndim != 2 or p.shape[1] != len(self.served.labels) or not np.isfinite(p).all():
+            raise ValueError(f"input 'probabilities' must be finite, shape [n, {len(self.served.labels)}]")
+        return p.astype(np.float32)
+
+    def _classified(self, work):
+        """Verdicts of each request's triples (``work``: one list of prepared items per request), classified
+        as one batch."""
         probs = self._classify([item for items in work for item in items])
-        flags = self.served.flags(probs)
-        outputs, start = [], 0
+        parts, start = [], 0
         for items in work:
-            p, flagged = probs[start:start + len(items)], flags[start:start + len(items)]
+            parts.append(probs[start:start + len(items)])
             start += len(items)
+        return self._verdicts(parts)
+
+    def _verdicts(self, parts):
+        """The output tensors of each request from its probabilities, against the current thresholds."""
+        outputs = []
+        for p in parts:
+            flagged = self.served.flags(p)
             outputs.append([pb_utils.Tensor("SCORES", p), pb_utils.Tensor("FLAGGED", flagged),
                             pb_utils.Tensor("UNSAFE", flagged.any(axis=1, keepdims=True)),
-                            pb_utils.Tensor("LABELS", np.tile(self.label_bytes, (len(items), 1)))])
-        self.metrics.classified(probs, flags)
+                            pb_utils.Tensor("LABELS", np.tile(self.label_bytes, (len(p), 1)))])
+        if parts:
+            probs = np.concatenate(parts)
+            self.metrics.classified(probs, self.served.flags(probs))
         return outputs
 
     def _classify(self, items):
         """Probabilities ``float32 [B, C]`` for prepared items; RuntimeError when the network fails."""
         if self.served.net is not None:
             return self.served.probabilities(items)
-        inputs = [pb_utils.Tensor(name, np.ascontiguousarray(arr)) for name, arr in collate(items).items()]
-        result = pb_utils.InferenceRequest(model_name=self.classifier, model_version=self.version,
-                                           requested_output_names=["probabilities"], inputs=inputs).exec()
+        batch = collate(items)
+        if self.prompt_model:  # BLS: the frozen prompt tower is its own model
+            ids = {k: batch.pop(k) for k in ("input_ids", "attention_mask")}
+            batch[PROMPT_EMBEDDING] = self._bls(self.prompt_model, ids, PROMPT_EMBEDDING)
+        return self._bls(self.classifier, batch, "probabilities").astype(np.float32)
+
+    def _bls(self, model, arrays, output):
+        inputs = [pb_utils.Tensor(name, np.ascontiguousarray(arr)) for name, arr in arrays.items()]
+        result = pb_utils.InferenceRequest(model_name=model, model_version=self.version,
+                                           requested_output_names=[output], inputs=inputs).exec()
         if result.has_error():
             raise RuntimeError(result.error().message())
-        return pb_utils.get_output_tensor_by_name(result, "probabilities").as_numpy().astype(np.float32)
+        return pb_utils.get_output_tensor_by_name(result, output).as_numpy()
 
