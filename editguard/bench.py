@@ -3,7 +3,9 @@
 Its sections, each measured in one run so the ratios compare like with like:
 
 - **inprocess**: torch eager vs onnxruntime (FP32 and FP16) on the same model, triples/s and
-  batch-latency percentiles per batch size; plus the in-process *pipeline*: the repository's
+  batch-latency percentiles per batch size. A frozen prompt tower runs for every triple in both
+  ("every prompt encoded"), and again on Zipf-repeated prompts, torch with its embedding cache and
+  onnxruntime behind the served LRU; plus the in-process *pipeline*: the repository's
   newest version run by :class:`~editguard.model.served.ServedVersion` from encoded bytes
   (decode, resize, tokenize, the checked onnxruntime call, thresholds), the server's own code;
 - **served**: a closed-loop concurrency sweep through the real client against a real Triton,
@@ -13,9 +15,11 @@ Its sections, each measured in one run so the ratios compare like with like:
   photo-like images) as PIL images (the pixels path: letterboxed in the client, uint8 sent),
   PNG bytes and JPEG bytes (decoded by the server): c1 latency, c16 throughput, and the
   client's own CPU time per triple;
-- **graphs**: where concurrency-1 time goes, for the two serving graphs the Python-only Triton
-  can run: the network inline in the front model (the default) and a BLS hop to
-  ``editguard_classifier``; Triton's queue and compute per model beside the client's latency;
+- **graphs**: c1 and c16 for the three serving graphs of one repository (Triton's
+  ``--model-config-name``): inline (the default), the ensemble (prepare -> prompt tower ->
+  classifier -> verdicts, the production graph, here over the Python stand-ins) and BLS, each
+  with every prompt new and with Zipf-repeated prompts; Triton's queue, compute and response
+  cache per model beside the client's latency;
 - **preprocess**: decode + resize throughput of 512 and 1024 px JPEG, PNG and WebP, with and
   without Pillow's JPEG draft (downscale-on-decode), and JPEG through the served front's
   ``decode_device`` decoder (torchvision on the CPU, and nvJPEG where torch sees a GPU);
@@ -95,32 +99,115 @@ def encoded_triples(n: int, size: int, workdir: Path) -> list[dict]:
              "output": (manifest.parent / r["output_image"]).read_bytes()} for r in rows]
 
 
+# a few thousand distinct prompts, as a busy service sees them: ZIPF_S over PROMPT_POOL ranks
+PROMPT_POOL, ZIPF_S = 5000, 1.0
+_VERBS = ["make", "turn", "change", "give", "replace", "add", "remove", "paint", "put", "swap"]
+_THINGS = ["the sky", "their hair", "the car", "the dress", "the wall", "her shirt", "his jacket", "the dog", "the sign",
+           "the background", "the table", "their face", "the window", "the hat", "the flowers", "the street",
+           "the shoes", "the sofa", "the lake", "the cake", "the door", "the tree", "the bike", "the lamp", "the roof"]
+_INTO = ["pink", "into a beach", "at night", "in watercolor", "more vivid", "with snow", "older", "into a cartoon",
+         "with neon lights", "into gold", "blue", "with sunglasses", "into marble", "in autumn", "with a smile",
+         "into a sketch", "with fog", "into a painting", "red", "with stars"]
+
+
+def prompt_pool(n: int = PROMPT_POOL) -> list[str]:
+    """``n`` distinct edit prompts (verb, thing, result), in a fixed order: rank 1 is the most frequent."""
+    pool = [f"{v} {t} {i}" for i in _INTO for t in _THINGS for v in _VERBS]
+    return pool[:n]
+
+
+def prompt_stream(k: int, repeated: bool, seed: int = 0) -> list[str]:
+    """``k`` prompts as requests bring them: ``repeated`` draws ranks from Zipf(ZIPF_S) over the pool;
+    otherwise every prompt is new (a request number in front)."""
+    pool = prompt_pool()
+    if not repeated:
+        return [f"{j} {pool[j % len(pool)]}" for j in range(k)]
+    w = 1.0 / np.arange(1, len(pool) + 1) ** ZIPF_S
+    ranks = np.random.default_rng(seed).choice(len(pool), size=k, p=w / w.sum())
+    return [pool[r] for r in ranks]
+
+
 def bench_inprocess(cfg: BenchConfig, triples: list[dict], workdir: Path) -> dict:
+    """torch eager and onnxruntime on the same work. With a frozen prompt tower, "every prompt encoded"
+    rows run it for every triple in both (torch's embedding cache emptied before each call); the
+    "zipf prompts" rows feed each call the next prompts of a Zipf stream, torch with its own cache and
+    onnxruntime with the served LRU (:class:`~editguard.model.served.PromptEmbeddings`)."""
     import torch
 
-    from .export.onnx_export import convert_fp16, export_onnx, ort_session, sample_inputs
+    from .export.onnx_export import PROMPT_OUTPUT, convert_fp16, export_onnx, export_prompt_onnx, ort_session, \
+        sample_inputs
     from .model.model_dir import load_model_dir
-    from .model.served import ServedVersion
+    from .model.served import PromptEmbeddings, ServedVersion
 
     net, pre = load_model_dir(cfg.model_dir)
     samples = sample_inputs(cfg.model_dir, pre)
-    fp32 = export_onnx(net, workdir / "model.onnx", samples)
-    fp16 = convert_fp16(fp32, workdir / "model.fp16.onnx")
-    sessions = {"onnxruntime fp32": ort_session(fp32), "onnxruntime fp16": ort_session(fp16)}
+    split = net.split_prompt
+    graphs = {}
+    for precision in ("fp32", "fp16"):
+        clf, prompt = workdir / precision / "classifier", workdir / precision / "prompt"
+        for d in (clf, prompt) if split else (clf,):
+            d.mkdir(parents=True, exist_ok=True)
+        export_onnx(net, clf / "model.onnx", samples)
+        if split:
+            export_prompt_onnx(net, prompt / "model.onnx", samples)
+            (prompt / "export.json").write_text(json.dumps({"vocab_size": net.text.encoder.config.vocab_size}))
+        if precision == "fp16":
+            for d in (clf, prompt) if split else (clf,):
+                convert_fp16(d / "model.onnx", d / "half.onnx")
+                os.replace(d / "half.onnx", d / "model.onnx")
+        graphs[precision] = (ort_session(clf / "model.onnx"), ort_session(prompt / "model.onnx") if split else None)
+
+    def ort_run(sessions, batch):
+        clf, prompt = sessions
+        feed = dict(batch)
+        if prompt is not None:
+            feed[PROMPT_OUTPUT] = prompt.run(None, {k: batch[k] for k in ("input_ids", "attention_mask")})[0]
+        clf.run(None, {i.name: feed[i.name] for i in clf.get_inputs()})
+
+    def torch_run(tensors, keep_cache: bool):
+        if split and not keep_cache:
+            net.text._cache.clear()
+        with torch.inference_mode():
+            net(**tensors)
+
+    every = " (every prompt encoded)" if split else ""
     rows = []
     for b in cfg.batch_sizes:
         batch = _tile(samples, b)
         tensors = {k: torch.from_numpy(v) for k, v in batch.items()}
-
-        def run_torch():
-            with torch.inference_mode():
-                net(**tensors)
-
-        rows.append({"runtime": "torch eager fp32", "batch": b, **_timed(run_torch, cfg.seconds, b)})
-        for name, sess in sessions.items():
-            feed = {i.name: batch[i.name] for i in sess.get_inputs()}
-            rows.append({"runtime": name, "batch": b, **_timed(lambda: sess.run(None, feed), cfg.seconds, b)})
+        rows.append({"runtime": "torch eager fp32" + every, "batch": b,
+                     **_timed(lambda: torch_run(tensors, False), cfg.seconds, b)})
+        for precision, sessions in graphs.items():
+            rows.append({"runtime": f"onnxruntime {precision}" + every, "batch": b,
+                         **_timed(lambda: ort_run(sessions, batch), cfg.seconds, b)})
     b = max(cfg.batch_sizes)
+    if split:  # repeated prompts: each call takes the next b prompts of one Zipf stream
+        ids, att = pre.tokens(prompt_stream(200 * b, repeated=True))
+        images = {k: v for k, v in _tile(samples, b).items() if k not in ("input_ids", "attention_mask")}
+        lru = PromptEmbeddings(workdir / "fp32" / "prompt", size=4096)
+        clf32 = graphs["fp32"][0]
+        at = {"torch": 0, "ort": 0}
+
+        def chunk(who: str):
+            k = at[who] % (len(ids) // b)
+            at[who] += 1
+            return ids[k * b:(k + 1) * b], att[k * b:(k + 1) * b]
+
+        def torch_zipf():
+            i, a = chunk("torch")
+            torch_run({**{k: torch.from_numpy(v) for k, v in images.items()}, "input_ids": torch.from_numpy(i),
+                       "attention_mask": torch.from_numpy(a)}, True)
+
+        def ort_zipf():
+            i, a = chunk("ort")
+            feed = {**images, PROMPT_OUTPUT: lru(i, a)}
+            clf32.run(None, {x.name: feed[x.name] for x in clf32.get_inputs()})
+
+        net.text._cache.clear()
+        rows.append({"runtime": "torch eager fp32 (zipf prompts, its cache)", "batch": b,
+                     **_timed(torch_zipf, cfg.seconds, b)})
+        rows.append({"runtime": "onnxruntime fp32 (zipf prompts, LRU)", "batch": b, **_timed(ort_zipf, cfg.seconds, b),
+                     "prompt_hit_rate": round(lru.hits / max(lru.hits + lru.misses, 1), 3)})
     served = ServedVersion.open(cfg.repository, threads=0)  # the exported version, as the server runs it
     items = [triples[i % len(triples)] for i in range(b)]
 
@@ -128,18 +215,19 @@ def bench_inprocess(cfg: BenchConfig, triples: list[dict], workdir: Path) -> dic
         served.flags(served.probabilities([served.prepare(t["input"], t["prompt"], t["output"]) for t in items]))
 
     rows.append({"runtime": "pipeline: the served version in-process", "batch": b, **_timed(pipeline, cfg.seconds, b)})
-    return {"rows": rows}
+    return {"rows": rows, "prompts": f"zipf: Zipf(s={ZIPF_S}) over {PROMPT_POOL} distinct prompts, LRU of 4096"}
 
 
 def _stats(client, model: str, headers: dict) -> dict[str, float]:
     s = client.get_inference_statistics(model, headers=headers, as_json=True)["model_stats"]
-    tot = {"inferences": 0, "executions": 0, "queue_ns": 0, "compute_ns": 0, "requests": 0}
+    tot = {"inferences": 0, "executions": 0, "queue_ns": 0, "compute_ns": 0, "requests": 0, "cache_hits": 0}
     for m in s:
         st = m["inference_stats"]
         tot["inferences"] += int(m.get("inference_count", 0))
         tot["executions"] += int(m.get("execution_count", 0))
         tot["requests"] += int(st.get("success", {}).get("count", 0))
         tot["queue_ns"] += int(st.get("queue", {}).get("ns", 0))
+        tot["cache_hits"] += int(st.get("cache_hit", {}).get("count", 0))
         tot["compute_ns"] += sum(int(st.get(k, {}).get("ns", 0)) for k in ("compute_input", "compute_infer",
                                                                             "compute_output"))
     return tot
@@ -170,26 +258,40 @@ def _closed_loop(fn, calls: list[tuple], c: int, seconds: float) -> tuple[list[f
     return lat, time.perf_counter() - t0
 
 
+_SHORT = {"editguard": "front", "editguard_classifier": "classifier", "editguard_prompt": "prompt",
+          "editguard_prepare": "prepare", "editguard_verdicts": "verdicts"}
+
+
 def _split(before: dict, after: dict) -> dict:
-    """Per model: mean executed batch, queue and compute per request (ms), from two statistics snapshots."""
+    """Per model that ran: mean executed batch, queue and compute per request (ms), from two statistics
+    snapshots; for the prompt tower, the share of requests Triton's response cache answered."""
     row = {}
-    for m, short in (("editguard", "front"), ("editguard_classifier", "classifier")):
+    for m in after:
         d = {k: after[m][k] - before[m][k] for k in after[m]}
+        if not d["requests"] and m != "editguard":
+            continue
+        short = _SHORT.get(m, m)
         row[f"{short}_mean_batch"] = round(d["inferences"] / max(d["executions"], 1), 2)
         row[f"{short}_queue_ms"] = round(d["queue_ns"] / max(d["requests"], 1) / 1e6, 3)
         row[f"{short}_compute_ms"] = round(d["compute_ns"] / max(d["requests"], 1) / 1e6, 3)
+        if d["cache_hits"]:
+            row[f"{short}_cache_hit_rate"] = round(d["cache_hits"] / max(d["requests"], 1), 3)
     return row
 
 
-def _sweep_point(served: tuple, triples: list[dict], c: int, seconds: float) -> dict:
+def _sweep_point(served: tuple, triples: list[dict], c: int, seconds: float, prompts: list[str] | None = None) -> dict:
+    """Closed loop at concurrency ``c`` through the client; ``prompts`` replace the triples' own, in order."""
     from .clients import EditGuardClient
 
     url, conn = served
-    calls = [(t["input"], t["prompt"], t["output"]) for t in triples]
+    calls = [(t["input"], t["prompt"], t["output"]) for t in triples] if prompts is None else \
+        [(triples[i % len(triples)]["input"], p, triples[i % len(triples)]["output"]) for i, p in enumerate(prompts)]
     with EditGuardClient(url, timeout=60, **conn.client_options()) as guard, conn.grpc_client(url) as stats_client:
-        guard.classify(*calls[0])  # warm-up
+        guard.classify(*calls[-1])  # warm-up
         admin = conn.admin_headers()
-        before = {m: _stats(stats_client, m, admin) for m in ("editguard", "editguard_classifier")}
+        models = [m.name for m in stats_client.get_model_repository_index(headers=admin).models
+                  if m.name in _SHORT]
+        before = {m: _stats(stats_client, m, admin) for m in models}
         lat, wall = _closed_loop(guard.classify, calls, c, seconds)
         after = {m: _stats(stats_client, m, admin) for m in before}
     return {"concurrency": c, "triples_s": round(len(lat) / wall, 1), **_pct(lat), **_split(before, after)}
@@ -199,10 +301,10 @@ class _Served:
     """A Triton on ``repository`` for one section (or the running one at ``url``); entered, it gives
     ``(url, connection)``."""
 
-    def __init__(self, repository: str, url: str | None = None, connection=None):
+    def __init__(self, repository: str, url: str | None = None, connection=None, graph: str = ""):
         from .connection import Connection
 
-        self.repository, self.url, self.server = repository, url, None
+        self.repository, self.url, self.server, self.graph = repository, url, None, graph
         self.connection = connection or Connection()
 
     def __enter__(self) -> tuple:
@@ -210,7 +312,7 @@ class _Served:
             from .export.triton import TritonServer, free_port
 
             self.server = TritonServer(self.repository, grpc_port=free_port(), http_port=free_port(),
-                                       metrics_port=free_port()).start()
+                                       metrics_port=free_port(), graph=self.graph).start()
             self.url, self.connection = self.server.grpc_url, self.server.connection()
         return self.url, self.connection
 
@@ -311,25 +413,23 @@ def bench_uploads(cfg: BenchConfig) -> dict:
     return {"rows": rows}
 
 
+GRAPHS = {"inline": "inline (default)", "ensemble": "ensemble", "bls": "BLS"}
+
+
 def bench_graphs(cfg: BenchConfig, triples: list[dict]) -> dict:
-    """c1 and c16 on 256 px JPEG bytes for each serving graph, with Triton's per-model split."""
-    import shutil
-
-    from .export.pbtxt import read_config, write_config
-    from .model.served import FRONT
-
+    """c1 and c16 on 256 px PNG bytes for each serving graph of one repository (Triton's
+    --model-config-name), with every prompt new and with Zipf-repeated prompts; Triton's per-model
+    queue, compute and cache split beside the client's latency."""
     rows = []
-    with tempfile.TemporaryDirectory(prefix="editguard-graphs-") as tmp:
-        for graph, inline in (("inline (default)", "true"), ("BLS to editguard_classifier", "false")):
-            repo = Path(tmp) / graph.split()[0]
-            shutil.copytree(cfg.repository, repo)
-            conf = read_config(repo / FRONT / "config.pbtxt")
-            conf.parameters["inline_classifier"].string_value = inline
-            write_config(repo / FRONT / "config.pbtxt", conf)
-            with _Served(str(repo)) as served:
+    for graph, name in GRAPHS.items():
+        with _Served(cfg.repository, graph=graph) as served:
+            for repeated in (False, True):
                 for c in (1, 16):
-                    rows.append({"graph": graph, **_sweep_point(served, triples, c, cfg.seconds)})
-    return {"rows": rows}
+                    prompts = prompt_stream(20000, repeated, seed=c)
+                    rows.append({"graph": name, "prompts": "zipf" if repeated else "unique",
+                                 **_sweep_point(served, triples, c, cfg.seconds, prompts)})
+    return {"rows": rows, "prompts": f"zipf: Zipf(s={ZIPF_S}) over {PROMPT_POOL} distinct prompts; unique: every "
+                                      "request a new prompt"}
 
 
 def bench_preprocess(cfg: BenchConfig, workdir: Path) -> dict:
@@ -532,8 +632,8 @@ def ratios(r: dict) -> dict:
     if "inprocess" in r:
         rows = r["inprocess"]["rows"]
         bmax = max(x["batch"] for x in rows)
-        best = lambda name: max((x["triples_s"] for x in rows if x["runtime"] == name and x["batch"] == bmax),
-                                default=float("nan"))
+        best = lambda name: max((x["triples_s"] for x in rows if x["runtime"].split(" (")[0] == name
+                                 and "zipf" not in x["runtime"] and x["batch"] == bmax), default=float("nan"))
         out["ort_fp32_over_torch_at_max_batch"] = round(best("onnxruntime fp32") / best("torch eager fp32"), 2)
         out["ort_fp16_over_fp32_at_max_batch"] = round(best("onnxruntime fp16") / best("onnxruntime fp32"), 2)
         pipe = best("pipeline: the served version in-process")
@@ -563,12 +663,21 @@ def ratios(r: dict) -> dict:
             out["precheck_c1_over_triple_c1"] = round(pre["c1_p50_ms"] / post["c1_p50_ms"], 2)
             out["precheck_c16_over_triple_c16"] = round(pre["c16_triples_s"] / post["c16_triples_s"], 2)
     if "graphs" in r:
-        g = {(x["graph"].split()[0], x["concurrency"]): x for x in r["graphs"]["rows"]}
-        for c in (1, 16):
-            if ("inline", c) in g and ("BLS", c) in g:
-                out[f"graph_inline_over_bls_c{c}_p50"] = round(g["inline", c]["p50_ms"] / g["BLS", c]["p50_ms"], 2)
-                out[f"graph_inline_over_bls_c{c}_throughput"] = round(
-                    g["inline", c]["triples_s"] / g["BLS", c]["triples_s"], 2)
+        g = {(x["graph"].split()[0], x["prompts"], x["concurrency"]): x for x in r["graphs"]["rows"]}
+        for other in ("ensemble", "BLS"):
+            for c in (1, 16):
+                if ("inline", "zipf", c) in g and (other, "zipf", c) in g:
+                    out[f"graph_{other.lower()}_over_inline_zipf_c{c}_throughput"] = round(
+                        g[other, "zipf", c]["triples_s"] / g["inline", "zipf", c]["triples_s"], 2)
+    for key in ("every prompt encoded", "zipf prompts"):
+        if "inprocess" in r:
+            rows = r["inprocess"]["rows"]
+            bmax = max(x["batch"] for x in rows)
+            t = [x["triples_s"] for x in rows if x["batch"] == bmax and x["runtime"].startswith("torch") and key in x["runtime"]]
+            o = [x["triples_s"] for x in rows if x["batch"] == bmax and x["runtime"].startswith("onnxruntime fp32")
+                 and key in x["runtime"]]
+            if t and o:
+                out[f"ort_fp32_over_torch_{key.split()[0]}_b{bmax}"] = round(o[0] / t[0], 2)
     for row in r.get("presets", {}).get("rows", []):
         name = row["preset"]
         out[f"{name}_ort_over_torch_b8"] = round(row["ORT b8 triples/s"] / row["torch b8 triples/s"], 2)

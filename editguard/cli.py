@@ -441,11 +441,12 @@ def _run_export(a: argparse.Namespace) -> int:
     if a.server:
         from editguard.clients.protocol import parse_urls
         from editguard.export.control import roll_out
+        from editguard.model.served import PAIRS
 
         urls = parse_urls(a.server)
 
-        try:
-            roll_out(urls, tuple(r.models), connection=_connection(a))
+        try:  # what each replica serves now (its graph's models), and at least this model's inline pair
+            roll_out(urls, connection=_connection(a), ensure=(PAIRS[r.model], r.model))
         except (RuntimeError, PermissionError) as e:
             print(f"editguard export: version {r.version} is in {a.repository} but was not loaded: {e}",
                   file=sys.stderr)

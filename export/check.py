@@ -135,9 +135,10 @@ def _ensemble_errors(path: Path, config, repo: Path, config_name: str) -> list[s
     return errors
 
 
-def check_repository(repository: str | Path) -> list[str]:
+def check_repository(repository: str | Path, version: int | None = None) -> list[str]:
     """Every mismatch between the configs of ``repository`` and the graphs they serve; empty when all agree.
-    A config that does not parse is reported as such."""
+    A config that does not parse is reported as such. ``version``: check the networks' graphs of that
+    version only (the one an export just wrote)."""
     from ..model.served import versions
 
     repo = Path(repository)
@@ -157,7 +158,7 @@ def check_repository(repository: str | Path) -> list[str]:
             if config.platform == "ensemble":
                 errors += _ensemble_errors(path, config, repo, path.stem if path.parent.name == "configs" else "")
                 continue
-            for v in versions(repo, model_dir.name):
+            for v in [version] if version is not None else versions(repo, model_dir.name):
                 onnx_path = model_dir / str(v) / "model.onnx"
                 if onnx_path.exists() and (config.backend == "python" or config.platform in ("onnxruntime_onnx",
                                                                                                "tensorrt_plan")):

@@ -14,9 +14,9 @@ def load_order(models) -> list[str]:
     return sorted(models, key=lambda m: (rank(m), m))
 
 
-def load_models(url: str, models: tuple[str, ...] | None = None, connection=None) -> None:
-    """(Re)load ``models`` (default: every model in the server's repository) so Triton picks up the
-    repository's versions under their version policy.
+def load_models(url: str, models: tuple[str, ...] | None = None, connection=None, ensure: tuple[str, ...] = ()) -> None:
+    """(Re)load ``models`` (default: every model the server serves now, plus ``ensure``) so Triton picks up
+    the repository's versions under their version policy.
 
     The networks go first and the client-facing models last (:func:`load_order`), so a new front
     version never calls a network version that is not loaded. Triton keeps serving the loaded
@@ -29,23 +29,30 @@ def load_models(url: str, models: tuple[str, ...] | None = None, connection=None
 
     connection = connection or Connection(admin_key=read_admin_key())
     client = connection.grpc_client(url)
+    def refused(e: Exception, what: str) -> Exception:
+        if missing_header(e):
+            return PermissionError(f"{url} refused to {what}: model control needs the server's admin key "
+                                   "(--admin-key-file, or $EDITGUARD_ADMIN_KEY)")
+        return e
+
     try:
         if models is None:
-            index = client.get_model_repository_index(headers=connection.admin_headers())
-            models = tuple(m.name for m in index.models)
+            try:
+                index = client.get_model_repository_index(headers=connection.admin_headers())
+            except Exception as e:
+                raise refused(e, "list its models") from e
+            models = tuple({m.name for m in index.models if m.state == "READY"} | set(ensure))
         for m in load_order(models):
             try:
                 client.load_model(m, headers=connection.admin_headers())
             except Exception as e:
-                if missing_header(e):
-                    raise PermissionError(f"{url} refused to load {m}: model control needs the server's admin key "
-                                          "(--admin-key-file, or $EDITGUARD_ADMIN_KEY)") from e
-                raise
+                raise refused(e, f"load {m}") from e
     finally:
         client.close()
 
 
-def roll_out(urls: list[str], models: tuple[str, ...] | None = None, connection=None) -> None:
+def roll_out(urls: list[str], models: tuple[str, ...] | None = None, connection=None,
+             ensure: tuple[str, ...] = ()) -> None:
     """Load the repository's new versions into replicas one at a time (all read the same repository).
 
     ``load_model`` returns once the new versions are ready on that replica, so at every moment each
@@ -55,7 +62,7 @@ def roll_out(urls: list[str], models: tuple[str, ...] | None = None, connection=
     """
     for i, url in enumerate(urls):
         try:
-            load_models(url, models, connection)
+            load_models(url, models, connection, ensure)
         except Exception as e:
             cls = PermissionError if isinstance(e, PermissionError) else RuntimeError
             raise cls(f"roll-out stopped at replica {i + 1}/{len(urls)} ({url}): {e}; "

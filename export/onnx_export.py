@@ -113,9 +113,10 @@ def export_prompt_onnx(net, path: str | Path, example: dict[str, np.ndarray], op
 def _embeddings(net, example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import torch
 
+    dev = next(net.parameters()).device
     with torch.no_grad():
-        e = net.text.encode(*(torch.from_numpy(example[k]) for k in ("input_ids", "attention_mask")))
-    return {PROMPT_OUTPUT: e.float().numpy()}
+        e = net.text.encode(*(torch.from_numpy(example[k]).to(dev) for k in ("input_ids", "attention_mask")))
+    return {PROMPT_OUTPUT: e.float().cpu().numpy()}
 
 
 def convert_fp16(src: str | Path, dst: str | Path, op_block_list: list[str] | None = None) -> Path:
@@ -173,6 +174,8 @@ def parity(net, onnx_path: str | Path, inputs: dict[str, np.ndarray], tolerance:
     if prompt_path is not None:
         prompt = ort_session(prompt_path, device)
         inputs[PROMPT_OUTPUT] = prompt.run([PROMPT_OUTPUT], {i.name: inputs[i.name] for i in prompt.get_inputs()})[0]
+    elif net.split_prompt:  # the classifier graph alone, fed torch's embeddings
+        inputs.update(_embeddings(net, inputs))
     sess = ort_session(onnx_path, device)
     feed = {i.name: inputs[i.name] for i in sess.get_inputs()}
     logits, probs = sess.run(OUTPUT_NAMES, feed)

@@ -164,9 +164,12 @@ def export_version(cfg: ExportConfig) -> ExportResult:
     _update_configs(repo, cfg.max_batch, net, front_name, cfg.decode_device, version)
     from .check import check_repository
 
-    errors = check_repository(repo)
+    errors = check_repository(repo, version)
     if errors:
         raise ValueError(f"{repo}: the configs disagree with the exported graphs:\n  " + "\n  ".join(errors))
+    for e in check_repository(repo):  # older versions that the new native configs no longer fit
+        _logger.warning("%s (NVIDIA's container would refuse that version under the native config: retire it, "
+                        "or export models of other shapes into a repository of their own)", e)
     result.model, result.models = front_name, models
     result.repository, result.seconds = str(repo), round(time.perf_counter() - t0, 1)
     return result

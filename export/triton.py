@@ -179,7 +179,7 @@ class TritonServer:
             if self.tls_ca:
                 cmd += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={Path(self.tls_ca).resolve()}"]
         if self.model_control == "explicit":
-            cmd.append("--load-model=*")
+            cmd += [f"--load-model={m}" for m in self.models_to_load()]
         if backends is not None:
             cmd.append(f"--backend-directory={backends}")
         if self.graph not in ("", "inline"):
@@ -189,6 +189,18 @@ class TritonServer:
                 cmd.append(f"--cache-directory={self._caches}")
             cmd.append(f"--cache-config=local,size={self.cache_bytes}")
         return cmd + list(self.extra_args)
+
+    def models_to_load(self) -> list[str]:
+        """What the graph serves: the inline and BLS graphs leave the ensemble's Python steps unloaded (and
+        inline the prompt-tower models, which its front runs in-process); the ensembles load everything."""
+        from ..model.served import PREPARE, PROMPTS, VERDICTS
+
+        if self.graph not in ("", "inline", "bls"):
+            return ["*"]
+        skip = {PREPARE, VERDICTS} | (set(PROMPTS.values()) if self.graph != "bls" else set())
+        repo = Path(self.repository)
+        return sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").exists() and p.name not in skip) \
+            if repo.is_dir() else ["*"]
 
     def start(self, timeout: float = 120.0) -> "TritonServer":
         repo = Path(self.repository)
