@@ -17,7 +17,7 @@ Its sections, each measured in one run so the ratios compare like with like:
   client's own CPU time per triple;
 - **graphs**: c1 and c16 for the three serving graphs of one repository (Triton's
   ``--model-config-name``): inline (the default), the ensemble (prepare -> prompt tower ->
-  classifier -> verdicts, the production graph, here over the Python stand-ins) and BLS, each
+  classifier -> verdicts, the production graph, here over the Python stand-ins), each
   with every prompt new and with Zipf-repeated prompts; Triton's queue, compute and response
   cache per model beside the client's latency;
 - **preprocess**: decode + resize throughput of 512 and 1024 px JPEG, PNG and WebP, with and
@@ -118,10 +118,10 @@ def prompt_pool(n: int = PROMPT_POOL) -> list[str]:
 
 def prompt_stream(k: int, repeated: bool, seed: int = 0) -> list[str]:
     """``k`` prompts as requests bring them: ``repeated`` draws ranks from Zipf(ZIPF_S) over the pool;
-    otherwise every prompt is new (a request number in front)."""
+    otherwise every prompt is new (a request number in front; streams of other seeds share none)."""
     pool = prompt_pool()
     if not repeated:
-        return [f"{j} {pool[j % len(pool)]}" for j in range(k)]
+        return [f"{seed * k + j} {pool[j % len(pool)]}" for j in range(k)]
     w = 1.0 / np.arange(1, len(pool) + 1) ** ZIPF_S
     ranks = np.random.default_rng(seed).choice(len(pool), size=k, p=w / w.sum())
     return [pool[r] for r in ranks]
@@ -279,20 +279,24 @@ def _split(before: dict, after: dict) -> dict:
     return row
 
 
-def _sweep_point(served: tuple, triples: list[dict], c: int, seconds: float, prompts: list[str] | None = None) -> dict:
-    """Closed loop at concurrency ``c`` through the client; ``prompts`` replace the triples' own, in order."""
+def _sweep_point(served: tuple, triples: list[dict], c: int, seconds: float, prompts: list[str] | None = None,
+                 warm: int = 0) -> dict:
+    """Closed loop at concurrency ``c`` through the client; ``prompts`` replace the triples' own, in order,
+    the first ``warm`` of them sent before the measurement (so caches reach their steady state)."""
     from .clients import EditGuardClient
 
     url, conn = served
     calls = [(t["input"], t["prompt"], t["output"]) for t in triples] if prompts is None else \
         [(triples[i % len(triples)]["input"], p, triples[i % len(triples)]["output"]) for i, p in enumerate(prompts)]
     with EditGuardClient(url, timeout=60, **conn.client_options()) as guard, conn.grpc_client(url) as stats_client:
+        if warm:
+            list(guard.classify_many([(str(i), *call) for i, call in enumerate(calls[:warm])], concurrency=16))
         guard.classify(*calls[-1])  # warm-up
         admin = conn.admin_headers()
-        models = [m.name for m in stats_client.get_model_repository_index(headers=admin).models
-                  if m.name in _SHORT]
+        models = sorted({m.name for m in stats_client.get_model_repository_index(headers=admin).models
+                         if m.name in _SHORT and m.state == "READY"})
         before = {m: _stats(stats_client, m, admin) for m in models}
-        lat, wall = _closed_loop(guard.classify, calls, c, seconds)
+        lat, wall = _closed_loop(guard.classify, calls[warm:], c, seconds)
         after = {m: _stats(stats_client, m, admin) for m in before}
     return {"concurrency": c, "triples_s": round(len(lat) / wall, 1), **_pct(lat), **_split(before, after)}
 
@@ -413,7 +417,8 @@ def bench_uploads(cfg: BenchConfig) -> dict:
     return {"rows": rows}
 
 
-GRAPHS = {"inline": "inline (default)", "ensemble": "ensemble", "bls": "BLS"}
+GRAPHS = {"inline": "inline (default)", "ensemble": "ensemble"}
+GRAPH_WARM = 1000  # Zipf requests sent before each repeated-prompt measurement
 
 
 def bench_graphs(cfg: BenchConfig, triples: list[dict]) -> dict:
@@ -427,9 +432,10 @@ def bench_graphs(cfg: BenchConfig, triples: list[dict]) -> dict:
                 for c in (1, 16):
                     prompts = prompt_stream(20000, repeated, seed=c)
                     rows.append({"graph": name, "prompts": "zipf" if repeated else "unique",
-                                 **_sweep_point(served, triples, c, cfg.seconds, prompts)})
-    return {"rows": rows, "prompts": f"zipf: Zipf(s={ZIPF_S}) over {PROMPT_POOL} distinct prompts; unique: every "
-                                      "request a new prompt"}
+                                 **_sweep_point(served, triples, c, cfg.seconds, prompts, GRAPH_WARM if repeated else 0)})
+    return {"rows": rows, "prompts": f"zipf: Zipf(s={ZIPF_S}) over {PROMPT_POOL} distinct prompts, the first "
+                                      f"{GRAPH_WARM} of the stream sent before measuring; unique: every request a "
+                                      "new prompt"}
 
 
 def bench_preprocess(cfg: BenchConfig, workdir: Path) -> dict:
@@ -664,7 +670,7 @@ def ratios(r: dict) -> dict:
             out["precheck_c16_over_triple_c16"] = round(pre["c16_triples_s"] / post["c16_triples_s"], 2)
     if "graphs" in r:
         g = {(x["graph"].split()[0], x["prompts"], x["concurrency"]): x for x in r["graphs"]["rows"]}
-        for other in ("ensemble", "BLS"):
+        for other in ("ensemble",):
             for c in (1, 16):
                 if ("inline", "zipf", c) in g and (other, "zipf", c) in g:
                     out[f"graph_{other.lower()}_over_inline_zipf_c{c}_throughput"] = round(
@@ -705,7 +711,7 @@ def ratios(r: dict) -> dict:
 def _table(rows: list[dict]) -> str:
     if not rows:
         return ""
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(str(x.get(k, "")) for k in keys) + " |" for x in rows]
     return "\n".join(lines)

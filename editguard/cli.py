@@ -463,10 +463,10 @@ def _add_serve(sub) -> None:
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--timeout", type=float, default=180, help="seconds to wait for readiness")
-    p.add_argument("--graph", default="inline", choices=["inline", "ensemble", "bls", "onnxruntime", "tensorrt"],
+    p.add_argument("--graph", default="inline", choices=["inline", "ensemble", "onnxruntime", "tensorrt"],
                    help="the serving graph (Triton's --model-config-name): inline (default: one Python model runs "
                    "everything; fastest with the Python backend only), ensemble (prepare -> prompt tower -> "
-                   "classifier -> verdicts over the Python stand-ins), bls, or onnxruntime/tensorrt (the ensemble "
+                   "classifier -> verdicts over the Python stand-ins), or onnxruntime/tensorrt (the ensemble "
                    "over the native backends, in NVIDIA's container)")
     p.add_argument("--cache-mb", type=int, default=64, help="Triton's response cache, which keeps the prompt "
                    "tower's embeddings in the ensemble graph (MiB; 0 turns it off; default: %(default)s)")
@@ -851,8 +851,8 @@ def _run_bench(a: argparse.Namespace) -> int:
     Measure in-process torch eager vs onnxruntime (FP32/FP16) per batch size, a closed-loop
     concurrency sweep against a real Triton through the real client, what uploads cost at
     256/512/1024 px (PIL images on the pixels path vs PNG and JPEG bytes: c1 latency, c16
-    throughput, client CPU per triple), the two serving graphs (network inline in the front
-    model vs a BLS hop) with Triton's queue/compute split, and image decode + resize throughput;
+    throughput, client CPU per triple), the serving graphs (inline vs the ensemble, every prompt new
+    and Zipf-repeated) with Triton's queue/compute/cache split, and image decode + resize throughput;
     optionally (--sections ray) batch scoring on Ray at 1, 2, ... workers, and (--sections
     presets) each production preset's exact architecture, untrained (small and base from
     stand-in weights folders), in-process and served at its own resolution. Prints markdown

@@ -118,7 +118,7 @@ class TritonServer:
     tls_key: str | Path | None = None
     tls_ca: str | Path | None = None  # PEM CA of the client certificates: mutual TLS (clients without one are refused)
     # the serving graph: Triton's --model-config-name ("" or "inline": each model's config.pbtxt; "ensemble":
-    # editguard as an ensemble over the Python steps; "bls"; "onnxruntime"/"tensorrt": native networks)
+    # editguard as an ensemble over the Python steps; "onnxruntime"/"tensorrt": over the native networks)
     graph: str = ""
     # Triton's response cache (the `local` cache), which the ensemble's prompt-tower step uses; 0: none
     cache_bytes: int = 64 << 20
@@ -191,13 +191,13 @@ class TritonServer:
         return cmd + list(self.extra_args)
 
     def models_to_load(self) -> list[str]:
-        """What the graph serves: the inline and BLS graphs leave the ensemble's Python steps unloaded (and
-        inline the prompt-tower models, which its front runs in-process); the ensembles load everything."""
+        """What the graph serves: the inline graph leaves the ensemble's steps unloaded (its front runs the
+        networks, the prompt tower too, in-process); the ensembles load everything."""
         from ..model.served import PREPARE, PROMPTS, VERDICTS
 
-        if self.graph not in ("", "inline", "bls"):
+        if self.graph not in ("", "inline"):
             return ["*"]
-        skip = {PREPARE, VERDICTS} | (set(PROMPTS.values()) if self.graph != "bls" else set())
+        skip = {PREPARE, VERDICTS} | set(PROMPTS.values())
         repo = Path(self.repository)
         return sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").exists() and p.name not in skip) \
             if repo.is_dir() else ["*"]

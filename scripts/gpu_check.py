@@ -252,7 +252,10 @@ def step_served(c: Check) -> dict:
 def step_nvjpeg(c: Check) -> dict:
     from editguard.bench import BenchConfig, bench_preprocess
 
-    r = bench_preprocess(BenchConfig(model_dir=None, repository=None, seconds=1.0 if c.cpu else 3.0), c.work)
+    if not hasattr(c, "model_dir"):
+        raise _Skip("step model did not run")
+    r = bench_preprocess(BenchConfig(model_dir=str(c.model_dir), repository=None, seconds=1.0 if c.cpu else 3.0),
+                         c.work)
     return {"rows": [x for x in r["rows"] if x["format"] == "JPEG"]}
 
 
@@ -348,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     steps = {"model": (lambda: step_model(c, skeleton), False), "export": (lambda: step_export(c), False),
              "inprocess": (lambda: step_inprocess(c), False), "served": (lambda: step_served(c), False),
-             "nvjpeg": (lambda: step_nvjpeg(c), False), "perf_analyzer": (lambda: step_perf_analyzer(c), True),
+             "nvjpeg": (lambda: step_nvjpeg(c), False), "perf_analyzer": (lambda: step_perf_analyzer(c), False),
              "tensorrt": (lambda: step_tensorrt(c), True)}
     for name in a.steps.split(","):
         fn, needs_cuda = steps[name]

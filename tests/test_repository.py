@@ -53,7 +53,7 @@ def test_write_config_rewrites_the_file_in_place(tmp_path):
     path = tmp_path / "config.pbtxt"
     path.write_text((templates_dir() / "editguard" / "config.pbtxt").read_text())
     config = read_config(path)
-    config.parameters["inline_classifier"].string_value = "false"
+    config.parameters["mode"].string_value = "prepare"
     write_config(path, config)
     assert read_config(path) == config
     assert path.read_text().startswith("# editguard: the client-facing model")

@@ -57,7 +57,6 @@ def test_every_config_parses_with_tritons_schema(repository):
         assert [s.model_name for s in graph.ensemble_scheduling.step] == [  # tiny's prompt tower is trained: no step
             "editguard_prepare", CLASSIFIER, "editguard_verdicts"]
         assert graph.parameters["preprocess"] == front.parameters["preprocess"]  # what pixels clients read
-    assert read_config(Path(repository) / FRONT / "configs" / "bls.pbtxt").parameters["mode"].string_value == "bls"
     native = read_config(Path(repository) / CLASSIFIER / "configs" / "onnxruntime.pbtxt")
     assert native.platform == "onnxruntime_onnx" and list(native.input[0].dims) == [64, 64, 3]
     assert native.max_batch_size == 32  # --max-batch rewrote it
@@ -184,17 +183,16 @@ def test_serve_reports_busy_port_and_missing_repository(repository, tmp_path, ca
     assert "create one with `editguard export`" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("graph", ["bls", "ensemble"])
-def test_other_graphs_give_the_inline_scores(triton, repository, synth_sets, model_stats, triple_bytes, graph):
-    """The same repository under --model-config-name=bls (the front hands batches to editguard_classifier
-    over BLS) and =ensemble (prepare -> classifier -> verdicts, the production graph over the Python
-    stand-ins) answers with the inline graph's scores, and a corrupt upload fails alone."""
+def test_the_ensemble_gives_the_inline_scores(triton, repository, synth_sets, model_stats, triple_bytes):
+    """The same repository under --model-config-name=ensemble (prepare -> classifier -> verdicts, the
+    production graph over the Python stand-ins) answers with the inline graph's scores, and a corrupt
+    upload fails alone."""
     from editguard.export.triton import TritonServer
 
     triples = triple_bytes(synth_sets["test"], 4)
     inline = np.concatenate([infer(triton.grpc_url, t).as_numpy("SCORES") for t in triples])
     with TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
-                      graph=graph) as other:
+                      graph="ensemble") as other:
         served = np.concatenate([infer(other.grpc_url, t).as_numpy("SCORES") for t in triples])
         with pytest.raises(InferenceServerException, match="OUTPUT_IMAGE: corrupt or truncated image"):
             infer(other.grpc_url, triples[0], corrupt=True)

@@ -20,8 +20,6 @@ Triton's: reading requests, answering each one, and counting. The parameter ``mo
   batch through onnxruntime in this process (a frozen prompt tower behind its LRU), and this version's
   thresholds.json (re-read when it changes on disk, so installing thresholds needs no reload) turns
   scores into FLAGGED and UNSAFE;
-- ``bls``: the same, but the network runs in editguard_classifier (and editguard_prompt) of the same
-  version, over BLS calls;
 - ``prepare`` (the ensemble's first step): the checks and preprocessing only; it answers with the
   network's input tensors;
 - ``verdicts`` (the ensemble's last step): the classifier's probabilities in, SCORES, FLAGGED,
@@ -42,7 +40,7 @@ import triton_python_backend_utils as pb_utils
 from editguard.export.metrics import ServedMetrics
 from editguard.export.python_backend import answer_each
 from editguard.model.preprocess import PreprocessError, collate
-from editguard.model.served import PAIRS, PROMPT_EMBEDDING, PROMPTS, ServedVersion
+from editguard.model.served import PAIRS, ServedVersion
 
 NETWORK_INPUTS = ("input_image", "output_image", "mask", "input_ids", "attention_mask")
 
@@ -64,13 +62,15 @@ class TritonPythonModel:
         repo, version = Path(args["model_repository"]).parent, args["model_version"]
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.mode = params.get("mode") or ("inline" if params.get("inline_classifier", "false").lower() == "true"
-                                           else "bls")  # (configs from before "mode" say inline_classifier)
-        if self.mode not in ("inline", "bls", "prepare", "verdicts"):
-            raise ValueError(f"parameter 'mode' must be inline, bls, prepare or verdicts, got {self.mode!r}")
+        self.mode = params.get("mode") or "inline"  # (configs from before "mode" say inline_classifier)
+        if params.get("inline_classifier", "true").lower() != "true":
+            raise ValueError("parameter inline_classifier 'false' (the BLS graph) is gone: measured slower than both "
+                             "the inline and the ensemble graph, at c1 and c16; serve the ensemble instead "
+                             "(--model-config-name=ensemble)")
+        if self.mode not in ("inline", "prepare", "verdicts"):
+            raise ValueError(f"parameter 'mode' must be inline, prepare or verdicts, got {self.mode!r}")
         front = params.get("front") or args["model_name"]
         self.classifier = params.get("classifier") or PAIRS[front]
-        self.prompt_model = PROMPTS[front] if (repo / PROMPTS[front] / version).is_dir() else None
         device = params.get("decode_device", "").strip()
         if device == "cpu":
             import torch
@@ -202,19 +202,4 @@ class TritonPythonModel:
 
     def _classify(self, items):
         """Probabilities ``float32 [B, C]`` for prepared items; RuntimeError when the network fails."""
-        if self.served.net is not None:
-            return self.served.probabilities(items)
-        batch = collate(items)
-        if self.prompt_model:  # BLS: the frozen prompt tower is its own model
-            ids = {k: batch.pop(k) for k in ("input_ids", "attention_mask")}
-            batch[PROMPT_EMBEDDING] = self._bls(self.prompt_model, ids, PROMPT_EMBEDDING)
-        return self._bls(self.classifier, batch, "probabilities").astype(np.float32)
-
-    def _bls(self, model, arrays, output):
-        inputs = [pb_utils.Tensor(name, np.ascontiguousarray(arr)) for name, arr in arrays.items()]
-        result = pb_utils.InferenceRequest(model_name=model, model_version=self.version,
-                                           requested_output_names=[output], inputs=inputs).exec()
-        if result.has_error():
-            raise RuntimeError(result.error().message())
-        return pb_utils.get_output_tensor_by_name(result, output).as_numpy()
-
+        return self.served.probabilities(items)
