@@ -294,8 +294,8 @@ def _set_tensors(cfg, graph: dict, exact: bool) -> None:
     a native backend, ``-1`` for the Python one, which serves versions of different sizes)."""
     from tritonclient.grpc import model_config_pb2 as mc
 
-    for kind, field in (("input", cfg.input), ("output", cfg.output)):
-        old = {t.name: t for t in field}
+    for kind, tensors in (("input", cfg.input), ("output", cfg.output)):
+        old = {t.name: t for t in tensors}
         new = []
         for name, (dtype, dims) in graph[kind].items():
             t = mc.ModelInput() if kind == "input" else mc.ModelOutput()
@@ -309,8 +309,8 @@ def _set_tensors(cfg, graph: dict, exact: bool) -> None:
             t.dims.extend(item if exact else [d if (d == 3 and k == len(item) - 1 > 0) else -1
                                               for k, d in enumerate(item)])
             new.append(t)
-        del field[:]
-        field.extend(new)
+        del tensors[:]
+        tensors.extend(new)
 
 
 def pixels_specs(repo: Path, front: str = FRONT) -> dict[str, dict]:

@@ -211,6 +211,11 @@ class TritonServer:
             if not port_free(port, host):
                 raise TritonError(f"{name} port {port} is in use; stop what holds it or pass --{name}-port")
         inst = find_tritonserver()
+        if inst.wheel_root is not None and self.graph in ("onnxruntime", "tensorrt"):
+            raise TritonError(f"the {self.graph} graph runs the networks on Triton's native {self.graph} backend, "
+                              "which the tritonserver binary in the nvidia-pytriton wheel does not have: run it in "
+                              "NVIDIA's Triton container, or serve the same ensemble over the Python backend here "
+                              "with --graph ensemble")
         self.binary, self._caches = inst.binary, inst.wheel_root / "caches" if inst.wheel_root else None
         self._workdir = Path(tempfile.mkdtemp(prefix="editguard-triton-"))
         env = dict(os.environ, **self.env)

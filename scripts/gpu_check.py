@@ -25,12 +25,13 @@ were skipped.
 
 Before a GPU run, here::
 
-    python -m scripts.gpu_check --prepare .gpu      # the skeleton (a few MB)
-    scripts/gpu_wheels.sh .whl                       # the wheels the machine lacks
+    python -m scripts.gpu_check --prepare .gpu      # the skeleton (0.7 MB)
+    scripts/gpu_wheels.sh .whl                       # the wheels the machine lacks (see its header)
 
-then on the machine (carry .gpu and .whl)::
+then on the machine, after the calls that carry .whl-ort/part-NN and join them into /tmp/ort.whl
+(carry .gpu and .whl)::
 
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl . && \
+    python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .whl/*.whl /tmp/ort.whl . && \
         PYTHONPATH=/tmp/site python3 -m scripts.gpu_check --skeleton .gpu --out $OUT
 """
 

@@ -111,8 +111,12 @@ def test_ensemble_serves_the_inline_scores_and_caches_prompts(ensemble, few_trip
 
 
 def test_one_corrupt_upload_in_a_batch_fails_alone(ensemble, few_triples, triple_bytes, model_stats):
+    """...and the steps count it all under model="editguard", as the inline front does."""
+    from tests.test_operations import scrape, value
+
     triples = triple_bytes(few_triples, 12)
     before = _stats(model_stats, ensemble, PREPARE)
+    metrics_before = scrape(ensemble)
 
     def one(k: int):
         try:
@@ -128,6 +132,10 @@ def test_one_corrupt_upload_in_a_batch_fails_alone(ensemble, few_triples, triple
     after = _stats(model_stats, ensemble, PREPARE)
     assert after["inferences"] - before["inferences"] >= 11
     assert after["executions"] - before["executions"] < after["inferences"] - before["inferences"]  # batched
+    metrics = scrape(ensemble)
+    d = lambda name, **kw: value(metrics, name, model="editguard", version=2, **kw) - value(  # noqa: E731
+        metrics_before, name, model="editguard", version=2, **kw)
+    assert d("editguard_triples_total") == 11 and d("editguard_rejected_total") == 1
 
 
 def test_thresholds_take_effect_without_a_reload(ensemble, few_triples, triple_bytes):
@@ -236,3 +244,15 @@ def test_check_repository_catches_each_kind_of_mismatch(ensemble, tmp_path, caps
     assert main(["check-repository", str(copy)]) == 1
     out, err = capsys.readouterr()
     assert "fixed at 4" in out and "mismatch(es)" in err
+
+
+@pytest.mark.slow  # it calls TritonServer.start, which the fast tier refuses
+def test_the_native_graphs_need_nvidias_triton(tmp_path):
+    """The nvidia-pytriton binary has only the Python backend: asking it for a native graph says what to do."""
+    from editguard.export.triton import TritonError
+
+    if shutil.which("tritonserver"):
+        pytest.skip("NVIDIA's tritonserver is on PATH here: the native graphs may load")
+    (tmp_path / "repo").mkdir()
+    with pytest.raises(TritonError, match="NVIDIA's Triton container.*--graph ensemble"):
+        TritonServer(tmp_path / "repo", graph="tensorrt").start()

@@ -26,8 +26,8 @@ Triton's: reading requests, answering each one, and counting. The parameter ``mo
   UNSAFE and LABELS out, against the front version's current thresholds.json.
 
 editguard.export.metrics counts triples, flags, unsafe verdicts, rejections by reason and the score
-distribution on Triton's metrics endpoint (in the ensemble: rejections under editguard_prepare,
-verdicts under editguard_verdicts).
+distribution on Triton's metrics endpoint, under the client-facing model's name (in the ensemble,
+editguard_prepare counts the rejections and editguard_verdicts the verdicts).
 """
 
 import json
@@ -86,8 +86,9 @@ class TritonPythonModel:
         self.images = ("INPUT",) if self.served.precheck else ("INPUT", "OUTPUT")
         self.label_bytes = np.array([n.encode() for n in self.served.labels], dtype=np.object_)
         self.served.refresh_thresholds()
-        self.metrics = ServedMetrics(args["model_name"], self.version,
-                                     None if self.mode == "prepare" else self.served.labels)
+        # counted under the client-facing model's name whichever step counts, so dashboards and alerts on
+        # model="editguard" hold for every graph
+        self.metrics = ServedMetrics(front, self.version, None if self.mode == "prepare" else self.served.labels)
 
     def _triples(self, request):
         """All triples (or pre-check requests) of one request (usually one), preprocessed; raises
@@ -180,7 +181,7 @@ class TritonPythonModel:
     def _classified(self, work):
         """Verdicts of each request's triples (``work``: one list of prepared items per request), classified
         as one batch."""
-        probs = self._classify([item for items in work for item in items])
+        probs = self.served.probabilities([item for items in work for item in items])
         parts, start = [], 0
         for items in work:
             parts.append(probs[start:start + len(items)])
@@ -199,7 +200,3 @@ class TritonPythonModel:
             probs = np.concatenate(parts)
             self.metrics.classified(probs, self.served.flags(probs))
         return outputs
-
-    def _classify(self, items):
-        """Probabilities ``float32 [B, C]`` for prepared items; RuntimeError when the network fails."""
-        return self.served.probabilities(items)
