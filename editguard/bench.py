@@ -432,7 +432,8 @@ def bench_graphs(cfg: BenchConfig, triples: list[dict]) -> dict:
                 for c in (1, 16):
                     prompts = prompt_stream(20000, repeated, seed=c)
                     rows.append({"graph": name, "prompts": "zipf" if repeated else "unique",
-                                 **_sweep_point(served, triples, c, cfg.seconds, prompts, GRAPH_WARM if repeated else 0)})
+                                 **_sweep_point(served, triples, c, cfg.seconds, prompts,
+                                                GRAPH_WARM if repeated else 0)})
     return {"rows": rows, "prompts": f"zipf: Zipf(s={ZIPF_S}) over {PROMPT_POOL} distinct prompts, the first "
                                       f"{GRAPH_WARM} of the stream sent before measuring; unique: every request a "
                                       "new prompt"}
@@ -679,7 +680,8 @@ def ratios(r: dict) -> dict:
         if "inprocess" in r:
             rows = r["inprocess"]["rows"]
             bmax = max(x["batch"] for x in rows)
-            t = [x["triples_s"] for x in rows if x["batch"] == bmax and x["runtime"].startswith("torch") and key in x["runtime"]]
+            t = [x["triples_s"] for x in rows if x["batch"] == bmax and x["runtime"].startswith("torch")
+                 and key in x["runtime"]]
             o = [x["triples_s"] for x in rows if x["batch"] == bmax and x["runtime"].startswith("onnxruntime fp32")
                  and key in x["runtime"]]
             if t and o:

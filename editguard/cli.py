@@ -880,9 +880,9 @@ def _run_bench(a: argparse.Namespace) -> int:
     return 0
 
 
-_SUBCOMMANDS: list[Callable] = [_add_synth, _add_import, _add_split, _add_train, _add_weights, _add_evaluate, _add_export, _add_serve, _add_check,
-                                _add_score,
-                                _add_calibrate, _add_review, _add_bench]
+_SUBCOMMANDS: list[Callable] = [_add_synth, _add_import, _add_split, _add_train, _add_weights, _add_evaluate,
+                                _add_export, _add_serve, _add_check, _add_score, _add_calibrate, _add_review,
+                                _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

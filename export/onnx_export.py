@@ -181,6 +181,7 @@ def parity(net, onnx_path: str | Path, inputs: dict[str, np.ndarray], tolerance:
     logits, probs = sess.run(OUTPUT_NAMES, feed)
     torch_in = {k: inputs[k] for k in net.input_names}
     with torch.no_grad():
-        ref = net(**{k: torch.from_numpy(v).to(next(net.parameters()).device) for k, v in torch_in.items()}).float().cpu()
+        dev = next(net.parameters()).device
+        ref = net(**{k: torch.from_numpy(v).to(dev) for k, v in torch_in.items()}).float().cpu()
     return Parity(float(np.abs(probs - torch.sigmoid(ref).numpy()).max()),
                   float(np.abs(logits - ref.numpy()).max()), len(probs), tolerance)

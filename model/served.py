@@ -169,9 +169,9 @@ class ServedVersion:
 
     ``front_dir``: ``REPO/editguard/N`` (or the pre-check's). ``classifier_dir``: the network's
     version dir, run here by onnxruntime; None when the caller runs the network elsewhere (the
-    ensemble's prepare and verdicts steps), and then :meth:`probabilities` is not available. A classifier that takes
-    ``prompt_embedding`` comes with its prompt tower (the same version of the front's prompt model),
-    run here behind an LRU (:class:`PromptEmbeddings`). ``decode_device``:
+    ensemble's prepare and verdicts steps), and then :meth:`probabilities` is not available. A
+    classifier that takes ``prompt_embedding`` comes with its prompt tower (the same version of the
+    front's prompt model), run here behind an LRU (:class:`PromptEmbeddings`). ``decode_device``:
     decode JPEG uploads with torchvision on that torch device ("cuda": nvJPEG) instead of Pillow.
     """
 
