@@ -182,21 +182,22 @@ class TritonPythonModel:
         """Verdicts of each request's triples (``work``: one list of prepared items per request), classified
         as one batch."""
         probs = self.served.probabilities([item for items in work for item in items])
-        parts, start = [], 0
-        for items in work:
-            parts.append(probs[start:start + len(items)])
-            start += len(items)
-        return self._verdicts(parts)
+        return self._outputs(probs, [len(items) for items in work])
 
     def _verdicts(self, parts):
-        """The output tensors of each request from its probabilities, against the current thresholds."""
-        outputs = []
-        for p in parts:
-            flagged = self.served.flags(p)
+        """The verdicts step: each request's probabilities (``parts``) to its output tensors."""
+        return self._outputs(np.concatenate(parts), [len(p) for p in parts])
+
+    def _outputs(self, probs, counts):
+        """The output tensors of each request (``counts[i]`` rows of ``probs`` each), against the current
+        thresholds; the verdicts are counted on the metrics endpoint."""
+        flags = self.served.flags(probs)
+        outputs, start = [], 0
+        for n in counts:
+            p, flagged = probs[start:start + n], flags[start:start + n]
+            start += n
             outputs.append([pb_utils.Tensor("SCORES", p), pb_utils.Tensor("FLAGGED", flagged),
                             pb_utils.Tensor("UNSAFE", flagged.any(axis=1, keepdims=True)),
-                            pb_utils.Tensor("LABELS", np.tile(self.label_bytes, (len(p), 1)))])
-        if parts:
-            probs = np.concatenate(parts)
-            self.metrics.classified(probs, self.served.flags(probs))
+                            pb_utils.Tensor("LABELS", np.tile(self.label_bytes, (n, 1)))])
+        self.metrics.classified(probs, flags)
         return outputs
