@@ -149,26 +149,11 @@ def step_export(c: Check) -> dict:
     return {"parity_max_abs_prob": rows, "limits": {"fp32": 1e-4, "fp16": 1e-2}}
 
 
-def _timed(fn, seconds: float, items: int) -> dict:
-    import numpy as np
-
-    fn()
-    fn()
-    lat, t0 = [], time.perf_counter()
-    while time.perf_counter() - t0 < seconds or len(lat) < 5:
-        t = time.perf_counter()
-        fn()
-        lat.append((time.perf_counter() - t) * 1e3)
-    wall = time.perf_counter() - t0
-    return {"triples_s": round(items * len(lat) / wall, 1), "p50_ms": round(float(np.percentile(lat, 50)), 2),
-            "p99_ms": round(float(np.percentile(lat, 99)), 2)}
-
-
 def step_inprocess(c: Check) -> dict:
     import torch
 
-    from editguard.bench import _tile
-    from editguard.export.onnx_export import PROMPT_OUTPUT, ort_session, sample_inputs
+    from editguard.bench import _tile, _timed, run_graphs
+    from editguard.export.onnx_export import ort_session, sample_inputs
     from editguard.model.model_dir import load_model_dir
     from editguard.model.served import CLASSIFIER, PROMPTS
 
@@ -196,19 +181,15 @@ def step_inprocess(c: Check) -> dict:
     prompt = ort_session(c.repo / PROMPTS["editguard"] / "2" / "model.onnx", dev)
     providers = clf.get_providers()
 
-    def ort_run():
-        emb = prompt.run(None, {k: batch[k] for k in ("input_ids", "attention_mask")})[0]
-        feed = {**batch, PROMPT_OUTPUT: emb}
-        clf.run(None, {i.name: feed[i.name] for i in clf.get_inputs()})
-
-    rows.append({"runtime": f"onnxruntime fp16 ({providers[0]})", "batch": b, **_timed(ort_run, seconds, b)})
+    rows.append({"runtime": f"onnxruntime fp16 ({providers[0]})", "batch": b,
+                 **_timed(lambda: run_graphs(clf, prompt, batch), seconds, b)})
     if c.cuda and providers[0] != "CUDAExecutionProvider":
         rows[-1]["note"] = "onnxruntime has no CUDA provider here: carry onnxruntime-gpu"
     return {"rows": rows}
 
 
 def step_served(c: Check) -> dict:
-    from editguard.bench import _closed_loop, _pct, encoded_triples
+    from editguard.bench import _closed_loop, _pct, _timed, encoded_triples
     from editguard.clients import EditGuardClient
     from editguard.export.pbtxt import read_config, write_config
     from editguard.export.triton import TritonServer, free_port
