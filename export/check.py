@@ -29,9 +29,15 @@ ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 5: "TYPE_INT1
                   8: "TYPE_STRING", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 16: "TYPE_BF16"}
 
 
-def graph_tensors(onnx_path: str | Path) -> dict[str, dict[str, tuple[str, list[int]]]]:
+def graph_tensors(onnx_path: str | Path, cache: dict | None = None) -> dict[str, dict[str, tuple[str, list[int]]]]:
     """``{"input": {name: (triton type, dims)}, "output": {...}}`` of an ONNX graph, dims including the
-    batch axis, ``-1`` for a symbolic one. Reads the graph's declarations only (no weights are checked)."""
+    batch axis, ``-1`` for a symbolic one. Reads the graph's declarations only (no weights are checked).
+    ``cache``: a dict by path, shared by callers that read the same files (a graph is read whole)."""
+    if cache is not None:
+        key = Path(onnx_path).resolve()
+        if key not in cache:
+            cache[key] = graph_tensors(onnx_path)
+        return cache[key]
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
@@ -57,9 +63,7 @@ def _type_name(config_tensor) -> str:
 
 
 def _network_errors(path: Path, config, onnx_path: Path, version: str, graphs: dict) -> list[str]:
-    if onnx_path not in graphs:
-        graphs[onnx_path] = graph_tensors(onnx_path)
-    graph, errors = graphs[onnx_path], []
+    graph, errors = graph_tensors(onnx_path, graphs), []
     native = bool(config.platform)
     where = f"{onnx_path.name} (version {version})"
     for kind, declared in (("input", config.input), ("output", config.output)):
@@ -135,17 +139,17 @@ def _ensemble_errors(path: Path, config, repo: Path, config_name: str) -> list[s
     return errors
 
 
-def check_repository(repository: str | Path, version: int | None = None) -> list[str]:
+def check_repository(repository: str | Path, version: int | None = None, graphs: dict | None = None) -> list[str]:
     """Every mismatch between the configs of ``repository`` and the graphs they serve; empty when all agree.
     A config that does not parse is reported as such. ``version``: check the networks' graphs of that
-    version only (the one an export just wrote)."""
+    version only (the one an export just wrote). ``graphs``: a :func:`graph_tensors` cache to share."""
     from ..model.served import versions
 
     repo = Path(repository)
     if not repo.is_dir():
         return [f"{repo}: no such repository"]
     errors: list[str] = []
-    graphs: dict = {}
+    graphs = {} if graphs is None else graphs
     for model_dir in sorted(p for p in repo.iterdir() if (p / "config.pbtxt").exists()):
         for path in [model_dir / "config.pbtxt", *sorted((model_dir / "configs").glob("*.pbtxt"))]:
             try:

@@ -161,13 +161,14 @@ def export_version(cfg: ExportConfig) -> ExportResult:
         for stage in stages.values():
             shutil.rmtree(stage, ignore_errors=True)
         raise
-    _update_configs(repo, cfg.max_batch, net, front_name, cfg.decode_device, version)
+    graphs: dict = {}  # each graph is read once: for the configs, then for both checks
+    _update_configs(repo, cfg.max_batch, net, front_name, cfg.decode_device, version, graphs)
     from .check import check_repository
 
-    errors = check_repository(repo, version)
+    errors = check_repository(repo, version, graphs)
     if errors:
         raise ValueError(f"{repo}: the configs disagree with the exported graphs:\n  " + "\n  ".join(errors))
-    for e in check_repository(repo):  # older versions that the new native configs no longer fit
+    for e in check_repository(repo, graphs=graphs):  # older versions that the new native configs no longer fit
         _logger.warning("%s (NVIDIA's container would refuse that version under the native config: retire it, "
                         "or export models of other shapes into a repository of their own)", e)
     result.model, result.models = front_name, models
@@ -260,13 +261,13 @@ def _check_labels(repo: Path, labels: list[str], front: str = FRONT) -> None:
 
 
 def _update_configs(repo: Path, max_batch: int, net, front: str = FRONT, decode_device: str | None = None,
-                    version: int | None = None) -> None:
+                    version: int | None = None, cache: dict | None = None) -> None:
     """max_batch_size everywhere; the networks' tensors from the exported graph of ``version`` (exact dims
     in the native configs); the front's pixels specs per version and the decode device; the front's
-    variants (the ensemble graph)."""
+    variants (the ensemble graph). ``cache``: the graphs read (:func:`~editguard.export.check.graph_tensors`)."""
     from .check import graph_tensors
 
-    graphs = {m: graph_tensors(repo / m / str(version) / "model.onnx")
+    graphs = {m: graph_tensors(repo / m / str(version) / "model.onnx", cache)
               for m in (PAIRS[front], PROMPTS[front]) if (repo / m / str(version) / "model.onnx").exists()}
     for model in served_models(front, PROMPTS[front] in graphs):
         for path in [repo / model / "config.pbtxt", *sorted((repo / model / "configs").glob("*.pbtxt"))]:

@@ -123,6 +123,7 @@ class TritonServer:
     # Triton's response cache (the `local` cache), which the ensemble's prompt-tower step uses; 0: none
     cache_bytes: int = 64 << 20
     _proc: subprocess.Popen | None = None
+    _caches: Path | None = None  # the wheel's caches/ folder (NVIDIA's install finds its own)
     _workdir: Path | None = None
 
     def __post_init__(self) -> None:
@@ -185,7 +186,7 @@ class TritonServer:
         if self.graph not in ("", "inline"):
             cmd.append(f"--model-config-name={self.graph}")
         if self.cache_bytes:
-            if getattr(self, "_caches", None) is not None:  # the wheel's caches/local; NVIDIA's install has its own
+            if self._caches is not None:
                 cmd.append(f"--cache-directory={self._caches}")
             cmd.append(f"--cache-config=local,size={self.cache_bytes}")
         return cmd + list(self.extra_args)
