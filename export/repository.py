@@ -38,9 +38,10 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..files import write_text_atomic
+from ..files import write_json_atomic, write_text_atomic
 from ..model.served import (CLASSIFIER, FRONT, PAIRS, PRECHECK, PRECHECK_CLASSIFIER, PREPARE, PROMPT_EMBEDDING, PROMPTS,
                             VERDICTS, versions)
+from ..model.thresholds import DEFAULT_THRESHOLD
 from .pbtxt import read_config, write_config
 
 _logger = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class ExportResult:
     files: list[str] = field(default_factory=list)
     model: str = FRONT  # the client-facing model the version went to (editguard or editguard_precheck)
     models: list[str] = field(default_factory=list)  # every model the version was written to, in landing order
+    thresholds: str | None = None  # what thresholds the version starts with, when carried from an older one
 
 
 def export_version(cfg: ExportConfig) -> ExportResult:
@@ -155,6 +157,7 @@ def export_version(cfg: ExportConfig) -> ExportResult:
             if step in stages:
                 shutil.copyfile(templates_dir() / FRONT / "model.py", stages[step] / "model.py")
         stages[front_name] = _write_front(cfg, repo, version, result, front_name)
+        result.thresholds = _carry_thresholds(Path(cfg.model_dir), repo, front_name, version, stages[front_name])
         for m in models:  # the networks land first, the client-facing model last
             os.replace(stages[m], repo / m / str(version))
     except BaseException:
@@ -251,13 +254,48 @@ def _write_front(cfg: ExportConfig, repo: Path, version: int, result: ExportResu
 
 
 def _check_labels(repo: Path, labels: list[str], front: str = FRONT) -> None:
+    """labels.txt lists the longest label list of the versions served side by side. A version may append
+    categories to the others' (a model grown with ``train --from``), never drop, rename or reorder them:
+    a category keeps its place in SCORES and FLAGGED across versions."""
     path = repo / front / "labels.txt"
-    if path.exists():
+    if path.exists() and versions(repo, front):
         have = path.read_text().split()
-        if have != labels and versions(repo, front):
-            raise ValueError(f"{path} lists {have} but the model has {labels}; versions served side by side "
-                             "must share labels: export into a new repository")
+        n = min(len(have), len(labels))
+        if have[:n] != labels[:n]:
+            raise ValueError(f"{path} lists {have} but the model has {labels}; versions served side by side must "
+                             "share their labels in order (a new version may only append categories): export into "
+                             "a new repository")
+        labels = max(have, labels, key=len)
     write_text_atomic(path, "\n".join(labels) + "\n")
+
+
+def _carry_thresholds(model_dir: Path, repo: Path, front: str, version: int, stage: Path) -> str | None:
+    """A model grown with ``train --from --tune branch`` scores its old categories exactly as its parent:
+    the newest older version with those labels passes its thresholds.json on (the new categories keep 0.5
+    until ``calibrate --only``). Returns a line saying what was carried, or None."""
+    grown = model_dir / "grown_from.json"
+    if not grown.exists():
+        return None
+    info = json.loads(grown.read_text())
+    older = sorted((v for v in versions(repo, front) if v < version), reverse=True)
+    for v in older:
+        d = repo / front / str(v)
+        if json.loads((d / "config.json").read_text())["labels"] != info["labels"]:
+            continue
+        if not (d / "thresholds.json").exists():
+            return None
+        if info["tune"] != "branch":
+            _logger.warning("%s retrained its old categories (--tune %s): their scores moved, so version %d's "
+                            "thresholds are not carried over; calibrate every category", model_dir, info["tune"], v)
+            return None
+        doc = json.loads((d / "thresholds.json").read_text())
+        cats = {k: c for k, c in doc.get("categories", {}).items() if k in info["labels"]}
+        write_json_atomic(stage / "thresholds.json", dict(
+            doc, categories=cats, model_version=str(version), carried_from=str(v)))
+        return (f"thresholds of {', '.join(cats)} carried over from version {v} (the grown model scores them "
+                f"exactly as its parent); {', '.join(info['added'])} at {DEFAULT_THRESHOLD} until "
+                f"`editguard calibrate RESULTS --only {','.join(info['added'])} --install {repo}`")
+    return None
 
 
 def _update_configs(repo: Path, max_batch: int, net, front: str = FRONT, decode_device: str | None = None,

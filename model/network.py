@@ -161,7 +161,7 @@ class FusionHead(nn.Module):
     """
 
     def __init__(self, width: int, num_labels: int, use_input: bool, use_prompt: bool, dropout: float,
-                 use_pair: bool = False, use_output: bool = True):
+                 use_pair: bool = False, use_output: bool = True, branches: list[int] = ()):
         super().__init__()
         self.use_input, self.use_prompt, self.use_pair, self.use_output = use_input, use_prompt, use_pair, use_output
         self.precheck = use_input and not use_output
@@ -169,21 +169,28 @@ class FusionHead(nn.Module):
             n = 1 + 2 * use_prompt
         else:
             n = use_output + 3 * use_input + use_prompt + (use_input and use_prompt) + use_pair * (1 + use_prompt)
-        self.mlp = nn.Sequential(
-            nn.LayerNorm(n * width),
-            nn.Linear(n * width, 2 * width),
+        self.mlp = self.new_mlp(n * width, width, num_labels - sum(branches), dropout)
+        # categories added later (`train --from`): an MLP of their own each, over the same features, so
+        # training one never moves the scores of the categories before it
+        self.branches = nn.ModuleList(self.new_mlp(n * width, width, k, dropout) for k in branches)
+
+    @staticmethod
+    def new_mlp(features: int, width: int, outputs: int, dropout: float) -> nn.Sequential:
+        return nn.Sequential(
+            nn.LayerNorm(features),
+            nn.Linear(features, 2 * width),
             nn.GELU(),
             nn.Dropout(dropout),
             nn.Linear(2 * width, width),
             nn.GELU(),
-            nn.Linear(width, num_labels),
+            nn.Linear(width, outputs),
         )
 
-    def forward(self, e_out: torch.Tensor, e_in: torch.Tensor | None, t: torch.Tensor | None,
-                pair: torch.Tensor | None = None) -> torch.Tensor:
+    def features(self, e_out: torch.Tensor, e_in: torch.Tensor | None, t: torch.Tensor | None,
+                 pair: torch.Tensor | None = None) -> torch.Tensor:
+        """The fused features ``[B, n * width]`` every head reads."""
         if self.precheck:
-            feats = [e_in] + ([t, t * e_in] if self.use_prompt else [])
-            return self.mlp(torch.cat(feats, dim=-1))
+            return torch.cat([e_in] + ([t, t * e_in] if self.use_prompt else []), dim=-1)
         feats = [e_out] if self.use_output else []
         if self.use_input:
             d = e_out - e_in
@@ -194,7 +201,17 @@ class FusionHead(nn.Module):
                 feats.append(t * d)
         if self.use_pair:
             feats += [pair, t * pair] if self.use_prompt else [pair]
-        return self.mlp(torch.cat(feats, dim=-1))
+        return torch.cat(feats, dim=-1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every label from the fused features: the main head's, then each branch's."""
+        if not len(self.branches):
+            return self.mlp(x)
+        return torch.cat([self.mlp(x)] + [b(x) for b in self.branches], dim=-1)
+
+    def forward(self, e_out: torch.Tensor, e_in: torch.Tensor | None, t: torch.Tensor | None,
+                pair: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logits(self.features(e_out, e_in, t, pair))
 
 
 @dataclass
@@ -227,7 +244,7 @@ class EditGuardNet(nn.Module):
             self.text = TextTower(cfg.text_encoder, text_hf_config, vocab_size, p.max_tokens)
             self.text_proj = nn.Linear(self.text.hidden_size, cfg.fusion_width)
         self.head = FusionHead(cfg.fusion_width, len(cfg.labels), cfg.use_input_image, cfg.use_prompt, cfg.dropout,
-                               self.use_pair, cfg.use_output_image)
+                               self.use_pair, cfg.use_output_image, cfg.label_heads)
 
     @property
     def input_names(self) -> list[str]:
@@ -269,7 +286,7 @@ class EditGuardNet(nn.Module):
     def encode_image(self, image: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return self.image_proj(self.image(image, mask))
 
-    def forward(
+    def features(
         self,
         input_image: torch.Tensor | None = None,
         output_image: torch.Tensor | None = None,
@@ -282,7 +299,8 @@ class EditGuardNet(nn.Module):
         or, in place of the ids, ``prompt_embedding`` ``float32 [B,H]`` from the frozen prompt tower
         (:class:`PromptWrapper`).
 
-        Returns logits ``float32 [B, num_labels]``; apply a sigmoid for probabilities.
+        Returns the fused features ``float32 [B, n * fusion_width]`` the heads read (:meth:`forward` gives
+        the logits).
         """
         if self.cfg.use_input_image and not self.cfg.use_output_image:  # the pre-check: the request only
             e_in, e_out = self.encode_image(input_image, mask if self.use_mask else None), None
@@ -302,7 +320,12 @@ class EditGuardNet(nn.Module):
         t = None
         if self.cfg.use_prompt:
             t = self.text_proj(self.text(input_ids, attention_mask) if prompt_embedding is None else prompt_embedding)
-        return self.head(e_out, e_in, t, pair)
+        return self.head.features(e_out, e_in, t, pair)
+
+    def forward(self, **inputs: torch.Tensor | None) -> torch.Tensor:
+        """The inputs of :meth:`features`; returns logits ``float32 [B, num_labels]`` (a sigmoid gives
+        probabilities)."""
+        return self.head.logits(self.features(**inputs))
 
 
 class ProbabilityWrapper(nn.Module):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["Category", "Taxonomy", "default_taxonomy", "load_taxonomy"]
+__all__ = ["Category", "Taxonomy", "default_taxonomy", "load_taxonomy", "appended_categories"]
 
 
 @dataclass(frozen=True)
@@ -111,3 +111,33 @@ def default_taxonomy() -> Taxonomy:
     """The default categories (see DESIGN.md, 'Taxonomy')."""
     text = resources.files(__package__).joinpath("default_taxonomy.json").read_text()
     return Taxonomy.from_dict(json.loads(text))
+
+
+def appended_categories(old: Taxonomy, new: Taxonomy) -> list[str]:
+    """The categories ``new`` appends to ``old``: a grown model (``train --from``) keeps the order of the labels
+    that the served model and thresholds.json use, so any other change is refused, naming it."""
+    o, n = old.names, new.names
+    if n[:len(o)] == o:
+        if len(n) == len(o):
+            raise ValueError(f"the new taxonomy adds no category to {o}; append the new categories after the "
+                             "existing ones")
+        if new.aggregate != old.aggregate:
+            raise ValueError(f"the new taxonomy renames the aggregate verdict {old.aggregate!r} to {new.aggregate!r}; "
+                             "clients and dashboards read it by name: keep it")
+        return n[len(o):]
+    gone = [c for c in o if c not in n]
+    problems = []
+    for c in gone:
+        i = o.index(c)
+        if i < len(n) and n[i] not in o:
+            problems.append(f"renames {c!r} to {n[i]!r}")
+        else:
+            problems.append(f"removes {c!r}")
+    kept = [c for c in n if c in o]
+    if not gone and kept != o or gone and kept != [c for c in o if c in n]:
+        problems.append(f"reorders the existing categories (theirs: {kept}, the model's: {o})")
+    elif not gone:
+        problems.append(f"inserts {[c for c in n[:len(o)] if c not in o]} before existing categories")
+    raise ValueError("the new taxonomy " + "; ".join(problems) + ". A model grown with --from can only append "
+                     f"categories after its own {o}, which keep their order; for any other change train a new "
+                     "model from scratch (without --from)")

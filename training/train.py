@@ -76,12 +76,22 @@ class TrainConfig:
     allow_outside_root: bool = False  # accept manifest paths outside the manifest's folder
     overlays: list[str] = field(default_factory=list)  # reviewed labels (`editguard review` decisions) over the manifests
     progress: bool = True  # show progress bars
+    # growing a trained model to a taxonomy that appends categories (training/grow.py)
+    from_model: str | None = None  # the model dir to grow; `train` then reads only the new categories' data
+    tune: str = "branch"  # "branch": the new categories' head alone trains; "all": everything, old ones distilled
+    replay: str | None = None  # a manifest replayed beside the new data; default: the parent's training manifest
+    replay_size: int = 2000  # items drawn from the replay manifest (0: none)
+    distill: float = 1.0  # tune "all": weight of the old categories' distillation loss
 
     def __post_init__(self) -> None:
         if self.ablation not in ABLATIONS:
             raise ValueError(f"ablation must be one of {list(ABLATIONS)}, got {self.ablation!r}")
         if self.batch_size < 1 or self.grad_accum < 1 or self.epochs < 1:
             raise ValueError("batch_size, grad_accum and epochs must be positive")
+        if self.tune not in ("branch", "all"):
+            raise ValueError(f"tune must be 'branch' or 'all', got {self.tune!r}")
+        if self.replay_size < 0:
+            raise ValueError(f"replay_size must be 0 or more, got {self.replay_size}")
 
 
 @dataclass
@@ -214,6 +224,10 @@ def train(cfg: TrainConfig) -> dict:
     N ranks give the result of one process (up to float rounding), and a checkpoint resumes on
     any number of ranks.
     """
+    if cfg.from_model:
+        from .grow import grow
+
+        return grow(cfg)
     d = _setup(cfg)
     if cfg.batch_size % (d.world * cfg.grad_accum):
         raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of ranks x --grad-accum "
