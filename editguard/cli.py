@@ -321,7 +321,12 @@ def _run_train(a: argparse.Namespace) -> int:
                       patience=a.patience, seed=a.seed, device=a.device, num_workers=a.num_workers, resume=a.resume,
                       allow_outside_root=a.allow_outside_root, progress=not a.no_progress,
                       realistic_augment=not a.no_realistic_augment, overlays=a.overlay, weights=a.weights)
-    report = train(cfg)
+    if cfg.from_model:
+        from editguard.training.grow import grow
+
+        report = grow(cfg)
+    else:
+        report = train(cfg)
     if report is not None:
         print(format_table(report, f"best validation metrics (epoch {report['epoch']}), model dir: {a.out}"))
     return 0

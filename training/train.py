@@ -225,9 +225,7 @@ def train(cfg: TrainConfig) -> dict:
     any number of ranks.
     """
     if cfg.from_model:
-        from .grow import grow
-
-        return grow(cfg)
+        raise ValueError("a config with from_model grows a trained model: call editguard.training.grow.grow(cfg)")
     d = _setup(cfg)
     if cfg.batch_size % (d.world * cfg.grad_accum):
         raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of ranks x --grad-accum "
