@@ -282,10 +282,12 @@ def _add_train(sub) -> None:
     g.add_argument("--from", dest="from_model", metavar="MODEL_DIR",
                    help="start from this trained model and add the categories that --taxonomy appends to its own; "
                    "--train and --val then need labels of the new categories only (a few hundred positives do)")
-    g.add_argument("--tune", choices=["branch", "all"], default="branch",
-                   help="branch: train only the new categories' head branch, so the old categories' scores (and "
-                   "their installed thresholds) stay exactly as they were; all: train everything, the old "
-                   "categories distilled to the parent's scores (measured worse, docs/results.md) "
+    g.add_argument("--tune", choices=["branch", "towers", "all"], default="branch",
+                   help="what trains. branch: the new categories' head branch alone, over the parent's frozen "
+                   "features; towers: the branch with its own copy of the image towers (it learns to see the new "
+                   "harm; one more tower pass per request). Both leave the old categories' scores, and their "
+                   "installed thresholds, exactly as they were. all: every weight, the old categories distilled to "
+                   "the parent's scores (they move: docs/results.md) "
                    f"{from_help}")
     g.add_argument("--replay", metavar="MANIFEST", help="items replayed as the new categories' negatives (default: "
                    "the parent's training manifest, from its train_config.json)")

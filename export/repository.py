@@ -270,7 +270,8 @@ def _check_labels(repo: Path, labels: list[str], front: str = FRONT) -> None:
 
 
 def _carry_thresholds(model_dir: Path, repo: Path, front: str, version: int, stage: Path) -> str | None:
-    """A model grown with ``train --from --tune branch`` scores its old categories exactly as its parent:
+    """A model grown with ``train --from`` (``--tune branch`` or ``towers``) scores its old categories exactly as
+    its parent:
     the newest older version with those labels passes its thresholds.json on (the new categories keep 0.5
     until ``calibrate --only``). Returns a line saying what was carried, or None."""
     grown = model_dir / "grown_from.json"
@@ -284,7 +285,7 @@ def _carry_thresholds(model_dir: Path, repo: Path, front: str, version: int, sta
             continue
         if not (d / "thresholds.json").exists():
             return None
-        if info["tune"] != "branch":
+        if info["old_scores"] != "unchanged":
             _logger.warning("%s retrained its old categories (--tune %s): their scores moved, so version %d's "
                             "thresholds are not carried over; calibrate every category", model_dir, info["tune"], v)
             return None

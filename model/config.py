@@ -152,9 +152,10 @@ class ModelConfig:
     # with use_input_image False too, the prompt-only ablation
     use_prompt: bool = True  # False = no-prompt ablation
     preset: str = "custom"  # the preset this config came from, for reports
-    # head branches added by `train --from`, one per run: how many of the last labels each scores. The main
-    # head scores the first len(labels) - sum(label_heads) labels; each branch sees the same fused features
-    label_heads: list[int] = field(default_factory=list)
+    # head branches added by `train --from`, one per run: {"labels": how many of the last labels it scores,
+    # "towers": whether it has its own copy of the image towers}. The main head scores the first
+    # len(labels) - sum of their "labels"
+    label_heads: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -183,9 +184,12 @@ class ModelConfig:
             raise ValueError("a pre-check (no output image) needs the prompt: the request's intent is in it")
         if not (self.use_output_image or self.use_prompt):
             raise ValueError("a model needs an image or the prompt: use_output_image and use_prompt are both False")
-        if any(k < 1 for k in self.label_heads) or (self.labels and sum(self.label_heads) >= len(self.labels)):
-            raise ValueError(f"label_heads {self.label_heads} must be positive and leave the main head at least one "
-                             f"of the {len(self.labels)} labels")
+        heads = self.label_heads
+        if not all(isinstance(h, dict) and set(h) == {"labels", "towers"} and isinstance(h["labels"], int)
+                   and h["labels"] > 0 and isinstance(h["towers"], bool) for h in heads) or (
+                self.labels and sum(h["labels"] for h in heads) >= len(self.labels)):
+            raise ValueError(f"label_heads {heads} must be {{'labels': N > 0, 'towers': bool}} entries that leave the "
+                             f"main head at least one of the {len(self.labels)} labels")
 
     @property
     def ablation(self) -> str:

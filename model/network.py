@@ -9,6 +9,7 @@ exported ONNX graph takes raw uint8 pixels.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -161,7 +162,7 @@ class FusionHead(nn.Module):
     """
 
     def __init__(self, width: int, num_labels: int, use_input: bool, use_prompt: bool, dropout: float,
-                 use_pair: bool = False, use_output: bool = True, branches: list[int] = ()):
+                 use_pair: bool = False, use_output: bool = True):
         super().__init__()
         self.use_input, self.use_prompt, self.use_pair, self.use_output = use_input, use_prompt, use_pair, use_output
         self.precheck = use_input and not use_output
@@ -169,10 +170,7 @@ class FusionHead(nn.Module):
             n = 1 + 2 * use_prompt
         else:
             n = use_output + 3 * use_input + use_prompt + (use_input and use_prompt) + use_pair * (1 + use_prompt)
-        self.mlp = self.new_mlp(n * width, width, num_labels - sum(branches), dropout)
-        # categories added later (`train --from`): an MLP of their own each, over the same features, so
-        # training one never moves the scores of the categories before it
-        self.branches = nn.ModuleList(self.new_mlp(n * width, width, k, dropout) for k in branches)
+        self.mlp = self.new_mlp(n * width, width, num_labels, dropout)
 
     @staticmethod
     def new_mlp(features: int, width: int, outputs: int, dropout: float) -> nn.Sequential:
@@ -203,15 +201,36 @@ class FusionHead(nn.Module):
             feats += [pair, t * pair] if self.use_prompt else [pair]
         return torch.cat(feats, dim=-1)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of every label from the fused features: the main head's, then each branch's."""
-        if not len(self.branches):
-            return self.mlp(x)
-        return torch.cat([self.mlp(x)] + [b(x) for b in self.branches], dim=-1)
-
     def forward(self, e_out: torch.Tensor, e_in: torch.Tensor | None, t: torch.Tensor | None,
                 pair: torch.Tensor | None = None) -> torch.Tensor:
-        return self.logits(self.features(e_out, e_in, t, pair))
+        return self.mlp(self.features(e_out, e_in, t, pair))
+
+
+class HeadBranch(nn.Module):
+    """Categories that ``train --from`` added: an MLP of the main head's shape that scores them, beside the
+    main head, so training it never moves the scores of the categories before it.
+
+    A plain branch reads the main head's fused features. With ``towers`` it has its own image tower, pair
+    tower and projections too (copies of the parent's when grown), and fuses its own features: it can learn
+    to see what the parent's towers never had to, at the cost of one more pass of those towers per request.
+    The prompt tower (frozen, or frozen for the growth) is shared.
+    """
+
+    def __init__(self, net: "EditGuardNet", outputs: int, towers: bool):
+        super().__init__()
+        cfg, p = net.cfg, net.cfg.preprocess
+        self.towers = towers
+        if towers:
+            if hasattr(net, "image"):
+                image_cfg = dataclasses.replace(cfg.image_encoder, pretrained=False)  # weights: the parent's, or loaded
+                self.image = ImageTower(image_cfg, p.mean, p.std, net.use_mask)
+                self.image_proj = nn.Linear(self.image.num_features, cfg.fusion_width)
+            if net.use_pair:
+                self.pair = PairTower(cfg.pair_encoder)
+                self.pair_proj = nn.Linear(self.pair.num_features, cfg.fusion_width)
+            if cfg.use_prompt:
+                self.text_proj = nn.Linear(net.text.hidden_size, cfg.fusion_width)
+        self.mlp = FusionHead.new_mlp(net.head.mlp[0].normalized_shape[0], cfg.fusion_width, outputs, cfg.dropout)
 
 
 @dataclass
@@ -243,8 +262,11 @@ class EditGuardNet(nn.Module):
         if cfg.use_prompt:
             self.text = TextTower(cfg.text_encoder, text_hf_config, vocab_size, p.max_tokens)
             self.text_proj = nn.Linear(self.text.hidden_size, cfg.fusion_width)
-        self.head = FusionHead(cfg.fusion_width, len(cfg.labels), cfg.use_input_image, cfg.use_prompt, cfg.dropout,
-                               self.use_pair, cfg.use_output_image, cfg.label_heads)
+        added = [h["labels"] for h in cfg.label_heads]
+        self.head = FusionHead(cfg.fusion_width, len(cfg.labels) - sum(added), cfg.use_input_image, cfg.use_prompt,
+                               cfg.dropout, self.use_pair, cfg.use_output_image)
+        # the categories added later, one branch per `train --from` run (ModelConfig.label_heads)
+        self.branches = nn.ModuleList(HeadBranch(self, h["labels"], h["towers"]) for h in cfg.label_heads)
 
     @property
     def input_names(self) -> list[str]:
@@ -283,9 +305,6 @@ class EditGuardNet(nn.Module):
         head = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
         return towers + [ParamGroup("head", head, False)]
 
-    def encode_image(self, image: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return self.image_proj(self.image(image, mask))
-
     def features(
         self,
         input_image: torch.Tensor | None = None,
@@ -299,33 +318,70 @@ class EditGuardNet(nn.Module):
         or, in place of the ids, ``prompt_embedding`` ``float32 [B,H]`` from the frozen prompt tower
         (:class:`PromptWrapper`).
 
-        Returns the fused features ``float32 [B, n * fusion_width]`` the heads read (:meth:`forward` gives
-        the logits).
+        Returns the fused features ``float32 [B, n * fusion_width]`` the main head reads (:meth:`forward`
+        gives the logits).
         """
+        text = self._text(input_ids, attention_mask, prompt_embedding)
+        return self._fused(self, input_image, output_image, mask, text)
+
+    def forward(
+        self,
+        input_image: torch.Tensor | None = None,
+        output_image: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        prompt_embedding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The inputs of :meth:`features`; returns logits ``float32 [B, num_labels]``: the main head's, then
+        each branch's (a sigmoid gives probabilities)."""
+        text = self._text(input_ids, attention_mask, prompt_embedding)
+        x = self._fused(self, input_image, output_image, mask, text)
+        if not len(self.branches):
+            return self.head.mlp(x)
+        return torch.cat([self.head.mlp(x)] + [
+            b.mlp(self._fused(b, input_image, output_image, mask, text) if b.towers else x) for b in self.branches], -1)
+
+    def branch_logits(self, i: int, **inputs: torch.Tensor | None) -> torch.Tensor:
+        """Branch ``i``'s logits alone (what ``train --from`` trains): the parts it shares with the rest of the
+        network run without gradients."""
+        b = self.branches[i]
+        with torch.no_grad():
+            text = self._text(inputs.get("input_ids"), inputs.get("attention_mask"), inputs.get("prompt_embedding"))
+            x = None if b.towers else self._fused(self, inputs.get("input_image"), inputs.get("output_image"),
+                                                  inputs.get("mask"), text)
+        if b.towers:
+            x = self._fused(b, inputs.get("input_image"), inputs.get("output_image"), inputs.get("mask"), text)
+        return b.mlp(x)
+
+    def _text(self, input_ids, attention_mask, prompt_embedding) -> torch.Tensor | None:
+        """The prompt tower's pooled embedding (or the one given), before any projection."""
+        if not self.cfg.use_prompt:
+            return None
+        return self.text(input_ids, attention_mask) if prompt_embedding is None else prompt_embedding
+
+    def _fused(self, parts: nn.Module, input_image, output_image, mask, text) -> torch.Tensor:
+        """The fused features from ``parts``' towers and projections: this network's, or a branch's own."""
+        def encode(image, m):
+            return parts.image_proj(parts.image(image, m))
+
         if self.cfg.use_input_image and not self.cfg.use_output_image:  # the pre-check: the request only
-            e_in, e_out = self.encode_image(input_image, mask if self.use_mask else None), None
+            e_in, e_out = encode(input_image, mask if self.use_mask else None), None
         elif self.cfg.use_input_image:
             # one backbone pass over both images: the tower is shared
             both = torch.cat([input_image, output_image], dim=0)
             m = torch.cat([mask, mask], dim=0) if self.use_mask else None
-            e_in, e_out = self.encode_image(both, m).chunk(2, dim=0)
+            e_in, e_out = encode(both, m).chunk(2, dim=0)
         elif self.cfg.use_output_image:
-            e_in, e_out = None, self.encode_image(output_image, None)
+            e_in, e_out = None, encode(output_image, None)
         else:
             e_in = e_out = None
         pair = None
         if self.use_pair:
             m = mask if self.use_mask else torch.full_like(input_image[..., 0], 255)  # no mask: all may change
-            pair = self.pair_proj(self.pair(self.image.normalize(input_image), self.image.normalize(output_image), m))
-        t = None
-        if self.cfg.use_prompt:
-            t = self.text_proj(self.text(input_ids, attention_mask) if prompt_embedding is None else prompt_embedding)
+            pair = parts.pair_proj(parts.pair(parts.image.normalize(input_image), parts.image.normalize(output_image), m))
+        t = parts.text_proj(text) if text is not None else None
         return self.head.features(e_out, e_in, t, pair)
-
-    def forward(self, **inputs: torch.Tensor | None) -> torch.Tensor:
-        """The inputs of :meth:`features`; returns logits ``float32 [B, num_labels]`` (a sigmoid gives
-        probabilities)."""
-        return self.head.logits(self.features(**inputs))
 
 
 class ProbabilityWrapper(nn.Module):

@@ -25,7 +25,8 @@ def _taxonomy(names: list[str], path: Path) -> Path:
     return path
 
 
-def test_a_grown_head_keeps_the_old_scores_bit_identical(few_triples, tmp_path):
+@pytest.mark.parametrize("towers", [False, True])
+def test_a_grown_head_keeps_the_old_scores_bit_identical(towers, few_triples, tmp_path):
     from editguard.manifest import read_manifest
     from editguard.model.model_dir import create_model, load_model_dir, save_model_dir
     from editguard.training.data import TripleDataset, collate_batch
@@ -36,7 +37,7 @@ def test_a_grown_head_keeps_the_old_scores_bit_identical(few_triples, tmp_path):
     batch = collate_batch([TripleDataset(records, pre, net.cfg.labels, cache=False)[i] for i in range(8)])
     batch.pop("labels")
     names = default_taxonomy().names + [NEW]
-    grown = grow_network(net, Taxonomy.from_dict({"categories": names}), prior=np.array([0.05])).eval()
+    grown = grow_network(net, Taxonomy.from_dict({"categories": names}), prior=np.array([0.05]), towers=towers).eval()
     with torch.no_grad():
         before, after = net(**batch), grown(**batch)
     assert after.shape == (8, len(names))
@@ -46,7 +47,7 @@ def test_a_grown_head_keeps_the_old_scores_bit_identical(few_triples, tmp_path):
     save_model_dir(grown, tmp_path / "grown", tokenizer_dir=tmp_path / "tokenizer",
                    taxonomy=Taxonomy.from_dict({"categories": names}))
     loaded, _ = load_model_dir(tmp_path / "grown")
-    assert loaded.cfg.label_heads == [1]
+    assert loaded.cfg.label_heads == [{"labels": 1, "towers": towers}]
     with torch.no_grad():
         assert torch.equal(loaded(**batch)[:, :-1], before)
 
@@ -114,7 +115,7 @@ def test_the_review_overlay_supplies_the_new_labels(grown, tiny_model_dir, capsy
     from safetensors.numpy import load_file
 
     parent, child = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(model / "model.safetensors"))
-    assert set(child) - set(parent) == {k for k in child if k.startswith("head.branches.0.")}
+    assert set(child) - set(parent) == {k for k in child if k.startswith("branches.0.")}
     assert all(np.array_equal(parent[k], child[k]) for k in parent)
 
 

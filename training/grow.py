@@ -33,7 +33,7 @@ from ..files import write_json_atomic
 from ..manifest import read_manifest
 from ..metrics import classification_report
 from ..model.model_dir import load_model_dir, save_model_dir
-from ..model.network import EditGuardNet
+from ..model.network import EditGuardNet, HeadBranch
 from ..model.taxonomy import Taxonomy, appended_categories, load_taxonomy
 from .data import TripleDataset, collate_batch, label_matrix
 
@@ -44,23 +44,31 @@ __all__ = ["grow_network", "grow"]
 GROWN = "grown_from.json"  # in a grown model dir: the parent, its labels, and what trained
 
 
-def grow_network(net: EditGuardNet, taxonomy: Taxonomy, prior: np.ndarray | None = None) -> EditGuardNet:
+def grow_network(net: EditGuardNet, taxonomy: Taxonomy, prior: np.ndarray | None = None,
+                 towers: bool = False) -> EditGuardNet:
     """A copy of ``net`` with a head branch for the categories ``taxonomy`` appends to its labels.
 
     The branch copies the main head's layers (what already tells harm from edit), except its last layer:
     zero weights, and biases at the logit of ``prior`` (each new category's positive rate; 0.5 if None).
+    With ``towers`` it also gets copies of the image towers and projections, to fine-tune for the new
+    categories alone.
     """
     added = appended_categories(Taxonomy.from_dict({"categories": net.cfg.labels}), taxonomy)
     grown = copy.deepcopy(net)
-    grown.cfg = dataclasses.replace(net.cfg, labels=taxonomy.names, label_heads=[*net.cfg.label_heads, len(added)])
-    branch = copy.deepcopy(net.head.mlp)
-    last = branch[-1]
-    branch[-1] = torch.nn.Linear(last.in_features, len(added)).to(last.weight.device)
+    grown.cfg = dataclasses.replace(net.cfg, labels=taxonomy.names,
+                                    label_heads=[*net.cfg.label_heads, {"labels": len(added), "towers": towers}])
+    branch = HeadBranch(grown, len(added), towers)
+    for name, _ in branch.named_children():
+        if name != "mlp":
+            setattr(branch, name, copy.deepcopy(getattr(net, name)))
+    branch.mlp = copy.deepcopy(net.head.mlp)
+    last = branch.mlp[-1]
+    branch.mlp[-1] = torch.nn.Linear(last.in_features, len(added))
     p = np.clip(np.full(len(added), 0.5) if prior is None else np.asarray(prior, np.float64), 1e-4, 1 - 1e-4)
     with torch.no_grad():
-        branch[-1].weight.zero_()
-        branch[-1].bias.copy_(torch.tensor(np.log(p / (1 - p)), dtype=last.bias.dtype))
-    grown.head.branches.append(branch)
+        branch.mlp[-1].weight.zero_()
+        branch.mlp[-1].bias.copy_(torch.tensor(np.log(p / (1 - p)), dtype=last.bias.dtype))
+    grown.branches.append(branch.to(last.weight.device))
     return grown
 
 
@@ -122,11 +130,11 @@ def grow(cfg) -> dict:
     recs = new_recs + replay
     y = label_matrix(recs, names)
     pos = y[:, old:].sum(0)
-    net = grow_network(net, taxonomy, prior=pos / len(y)).to(d.device)
+    net = grow_network(net, taxonomy, prior=pos / len(y), towers=cfg.tune == "towers").to(d.device)
     teacher = copy.deepcopy(net).eval().requires_grad_(False) if cfg.tune == "all" else None
-    branch = net.head.branches[-1]
+    branch = len(net.branches) - 1
     net.requires_grad_(False)
-    for p in _trainable(net) if cfg.tune == "all" else branch.parameters():
+    for p in _trainable(net) if cfg.tune == "all" else net.branches[branch].parameters():
         p.requires_grad_(True)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "train_config.json", dataclasses.asdict(cfg))
@@ -154,10 +162,8 @@ def grow(cfg) -> dict:
         for batch in bar:
             batch = {k: v.to(d.device) for k, v in batch.items()}
             target = batch.pop("labels")[:, old:]
-            if cfg.tune == "branch":
-                with torch.no_grad():
-                    x = net.features(**batch)
-                loss = bce(branch(x), target)
+            if cfg.tune != "all":
+                loss = bce(net.branch_logits(branch, **batch), target)
             else:
                 logits = net(**batch)
                 with torch.no_grad():
@@ -190,7 +196,7 @@ def grow(cfg) -> dict:
             break
     write_json_atomic(out / GROWN, {
         "from": str(parent.resolve()), "labels": names[:old], "added": added, "tune": cfg.tune,
-        "old_scores": "unchanged" if cfg.tune == "branch" else "retrained", "labelled": len(new_recs),
+        "old_scores": "retrained" if cfg.tune == "all" else "unchanged", "labelled": len(new_recs),
         "replayed": len(replay), "seconds": round(time.perf_counter() - t_start, 1)})
     return best_report
 
@@ -202,12 +208,12 @@ def _trainable(net: EditGuardNet) -> list[torch.nn.Parameter]:
 
 
 def _mode(net: EditGuardNet, tune: str) -> None:
-    """Training mode where weights train. With ``branch``, the rest stays in eval mode: BatchNorm statistics
+    """Training mode where weights train. Otherwise the parent's parts stay in eval mode: BatchNorm statistics
     must not move (they are part of the old scores); the prompt embedding's training noise stays on."""
     if tune == "all":
         net.train()
         return
     net.eval()
-    net.head.branches[-1].train()
+    net.branches[-1].train()
     if net.cfg.use_prompt:
         net.text.train()

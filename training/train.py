@@ -78,7 +78,9 @@ class TrainConfig:
     progress: bool = True  # show progress bars
     # growing a trained model to a taxonomy that appends categories (training/grow.py)
     from_model: str | None = None  # the model dir to grow; `train` then reads only the new categories' data
-    tune: str = "branch"  # "branch": the new categories' head alone trains; "all": everything, old ones distilled
+    # "branch": the new categories' head alone trains; "towers": it and its own copy of the image towers; "all":
+    # everything, the old categories distilled to the parent's scores
+    tune: str = "branch"
     replay: str | None = None  # a manifest replayed beside the new data; default: the parent's training manifest
     replay_size: int = 2000  # items drawn from the replay manifest (0: none)
     distill: float = 1.0  # tune "all": weight of the old categories' distillation loss
@@ -88,8 +90,8 @@ class TrainConfig:
             raise ValueError(f"ablation must be one of {list(ABLATIONS)}, got {self.ablation!r}")
         if self.batch_size < 1 or self.grad_accum < 1 or self.epochs < 1:
             raise ValueError("batch_size, grad_accum and epochs must be positive")
-        if self.tune not in ("branch", "all"):
-            raise ValueError(f"tune must be 'branch' or 'all', got {self.tune!r}")
+        if self.tune not in ("branch", "towers", "all"):
+            raise ValueError(f"tune must be 'branch', 'towers' or 'all', got {self.tune!r}")
         if self.replay_size < 0:
             raise ValueError(f"replay_size must be 0 or more, got {self.replay_size}")
 
