@@ -282,7 +282,7 @@ def _add_train(sub) -> None:
     g.add_argument("--from", dest="from_model", metavar="MODEL_DIR",
                    help="start from this trained model and add the categories that --taxonomy appends to its own; "
                    "--train and --val then need labels of the new categories only (a few hundred positives do)")
-    g.add_argument("--tune", choices=["branch", "towers", "all"], default="branch",
+    g.add_argument("--tune", choices=["branch", "towers", "all"], default="towers",
                    help="what trains. branch: the new categories' head branch alone, over the parent's frozen "
                    "features; towers: the branch with its own copy of the image towers (it learns to see the new "
                    "harm; one more tower pass per request). Both leave the old categories' scores, and their "

@@ -211,6 +211,29 @@ def seconds_of(model: Path) -> float:
     return round(sum(json.loads(line)["seconds"] for line in (model / "train_log.jsonl").read_text().splitlines()), 1)
 
 
+def forward_cost(models: dict[str, Path], reps: int = 7) -> dict[str, float]:
+    """Each model's torch forward time on one batch of 64 (the first model's validation examples), relative
+    to the first, measured in one run (median of ``reps``, turns interleaved)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from editguard.model.model_dir import load_model_dir
+
+    nets = {k: load_model_dir(m)[0] for k, m in models.items()}
+    ex = load_file(str(next(iter(models.values())) / "examples.safetensors"))
+    batch = {k: v.repeat(4, *[1] * (v.ndim - 1))[:64] for k, v in ex.items()}
+    times: dict[str, list[float]] = {k: [] for k in nets}
+    with torch.no_grad():
+        for _ in range(reps):
+            for k, net in nets.items():
+                t0 = time.perf_counter()
+                net(**batch)
+                times[k].append(time.perf_counter() - t0)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    first = next(iter(med.values()))
+    return {k: round(v / first, 2) for k, v in med.items()}
+
+
 def plot(rows: dict, full: dict, path: Path) -> None:
     import matplotlib
 
@@ -220,7 +243,8 @@ def plot(rows: dict, full: dict, path: Path) -> None:
     cats = list(rows)
     fig, axes = plt.subplots(1, len(cats), figsize=(5.5 * len(cats), 4), squeeze=False)
     for ax, c in zip(axes[0], cats):
-        for variant, style in (("branch", "o-"), ("head-only", "s--"), ("output-only", "^:")):
+        for variant, style in (("branch", "o-"), ("towers", "D"), ("tune-all", "x"), ("head-only", "s--"),
+                               ("output-only", "^:")):
             pts = [r for r in rows[c] if r["variant"] == variant]
             if pts:
                 ax.plot([r["n"] for r in pts], [r["ood"] for r in pts], style, label=f"{variant} (ood)")
@@ -270,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
                         for s in ("test", "ood")}
         full_rows[c]["seconds"] = seconds_of(full)
         full_rows[c]["base_seconds"] = seconds_of(base)
-        rows[c] = [grow_row(scores, sets, base, folder, c, n) for n in a.sizes]
-        rows[c] += [grow_row(scores, sets, base, folder, c, a.compare_at, "--replay-size", "0", name="-no-replay"),
+        rows[c] = [grow_row(scores, sets, base, folder, c, n, "--tune", "branch") for n in a.sizes]
+        rows[c] += [grow_row(scores, sets, base, folder, c, a.compare_at, "--tune", "branch", "--replay-size", "0",
+                             name="-no-replay"),
                     grow_row(scores, sets, base, folder, c, a.compare_at, "--tune", "all", name="-tune-all"),
                     grow_row(scores, sets, base, folder, c, a.compare_at, "--tune", "towers", name="-towers")]
         for n in a.sizes:
@@ -282,11 +307,17 @@ def main(argv: list[str] | None = None) -> int:
             ob = base_model(sets, c, folder, "output-only")
             full_rows[c]["output_only_base_seconds"] = seconds_of(ob)
             for n in a.output_only_sizes:
-                r = grow_row(scores, sets, ob, folder, c, n, name="-output-only")
+                r = grow_row(scores, sets, ob, folder, c, n, "--tune", "branch", name="-output-only")
                 rows[c].append(dict(r, variant="output-only"))
-    md = table(rows, full_rows)
+    n = a.compare_at
+    costs = {c: forward_cost({"parent": out / c / "base", "branch": out / c / f"grown-{n}",
+                              "towers": out / c / f"grown-{n}-towers"}) for c in a.categories}
+    md = table(rows, full_rows) + "\n\nForward time of a batch of 64 on the CPU, relative to the parent (one run):\n\n" + \
+        "| category | parent | branch | towers |\n|---|---:|---:|---:|\n" + "\n".join(
+            f"| {c} | {v['parent']:.2f} | {v['branch']:.2f} | {v['towers']:.2f} |" for c, v in costs.items())
+    full_rows["forward_cost"] = costs
     write_table(out, "new_category", md, {"rows": rows, "full": full_rows})
-    plot(rows, full_rows, out / "new_category.png")
+    plot(rows, {c: full_rows[c] for c in rows}, out / "new_category.png")
     return 0
 
 

@@ -95,8 +95,8 @@ def grown(tiny_model_dir, synth_sets, subset_manifest, tmp_path_factory):
     assert n >= 10
     tax = _taxonomy(default_taxonomy().names + [NEW], root / "v2.json")
     args = ["train", "--from", str(tiny_model_dir), "--taxonomy", str(tax), "--train", str(train), "--val",
-            str(synth_sets["val"]), "--overlay", str(overlay), "--overlay", str(val_overlay), "--epochs", "3",
-            "--replay-size", "300", "--no-progress"]
+            str(synth_sets["val"]), "--overlay", str(overlay), "--overlay", str(val_overlay), "--epochs", "2",
+            "--replay-size", "100", "--no-progress"]
     return root, args
 
 
@@ -108,7 +108,7 @@ def test_the_review_overlay_supplies_the_new_labels(grown, tiny_model_dir, capsy
     assert main([*args, "--out", str(root / "model")]) == 0
     model = root / "model"
     info = json.loads((model / "grown_from.json").read_text())
-    assert info["added"] == [NEW] and info["old_scores"] == "unchanged" and info["replayed"] == 300
+    assert info["added"] == [NEW] and info["old_scores"] == "unchanged" and info["replayed"] == 100
     metrics = json.loads((model / "metrics.json").read_text())
     assert metrics["per_category"][NEW]["support"] > 0 and metrics["per_category"][NEW]["auroc"] > 0.8
     # the parent is untouched, and the grown model's old weights are the parent's

@@ -2,17 +2,18 @@
 
 The new taxonomy may only append categories (:func:`~editguard.model.taxonomy.appended_categories`).
 The model grows a head branch for them (``ModelConfig.label_heads``): a copy of the main head's MLP
-over the same fused features, whose last layer starts at zero weights and the new category's base
-rate, so before training the new output is that rate for every edit and the old outputs are the
-parent's, bit for bit.
+whose last layer starts at zero weights and the new category's base rate, so before training the new
+output is that rate for every edit and the old outputs are the parent's, bit for bit.
 
 What trains (``TrainConfig.tune``):
 
-- ``branch`` (the default): the new branch alone, over the frozen towers and heads. The old categories'
-  scores cannot move, so their installed thresholds stay right. Items replayed from the parent's
-  training manifest are the new category's negatives.
+- ``towers`` (the default): the branch and its own copy of the parent's image towers and projections.
+- ``branch``: the branch alone, over the parent's frozen fused features (no extra serving cost).
 - ``all``: every trainable weight, the old categories distilled to the parent's scores on the same
-  (augmented) batch. Kept to measure against ``branch`` (docs/results.md, "A new category").
+  (augmented) batch. Kept to measure against the others (docs/results.md, "A new category").
+
+With ``towers`` and ``branch`` the old categories' scores cannot move, so their installed thresholds
+stay right. Items replayed from the parent's training manifest are the new categories' negatives.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ class TrainConfig:
     from_model: str | None = None  # the model dir to grow; `train` then reads only the new categories' data
     # "branch": the new categories' head alone trains; "towers": it and its own copy of the image towers; "all":
     # everything, the old categories distilled to the parent's scores
-    tune: str = "branch"
+    tune: str = "towers"
     replay: str | None = None  # a manifest replayed beside the new data; default: the parent's training manifest
     replay_size: int = 2000  # items drawn from the replay manifest (0: none)
     distill: float = 1.0  # tune "all": weight of the old categories' distillation loss
