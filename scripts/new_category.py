@@ -251,6 +251,8 @@ def plot(rows: dict, full: dict, path: Path) -> None:
         ax.axhline(full[c]["ood"], color="k", lw=1, label="trained on all its data (ood)")
         ax.axhline(full[c]["ood"] - 0.02, color="k", lw=1, ls=":", label="goal: within 0.02")
         ax.set_xscale("log")
+        ax.set_xticks(sorted({r["n"] for r in rows[c]}), [str(n) for n in sorted({r["n"] for r in rows[c]})])
+        ax.minorticks_off()
         ax.set_xlabel("labelled positives N (and N negatives)")
         ax.set_ylabel("AUROC of the new category")
         ax.set_title(c)
