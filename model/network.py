@@ -305,7 +305,7 @@ class EditGuardNet(nn.Module):
         head = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
         return towers + [ParamGroup("head", head, False)]
 
-    def features(
+    def forward(
         self,
         input_image: torch.Tensor | None = None,
         output_image: torch.Tensor | None = None,
@@ -318,29 +318,21 @@ class EditGuardNet(nn.Module):
         or, in place of the ids, ``prompt_embedding`` ``float32 [B,H]`` from the frozen prompt tower
         (:class:`PromptWrapper`).
 
-        Returns the fused features ``float32 [B, n * fusion_width]`` the main head reads (:meth:`forward`
-        gives the logits).
+        Returns logits ``float32 [B, num_labels]``: the main head's, then each branch's (a sigmoid gives
+        probabilities).
         """
-        text = self._text(input_ids, attention_mask, prompt_embedding)
-        return self._fused(self, input_image, output_image, mask, text)
-
-    def forward(
-        self,
-        input_image: torch.Tensor | None = None,
-        output_image: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        prompt_embedding: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The inputs of :meth:`features`; returns logits ``float32 [B, num_labels]``: the main head's, then
-        each branch's (a sigmoid gives probabilities)."""
         text = self._text(input_ids, attention_mask, prompt_embedding)
         x = self._fused(self, input_image, output_image, mask, text)
         if not len(self.branches):
             return self.head.mlp(x)
         return torch.cat([self.head.mlp(x)] + [
             b.mlp(self._fused(b, input_image, output_image, mask, text) if b.towers else x) for b in self.branches], -1)
+
+    def features(self, **inputs: torch.Tensor | None) -> torch.Tensor:
+        """The fused features ``float32 [B, n * fusion_width]`` the main head reads, from the inputs of
+        :meth:`forward`."""
+        text = self._text(inputs.get("input_ids"), inputs.get("attention_mask"), inputs.get("prompt_embedding"))
+        return self._fused(self, inputs.get("input_image"), inputs.get("output_image"), inputs.get("mask"), text)
 
     def branch_logits(self, i: int, **inputs: torch.Tensor | None) -> torch.Tensor:
         """Branch ``i``'s logits alone (what ``train --from`` trains): the parts it shares with the rest of the
