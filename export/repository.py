@@ -274,7 +274,9 @@ def _carry_thresholds(model_dir: Path, repo: Path, front: str, version: int, sta
     its parent:
     the newest older version with those labels passes its thresholds.json on (the new categories keep 0.5
     until ``calibrate --only``). Returns a line saying what was carried, or None."""
-    grown = model_dir / "grown_from.json"
+    from ..model.model_dir import GROWN
+
+    grown = model_dir / GROWN
     if not grown.exists():
         return None
     info = json.loads(grown.read_text())

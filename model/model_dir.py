@@ -25,8 +25,9 @@ from .taxonomy import Taxonomy, default_taxonomy, load_taxonomy
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["create_model", "save_model_dir", "load_model_dir", "check_model_dir"]
+__all__ = ["create_model", "save_model_dir", "load_model_dir", "check_model_dir", "GROWN"]
 
+GROWN = "grown_from.json"  # in a model grown by `train --from`: the parent, its labels, and what trained
 REQUIRED = ("config.json", "labels.json", "model.safetensors", "tokenizer/tokenizer.json")
 
 

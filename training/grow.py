@@ -22,7 +22,6 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from torch.utils.data import DataLoader
 from ..files import write_json_atomic
 from ..manifest import read_manifest
 from ..metrics import classification_report
-from ..model.model_dir import load_model_dir, save_model_dir
+from ..model.model_dir import GROWN, check_model_dir, load_model_dir, save_model_dir
 from ..model.network import EditGuardNet, HeadBranch
 from ..model.taxonomy import Taxonomy, appended_categories, load_taxonomy
 from .data import TripleDataset, collate_batch, label_matrix
@@ -41,9 +40,6 @@ from .data import TripleDataset, collate_batch, label_matrix
 _logger = logging.getLogger(__name__)
 
 __all__ = ["grow_network", "grow"]
-
-GROWN = "grown_from.json"  # in a grown model dir: the parent, its labels, and what trained
-
 
 def grow_network(net: EditGuardNet, taxonomy: Taxonomy, prior: np.ndarray | None = None,
                  towers: bool = False) -> EditGuardNet:
@@ -111,11 +107,12 @@ def grow(cfg) -> dict:
         raise ValueError("--out must differ from --from: the parent stays as it is, and serves until the grown model "
                          "replaces it")
     taxonomy = load_taxonomy(cfg.taxonomy)
-    if (parent / "labels.json").exists():  # before the model loads: a refused taxonomy is said at once
-        try:
-            added = appended_categories(load_taxonomy(parent / "labels.json"), taxonomy)
-        except ValueError as e:
-            raise ValueError(f"{cfg.taxonomy}: {e}") from None
+    if not (parent / "labels.json").exists():
+        check_model_dir(parent)  # says what is missing
+    try:  # before the model loads: a refused taxonomy is said at once
+        added = appended_categories(load_taxonomy(parent / "labels.json"), taxonomy)
+    except ValueError as e:
+        raise ValueError(f"{cfg.taxonomy}: {e}") from None
     net, pre = load_model_dir(parent, device=str(d.device))
     old = len(net.cfg.labels)
     names = taxonomy.names
