@@ -20,7 +20,7 @@ help:
 	@echo "make test-fast  the edit-test loop: no Triton, no training, no browser (under a minute)"
 	@echo "make clean      remove demo outputs"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q $(TORCH)

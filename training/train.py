@@ -309,7 +309,8 @@ def _fit(run: _Run, state: dict) -> dict:
             improved = score > state["best"]
             state.update(epoch=epoch + 1, best=max(score, state["best"]), bad=0 if improved else state["bad"] + 1)
             log = {"epoch": epoch + 1, "train_loss": loss, "val_macro_auprc": score,
-                   "val_macro_auroc": report["macro"]["auroc"], "lr": run.sched.get_last_lr()[0],
+                   "val_macro_auroc": report["macro"]["auroc"], "val_items": len(run.y_val),
+                   "lr": run.sched.get_last_lr()[0],
                    "seconds": round(time.perf_counter() - t0, 2), "world_size": d.world}
             with open(out / "train_log.jsonl", "a") as f:
                 f.write(json.dumps(log) + "\n")
