@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..manifest import meta_column
+
 __all__ = ["Target", "ThresholdChoice", "choose_threshold", "rates_at", "bootstrap_rates",
            "ProbabilityCalibrator", "expected_calibration_error", "calibrate", "slice_table", "UnmetTargetError",
            "parse_target", "threshold_report", "check_thresholds", "format_check"]
@@ -240,7 +242,8 @@ def calibrate(labels: list[str], y_true: np.ndarray, y_score: np.ndarray, *, tar
 
 def slice_table(rows: list[dict], labels: list[str], thresholds: np.ndarray, field: str, *, factor: float = 2.0,
                 min_count: int = 20) -> list[dict]:
-    """Per value of ``meta[field]``: n, and precision/recall/FPR of the ``unsafe`` decision at ``thresholds``.
+    """Per value of ``meta[field]`` (``field`` spelt ``meta.FIELD`` or ``FIELD``): n, and precision/recall/FPR of
+    the ``unsafe`` decision at ``thresholds``. Raises ValueError when no row has the field.
 
     A slice is flagged when its FPR is over ``factor`` times the overall FPR (slices with
     fewer than ``min_count`` negatives are reported but not flagged).
@@ -250,7 +253,8 @@ def slice_table(rows: list[dict], labels: list[str], thresholds: np.ndarray, fie
     _, scores, y = results_arrays(rows)
     if y is None:
         raise ValueError("slices need labelled results (score a manifest with labels)")
-    values = [str(json.loads(r["meta"]).get(field, "(missing)")) if r.get("meta") else "(missing)" for r in rows]
+    metas = [json.loads(r["meta"]) if r.get("meta") else {} for r in rows]
+    values = ["(missing)" if v is None else str(v) for v in meta_column(metas, field, "--slice-by")]
     pred, truth = (scores >= thresholds).any(1), y.any(1)
     overall = rates_at(truth, pred.astype(float), 0.5)
     out = [{"slice": "(all)", "n": len(rows), **overall, "negatives": int((~truth).sum()), "flag": False}]

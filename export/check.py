@@ -64,7 +64,7 @@ def _type_name(config_tensor) -> str:
 
 def _network_errors(path: Path, config, onnx_path: Path, version: str, graphs: dict) -> list[str]:
     graph, errors = graph_tensors(onnx_path, graphs), []
-    native = bool(config.platform)
+    native = config.backend != "python"  # onnxruntime or tensorrt, by platform or by backend
     where = f"{onnx_path.name} (version {version})"
     for kind, declared in (("input", config.input), ("output", config.output)):
         have = graph[kind]
@@ -164,7 +164,7 @@ def check_repository(repository: str | Path, version: int | None = None, graphs:
                 continue
             for v in [version] if version is not None else versions(repo, model_dir.name):
                 onnx_path = model_dir / str(v) / "model.onnx"
-                if onnx_path.exists() and (config.backend == "python" or config.platform in ("onnxruntime_onnx",
-                                                                                               "tensorrt_plan")):
+                if onnx_path.exists() and (config.backend in ("python", "onnxruntime", "tensorrt") or
+                                           config.platform in ("onnxruntime_onnx", "tensorrt_plan")):
                     errors += _network_errors(path, config, onnx_path, str(v), graphs)
     return errors

@@ -320,7 +320,7 @@ def _update_configs(repo: Path, max_batch: int, net, front: str = FRONT, decode_
                 del cfg.dynamic_batching.preferred_batch_size[:]
                 cfg.dynamic_batching.preferred_batch_size.extend(sizes)
             if model in graphs:
-                _set_tensors(cfg, graphs[model], exact=bool(cfg.platform))
+                _set_tensors(cfg, graphs[model], exact=cfg.backend != "python")
             if model == front:
                 cfg.parameters["preprocess"].string_value = json.dumps(pixels_specs(repo, front), sort_keys=True)
             if model in (front, PREPARE) and decode_device is not None:

@@ -203,7 +203,9 @@ class TritonServer:
         return sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").exists() and p.name not in skip) \
             if repo.is_dir() else ["*"]
 
-    def start(self, timeout: float = 120.0) -> "TritonServer":
+    def _launch(self) -> tuple[list[str], dict[str, str]]:
+        """Triton's command line and environment: the binary found, the wheel's backends prepared, the ports
+        checked free."""
         repo = Path(self.repository)
         if not repo.is_dir():
             raise TritonError(f"model repository {repo} does not exist; create one with `editguard export`")
@@ -224,14 +226,28 @@ class TritonServer:
         if inst.wheel_root is not None:
             backends, extra = _prepare_wheel_backends(inst, self._workdir)
             env.update(extra)
+        _logger.info("starting %s", " ".join(self.command(backends, redact=True)))
+        return self.command(backends), env
+
+    def start(self, timeout: float = 120.0) -> "TritonServer":
+        """Start Triton as a child process, its log in ``log_file``, and wait until it is ready."""
+        cmd, env = self._launch()
         log = Path(self.log_file) if self.log_file else self._workdir / "triton.log"
         self.log_path = log
         self._log = open(log, "ab")
-        _logger.info("starting %s", " ".join(self.command(backends, redact=True)))
-        self._proc = subprocess.Popen(self.command(backends), stdout=self._log, stderr=subprocess.STDOUT, env=env,
+        self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                       start_new_session=True)
         self._wait_ready(timeout)
         return self
+
+    def become(self) -> None:
+        """Become Triton: replace this process with ``tritonserver`` and the same command line as :meth:`start`
+        (a container's entrypoint). Triton then logs to this process's output and receives the orchestrator's
+        signals itself (SIGTERM: it stops taking requests and drains the ones in flight). Never returns."""
+        cmd, env = self._launch()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(cmd[0], cmd, env)
 
     def _wait_ready(self, timeout: float) -> None:
         import tritonclient.http as http

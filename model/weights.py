@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         path = convert(a.src, a.timm_model, a.out)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 4  # the exit codes of the editguard command: 4, the work could not be done
     print(f"wrote {path}; use it with image_encoder: {{\"name\": \"{a.timm_model}\", \"pretrained\": true, "
           f"\"weights\": \"{path}\"}}")
     return 0

@@ -72,14 +72,14 @@ def test_cli_end_to_end(tmp_path, capsys):
 
 
 def test_cli_errors_are_clear(tmp_path, capsys, few_triples):
-    assert main(["evaluate", str(tmp_path), str(tmp_path / "none.jsonl")]) == 2
+    assert main(["evaluate", str(tmp_path), str(tmp_path / "none.jsonl")]) == 4  # could not do its work
     assert "not an editguard model dir" in capsys.readouterr().err
     # a validation set without a single unsafe edit can't choose an epoch: refused before training starts
     safe = few_triples.parent / "safe-only.jsonl"
     safe.write_text("".join(line for line in few_triples.read_text().splitlines(True) if '"labels": []' in line))
     assert safe.read_text()
     assert main(["train", "--train", str(few_triples), "--val", str(safe), "--out", str(tmp_path / "m"),
-                 "--epochs", "1", "--no-progress"]) == 2
+                 "--epochs", "1", "--no-progress"]) == 4
     assert "safe-only.jsonl has no unsafe edit" in capsys.readouterr().err
     assert not (tmp_path / "m" / "model.safetensors").exists()
 

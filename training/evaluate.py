@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -41,7 +40,3 @@ def evaluate(model_dir: str | Path, manifest: str | Path, *, batch_size: int = 1
     report["model_dir"], report["manifest"] = str(model_dir), str(manifest)
     report["ablation"] = cfg.ablation
     return report
-
-
-def write_report(report: dict, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..manifest import meta_column, meta_field
+
 __all__ = ["SplitConfig", "split_manifest", "phash", "hamming", "leaks"]
 
 HASH_BYTES = 32  # a 256-bit hash
@@ -39,7 +41,7 @@ class SplitConfig:
     manifest: str  # the manifest to split (JSONL, Parquet or CSV)
     fractions: tuple[float, ...] = (0.8, 0.1, 0.1)  # shares of the items, in the order of ``names``
     names: tuple[str, ...] = ("train", "val", "test")
-    group_by: list[str] = field(default_factory=list)  # "meta.FIELD" keys whose equal values share a group
+    group_by: list[str] = field(default_factory=list)  # meta fields ("meta.FIELD" or "FIELD") whose equal values share a group
     # hash bits (of 256) within which two images count as one photo: re-encodes and resizes of one photo measured
     # up to 10 apart, different photos of the synthetic benchmark 31 and more
     max_distance: int = 16
@@ -55,8 +57,7 @@ class SplitConfig:
         if not 0 <= self.max_distance < HASH_BYTES:
             raise ValueError(f"max_distance must be 0..{HASH_BYTES - 1} bits, got {self.max_distance}")
         for key in self.group_by:
-            if not key.startswith("meta.") or len(key) < 6:
-                raise ValueError(f"--group-by {key!r}: give meta.FIELD, a field of the records' meta")
+            meta_field(key, "--group-by")
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -191,8 +192,7 @@ def split_manifest(cfg: SplitConfig) -> dict:
     _link_near(groups, [i // 2 for i in range(len(hashes))], hashes, cfg.max_distance)
     for key in cfg.group_by:
         first: dict = {}
-        for i, r in enumerate(records):
-            value = r.meta.get(key[5:])
+        for i, value in enumerate(meta_column([r.meta for r in records], key, "--group-by")):
             if value is not None:
                 groups.union(i, first.setdefault(json.dumps(value, sort_keys=True), i))
     group_of = [groups.find(i) for i in range(len(records))]
