@@ -9,16 +9,21 @@ DEMO   ?= demo
 # torch comes first and pinned: on the project's machines these two wheels are on local disk.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-# the review page's tests drive Debian's chromium through chromedriver
+# the review page's tests drive Debian's chromium through chromedriver; the deployment's tests render the
+# Kustomize base with kubectl (Debian's kubernetes-client, where no kubectl is on PATH). Both need root.
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# the deployment checkers, in a venv of their own (their pinned dependencies would fight the project's)
+TOOLS  := $(VENV)/tools
+TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: install browser demo test test-fast clean help
+.PHONY: install browser kubectl tools demo test test-fast clean help
 
 help:
 	@echo "make demo       synth -> train -> evaluate -> export -> serve -> score -> calibrate -> review, on the CPU"
 	@echo "make test       the whole test suite, as CI runs it (creates .venv first if needed)"
 	@echo "make test-fast  the edit-test loop: no Triton, no training, no browser (under a minute)"
 	@echo "make clean      remove demo outputs"
+	@echo "(make test also installs chromium, kubectl and the deployment checkers checkov and kubernetes-validate)"
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +40,20 @@ browser:
 	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null ) || \
 	  echo "make: could not install chromium and chromium-driver (apt-get); the browser tests will be skipped"
 
-test: $(STAMP) browser
+kubectl:
+	@command -v kubectl >/dev/null || \
+	  ( $(SUDO) apt-get update -qq && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null ) || \
+	  echo "make: could not install kubernetes-client (apt-get); the Kustomize rendering test will be skipped"
+
+$(TOOLS_STAMP):
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q checkov kubernetes-validate
+	touch $@
+
+tools: $(TOOLS_STAMP)
+
+test: $(STAMP) browser kubectl tools
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -122,6 +122,9 @@ class TritonServer:
     graph: str = ""
     # Triton's response cache (the `local` cache), which the ensemble's prompt-tower step uses; 0: none
     cache_bytes: int = 64 << 20
+    # Triton's --exit-timeout-secs: on SIGTERM, how long requests in flight may take to finish (a container's
+    # grace period must be longer: deploy/kubernetes/deployment.yaml)
+    exit_timeout_s: int = 30
     _proc: subprocess.Popen | None = None
     _caches: Path | None = None  # the wheel's caches/ folder (NVIDIA's install finds its own)
     _workdir: Path | None = None
@@ -170,7 +173,7 @@ class TritonServer:
                f"--metrics-port={self.metrics_port}", f"--grpc-address={self.host}",
                f"--http-address={self.http_host}", f"--metrics-address={self.host}",
                f"--model-control-mode={self.model_control}", "--log-verbose=0",
-               "--exit-timeout-secs=30", "--allow-cpu-metrics=true"]
+               f"--exit-timeout-secs={self.exit_timeout_s}", "--allow-cpu-metrics=true"]
         key = "REDACTED" if redact else self.admin_key
         restricted = f"{','.join(ADMIN_PROTOCOLS)}:{ADMIN_HEADER}={key}"
         cmd += [f"--grpc-restricted-protocol={restricted}", f"--http-restricted-api={restricted}"]
