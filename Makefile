@@ -6,8 +6,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.editguard-installed
 DEMO   ?= demo
-# torch comes first and pinned: on the project's machines these two wheels are on local disk.
+# torch comes first and pinned: left to a dependency, pip would pick a newer release. From PyPI it is the
+# CUDA build (about 4 GB of CUDA libraries, even on a CPU-only machine); PyTorch's CPU index avoids that:
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH  := torch==2.14.1 torchvision==0.29.1
+TORCH_INDEX ?=
 
 # the review page's tests drive Debian's chromium through chromedriver; the deployment's tests render the
 # Kustomize base with kubectl (Debian's kubernetes-client, where no kubectl is on PATH). Both need root.
@@ -28,7 +31,7 @@ help:
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 

@@ -1,11 +1,11 @@
 """The GPU rows of the benchmarks in one run: ``python -m scripts.gpu_check --out OUT``.
 
-Made for a lent H100/H200 machine with no registry access and about 15 minutes of device time
-(all steps together are sized to finish in under 10). Everything it needs travels with the
-working tree: the wheels the machine lacks, and a skeleton of the ``small`` preset that
-``--prepare`` writes here on the CPU beforehand (MiniLM's config and tokenizer, no weights: the
-towers are random-init, which times like the pretrained ones). Steps, each recorded as ran,
-skipped (with the reason) or failed (with the error), so one broken step never costs the rest:
+Made for a GPU machine of your own with no registry access (a cluster node, say), and short: all
+steps together finish in under 10 minutes on one H100-class GPU. Everything it needs is carried in:
+the wheels the machine lacks, and a skeleton of the ``small`` preset that ``--prepare`` writes on
+any machine beforehand (MiniLM's config and tokenizer, no weights: the towers are random-init,
+which times like the pretrained ones). Steps, each recorded as ran, skipped (with the reason) or
+failed (with the error), so one broken step never costs the rest:
 
 1. ``model``: 64 synthetic triples at 256 px; ``small``'s exact architecture (ViT-S/16, MiniLM, the
    ResNet-18 pair tower, 224 px) trained one epoch into a model dir;
@@ -21,18 +21,17 @@ skipped (with the reason) or failed (with the error), so one broken step never c
 
 Writes ``gpu_check.json`` and ``gpu_check.md`` under ``--out``. ``--cpu`` rehearses it on a machine
 without CUDA: every step that needs no CUDA runs (smaller and shorter), the others say why they
-were skipped.
+were skipped. Exit code 0 when no step failed, 3 when some did (the others' figures are written).
 
-Before a GPU run, here::
+On a machine that reaches PyPI, from a clone with ``make install`` done::
 
     python -m scripts.gpu_check --prepare .gpu      # the skeleton (0.7 MB)
-    scripts/gpu_wheels.sh .whl                       # the wheels the machine lacks (see its header)
+    scripts/gpu_wheels.sh .whl                       # the wheels the GPU machine lacks (see its header)
 
-then on the machine, after the calls that carry .whl-ort/part-NN and join them into /tmp/ort.whl
-(carry .gpu and .whl)::
+then copy the clone, with .gpu and .whl, to the GPU machine and run there::
 
-    python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .whl/*.whl /tmp/ort.whl . && \
-        PYTHONPATH=/tmp/site python3 -m scripts.gpu_check --skeleton .gpu --out $OUT
+    python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .whl/*.whl . && \
+        PYTHONPATH=/tmp/site python3 -m scripts.gpu_check --skeleton .gpu --out gpu-check
 """
 
 from __future__ import annotations
@@ -184,7 +183,7 @@ def step_inprocess(c: Check) -> dict:
     rows.append({"runtime": f"onnxruntime fp16 ({providers[0]})", "batch": b,
                  **_timed(lambda: run_graphs(clf, prompt, batch), seconds, b)})
     if c.cuda and providers[0] != "CUDAExecutionProvider":
-        rows[-1]["note"] = "onnxruntime has no CUDA provider here: carry onnxruntime-gpu"
+        rows[-1]["note"] = "this onnxruntime has no CUDA provider: install onnxruntime-gpu (scripts/gpu_wheels.sh)"
     return {"rows": rows}
 
 
@@ -281,8 +280,8 @@ def step_tensorrt(c: Check) -> dict:
     from editguard.model.served import CLASSIFIER, PROMPTS
 
     if not tensorrt_available():
-        raise _Skip("tensorrt does not import here (its wheels come from NVIDIA's index, which no machine here "
-                    "reaches)")
+        raise _Skip("tensorrt does not import (its wheels come from NVIDIA's own index: install them, or run this "
+                    "in NVIDIA's container)")
     if not hasattr(c, "repo"):
         raise _Skip("step export did not run")
     rows = []
@@ -325,10 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (skeleton / "small.json").exists():
         print(f"{skeleton}/small.json is missing: run `python -m scripts.gpu_check --prepare {skeleton}` first",
               file=sys.stderr)
-        return 2
+        return 4
     c = Check(Path(a.out), a.cpu)
     if not c.cuda and not a.cpu:
-        print("no CUDA device here: pass --cpu to rehearse", file=sys.stderr)
+        print("no CUDA device: pass --cpu to rehearse on the CPU", file=sys.stderr)
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     steps = {"model": (lambda: step_model(c, skeleton), False), "export": (lambda: step_export(c), False),
@@ -340,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         c.run(name, fn, needs_cuda)
     print((c.out / "gpu_check.md").read_text())
     shutil.rmtree(c.work, ignore_errors=True)
-    return 0 if all(s["status"] != "failed" for s in c.steps.values()) else 1
+    return 0 if all(s["status"] != "failed" for s in c.steps.values()) else 3
 
 
 if __name__ == "__main__":
