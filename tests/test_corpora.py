@@ -155,6 +155,11 @@ def test_bad_rows_are_reported_with_row_and_column_and_the_import_resumes(tmp_pa
     assert skipped[3]["column"] == "mask_img" and "mask is 7x9" in skipped[3]["reason"]
     assert skipped[4] == {"source": "magicbrush", "row": 4, "column": "source_img", "reason": "no image"}
     assert [r["meta"]["row"] for r in read_jsonl(tmp_path / "out" / "manifest.jsonl")] == [0, 5]
+    # the command: exit 3 (rows were skipped) and a summary a script can read
+    assert main(["import", str(source), "--corpus", "magicbrush", "--out", str(tmp_path / "cli"), "--no-progress",
+                 "--json", str(tmp_path / "import.json")]) == 3
+    summary = json.loads((tmp_path / "import.json").read_text())
+    assert (summary["written"], summary["skipped"]) == (2, 4) and summary["skipped_file"].endswith("skipped.jsonl")
     # a second source into the same folder keeps its own rows (it is not "already imported")
     other = import_corpus(ImportConfig(**{**cfg, "name": "magicbrush-dev"}))
     assert (other.written, other.skipped, other.already) == (2, 4, 0)

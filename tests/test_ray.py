@@ -3,6 +3,8 @@ single-process scorer's results, failures and resume, with either backend."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytest.importorskip("ray", reason="the [ray] extra is not installed: pip install 'editguard[ray]'")
@@ -35,8 +37,11 @@ def test_ray_engine_matches_the_local_scorer_and_resumes_by_id(repository, synth
                                                                manifest_with_a_bad_item, read_jsonl, subset_manifest):
     manifest, bad_id = manifest_with_a_bad_item(synth_sets["test"], tmp_path / "m.jsonl", 300, bad=11)
     common = ["--repository", str(repository), "--allow-outside-root", "--no-progress"]
-    assert main(["score", str(manifest), "--out", str(tmp_path / "local"), *common]) == 3  # 3: some items failed
-    # the CLI as a user runs it: Ray is started on this machine for the run, 2 actors, then stopped
+    assert main(["score", str(manifest), "--out", str(tmp_path / "local"), *common,
+                 "--json", str(tmp_path / "local.json")]) == 3  # 3: some items failed
+    summary = json.loads((tmp_path / "local.json").read_text())
+    assert (summary["scored"], summary["errors"]) == (299, 1) and summary["errors_file"].endswith("local.errors.jsonl")
+    # the CLI as a user runs it: Ray is started on the local machine for the run, 2 actors, then stopped
     assert main(["score", str(manifest), "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2",
                  "--batch-size", "16", *common]) == 3
     local, ray_rows = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
