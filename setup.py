@@ -11,7 +11,8 @@ from pathlib import Path
 from setuptools import setup
 
 FOLDERS = {"editguard": "editguard", "editguard.model": "model", "editguard.training": "training",
-           "editguard.export": "export", "editguard.clients": "clients", "editguard.model_repository": "model_repository"}
+           "editguard.export": "export", "editguard.clients": "clients",
+           "editguard.model_repository": "model_repository"}
 # data files by pattern, for a folder and every folder below it
 DATA = {"editguard": ["py.typed"], "editguard.clients": ["review_page.html"], "editguard.model": ["*.json"],
         "editguard.model_repository": ["*.pbtxt", "*.py"]}
@@ -19,7 +20,8 @@ DATA = {"editguard": ["py.typed"], "editguard.clients": ["review_page.html"], "e
 
 def _packages(package: str, folder: str) -> list[str]:
     """``package`` and one package per folder below ``folder`` (``__pycache__`` aside)."""
-    below = sorted(d.relative_to(folder) for d in Path(folder).rglob("*") if d.is_dir() and "__pycache__" not in d.parts)
+    below = sorted(d.relative_to(folder) for d in Path(folder).rglob("*")
+                   if d.is_dir() and "__pycache__" not in d.parts)
     return [".".join([package, *d.parts]) for d in [Path(), *below]]
 
 

@@ -15,7 +15,7 @@ The pipeline::
   writer: the same Parquet parts (or JSONL), the same schema, the same exactly-once resume by id.
   The validated manifest is handed to Ray with ``from_items`` rather than read again with
   ``ray.data.read_json``, so there is one definition of a valid record and of path resolution.
-- Without ``--ray-address`` a Ray cluster is started on this machine for the run and stopped
+- Without ``--ray-address`` a Ray cluster is started on the local machine for the run and stopped
   after it; with one (``auto``, ``ray://head:10001``) the job runs there, and every node needs
   ``pip install 'editguard[ray,serve]'`` and the repository at the same path (or the Triton URL).
 

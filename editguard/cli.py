@@ -16,7 +16,7 @@ thin-client subcommands work on the base install (no torch).
     editguard review    a static page of scored triples to look at and record decisions
     editguard bench     benchmarks of the hot paths (tables + JSON)
 
-Every command exits with one of the codes below (docs/design.md, "Exit codes"), so scripts can tell
+Every command exits with one of the codes below (docs/design.md, "The command line"), so scripts can tell
 a failed check from a wrong command line from a run that scored most items but not all.
 """
 
@@ -606,7 +606,7 @@ def _run_serve(a: argparse.Namespace) -> int:
     from editguard.export.triton import TritonServer
 
     if a.exec:  # a generated key would land on the container's own disk, where no client can read it
-        key, key_source = read_admin_key(a.admin_key_file), a.admin_key_file or "$EDITGUARD_ADMIN_KEY"
+        key = read_admin_key(a.admin_key_file)
         if key is None:
             raise FileNotFoundError("serve --exec needs the admin key: set $EDITGUARD_ADMIN_KEY or mount a secret "
                                     "and pass its file with --admin-key-file")
@@ -804,7 +804,7 @@ def _add_score(sub) -> None:
     g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each actor reserves and onnxruntime "
                    "threads it runs (default: %(default)s)")
     g.add_argument("--ray-address", metavar="ADDR", help="a running Ray cluster (auto, ray://head:10001); "
-                   "default: start one on this machine for the run")
+                   "default: start one on the local machine for the run")
     _add_connection(p)
     _add_json(p, "the counts and, for a labelled manifest, the metrics")
 
@@ -824,8 +824,9 @@ def _run_score(a: argparse.Namespace) -> int:
       editguard score logs.parquet --out results/logs --repository repository --engine ray --workers 8
 
     A results folder instead of a .jsonl file gets Parquet parts. --engine ray runs a Ray Data actor pool
-    (pip install 'editguard[ray]'): on a Ray cluster started here for the run, or on a running one with
-    --ray-address. Same results, same resume, same output schema. Exits 3 when items failed.
+    (pip install 'editguard[ray]'): on a Ray cluster started on the local machine for the run, or on a
+    running one with --ray-address. Same results, same resume, same output schema. Exits 3 when items
+    failed.
     """
     from editguard.clients.score import ScoreConfig, score
 

@@ -110,7 +110,8 @@ def _thresholds(version_dir: Path, labels: list[str]) -> dict:
 
 def list_versions(repository: str | Path | None, held: dict[str, dict[str, str]] | None) -> dict:
     """What each client-facing model has: per version, on disk (labels, thresholds) and on the server (state).
-    ``held``: :func:`~editguard.export.control.server_models` of one server, or None; ``repository``: the repository on disk, or None."""
+    ``held``: :func:`~editguard.export.control.server_models` of one server, or None; ``repository``: the
+    repository on disk, or None."""
     repo = Path(repository) if repository else None
     doc: dict = {"repository": str(repo) if repo else None, "models": {}}
     for front in PAIRS:

@@ -53,9 +53,9 @@ def test_exit_codes_tell_usage_from_errors_from_failed_checks(tmp_path, capsys):
     assert "repository" in capsys.readouterr().err
     bad = tmp_path / "repo" / "editguard_classifier" / "1"
     bad.mkdir(parents=True)
-    (bad.parent / "config.pbtxt").write_text('name: "editguard_classifier"\nbackend: "onnxruntime"\n'
-                                             'max_batch_size: 8\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 3 ] } ]\n'
-                                             'output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]\n')
+    (bad.parent / "config.pbtxt").write_text(
+        'name: "editguard_classifier"\nbackend: "onnxruntime"\nmax_batch_size: 8\n'
+        'input [ { name: "x" data_type: TYPE_FP32 dims: [ 3 ] } ]\noutput [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]\n')
     (bad / "model.onnx").write_bytes(_onnx_graph())
     assert main(["check-repository", str(tmp_path / "repo"), "--json", str(tmp_path / "check.json")]) == 1
     doc = json.loads((tmp_path / "check.json").read_text())

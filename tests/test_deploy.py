@@ -138,7 +138,8 @@ def test_the_resources_fit_each_other_and_the_entrypoint(rendered):
     assert policy_ports == set(ports.values())
     hpa = k["HorizontalPodAutoscaler"]["spec"]
     assert hpa["scaleTargetRef"]["name"] == dep["metadata"]["name"] and hpa["minReplicas"] >= 2
-    assert {d["metadata"]["namespace"] for d in rendered if d["kind"] != "Namespace"} == {k["Namespace"]["metadata"]["name"]}
+    namespaces = {d["metadata"]["namespace"] for d in rendered if d["kind"] != "Namespace"}
+    assert namespaces == {k["Namespace"]["metadata"]["name"]}
 
 
 def test_monitoring_rules_are_the_documented_ones_and_parse(rendered):
@@ -148,7 +149,7 @@ def test_monitoring_rules_are_the_documented_ones_and_parse(rendered):
     rule = k["PrometheusRule"]
     assert rule["apiVersion"] == "monitoring.coreos.com/v1" and k["PodMonitor"]["apiVersion"] == rule["apiVersion"]
     documented = re.search(r"```yaml\n(groups:.*?)```", (ROOT / "docs" / "operations.md").read_text(), re.S).group(1)
-    assert rule["spec"] == yaml.safe_load(documented), "deploy/kubernetes/prometheusrule.yaml and docs/operations.md differ"
+    assert rule["spec"] == yaml.safe_load(documented), "prometheusrule.yaml and docs/operations.md differ"
     exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
     adapter = yaml.safe_load((K8S / "prometheus-adapter-rules.yaml").read_text())["rules"]
     hpa_metric = k["HorizontalPodAutoscaler"]["spec"]["metrics"][0]["pods"]["metric"]["name"]
