@@ -43,7 +43,7 @@ def scored(triton, synth_sets, tmp_path_factory, read_jsonl) -> dict:
 @pytest.fixture(scope="module")
 def page(scored) -> Path:
     return build_review(ReviewConfig(results=str(scored["results"]), manifest=str(scored["manifest"]),
-                                     out=str(scored["tmp"] / "site"), slice_by=["mask_kind"], progress=False,
+                                     out=str(scored["tmp"] / "site"), slice_by=["style"], progress=False,
                                      allow_outside_root=True, workers=2))
 
 

@@ -177,9 +177,9 @@ def test_serve_reports_busy_port_and_missing_repository(repository, tmp_path, ca
         s.bind(("127.0.0.1", 0))
         s.listen()
         busy = s.getsockname()[1]
-        assert main(["serve", "--repository", str(repository), "--grpc-port", str(busy)]) == 1
+        assert main(["serve", "--repository", str(repository), "--grpc-port", str(busy)]) == 4  # could not start
         assert f"grpc port {busy} is in use" in capsys.readouterr().err
-    assert main(["serve", "--repository", str(tmp_path / "nope")]) == 1
+    assert main(["serve", "--repository", str(tmp_path / "nope")]) == 4
     assert "create one with `editguard export`" in capsys.readouterr().err
 
 
