@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no machine here reaches the hub; fail fast if code tries
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach the hub; fail fast if code tries
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # admin keys that `editguard serve` writes or reads in tests live in a temp dir, never in the user's home
 os.environ.pop("EDITGUARD_ADMIN_KEY", None)

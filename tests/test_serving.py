@@ -160,8 +160,8 @@ def test_fp16_export_parity(tiny_model_dir, tmp_path):
 
 
 def test_tensorrt_plan(tiny_model_dir, tmp_path):
-    pytest.importorskip("tensorrt", reason="tensorrt is not installable on these machines (NVIDIA's index only); "
-                        "this test runs where it imports, e.g. NVIDIA's container")
+    pytest.importorskip("tensorrt", reason="tensorrt does not import (its wheels come from NVIDIA's own "
+                        "index); this test runs where it does, e.g. NVIDIA's container")
     if not torch.cuda.is_available():
         pytest.skip("TensorRT needs a CUDA GPU")
     r = export_version(ExportConfig(model_dir=str(tiny_model_dir), repository=str(tmp_path), runtime="tensorrt"))
