@@ -5,7 +5,7 @@
         async for item_id, result in guard.classify_many(triples, concurrency=16):
             ...
 
-It drives the same call state machine (:class:`~editguard.clients.calls.Call`: deadline, retries,
+It drives the same call state machine (:class:`~editguard.clients.call_state.Call`: deadline, retries,
 endpoints, the pixels path's one refresh) with ``await`` where the sync client blocks.
 """
 
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterable, Mapping
 
-from .calls import Call, ClientSettings
+from .call_state import Call, ClientSettings
 from .errors import EditGuardError
 from .protocol import (ImageInput, PixelsPrep, Triple, Verdict, as_request, as_triple, mapped_errors,
                        published_specs)

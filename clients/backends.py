@@ -1,7 +1,7 @@
 """Where batch scoring gets its verdicts: one result type, two backends.
 
 - :class:`InProcessBackend`: an exported version run in this process
-  (:class:`~editguard.model.served.ServedVersion`: the served model's own preprocessing,
+  (:class:`~editguard.serving.served.ServedVersion`: the served model's own preprocessing,
   checked onnxruntime call and thresholds), no server, no torch;
 - :class:`ServerBackend`: a running Triton, through the thin client, with requests in flight so
   Triton's dynamic batcher forms batches.
@@ -82,9 +82,10 @@ class InProcessBackend:
 
     def __init__(self, repository: str, version: str = "", *, precheck: bool = False, batch_size: int = 32,
                  threads: int = 0, gpu: bool = False):
-        from ..model.served import FRONT, PRECHECK, ServedVersion
+        from ..model.repository import CLIENT_MODEL, PRECHECK
+        from ..serving.served import ServedVersion
 
-        self.served = ServedVersion.open(repository, PRECHECK if precheck else FRONT, version, threads=threads,
+        self.served = ServedVersion.open(repository, PRECHECK if precheck else CLIENT_MODEL, version, threads=threads,
                                          cuda_device=0 if gpu else None)
         self.batch_size = batch_size
 

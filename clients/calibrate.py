@@ -12,13 +12,14 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from ..manifest import meta_column
+from ..model.repository import CLIENT_MODEL
 
-__all__ = ["Target", "ThresholdChoice", "choose_threshold", "rates_at", "bootstrap_rates",
+__all__ = ["CalibrateConfig", "CalibrationRun", "calibrate_results", "Target", "ThresholdChoice",
+           "choose_threshold", "rates_at", "bootstrap_rates",
            "ProbabilityCalibrator", "expected_calibration_error", "calibrate", "slice_table", "UnmetTargetError",
            "parse_target", "threshold_report", "check_thresholds", "format_check"]
 
@@ -331,24 +332,6 @@ def format_check(name: str, check: dict, reference: dict) -> str:
     return "\n".join(rows)
 
 
-def install_thresholds(doc: dict, repository: str | Path, version: str | None = None,
-                       model: str = "editguard") -> Path:
-    """Write ``doc`` as thresholds.json beside its version of ``model`` (``editguard`` or
-    ``editguard_precheck``) in a Triton repository, atomically.
-
-    The served model re-reads the file when it changes, so no restart or reload is needed.
-    """
-    from ..files import write_json_atomic
-
-    version = str(version or doc.get("model_version") or "")
-    target = Path(repository) / model / version
-    if not version or not target.is_dir():
-        raise FileNotFoundError(f"no model version {version!r} under {Path(repository) / model}; "
-                                "pass --version, or score with the version you calibrate")
-    write_json_atomic(target / "thresholds.json", dict(doc, model_version=version))
-    return target / "thresholds.json"
-
-
 def format_thresholds(result: CalibrationResult) -> str:
     rows = [f"{'category':<22} {'target':<16} {'thresh':>6} {'prec':>6} {'recall':>6} {'FPR':>6} {'support':>7}  "
             f"precision 95% CI"]
@@ -362,3 +345,125 @@ def format_thresholds(result: CalibrationResult) -> str:
         rows.append(f"{'category':<22} {'ECE before':>10} {'ECE after':>10}")
         rows += [f"{n:<22} {e['before']:10.4f} {e['after']:10.4f}" for n, e in result.ece.items()]
     return "\n".join(rows)
+
+
+@dataclass
+class CalibrateConfig:
+    """``editguard calibrate``'s work: scored results in, per-category thresholds out."""
+
+    results: str  # `editguard score` results of a labelled manifest (JSONL or a Parquet folder)
+    target: str = "precision=0.95"  # every category's target, METRIC=VALUE
+    target_for: list[str] = field(default_factory=list)  # "CATEGORY=METRIC=VALUE": a category's own target
+    method: str | None = None  # also fit probability calibration: "isotonic" or "sigmoid"
+    n_boot: int = 200  # bootstrap resamples for the 95% intervals
+    allow_unmet: bool = False  # the best achievable threshold where a target can't be met, instead of failing
+    version: str | None = None  # the model version calibrated (default: the results')
+    overlays: list[str] = field(default_factory=list)  # reviewed labels (the review page's decisions) over the results'
+    only: list[str] = field(default_factory=list)  # calibrate these categories alone, merged into ``installed``
+    installed: str | None = None  # the repository whose thresholds.json ``only`` merges into
+    model: str = CLIENT_MODEL  # the client model of ``installed``
+    check: list[str] = field(default_factory=list)  # other labelled results: how the thresholds carry there
+    shift_factor: float = 2.0  # warn where a ``check`` set's FPR is over this multiple of the calibration set's
+    slice_by: str | None = None  # the unsafe-any decision per value of this meta field
+    fpr_factor: float = 2.0  # flag slices whose FPR is over this multiple of the overall FPR
+
+
+@dataclass
+class CalibrationRun:
+    """:func:`calibrate_results`' outcome: the result (``result.thresholds`` is the thresholds.json document,
+    with ``reference``, ``checks`` and ``slices`` where asked), and the arrays it was chosen on."""
+
+    result: CalibrationResult
+    labels: list[str]
+    y_true: np.ndarray  # [N, C]
+    y_score: np.ndarray  # [N, C]
+    slices: list[dict] | None = None
+    overlays: list[tuple[str, int, int]] = field(default_factory=list)  # (file, ids matched, ids reviewed)
+
+
+def calibrate_results(cfg: CalibrateConfig) -> CalibrationRun:
+    """Read the results (with their overlays), choose each category's threshold for its target, and add the
+    ``--only`` merge, the ``--check`` carry-over and the ``--slice-by`` table. Raises ValueError naming a
+    bad category, target or file, and :class:`UnmetTargetError`."""
+    from ..model.repository import merge_thresholds
+    from .results import read_results, results_arrays
+
+    rows = read_results(cfg.results)
+    if not rows:
+        raise FileNotFoundError(f"no results in {cfg.results}; run `editguard score` first")
+    overlays = _overlay(rows, cfg.overlays)
+    labels, scores, y = results_arrays(rows)
+    if y is None:
+        raise ValueError(f"{cfg.results} has no labels: score a labelled manifest to calibrate")
+    only = [n for spec in cfg.only for n in spec.split(",") if n]
+    if only:
+        unknown = [n for n in only if n not in labels]
+        if unknown:
+            raise ValueError(f"--only {','.join(unknown)}: not categories of {cfg.results} ({', '.join(labels)})")
+        keep = [labels.index(n) for n in only]
+        labels, scores, y = only, scores[:, keep], y[:, keep]
+    versions = sorted({str(r.get("model_version", "")) for r in rows})
+    if len(versions) > 1 and not cfg.version:
+        raise ValueError(f"{cfg.results} mixes model versions {versions}; calibrate one version (pass --version)")
+    result = calibrate(labels, y, scores, targets=_targets(cfg, labels), method=cfg.method, n_boot=cfg.n_boot,
+                       allow_unmet=cfg.allow_unmet, model_version=cfg.version or versions[0], source=str(cfg.results))
+    th = np.array([result.choices[n].threshold for n in labels])
+    if only:
+        result.thresholds = merge_thresholds(result.thresholds, cfg.installed, cfg.model)
+    if cfg.check:
+        _check_shift(cfg, labels, th, y, scores, result)
+    slices = slice_table(rows, labels, th, cfg.slice_by, factor=cfg.fpr_factor) if cfg.slice_by else None
+    if slices:
+        result.thresholds["slices"] = {"by": cfg.slice_by, "fpr_factor": cfg.fpr_factor, "rows": slices}
+    return CalibrationRun(result, labels, y, scores, slices, overlays)
+
+
+def _overlay(rows: list[dict], overlays: list[str]) -> list[tuple[str, int, int]]:
+    """Reviewed labels over the rows' own, in order; ``(file, ids matched, ids reviewed)`` per overlay."""
+    from ..manifest import read_overlay
+
+    out = []
+    for path in overlays:
+        reviewed = read_overlay(path)
+        hits = [r for r in rows if r["id"] in reviewed]
+        for r in hits:
+            r["labels"] = reviewed[r["id"]]["labels"]
+        out.append((str(path), len(hits), len(reviewed)))
+    return out
+
+
+def _targets(cfg: CalibrateConfig, labels: list[str]) -> dict[str, Target]:
+    default = parse_target(cfg.target)
+    targets = {n: default for n in labels}
+    for spec in cfg.target_for:
+        name, _, rest = spec.partition("=")
+        if name not in targets:
+            raise ValueError(f"--target-for {spec!r}: unknown category {name!r}; categories: {', '.join(labels)}")
+        targets[name] = parse_target(rest)
+    return targets
+
+
+def _check_shift(cfg: CalibrateConfig, labels: list[str], th: np.ndarray, y: np.ndarray, scores: np.ndarray,
+                 result: CalibrationResult) -> None:
+    """``--check``: the chosen thresholds on other labelled results, into ``result.thresholds``."""
+    from .results import read_results, results_arrays
+
+    reference = threshold_report(labels, th, y, scores, n_boot=cfg.n_boot)
+    checks = {}
+    for path in cfg.check:
+        rows = read_results(path)
+        other_labels, other_scores, other_y = results_arrays(rows) if rows else ([], None, None)
+        if other_y is None:
+            raise ValueError(f"--check {path}: no labelled results there; score a labelled manifest with the same "
+                             "model")
+        if other_labels != labels:
+            raise ValueError(f"--check {path}: categories {other_labels} differ from {labels}; check results of the "
+                             "same model")
+        versions = {str(r.get("model_version", "")) for r in rows} - {str(result.thresholds["model_version"])}
+        if versions:
+            warnings.warn(f"--check {path}: model version(s) {sorted(versions)} differ from the calibrated "
+                          f"{result.thresholds['model_version']!r}", UserWarning)
+        checks[str(path)] = check_thresholds(labels, th, other_y, other_scores, reference=reference,
+                                             factor=cfg.shift_factor, n_boot=cfg.n_boot)
+    result.thresholds["reference"] = reference
+    result.thresholds["checks"] = checks

@@ -21,7 +21,7 @@ reads the configuration again and retries once.
 Retries with exponential backoff happen only on UNAVAILABLE, RESOURCE_EXHAUSTED and
 DEADLINE_EXCEEDED, within the call's deadline, and never for a bad request. With several
 URLs, calls are spread round-robin and a failed endpoint's retry goes to the next one. That
-state machine is :class:`~editguard.clients.calls.Call`; the asyncio client (:mod:`.aio`)
+state machine is :class:`~editguard.clients.call_state.Call`; the asyncio client (:mod:`.aio`)
 drives the same one.
 """
 
@@ -34,7 +34,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
-from .calls import Call, ClientSettings
+from .call_state import Call, ClientSettings
 from .errors import EditGuardError
 from .protocol import (MAX_IMAGE_BYTES, ImageInput, PixelsPrep, Triple, Verdict, as_request, as_triple, build_inputs,
                        encode_image, mapped_errors, parse_urls, published_specs, to_error)

@@ -1,5 +1,5 @@
 """The wire contract both clients speak: what goes into a request, what comes back, and how gRPC
-errors map onto the client's exception tree. No network and no state here; :mod:`.calls` holds
+errors map onto the client's exception tree. No network and no state here; :mod:`.call_state` holds
 the per-call state machine, :mod:`.client` and :mod:`.aio` the sync and asyncio clients.
 """
 
@@ -15,6 +15,8 @@ from typing import Iterator, Mapping, Sequence, Union
 import numpy as np
 
 from ..connection import missing_header
+from ..model.repository import (ENCODED_INPUTS, MAX_IMAGE_BYTES, MAX_PROMPT_BYTES, OUTPUTS, PIXELS_INPUTS, PIXELS_SPEC,
+                                PROMPT)
 from .errors import DeadlineExceededError, EditGuardError, InvalidInputError, ServerError, ServerUnavailableError
 
 __all__ = ["Verdict", "Triple", "ImageInput", "MAX_IMAGE_BYTES", "MAX_PROMPT_BYTES", "OUTPUTS", "encode_image",
@@ -23,9 +25,6 @@ __all__ = ["Verdict", "Triple", "ImageInput", "MAX_IMAGE_BYTES", "MAX_PROMPT_BYT
            "as_request"]
 
 ImageInput = Union[bytes, bytearray, memoryview, str, Path, np.ndarray, "PIL.Image.Image"]
-MAX_IMAGE_BYTES = 32 * 1024 * 1024  # the server's limit; bigger images are refused before sending
-MAX_PROMPT_BYTES = 64 * 1024
-OUTPUTS = ("SCORES", "FLAGGED", "UNSAFE", "LABELS")
 
 
 @dataclass(frozen=True)
@@ -116,8 +115,8 @@ def _infer_inputs(module, fields: list[tuple[str, np.ndarray]]) -> list:
 
 def build_inputs(module, input_image: bytes, prompt: str, output_image: bytes | None, mask: bytes | None) -> list:
     """The InferInputs of one encoded triple, or of a pre-check request when ``output_image`` is None."""
-    fields = [("INPUT_IMAGE", input_image), ("OUTPUT_IMAGE", output_image), ("PROMPT", prompt.encode("utf-8")),
-              ("MASK", mask)]
+    image, output, mask_name = ENCODED_INPUTS
+    fields = [(image, input_image), (output, output_image), (PROMPT, prompt.encode("utf-8")), (mask_name, mask)]
     return _infer_inputs(module, [(name, np.array([[v]], dtype=np.object_)) for name, v in fields if v is not None])
 
 
@@ -162,15 +161,16 @@ class PixelsPrep:
 
     def inputs(self, module, arrays: dict[str, np.ndarray], prompt: str, with_mask: bool) -> list:
         """tritonclient InferInputs of one pixels-path request."""
-        fields = [("INPUT_PIXELS", arrays["input_image"]), ("OUTPUT_PIXELS", arrays.get("output_image")),
-                  ("PROMPT", np.array([prompt.encode("utf-8")], dtype=np.object_)),
-                  ("PIXELS_SPEC", np.array([self.tag], dtype=np.object_)),
-                  ("MASK_PIXELS", arrays["mask"] if with_mask else None)]
+        image, output, mask = PIXELS_INPUTS
+        fields = [(image, arrays["input_image"]), (output, arrays.get("output_image")),
+                  (PROMPT, np.array([prompt.encode("utf-8")], dtype=np.object_)),
+                  (PIXELS_SPEC, np.array([self.tag], dtype=np.object_)),
+                  (mask, arrays["mask"] if with_mask else None)]
         return _infer_inputs(module, [(name, v[None]) for name, v in fields if v is not None])
 
 
 def published_specs(config: Mapping) -> dict[str, dict]:
-    """``{version: pixels spec}`` from the front model's config (``get_model_config(..., as_json=True)``)."""
+    """``{version: pixels spec}`` from the client model's config (``get_model_config(..., as_json=True)``)."""
     raw = config.get("config", config).get("parameters", {}).get("preprocess", {}).get("string_value", "")
     try:
         specs = json.loads(raw) if raw else {}
@@ -184,17 +184,16 @@ def published_specs(config: Mapping) -> dict[str, dict]:
 
 def spec_mismatch(err: EditGuardError) -> bool:
     """The server refused pixels prepared for another version's preprocessing."""
-    return isinstance(err, InvalidInputError) and "PIXELS_SPEC" in str(err)
+    return isinstance(err, InvalidInputError) and PIXELS_SPEC in str(err)
 
 
 # -- responses and errors ---------------------------------------------------------------------
 def make_verdict(result, model: str, latency_ms: float, item_id: str | None) -> Verdict:
-    scores = result.as_numpy("SCORES")[0]
-    flagged = result.as_numpy("FLAGGED")[0]
-    labels = [x.decode() if isinstance(x, bytes) else str(x) for x in result.as_numpy("LABELS")[0]]
+    scores, flagged, unsafe, labels = (result.as_numpy(name) for name in OUTPUTS)
+    labels = [x.decode() if isinstance(x, bytes) else str(x) for x in labels[0]]
     response = result.get_response()
-    return Verdict(bool(result.as_numpy("UNSAFE")[0, 0]), {k: float(v) for k, v in zip(labels, scores)},
-                   {k: bool(v) for k, v in zip(labels, flagged)}, response.model_name or model,
+    return Verdict(bool(unsafe[0, 0]), {k: float(v) for k, v in zip(labels, scores[0])},
+                   {k: bool(v) for k, v in zip(labels, flagged[0])}, response.model_name or model,
                    response.model_version, latency_ms, item_id)
 
 

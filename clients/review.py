@@ -53,15 +53,15 @@ class ReviewConfig:
 def resolve_thresholds(spec: str | None, labels: list[str], version: str) -> tuple[np.ndarray, str]:
     """Thresholds in ``labels`` order and where they came from: a thresholds.json, or a repository's
     installed file for ``version`` (0.5 where none is installed), or 0.5 everywhere."""
-    from ..model.thresholds import DEFAULT_THRESHOLD, load_thresholds, threshold_array
+    from ..model.repository import CLIENT_MODEL, DEFAULT_THRESHOLD, load_thresholds, threshold_array, version_dir
 
     if not spec:
         return np.full(len(labels), DEFAULT_THRESHOLD, np.float32), f"default {DEFAULT_THRESHOLD}"
     path = Path(spec)
     if path.is_dir():
-        vdir = path / "editguard" / version
+        vdir = version_dir(path, CLIENT_MODEL, version)
         if not vdir.is_dir():
-            raise FileNotFoundError(f"{path} has no editguard version {version!r} (the results' version)")
+            raise FileNotFoundError(f"{path} has no {CLIENT_MODEL} version {version!r} (the results' version)")
         src = vdir / "thresholds.json"
         return load_thresholds(vdir, labels), str(src) if src.exists() else f"{vdir} (none installed: 0.5)"
     if not path.exists():

@@ -5,7 +5,7 @@ Two backends (:mod:`editguard.clients.backends`), one output schema (:mod:`editg
 - ``--server URL``: through Triton with the thin client (the production path), with
   ``--concurrency`` requests in flight so Triton's dynamic batcher forms batches;
 - ``--repository REPO``: in-process, the exported version run by the served model's own code
-  (:class:`~editguard.model.served.ServedVersion`); no server, no torch.
+  (:class:`~editguard.serving.served.ServedVersion`); no server, no torch.
 
 and two engines: ``local`` (this process) and ``ray`` (a Ray Data actor pool, each actor holding
 one of the backends above; see :mod:`editguard.clients.ray_engine`). Either way this process
@@ -127,7 +127,7 @@ def _results(cfg: ScoreConfig, todo: list) -> Iterator[Scored]:
 def _report(rows: list[dict]) -> dict | None:
     if not rows or rows[0].get("labels") is None:
         return None
-    from ..metrics import classification_report
+    from ..reports import classification_report
 
     labels, scores, y = results_arrays(rows)
     try:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .pbtxt import read_config
+from ..model.pbtxt import read_config
 
 __all__ = ["graph_tensors", "check_repository", "ONNX_TO_TRITON"]
 
@@ -139,11 +139,49 @@ def _ensemble_errors(path: Path, config, repo: Path, config_name: str) -> list[s
     return errors
 
 
+def _client_errors(path: Path, config, client_model: str) -> list[str]:
+    """A client model's config against the repository contract: the inputs and outputs clients send and read,
+    with their types (:data:`~editguard.model.repository.INPUT_TYPES`, ``OUTPUT_TYPES``)."""
+    from ..model.repository import OUTPUT_TYPES, PROMPT, client_inputs
+
+    errors = []
+    for kind, declared, expected in (("input", config.input, client_inputs(client_model)),
+                                     ("output", config.output, OUTPUT_TYPES)):
+        have = {t.name: t for t in declared}
+        for name, dtype in expected.items():
+            if name not in have:
+                errors.append(f"{path}: {kind} '{name}': the repository contract has it, the config does not declare "
+                              "it")
+            elif _type_name(have[name]) != dtype:
+                errors.append(f"{path}: {kind} '{name}': config says {_type_name(have[name])}, the contract {dtype}")
+            elif kind == "input" and have[name].optional != (name != PROMPT):
+                errors.append(f"{path}: input '{name}' must be {'optional' if name != PROMPT else 'required'}: a "
+                              "request carries encoded images or pixels, and always the prompt")
+        for name in sorted(set(have) - set(expected)):
+            errors.append(f"{path}: {kind} '{name}' is not in the repository contract for {client_model}")
+    return errors
+
+
+def _code_errors(model_dir: Path, version: str) -> list[str]:
+    """A Python-backend version runs the ``model.py`` export copied into it, which imports this editguard: a copy
+    from another release may not import (modules move between releases), so each must be the installed one's."""
+    from ..model.repository import CLASSIFIER, CLIENT_MODEL, CLIENT_MODELS, PREPARE, VERDICTS, templates_dir
+
+    code = model_dir / version / "model.py"
+    if not code.exists():
+        return []
+    template = CLIENT_MODEL if model_dir.name in (*CLIENT_MODELS, PREPARE, VERDICTS) else CLASSIFIER
+    if code.read_bytes() == (templates_dir() / template / "model.py").read_bytes():
+        return []
+    return [f"{code}: not the model.py of the installed editguard (exported by another release, whose imports may "
+            f"not resolve): export the model dir again, or copy {templates_dir() / template / 'model.py'} over it"]
+
+
 def check_repository(repository: str | Path, version: int | None = None, graphs: dict | None = None) -> list[str]:
     """Every mismatch between the configs of ``repository`` and the graphs they serve; empty when all agree.
     A config that does not parse is reported as such. ``version``: check the networks' graphs of that
     version only (the one an export just wrote). ``graphs``: a :func:`graph_tensors` cache to share."""
-    from ..model.served import versions
+    from ..model.repository import CLIENT_MODELS, versions
 
     repo = Path(repository)
     if not repo.is_dir():
@@ -159,10 +197,14 @@ def check_repository(repository: str | Path, version: int | None = None, graphs:
                 continue
             if config.name and config.name != model_dir.name:
                 errors.append(f"{path}: name '{config.name}' differs from its folder '{model_dir.name}'")
+            if model_dir.name in CLIENT_MODELS:
+                errors += _client_errors(path, config, model_dir.name)
             if config.platform == "ensemble":
                 errors += _ensemble_errors(path, config, repo, path.stem if path.parent.name == "configs" else "")
                 continue
             for v in [version] if version is not None else versions(repo, model_dir.name):
+                if path.name == "config.pbtxt" and config.backend == "python":
+                    errors += _code_errors(model_dir, str(v))
                 onnx_path = model_dir / str(v) / "model.onnx"
                 if onnx_path.exists() and (config.backend in ("python", "onnxruntime", "tensorrt") or
                                            config.platform in ("onnxruntime_onnx", "tensorrt_plan")):

@@ -63,7 +63,11 @@ def create_model(
             vocab = load_tokenizer(tok_dir, cfg.preprocess.max_tokens).get_vocab_size(with_added_tokens=True)
         else:
             vocab = build_tokenizer(cfg.text_encoder, prompts, tok_dir)
-        net = build_network(cfg, vocab_size=vocab, new=True)
+        net = build_network(cfg, vocab_size=vocab)
+        if cfg.use_input_image or cfg.use_output_image:  # a new model normalises as its image tower was trained to
+            mean, std = net.image.input_contract()
+            cfg.preprocess = dataclasses.replace(cfg.preprocess, mean=mean, std=std)
+            net.image.set_normalization(mean, std)
     except OSError as e:  # the hub's and timm's "can't download" errors (offline, unreachable, not cached)
         from .weight_pack import hub_files, unavailable
 
@@ -128,7 +132,7 @@ def load_model_dir(path: str | Path, device: str = "cpu"):
     # architecture only: weights come from model.safetensors, never from the hub
     build_cfg = dataclasses.replace(cfg, image_encoder=dataclasses.replace(cfg.image_encoder, pretrained=False))
     text_cfg = AutoConfig.from_pretrained(str(path / "text_encoder")) if cfg.use_prompt else None
-    net = build_network(build_cfg, text_hf_config=text_cfg, new=False)
+    net = build_network(build_cfg, text_hf_config=text_cfg)
     net.cfg = cfg
     missing, unexpected = load_model(net, str(path / "model.safetensors"), strict=True, device=device)
     net.to(device).eval()

@@ -49,6 +49,18 @@ class ImageTower(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, 3, 1, 1) * 255.0), persistent=False)
 
+    def input_contract(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The backbone's own (mean, std) from timm's pretrained cfg: what a new model's preprocessing takes."""
+        from timm.data import resolve_data_config
+
+        dc = resolve_data_config(model=self.backbone)
+        return tuple(dc["mean"][:3]), tuple(dc["std"][:3])
+
+    def set_normalization(self, mean, std) -> None:
+        """Normalise with ``mean`` and ``std`` (per channel, on the 0..1 scale) from now on."""
+        self.mean.copy_(torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
+        self.inv_std.copy_(1.0 / (torch.tensor(std).view(1, 3, 1, 1) * 255.0))
+
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         """``uint8 [B, S, S, 3]`` -> normalised ``float32 [B, 3, S, S]``."""
         return (image.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
@@ -106,7 +118,6 @@ class TextTower(nn.Module):
         self.pooling, self.normalize, self.noise = cfg.pooling, cfg.normalize, cfg.embedding_noise
         self.hidden_size = self.encoder.config.hidden_size
         self.frozen = cfg.freeze
-        self._cache: dict[bytes, torch.Tensor] = {}  # frozen tower: pooled embedding by token ids (eager only)
         if self.frozen:
             self.encoder.requires_grad_(False)
 
@@ -129,27 +140,16 @@ class TextTower(nn.Module):
         return nn.functional.normalize(e, dim=-1) if self.normalize else e
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        e = self._embed(input_ids, attention_mask)
+        return self.jitter(self.encode(input_ids, attention_mask))
+
+    def jitter(self, e: torch.Tensor) -> torch.Tensor:
+        """In training only, the embedding noise (``text_encoder.embedding_noise``) on a pooled embedding, whether
+        this tower just computed it or a :class:`~editguard.model.prompt_cache.PromptCache` kept it."""
         if self.training and self.noise:
             e = e + self.noise * torch.randn_like(e)
             if self.normalize:
                 e = nn.functional.normalize(e, dim=-1)
         return e
-
-    def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-        if not self.frozen or tracing:
-            return self.encode(input_ids, attention_mask)
-        # frozen, eager: the same prompt always gives the same embedding, so compute each one once
-        keys = [r.tobytes() for r in torch.cat([input_ids, attention_mask], 1).cpu().numpy()]
-        todo = [i for i, k in enumerate(keys) if k not in self._cache]
-        if todo:
-            with torch.no_grad():
-                new = self.encode(input_ids[todo], attention_mask[todo])
-            if len(self._cache) + len(todo) > 200_000:
-                self._cache.clear()
-            self._cache.update({keys[i]: e for i, e in zip(todo, new)})
-        return torch.stack([self._cache[k] for k in keys])
 
 
 class FusionHead(nn.Module):
@@ -347,10 +347,11 @@ class EditGuardNet(nn.Module):
         return b.mlp(x)
 
     def _text(self, input_ids, attention_mask, prompt_embedding) -> torch.Tensor | None:
-        """The prompt tower's pooled embedding (or the one given), before any projection."""
+        """The prompt tower's pooled embedding (or the one given: the exported classifier's input, or a
+        :class:`~editguard.model.prompt_cache.PromptCache`'s), before any projection."""
         if not self.cfg.use_prompt:
             return None
-        return self.text(input_ids, attention_mask) if prompt_embedding is None else prompt_embedding
+        return self.text(input_ids, attention_mask) if prompt_embedding is None else self.text.jitter(prompt_embedding)
 
     def _fused(self, parts: nn.Module, input_image, output_image, mask, text) -> torch.Tensor:
         """The fused features from ``parts``' towers and projections: this network's, or a branch's own."""
@@ -403,21 +404,7 @@ class PromptWrapper(nn.Module):
         return self.text.encode(input_ids, attention_mask)
 
 
-def build_network(
-    cfg: ModelConfig, vocab_size: int | None = None, text_hf_config=None, *, new: bool = True
-) -> EditGuardNet:
-    """Build the network.
-
-    ``new=True`` (a fresh model) takes the input contract (mean, std) from
-    timm's pretrained cfg into ``cfg.preprocess``; a reload (``new=False``)
-    keeps the stored one.
-    """
-    net = EditGuardNet(cfg, vocab_size=vocab_size, text_hf_config=text_hf_config)
-    if new and (cfg.use_output_image or cfg.use_input_image):
-        from timm.data import resolve_data_config
-
-        dc = resolve_data_config(model=net.image.backbone)
-        cfg.preprocess.mean, cfg.preprocess.std = tuple(dc["mean"][:3]), tuple(dc["std"][:3])
-        net.image.mean.copy_(torch.tensor(cfg.preprocess.mean).view(1, 3, 1, 1) * 255.0)
-        net.image.inv_std.copy_(1.0 / (torch.tensor(cfg.preprocess.std).view(1, 3, 1, 1) * 255.0))
-    return net
+def build_network(cfg: ModelConfig, vocab_size: int | None = None, text_hf_config=None) -> EditGuardNet:
+    """The network of ``cfg`` as it stands: its preprocessing's mean and std included (a new model takes them
+    from timm first: :meth:`ImageTower.input_contract`, in ``create_model``)."""
+    return EditGuardNet(cfg, vocab_size=vocab_size, text_hf_config=text_hf_config)

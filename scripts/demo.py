@@ -25,7 +25,7 @@ EPOCHS = 10  # the demo model's training epochs: 6 lost most of unintended chang
 
 def serve_score_calibrate(out: Path, repo: Path) -> None:
     """Serve the repository, score over gRPC, calibrate and install thresholds, re-score, print verdicts."""
-    from editguard.export.triton import TritonServer, free_port
+    from editguard.serving.triton import TritonServer, free_port
 
     print(f"\n$ editguard serve --repository {repo}   (started in-process on free ports)", flush=True)
     with TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as server:

@@ -85,7 +85,7 @@ def labels_and_meta(manifest: Path, names: list[str]) -> tuple[np.ndarray, list[
 
 def auroc_report(y: np.ndarray, p: np.ndarray, names: list[str]) -> dict:
     """Macro and per-category AUROC from :func:`classification_report` (NaN where one class is absent)."""
-    from editguard.metrics import classification_report
+    from editguard.reports import classification_report
 
     r = classification_report(y, p, names)
     return {"macro": r["macro"]["auroc"], "per_category": {n: m["auroc"] for n, m in r["per_category"].items()}}

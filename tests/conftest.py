@@ -1,5 +1,5 @@
 """Shared fixtures: small synthetic data sets, one tiny trained model and a real Triton, built once per
-session, plus the helpers the tests share (as fixtures: ``encode``, ``png``, ``read_jsonl``,
+session, plus the helpers the tests share (as fixtures: ``encode``, ``png``, ``read_jsonl``, ``served_metrics``,
 ``subset_manifest``, ``manifest_with_a_bad_item``, ``triple_bytes``, ``model_stats``,
 ``stand_in_weights``).
 
@@ -16,9 +16,16 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import shutil
 import struct
+import subprocess
+import sys
+import sysconfig
 import tempfile
+import urllib.request
 import zlib
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -63,7 +70,7 @@ def tiny_model_dir(synth_sets, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def repository(tiny_model_dir, tmp_path_factory) -> Path:
     """A Triton repository with versions 1 and 2 of the tiny model (FP32)."""
-    from editguard.export.repository import ExportConfig, export_version
+    from editguard.export.writer import ExportConfig, export_version
 
     repo = tmp_path_factory.mktemp("repo")
     for _ in range(2):
@@ -74,7 +81,7 @@ def repository(tiny_model_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def triton(repository):
     """A real Triton (the nvidia-pytriton binary here) serving ``repository`` on free loopback ports."""
-    from editguard.export.triton import TritonServer, free_port
+    from editguard.serving.triton import TritonServer, free_port
 
     server = TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     server.start(timeout=180)
@@ -100,7 +107,7 @@ def _fast_tests_stay_fast(request, monkeypatch):
     """A test not marked slow may not start Triton or train a model."""
     if request.node.get_closest_marker("slow"):
         return
-    from editguard.export.triton import TritonServer
+    from editguard.serving.triton import TritonServer
 
     def refuse(what):
         def fail(*args, **kw):
@@ -109,7 +116,8 @@ def _fast_tests_stay_fast(request, monkeypatch):
         return fail
 
     monkeypatch.setattr(TritonServer, "start", refuse("starts Triton"))
-    monkeypatch.setattr("editguard.training.train._fit", refuse("trains a model"))
+    monkeypatch.setattr("editguard.training.train.fit", refuse("trains a model"))
+    monkeypatch.setattr("editguard.training.grow.fit", refuse("trains a model"))
 
 
 @pytest.fixture(scope="session")
@@ -220,3 +228,87 @@ def triple_bytes():
                  "output": (root / r["output_image"]).read_bytes(), "mask": (root / r["mask"]).read_bytes(),
                  "prompt": r["prompt"], "labels": r["labels"]} for r in _read_jsonl(manifest)[start:start + n]]
     return read
+
+
+_METRIC_LINE = re.compile(r'^(\w+)(?:\{(.*)\})?\s+(\S+)$')
+
+
+def _scrape(server) -> dict[str, dict[frozenset, float]]:
+    """``/metrics`` as {name: {frozenset of (label, value): sample}}."""
+    text = urllib.request.urlopen(f"http://{server.host}:{server.metrics_port}/metrics", timeout=10).read().decode()
+    out: dict[str, dict[frozenset, float]] = defaultdict(dict)
+    for line in text.splitlines():
+        m = _METRIC_LINE.match(line)
+        if m and not line.startswith("#"):
+            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+            out[m.group(1)][labels] = float(m.group(3))
+    return out
+
+
+def _metric_value(metrics, name: str, **labels) -> float:
+    want = {(k, str(v)) for k, v in labels.items()}
+    return sum(v for k, v in metrics.get(name, {}).items() if want <= k)
+
+
+@pytest.fixture(scope="session")
+def served_metrics():
+    """``(scrape, value)``: ``scrape(server)`` reads a Triton's ``/metrics``; ``value(metrics, name, **labels)`` sums
+    the samples of ``name`` whose labels include ``labels``."""
+    return _scrape, _metric_value
+
+
+# -- what users install: a wheel built from the tracked files, in a venv of its own ---------------
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def setup_folders() -> dict[str, str]:
+    """setup.py's FOLDERS (package -> folder), read without running setup()."""
+    import ast
+
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "FOLDERS")
+    return ast.literal_eval(node.value)
+
+
+def _tracked() -> list[str]:
+    """The repository's tracked files (the wheel is built from these alone)."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("the wheel is built from the tracked files: needs git and a clone")
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    return [p for p in out.decode().split("\0") if p and (ROOT / p).is_file()]
+
+
+@pytest.fixture(scope="session")
+def tracked_files() -> list[str]:
+    return _tracked()
+
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory) -> Path:
+    """editguard's wheel, built (no isolation, no network) from a copy of the tracked files only."""
+    src = tmp_path_factory.mktemp("wheel-src")
+    for rel in _tracked():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, src / rel)
+    dist = tmp_path_factory.mktemp("dist")
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+                        "--no-index", "-q", "-w", str(dist)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return next(dist.glob("editguard-*.whl"))
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(built_wheel, tmp_path_factory) -> Path:
+    """A fresh venv with the wheel installed non-editable. The test venv's packages (torch, onnxruntime,
+    the Triton binary) are reachable behind it through a .pth file, so nothing heavy is installed twice;
+    the test venv's own editguard is an editable install, whose finder a .pth path line does not load."""
+    venv = tmp_path_factory.mktemp("wheel-venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                        "--no-deps", "--no-index", str(built_wheel)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                                "['purelib'])"], capture_output=True, text=True, check=True).stdout.strip())
+    (site / "zz-test-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return venv

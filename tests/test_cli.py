@@ -55,7 +55,8 @@ def test_exit_codes_tell_usage_from_errors_from_failed_checks(tmp_path, capsys):
     bad.mkdir(parents=True)
     (bad.parent / "config.pbtxt").write_text(
         'name: "editguard_classifier"\nbackend: "onnxruntime"\nmax_batch_size: 8\n'
-        'input [ { name: "x" data_type: TYPE_FP32 dims: [ 3 ] } ]\noutput [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]\n')
+        'input [ { name: "x" data_type: TYPE_FP32 dims: [ 3 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]\n')
     (bad / "model.onnx").write_bytes(_onnx_graph())
     assert main(["check-repository", str(tmp_path / "repo"), "--json", str(tmp_path / "check.json")]) == 1
     doc = json.loads((tmp_path / "check.json").read_text())
@@ -64,7 +65,6 @@ def test_exit_codes_tell_usage_from_errors_from_failed_checks(tmp_path, capsys):
 
 def _onnx_graph() -> bytes:
     """A one-node ONNX graph with input ``x`` [B, 4] and output ``y`` [B, 4]: dims that disagree with the config."""
-    import onnx
     from onnx import TensorProto, helper
 
     g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",

@@ -16,14 +16,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from editguard.clients import (AsyncEditGuardClient, EditGuardClient, InvalidInputError, ServerUnavailableError,
-                               Triple, Verdict)
+from editguard.cli import main
+from editguard.clients import (
+    AsyncEditGuardClient,
+    EditGuardClient,
+    InvalidInputError,
+    ServerUnavailableError,
+    Triple,
+    Verdict,
+)
 from editguard.clients.calibrate import Target, UnmetTargetError, calibrate, choose_threshold
 from editguard.clients.results import ResultWriter, read_results, results_arrays
 from editguard.clients.score import ScoreConfig, score
-from editguard.cli import main
-from editguard.export.triton import TritonServer, free_port
-
+from editguard.serving.triton import TritonServer, free_port
 
 
 def test_thin_client_imports_no_torch():

@@ -124,7 +124,7 @@ def test_the_resources_fit_each_other_and_the_entrypoint(rendered):
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
     # Triton's --exit-timeout-secs (what `serve` passes) fits in the grace period: requests in flight finish
-    from editguard.export.triton import TritonServer
+    from editguard.serving.triton import TritonServer
 
     assert pod["spec"]["terminationGracePeriodSeconds"] > TritonServer("/models").exit_timeout_s
     svc = k["Service"]
@@ -159,7 +159,7 @@ def test_monitoring_rules_are_the_documented_ones_and_parse(rendered):
               for r in adapter]
     for e in exprs:
         promql_parser.parse(e)  # raises ValueError naming the problem
-    served = (ROOT / "export" / "metrics.py").read_text()
+    served = (ROOT / "serving" / "prometheus.py").read_text()
     for name in {n for e in exprs for n in re.findall(r"\b(editguard_[a-z_]+?)(?:_bucket|_sum|_count)?\b", e)}:
         assert f'"{name}"' in served, f"{name} is not a series editguard exports"
     print(f"\n{len(exprs)} PromQL expressions parse; the alert rules match docs/operations.md")
@@ -173,7 +173,7 @@ def test_the_entrypoint_becomes_triton_with_serves_flags(repository, synth_sets,
     import tritonclient.grpc as grpcclient
 
     from editguard.clients import EditGuardClient
-    from editguard.export.triton import TritonServer, free_port
+    from editguard.serving.triton import TritonServer, free_port
 
     key_file = tmp_path / "secrets" / "admin-key"
     key_file.parent.mkdir()

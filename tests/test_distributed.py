@@ -33,7 +33,6 @@ import numpy as np
 import pytest
 import torch
 
-
 ARCH = {
     "image_encoder": {"name": "test_convnext"},
     "text_encoder": {"tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,

@@ -16,10 +16,10 @@ import pytest
 from editguard.clients import EditGuardClient, EditGuardError
 from editguard.clients.results import read_results
 from editguard.clients.score import ScoreConfig, score
-from editguard.export.control import roll_out
-from editguard.export.repository import FRONT, ExportConfig, export_version
-from editguard.export.triton import TritonServer, free_port
-
+from editguard.export.writer import ExportConfig, export_version
+from editguard.model.repository import CLIENT_MODEL
+from editguard.serving.control import roll_out
+from editguard.serving.triton import TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,7 +86,7 @@ def test_zero_downtime_version_update_across_two_replicas(tiny_model_dir, synth_
         for url in urls:
             with conn.grpc_client(url) as c:
                 ready.append({m.version for m in c.get_model_repository_index(headers=conn.admin_headers()).models
-                              if m.name == FRONT and m.state == "READY"})
+                              if m.name == CLIENT_MODEL and m.state == "READY"})
     assert failures == [], failures[:3]
     assert {"1", "2", "3"} <= set(seen) and seen[-1] == "3" and all(seen)
     assert ready == [{"2", "3"}, {"2", "3"}]
@@ -95,7 +95,7 @@ def test_zero_downtime_version_update_across_two_replicas(tiny_model_dir, synth_
 
 
 def test_short_soak(repository, synth_sets, triple_bytes):
-    from editguard.soak import soak
+    from editguard.benchmarks.soak import soak
 
     triples = triple_bytes(synth_sets["test"], 16)
     report = soak(str(repository), triples, clients=8, seconds=8, warmup=3, interval=0.5)
@@ -105,7 +105,7 @@ def test_short_soak(repository, synth_sets, triple_bytes):
 
 
 def test_soak_verdict_is_the_slope_after_warm_up_not_the_warm_up():
-    from editguard.soak import leak_verdict
+    from editguard.benchmarks.soak import leak_verdict
 
     rng = np.random.default_rng(0)
     flat = [(n, 272 + rng.normal(0, 1.5)) for n in range(0, 200_000, 5_000)]  # after 50 MB of warm-up
@@ -121,8 +121,8 @@ def test_soak_verdict_is_the_slope_after_warm_up_not_the_warm_up():
 
 @pytest.mark.soak
 def test_long_soak(repository, synth_sets, triple_bytes):
-    """The heavier soak; run it with `pytest -m soak` or `python -m editguard.soak`."""
-    from editguard.soak import soak
+    """The heavier soak; run it with `pytest -m soak` or `python -m editguard.benchmarks.soak`."""
+    from editguard.benchmarks.soak import soak
 
     report = soak(str(repository), triple_bytes(synth_sets["test"], 32), clients=32, seconds=300)
     assert report["errors"] == 0 and not report["leak"], report

@@ -17,12 +17,14 @@ from editguard.cli import main
 from editguard.clients import EditGuardClient
 from editguard.clients.client import build_inputs
 from editguard.export.check import check_repository
-from editguard.export.control import load_models
-from editguard.export.repository import CLASSIFIER, FRONT, ExportConfig, export_version, read_config, write_config
-from editguard.export.triton import TritonServer, free_port
-from editguard.model.served import PREPARE, PROMPTS, VERDICTS, ServedVersion
+from editguard.export.writer import ExportConfig, export_version
+from editguard.model.pbtxt import read_config, write_config
+from editguard.model.repository import CLASSIFIER, CLIENT_MODEL, PREPARE, PROMPTS, VERDICTS
+from editguard.serving.control import load_models
+from editguard.serving.served import ServedVersion
+from editguard.serving.triton import TritonServer, free_port
 
-PROMPT = PROMPTS[FRONT]
+PROMPT = PROMPTS[CLIENT_MODEL]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def ensemble(frozen_model, tmp_path_factory):
 
 def _infer(url: str, t: dict, corrupt: bool = False):
     with grpcclient.InferenceServerClient(url) as c:
-        return c.infer(FRONT, build_inputs(grpcclient, t["input"], t["prompt"], t["output"][:60] if corrupt
+        return c.infer(CLIENT_MODEL, build_inputs(grpcclient, t["input"], t["prompt"], t["output"][:60] if corrupt
                                            else t["output"], t["mask"]))
 
 
@@ -70,7 +72,7 @@ def test_a_frozen_prompt_tower_is_exported_as_its_own_model(ensemble, few_triple
     clf = read_config(repo / CLASSIFIER / "configs" / "onnxruntime.pbtxt")
     assert [i.name for i in clf.input][-1] == "prompt_embedding" and "input_ids" not in [i.name for i in clf.input]
     assert read_config(repo / PROMPT / "config.pbtxt").response_cache.enable
-    steps = read_config(repo / FRONT / "configs" / "ensemble.pbtxt").ensemble_scheduling.step
+    steps = read_config(repo / CLIENT_MODEL / "configs" / "ensemble.pbtxt").ensemble_scheduling.step
     assert [s.model_name for s in steps] == [PREPARE, PROMPT, CLASSIFIER, VERDICTS]
     meta = json.loads((repo / CLASSIFIER / "2" / "export.json").read_text())
     assert meta["parity_fp16"]["max_abs_prob"] <= 1e-2  # over the chain: prompt graph into classifier graph
@@ -100,8 +102,9 @@ def test_ensemble_serves_the_inline_scores_and_caches_prompts(ensemble, few_trip
     assert after["inferences"] - before["inferences"] <= distinct  # the tower ran once per distinct prompt
     # the pixels path: the client reads the version's preprocessing from the ensemble's parameters
     with EditGuardClient(ensemble.grpc_url) as guard:
-        from PIL import Image
         import io
+
+        from PIL import Image
 
         t = triples[0]
         src, out, mask = (Image.open(io.BytesIO(t[k])) for k in ("input", "output", "mask"))
@@ -110,9 +113,9 @@ def test_ensemble_serves_the_inline_scores_and_caches_prompts(ensemble, few_trip
         assert list(v.scores.values()) == pytest.approx(expected[0].tolist(), abs=1e-6)
 
 
-def test_one_corrupt_upload_in_a_batch_fails_alone(ensemble, few_triples, triple_bytes, model_stats):
-    """...and the steps count it all under model="editguard", as the inline front does."""
-    from tests.test_operations import scrape, value
+def test_one_corrupt_upload_in_a_batch_fails_alone(ensemble, few_triples, triple_bytes, model_stats, served_metrics):
+    """...and the steps count it all under model="editguard", as the inline client model does."""
+    scrape, value = served_metrics
 
     triples = triple_bytes(few_triples, 12)
     before = _stats(model_stats, ensemble, PREPARE)
@@ -139,9 +142,9 @@ def test_one_corrupt_upload_in_a_batch_fails_alone(ensemble, few_triples, triple
 
 
 def test_thresholds_take_effect_without_a_reload(ensemble, few_triples, triple_bytes):
-    path = Path(ensemble.repository) / FRONT / "2" / "thresholds.json"
+    path = Path(ensemble.repository) / CLIENT_MODEL / "2" / "thresholds.json"
     t = triple_bytes(few_triples, 1)[0]
-    labels = (Path(ensemble.repository) / FRONT / "labels.txt").read_text().split()
+    labels = (Path(ensemble.repository) / CLIENT_MODEL / "labels.txt").read_text().split()
     try:
         path.write_text(json.dumps({"categories": {c: {"threshold": 0.0} for c in labels}}))
         assert _infer(ensemble.grpc_url, t).as_numpy("FLAGGED").all()
@@ -162,7 +165,7 @@ def test_roll_out_a_version_through_the_ensemble(frozen_model, few_triples, trip
         first = _infer(server.grpc_url, t)
         assert first.get_response().model_version == "1"
         r = export_version(ExportConfig(model_dir=str(frozen_model), repository=str(repo), max_batch=16))
-        assert r.models == [PROMPT, CLASSIFIER, PREPARE, VERDICTS, FRONT]
+        assert r.models == [PROMPT, CLASSIFIER, PREPARE, VERDICTS, CLIENT_MODEL]
         load_models(server.grpc_url, connection=server.connection())
         second = _infer(server.grpc_url, t)
         assert second.get_response().model_version == "2"
@@ -218,10 +221,12 @@ def test_check_repository_catches_each_kind_of_mismatch(ensemble, tmp_path, caps
         (CLASSIFIER, "onnxruntime.pbtxt", resize, "input 'input_image': config dims [96, 96, 3], model.onnx (version "
                                                   "1) has [64, 64, 3] per item"),
         (PROMPT, "config.pbtxt", rename, "editguard_prompt/config.pbtxt: input 'pixels'"),
-        (FRONT, "onnxruntime.pbtxt", unmapped, "step 3 (editguard_classifier): required input 'prompt_embedding'"),
-        (FRONT, "ensemble.pbtxt", unknown_tensor, "step 4 (editguard_verdicts) reads tensor 'scores', which neither"),
-        (FRONT, "ensemble.pbtxt", no_output, "output 'UNSAFE': no step of the ensemble produces it"),
-        (FRONT, "tensorrt.pbtxt", missing_step, "step 2: model 'editguard_text' is not in"),
+        (CLIENT_MODEL, "onnxruntime.pbtxt", unmapped,
+         "step 3 (editguard_classifier): required input 'prompt_embedding'"),
+        (CLIENT_MODEL, "ensemble.pbtxt", unknown_tensor,
+         "step 4 (editguard_verdicts) reads tensor 'scores', which neither"),
+        (CLIENT_MODEL, "ensemble.pbtxt", no_output, "output 'UNSAFE': no step of the ensemble produces it"),
+        (CLIENT_MODEL, "tensorrt.pbtxt", missing_step, "step 2: model 'editguard_text' is not in"),
     ]
     for k, (model, name, edit, expected) in enumerate(cases):
         errors = _broken(repo, tmp_path / f"broken{k}", model, name, edit)
@@ -237,7 +242,10 @@ def test_check_repository_catches_each_kind_of_mismatch(ensemble, tmp_path, caps
         v.type.tensor_type.shape.dim[0].dim_value = 4
     onnx.save(g, str(copy / PROMPT / "1" / "model.onnx"))
     (copy / VERDICTS / "config.pbtxt").write_text("name: \"editguard_verdicts\"\ninput [ { name: ")
+    old_code = copy / PREPARE / "1" / "model.py"  # as an older release exported it
+    old_code.write_text(old_code.read_text().replace("editguard.serving.served", "editguard.model.served"))
     errors = check_repository(copy)
+    assert any(f"{old_code}: not the model.py of the installed editguard" in e for e in errors), errors
     assert any("max_batch_size 16, but model.onnx (version 1)'s batch axis is fixed at 4" in e for e in errors), errors
     assert any("editguard_verdicts/config.pbtxt: not a valid Triton model config" in e for e in errors), errors
     capsys.readouterr()
@@ -249,7 +257,7 @@ def test_check_repository_catches_each_kind_of_mismatch(ensemble, tmp_path, caps
 @pytest.mark.slow  # it calls TritonServer.start, which the fast tier refuses
 def test_the_native_graphs_need_nvidias_triton(tmp_path):
     """The nvidia-pytriton binary has only the Python backend: asking it for a native graph says what to do."""
-    from editguard.export.triton import TritonError
+    from editguard.serving.triton import TritonError
 
     if shutil.which("tritonserver"):
         pytest.skip("NVIDIA's tritonserver is on PATH here: the native graphs may load")

@@ -13,8 +13,8 @@ import torch
 
 from editguard.cli import main
 from editguard.clients import EditGuardClient
-from editguard.export.triton import TritonServer, free_port
 from editguard.model.taxonomy import Taxonomy, appended_categories, default_taxonomy
+from editguard.serving.triton import TritonServer, free_port
 from editguard.training.grow import grow_network
 
 NEW = "gore_on_person"
@@ -121,7 +121,7 @@ def test_the_review_overlay_supplies_the_new_labels(grown, tiny_model_dir, capsy
 
 def test_a_grown_model_serves_beside_its_parent_and_calibrates_alone(grown, tiny_model_dir, synth_sets, tmp_path,
                                                                       monkeypatch, triple_bytes):
-    from editguard.clients.calibrate import install_thresholds
+    from editguard.model.repository import install_thresholds
 
     root, _ = grown
     model = root / "model"

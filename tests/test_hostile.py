@@ -17,10 +17,9 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from editguard.clients.protocol import build_inputs, encode_image
-from editguard.export.repository import CLASSIFIER, FRONT
 from editguard.model.config import PreprocessConfig
 from editguard.model.preprocess import PreprocessError, Preprocessor
-
+from editguard.model.repository import CLASSIFIER, CLIENT_MODEL
 
 
 def scene(w: int = 96, h: int = 96, seed: int = 0) -> Image.Image:
@@ -82,7 +81,7 @@ def send(url: str, src, out, prompt, mask):
     with grpcclient.InferenceServerClient(url) as c:
         ins = build_inputs(grpcclient, src, "", out, mask)
         ins[2].set_data_from_numpy(np.array([[prompt_bytes]], dtype=np.object_))  # raw bytes, even invalid UTF-8
-        return c.infer(FRONT, ins)
+        return c.infer(CLIENT_MODEL, ins)
 
 
 def test_hostile_inputs_get_clear_errors_and_the_server_stays_healthy(triton, synth_sets, triple_bytes, encode,
@@ -104,7 +103,7 @@ def test_hostile_inputs_get_clear_errors_and_the_server_stays_healthy(triton, sy
         again = send(triton.grpc_url, good["input"], good["output"], good["prompt"], None).as_numpy("SCORES")
         np.testing.assert_allclose(again, reference, atol=1e-6, err_msg=f"after {name}")
     with grpcclient.InferenceServerClient(triton.grpc_url) as c:
-        assert c.is_server_live() and c.is_server_ready() and c.is_model_ready(FRONT) and c.is_model_ready(CLASSIFIER)
+        assert c.is_server_live() and c.is_server_ready() and c.is_model_ready(CLIENT_MODEL) and c.is_model_ready(CLASSIFIER)
     print(f"hostile inputs: {tried} tried, {errors} clear errors, {tried - errors} handled, 0 server failures")
 
 
@@ -115,8 +114,8 @@ def raw(name: str, arr: np.ndarray, dtype: str) -> grpcclient.InferInput:
 
 
 @pytest.mark.parametrize("model, build, words", [
-    (FRONT, lambda: [raw("INPUT_IMAGE", np.zeros((1, 1), np.float32), "FP32")], "INPUT_IMAGE"),
-    (FRONT, lambda: [raw("PROMPT", np.array([[b"x"]], dtype=np.object_), "BYTES")], "needs INPUT_IMAGE and OUTPUT_IMAGE (encoded images), or INPUT_PIXELS"),
+    (CLIENT_MODEL, lambda: [raw("INPUT_IMAGE", np.zeros((1, 1), np.float32), "FP32")], "INPUT_IMAGE"),
+    (CLIENT_MODEL, lambda: [raw("PROMPT", np.array([[b"x"]], dtype=np.object_), "BYTES")], "needs INPUT_IMAGE and OUTPUT_IMAGE (encoded images), or INPUT_PIXELS"),
     (CLASSIFIER, lambda: [raw("input_image", np.zeros((1, 64, 64, 3), np.float32), "FP32")], "input_image"),
     (CLASSIFIER, lambda: [raw(n, np.zeros((1, 32, 32, 3) if "image" in n else (1, 32, 32) if n == "mask" else (1, 24),
                                             np.uint8 if n in ("input_image", "output_image", "mask") else np.int64),

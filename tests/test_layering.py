@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,21 +18,42 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = {"editguard": "editguard", "model": "editguard.model", "training": "editguard.training",
-           "export": "editguard.export", "clients": "editguard.clients",
-           "model_repository": "editguard.model_repository"}
-CORE = ("editguard.files", "editguard.manifest", "editguard.metrics", "editguard.connection", "editguard.progress")
-STAGES = ("editguard.model", "editguard.training", "editguard.export", "editguard.clients")
+
+
+def _layout() -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """docs/design.md's layout table, the one statement of the rule: ``{folder: package}`` and ``{package (or
+    module): what it must not import}``. Names in the last column are folders (their packages) or third-party
+    packages."""
+    text = (ROOT / "docs" / "design.md").read_text()
+    table = text[text.index("## Layout"):text.index("## Manifest")]
+    folders, forbidden, rows = {}, {}, []
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`") and "(not Python)" not in cells[1]:
+            rows.append(([n.strip("/") for n in re.findall(r"`([^`]+)`", cells[0])], re.findall(r"`([^`]+)`", cells[1]),
+                         re.findall(r"`([^`]+)`", cells[3])))
+    for paths, packages, _ in rows:
+        for path, package in zip(paths, packages):
+            if not path.endswith(".py"):
+                folders[path] = package
+    named = {path.split("/")[-1]: package for path, package in folders.items()}
+    for _, packages, banned in rows:
+        for package in packages:
+            forbidden[package] = tuple(named.get(b, b) for b in banned)
+    return folders, forbidden
+
+
+FOLDERS, FORBIDDEN = _layout()
+CORE = tuple(m for m in (f"editguard.{p.stem}" for p in sorted((ROOT / "editguard").glob("*.py")))
+             if m not in ("editguard.__init__", "editguard.__main__", "editguard.cli"))
 HEAVY = ("torch", "torchvision", "timm", "transformers")
-# what each part of the package must not import (docs/design.md, "Layout")
-FORBIDDEN = {
-    **{m: STAGES for m in CORE},  # the shared bottom: atomic files, manifests, metrics, connections, progress
-    "editguard.model": ("editguard.training", "editguard.export", "editguard.clients"),
-    "editguard.training": ("editguard.export", "editguard.clients"),
-    "editguard.export": ("editguard.training", "editguard.clients"),
-    "editguard.clients": ("editguard.training", "editguard.export", *HEAVY),
-    "editguard.model_repository": ("editguard.training", "editguard.clients"),
-}
+
+
+def test_the_layout_table_is_setup_pys_map(setup_folders):
+    assert {f: p for f, p in FOLDERS.items() if "/" not in f} == {folder: p for p, folder in setup_folders.items()}
+    assert FORBIDDEN["editguard.clients"][-len(HEAVY):] == HEAVY  # the thin client stays thin
+    assert "editguard.serving" in FORBIDDEN["editguard.export"]  # export builds; it runs no serving code
+    assert "editguard.training" in FORBIDDEN["editguard.serving"]
 
 
 def _modules() -> dict[str, Path]:
@@ -139,3 +161,28 @@ def test_every_module_imports_in_a_fresh_interpreter():
         r = subprocess.run([sys.executable, "-c", code, *reversed(names)], capture_output=True, text=True,
                            timeout=300)
         assert r.returncode == 0, f"importing {folder}/ failed:\n{r.stderr[-2000:]}"
+
+
+GRIMP = """
+import json, grimp
+graph = grimp.build_graph("editguard", cache_dir=None)
+rooms = sorted(m for m in graph.modules if m.count(".") == 1 and graph.find_children(m))
+print(json.dumps({a: sorted(b for b in rooms if b != a and graph.direct_import_exists(importer=a, imported=b,
+                                                                                  as_packages=True)) for a in rooms}))
+"""
+
+
+@pytest.mark.slow  # a wheel install: grimp walks the files of an installed package, which an editable one hides
+def test_an_import_graph_tool_draws_the_rooms_as_the_table_says(wheel_venv, tmp_path):
+    """grimp, which follows imports by path, on the installed wheel: the arrows between the folders."""
+    r = subprocess.run([str(wheel_venv / "bin" / "python"), "-c", GRIMP], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    arrows = json.loads(r.stdout)
+    print("\n" + "\n".join(f"{a} -> {', '.join(b) or '(nothing)'}" for a, b in arrows.items()))
+    assert {"editguard.model", "editguard.serving", "editguard.clients", "editguard.benchmarks"} <= set(arrows)
+    broken = [f"{a} -> {b}" for a, bs in arrows.items() for b in bs
+              if any(b == f or b.startswith(f + ".") for f in _rule(a))]
+    assert not broken, broken

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from editguard.model import default_taxonomy
 from editguard.manifest import ManifestError, read_manifest
+from editguard.model import default_taxonomy
 
 LABELS = default_taxonomy().names
 

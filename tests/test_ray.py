@@ -14,7 +14,6 @@ from editguard.clients.results import read_results  # noqa: E402
 from editguard.clients.score import ScoreConfig, score  # noqa: E402
 
 
-
 def _rows(path) -> dict[str, dict]:
     rows = read_results(path)
     assert len(rows) == len({r["id"] for r in rows}), "an id was written twice"

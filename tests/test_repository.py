@@ -8,9 +8,10 @@ import re
 
 import pytest
 
-from editguard.export.pbtxt import parse_config, read_config, rewrite, write_config
-from editguard.export.repository import ExportConfig, ensure_repository, export_version, templates_dir
+from editguard.export.writer import ExportConfig, ensure_repository, export_version
 from editguard.model.config import ModelConfig, preset_config
+from editguard.model.pbtxt import parse_config, read_config, rewrite, write_config
+from editguard.model.repository import templates_dir
 
 
 def _comment_blocks(text: str) -> dict[str, str]:

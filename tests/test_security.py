@@ -21,33 +21,34 @@ import tritonclient.http as httpclient
 
 from editguard.clients import EditGuardClient, Verdict
 from editguard.clients.aio import AsyncEditGuardClient
-from editguard.connection import Connection
 from editguard.clients.errors import EditGuardError
-from editguard.export.repository import CLASSIFIER, FRONT
-from editguard.export.triton import TritonServer, free_port
+from editguard.connection import Connection
+from editguard.model.repository import CLASSIFIER, CLIENT_MODEL
+from editguard.serving.triton import TritonServer, free_port
 
 
 def test_admin_protocols_need_the_key_while_inference_stays_open(triton, synth_sets, triple_bytes):
     t = triple_bytes(synth_sets["test"], 1)[0]
     with grpcclient.InferenceServerClient(triton.grpc_url) as c:
-        for call in (lambda: c.unload_model(FRONT), lambda: c.unload_model(CLASSIFIER),
-                     lambda: c.load_model(FRONT), lambda: c.get_inference_statistics(FRONT),
-                     lambda: c.unload_model(FRONT, headers={"triton-grpc-protocol-editguard-admin-key": "guess"})):
+        for call in (lambda: c.unload_model(CLIENT_MODEL), lambda: c.unload_model(CLASSIFIER),
+                     lambda: c.load_model(CLIENT_MODEL), lambda: c.get_inference_statistics(CLIENT_MODEL),
+                     lambda: c.unload_model(CLIENT_MODEL,
+                                            headers={"triton-grpc-protocol-editguard-admin-key": "guess"})):
             with pytest.raises(Exception, match="restricted"):
                 call()
-        assert c.is_server_live() and c.is_model_ready(FRONT) and c.get_model_config(FRONT)  # open
+        assert c.is_server_live() and c.is_model_ready(CLIENT_MODEL) and c.get_model_config(CLIENT_MODEL)  # open
     http = httpclient.InferenceServerClient(triton.http_url)
     try:
         with pytest.raises(Exception, match="restricted"):
-            http.unload_model(FRONT)
-        assert http.is_model_ready(FRONT)
+            http.unload_model(CLIENT_MODEL)
+        assert http.is_model_ready(CLIENT_MODEL)
     finally:
         http.close()
     with EditGuardClient(triton.grpc_url) as guard:  # inference works, and the model was never unloaded
         assert isinstance(guard.classify(t["input"], t["prompt"], t["output"], t["mask"]), Verdict)
     conn = triton.connection()
     with conn.grpc_client(triton.grpc_url) as c:  # the key opens the admin protocols
-        assert c.get_inference_statistics(FRONT, headers=conn.admin_headers(), as_json=True)["model_stats"]
+        assert c.get_inference_statistics(CLIENT_MODEL, headers=conn.admin_headers(), as_json=True)["model_stats"]
 
 
 def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 180) -> str:
@@ -82,8 +83,8 @@ def test_serve_keeps_its_key_secret_and_a_key_holding_roll_out_works(tiny_model_
         url = f"127.0.0.1:{ports[0]}"
         with grpcclient.InferenceServerClient(url) as c:
             with pytest.raises(Exception, match="restricted"):
-                c.unload_model(FRONT)
-            assert c.is_model_ready(FRONT, "1")
+                c.unload_model(CLIENT_MODEL)
+            assert c.is_model_ready(CLIENT_MODEL, "1")
         # a roll-out without the key is refused with what to do; with it (read as serve wrote it) it loads v2
         wrong = dict(os.environ, EDITGUARD_ADMIN_KEY="not-the-key")
         r = subprocess.run([sys.executable, "-m", "editguard", "export", str(tiny_model_dir), "--repository",
@@ -227,7 +228,7 @@ def test_mutual_tls_refuses_clients_without_a_certificate_it_trusts(one_version_
         assert _refused(url=server.grpc_url, root_certificates=ca, **rogue) == "UNAVAILABLE"  # another CA's
         assert _refused(url=server.grpc_url) == "UNAVAILABLE"  # plaintext
         # model control over mutual TLS with the key
-        from editguard.export.control import load_models
+        from editguard.serving.control import load_models
 
         load_models(server.grpc_url, connection=server.connection(
             root_certificates=ca, certificate_chain=str(pki["client_cert"]), private_key=str(pki["client_key"])))

@@ -13,12 +13,12 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from editguard.clients.client import build_inputs
-from editguard.export.repository import (CLASSIFIER, FRONT, ExportConfig, export_version, read_config,
-                                        templates_dir)
-from editguard.export.triton import free_port
+from editguard.export.writer import ExportConfig, export_version
 from editguard.model.model_dir import load_model_dir
+from editguard.model.pbtxt import read_config
 from editguard.model.preprocess import collate
-
+from editguard.model.repository import CLASSIFIER, CLIENT_MODEL, templates_dir
+from editguard.serving.triton import free_port
 
 OUTPUTS = ("SCORES", "FLAGGED", "UNSAFE", "LABELS")
 
@@ -30,7 +30,7 @@ def inputs(t: dict, corrupt: bool = False, mask: bool = True) -> list:
 
 def infer(url: str, t: dict, version: str = "", **kw):
     with grpcclient.InferenceServerClient(url) as c:
-        return c.infer(FRONT, inputs(t, **kw), model_version=version,
+        return c.infer(CLIENT_MODEL, inputs(t, **kw), model_version=version,
                        outputs=[grpcclient.InferRequestedOutput(n) for n in OUTPUTS])
 
 
@@ -41,22 +41,23 @@ def test_every_config_parses_with_tritons_schema(repository):
         cfg = read_config(p)
         folder = p.parent.parent if p.parent.name == "configs" else p.parent
         assert cfg.name == folder.name and cfg.max_batch_size > 0, p
-    front = read_config(Path(repository) / FRONT / "config.pbtxt")
-    assert [i.name for i in front.input] == ["INPUT_IMAGE", "OUTPUT_IMAGE", "PROMPT", "MASK", "INPUT_PIXELS",
+    client_config = read_config(Path(repository) / CLIENT_MODEL / "config.pbtxt")
+    assert [i.name for i in client_config.input] == ["INPUT_IMAGE", "OUTPUT_IMAGE", "PROMPT", "MASK", "INPUT_PIXELS",
                                              "OUTPUT_PIXELS", "MASK_PIXELS", "PIXELS_SPEC"]
-    encoded = [i for i in front.input if i.name in ("INPUT_IMAGE", "OUTPUT_IMAGE", "PROMPT", "MASK", "PIXELS_SPEC")]
+    encoded = [i for i in client_config.input
+               if i.name in ("INPUT_IMAGE", "OUTPUT_IMAGE", "PROMPT", "MASK", "PIXELS_SPEC")]
     assert all(i.data_type == 13 and list(i.dims) == [1] for i in encoded)  # TYPE_STRING [1]
-    assert all(i.optional for i in front.input if i.name != "PROMPT")
-    assert front.dynamic_batching.max_queue_delay_microseconds > 0
-    assert front.parameters["mode"].string_value == "inline"
-    specs = json.loads(front.parameters["preprocess"].string_value)
+    assert all(i.optional for i in client_config.input if i.name != "PROMPT")
+    assert client_config.dynamic_batching.max_queue_delay_microseconds > 0
+    assert client_config.parameters["mode"].string_value == "inline"
+    specs = json.loads(client_config.parameters["preprocess"].string_value)
     assert set(specs) == {"1", "2"} and specs["2"]["image_size"] == 64
     for variant in ("onnxruntime", "tensorrt", "ensemble"):  # the graphs Triton picks with --model-config-name
-        graph = read_config(Path(repository) / FRONT / "configs" / f"{variant}.pbtxt")
+        graph = read_config(Path(repository) / CLIENT_MODEL / "configs" / f"{variant}.pbtxt")
         assert graph.platform == "ensemble" and graph.max_batch_size == 32
         assert [s.model_name for s in graph.ensemble_scheduling.step] == [  # tiny's prompt tower is trained: no step
             "editguard_prepare", CLASSIFIER, "editguard_verdicts"]
-        assert graph.parameters["preprocess"] == front.parameters["preprocess"]  # what pixels clients read
+        assert graph.parameters["preprocess"] == client_config.parameters["preprocess"]  # what pixels clients read
     native = read_config(Path(repository) / CLASSIFIER / "configs" / "onnxruntime.pbtxt")
     assert native.platform == "onnxruntime_onnx" and list(native.input[0].dims) == [64, 64, 3]
     assert native.max_batch_size == 32  # --max-batch rewrote it
@@ -68,7 +69,7 @@ def test_every_config_parses_with_tritons_schema(repository):
 def test_export_parity_recorded(repository):
     meta = json.loads((Path(repository) / CLASSIFIER / "1" / "export.json").read_text())
     assert meta["parity_fp32"]["max_abs_prob"] <= 1e-4 and meta["parity_fp32"]["n"] == 16
-    assert (Path(repository) / FRONT / "labels.txt").read_text().split() == meta["labels"]
+    assert (Path(repository) / CLIENT_MODEL / "labels.txt").read_text().split() == meta["labels"]
 
 
 def test_served_scores_equal_torch(triton, tiny_model_dir, synth_sets, triple_bytes):
@@ -90,7 +91,7 @@ def test_dynamic_batching_forms_batches(triton, synth_sets, model_stats, triple_
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda i: infer(triton.grpc_url, triples[i % 16]), range(96)))
     assert all(r.as_numpy("SCORES").shape == (1, 7) for r in results)
-    stats = model_stats(triton, FRONT)  # it runs the network inline
+    stats = model_stats(triton, CLIENT_MODEL)  # it runs the network inline
     sizes = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for s in stats for b in s.get("batch_stats", [])}
     assert max(sizes) > 1, f"the network only ever ran batch sizes {sizes}"
     print(f"front (inline network) executions by batch size: {dict(sorted(sizes.items()))}")
@@ -127,7 +128,7 @@ def test_two_versions_side_by_side(triton, synth_sets, triple_bytes):
     conn = triton.connection()  # the repository index is an admin protocol
     with conn.grpc_client(triton.grpc_url) as c:
         index = c.get_model_repository_index(headers=conn.admin_headers()).models
-    ready = {m.version for m in index if m.name == FRONT and m.state == "READY"}
+    ready = {m.version for m in index if m.name == CLIENT_MODEL and m.state == "READY"}
     assert ready == {"1", "2"}
 
 
@@ -187,7 +188,7 @@ def test_the_ensemble_gives_the_inline_scores(triton, repository, synth_sets, mo
     """The same repository under --model-config-name=ensemble (prepare -> classifier -> verdicts, the
     production graph over the Python stand-ins) answers with the inline graph's scores, and a corrupt
     upload fails alone."""
-    from editguard.export.triton import TritonServer
+    from editguard.serving.triton import TritonServer
 
     triples = triple_bytes(synth_sets["test"], 4)
     inline = np.concatenate([infer(triton.grpc_url, t).as_numpy("SCORES") for t in triples])

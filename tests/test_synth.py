@@ -11,11 +11,10 @@ import pytest
 from PIL import Image
 
 from editguard.cli import main
-from editguard.model import default_taxonomy
 from editguard.manifest import read_manifest
+from editguard.model import default_taxonomy
 from editguard.training.synth import generate, list_ops, load_prompts
 from editguard.training.synth.ops import NEUTRAL, SAFE_OPS, UNSAFE_OPS
-
 
 
 def digest(folder: Path) -> str:

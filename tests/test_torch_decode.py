@@ -1,4 +1,4 @@
-"""JPEG decoding on a torch device (model/torch_decode.py): the same contract as Pillow's path.
+"""JPEG decoding on a torch device (serving/torch_decode.py): the same contract as Pillow's path.
 
 The decoder runs here on "cpu" (torchvision's libjpeg-turbo) and, where torch sees a GPU, on
 "cuda" (nvJPEG): the same code, so the parity bounds below hold for both. The served test runs
@@ -15,17 +15,18 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from editguard.bench import upload_images
+from editguard.benchmarks.workloads import upload_images
 from editguard.clients import EditGuardClient
-from editguard.export.repository import FRONT, ExportConfig, export_version, read_config
-from editguard.export.triton import TritonServer, free_port
+from editguard.export.writer import ExportConfig, export_version
 from editguard.model.config import PreprocessConfig
+from editguard.model.pbtxt import read_config
 from editguard.model.preprocess import PreprocessError, Preprocessor
-
+from editguard.model.repository import CLIENT_MODEL
+from editguard.serving.triton import TritonServer, free_port
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
-from editguard.model.torch_decode import TorchDecoder  # noqa: E402
+from editguard.serving.torch_decode import TorchDecoder  # noqa: E402
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                  reason="no CUDA device: nvJPEG not run"))]
@@ -119,7 +120,7 @@ def test_served_front_decodes_on_the_torch_device(tiny_model_dir, synth_sets, tr
     a corrupt upload is refused by name, and the next request is answered."""
     repo = tmp_path / "repo"
     export_version(ExportConfig(model_dir=str(tiny_model_dir), repository=str(repo), decode_device="cpu"))
-    assert read_config(repo / FRONT / "config.pbtxt").parameters["decode_device"].string_value == "cpu"
+    assert read_config(repo / CLIENT_MODEL / "config.pbtxt").parameters["decode_device"].string_value == "cpu"
     with pytest.raises(ValueError, match="decode_device must be"):
         ExportConfig(model_dir=str(tiny_model_dir), decode_device="gpu")
     triples = triple_bytes(synth_sets["test"], 6)
@@ -136,7 +137,7 @@ def test_served_front_decodes_on_the_torch_device(tiny_model_dir, synth_sets, tr
             for x, v in zip(bad, (calls[0][0][:400], calls[0][2], b"make it night")):
                 x.set_data_from_numpy(np.array([[v]], dtype=np.object_))
             with pytest.raises(InferenceServerException) as e:
-                c.infer(FRONT, bad)
+                c.infer(CLIENT_MODEL, bad)
             assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "INPUT_IMAGE: corrupt" in str(e.value)
         assert guard.classify(*calls[1]).scores == pytest.approx(by_device[1], abs=1e-6)
         assert "decoding JPEGs on cpu" in server.log_tail(400)

@@ -16,7 +16,6 @@ from editguard.cli import main
 from editguard.training.evaluate import evaluate
 
 
-
 def test_short_training_learns(tiny_model_dir, synth_sets, read_jsonl):
     log = read_jsonl(tiny_model_dir / "train_log.jsonl")
     assert log[-1]["train_loss"] < 0.7 * log[0]["train_loss"]

@@ -12,8 +12,8 @@ import pytest
 
 from editguard.cli import main
 from editguard.clients import EditGuardClient, EditGuardError
-from editguard.export.pbtxt import read_config
-from editguard.export.triton import TritonServer, free_port
+from editguard.model.pbtxt import read_config
+from editguard.serving.triton import TritonServer, free_port
 
 pytestmark = pytest.mark.slow
 

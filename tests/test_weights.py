@@ -16,7 +16,7 @@ import pytest
 from editguard.cli import main
 from editguard.model.config import preset_config
 from editguard.model.model_dir import create_model
-from editguard.model.weight_pack import WeightPackError, WeightsUnavailableError, use_pack, verify, write_manifest
+from editguard.model.weight_pack import WeightPackError, WeightsUnavailableError, use_pack, verify
 
 SMALL_IMAGE = "vit_small_patch16_224.augreg_in21k_ft_in1k"
 

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..manifest import read_manifest
-from ..metrics import classification_report
+from ..reports import classification_report
 from ..model.model_dir import load_model_dir
 from .data import TripleDataset, collate_batch, label_matrix
 
@@ -25,7 +25,7 @@ def predict_manifest(model_dir: str | Path, manifest: str | Path, *, batch_size:
     records = read_manifest(manifest, labels=net.cfg.labels, allow_outside_root=allow_outside_root)
     ds = TripleDataset(records, pre, net.cfg.labels, cache=False)
     loader = DataLoader(ds, batch_size, collate_fn=collate_batch)
-    from .train import predict
+    from .loop import predict
 
     return records, net.cfg, predict(net, loader, torch.device(device), progress=progress)
 

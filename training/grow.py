@@ -31,11 +31,12 @@ from torch.utils.data import DataLoader
 
 from ..files import write_json_atomic
 from ..manifest import read_manifest
-from ..metrics import classification_report
 from ..model.model_dir import GROWN, check_model_dir, load_model_dir, save_model_dir
 from ..model.network import EditGuardNet, HeadBranch
+from ..model.prompt_cache import PromptCache, with_cache
 from ..model.taxonomy import Taxonomy, appended_categories, load_taxonomy
 from .data import TripleDataset, collate_batch, label_matrix
+from .loop import TrainingRun, fit, optimizer_for, pos_weight, save_examples, setup_ranks
 
 _logger = logging.getLogger(__name__)
 
@@ -92,14 +93,11 @@ def grow(cfg) -> dict:
 
     ``cfg`` is a :class:`~editguard.training.train.TrainConfig`. One process (the runs are minutes long).
     """
-    from ..progress import progress
-    from .train import _optimizer, _save_examples, _setup, predict
-
     if cfg.resume:
         raise ValueError("--resume does not apply to --from runs (they take minutes): run it again")
     if not cfg.taxonomy:
         raise ValueError("--from needs --taxonomy NEW.json: the parent's categories, then the ones to add")
-    d = _setup(cfg)
+    d = setup_ranks(cfg.device, cfg.seed)
     if d.world > 1:
         raise ValueError("--from runs in one process: start it without torchrun")
     parent, out = Path(cfg.from_model), Path(cfg.out)
@@ -114,8 +112,60 @@ def grow(cfg) -> dict:
     except ValueError as e:
         raise ValueError(f"{cfg.taxonomy}: {e}") from None
     net, pre = load_model_dir(parent, device=str(d.device))
-    old = len(net.cfg.labels)
-    names = taxonomy.names
+    old, names = len(net.cfg.labels), taxonomy.names
+    new_recs, val_recs = _read(cfg, names, added, old)
+    replay = _replay_records(cfg, parent, names)
+    recs = new_recs + replay
+    y = label_matrix(recs, names)
+    net = grow_network(net, taxonomy, prior=y[:, old:].sum(0) / len(y), towers=cfg.tune == "towers").to(d.device)
+    net.requires_grad_(False)
+    for p in _trainable(net) if cfg.tune == "all" else net.branches[-1].parameters():
+        p.requires_grad_(True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "train_config.json", dataclasses.asdict(cfg))
+    loader, val_loader = _loaders(cfg, recs, val_recs, pre, names, out)
+    opt, sched = optimizer_for(net, cfg, cfg.epochs * len(loader))
+    _logger.info("growing %s by %s: %d labelled items, %d replayed, tune=%s", parent, added, len(new_recs),
+                 len(replay), cfg.tune)
+
+    def select(report: dict) -> tuple[float, dict]:
+        auprc = float(np.nanmean([report["per_category"][c]["auprc"] for c in added]))
+        return auprc, {"val_new_auprc": auprc,
+                       "val_new_auroc": float(np.nanmean([report["per_category"][c]["auroc"] for c in added]))}
+
+    def save_best(report: dict) -> None:
+        save_model_dir(net, out, tokenizer_dir=parent / "tokenizer", taxonomy=taxonomy, metrics=report)
+
+    t_start = time.perf_counter()
+    prompts = PromptCache.of(net)  # a frozen prompt tower: each prompt once, for training and validation
+    best = fit(TrainingRun(cfg, d, net, net, loader, val_loader, label_matrix(val_recs, names), names, opt, sched,
+                           loss=_loss(net, cfg, old, pos_weight(y[:, old:], d.device), prompts), select=select,
+                           save_best=save_best, train_mode=lambda: _mode(net, cfg.tune),
+                           score_name=f"val AUPRC of {added}", checkpoints=False, prompts=prompts,
+                           report_extra={"ablation": net.cfg.ablation, "added": added}))
+    write_json_atomic(out / GROWN, {
+        "from": str(parent.resolve()), "labels": names[:old], "added": added, "tune": cfg.tune,
+        "old_scores": "retrained" if cfg.tune == "all" else "unchanged", "labelled": len(new_recs),
+        "replayed": len(replay), "seconds": round(time.perf_counter() - t_start, 1)})
+    return best
+
+
+def _loaders(cfg, recs: list, val_recs: list, pre, names: list[str], out: Path) -> tuple[DataLoader, DataLoader]:
+    """The shuffled, augmented training loader (replay included) and the validation loader; a few validation
+    triples go into the model dir for export's parity check."""
+    train_ds = TripleDataset(recs, pre, names, augment=True, mask_dropout=cfg.mask_dropout, seed=cfg.seed,
+                             realistic=cfg.realistic_augment)
+    val_ds = TripleDataset(val_recs, pre, names, cache=False)
+    g = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(train_ds, cfg.batch_size, shuffle=True, generator=g, collate_fn=collate_batch,
+                        num_workers=cfg.num_workers)
+    val_loader = DataLoader(val_ds, 128, collate_fn=collate_batch, num_workers=cfg.num_workers)
+    save_examples(val_ds, out / "examples.safetensors")
+    return loader, val_loader
+
+
+def _read(cfg, names: list[str], added: list[str], old: int) -> tuple[list, list]:
+    """The new categories' training and validation records; each needs positives of every added category."""
     read = dict(labels=names, allow_outside_root=cfg.allow_outside_root, overlays=cfg.overlays)
     new_recs, val_recs = read_manifest(cfg.train, **read), read_manifest(cfg.val, **read)
     for what, recs in (("--train", new_recs), ("--val", val_recs)):
@@ -124,79 +174,26 @@ def grow(cfg) -> dict:
         if empty:
             raise ValueError(f"{what} has no positive of {empty}: label the new categories' edits (the review page's "
                              "decisions, --overlay, can supply them)")
-    replay = _replay_records(cfg, parent, names)
-    recs = new_recs + replay
-    y = label_matrix(recs, names)
-    pos = y[:, old:].sum(0)
-    net = grow_network(net, taxonomy, prior=pos / len(y), towers=cfg.tune == "towers").to(d.device)
-    teacher = copy.deepcopy(net).eval().requires_grad_(False) if cfg.tune == "all" else None
+    return new_recs, val_recs
+
+
+def _loss(net: EditGuardNet, cfg, old: int, weight: torch.Tensor, prompts: PromptCache | None):
+    """The loss of a batch: the new categories' BCE on the branch's logits alone (``branch``, ``towers``), or with
+    ``all`` on the whole network's, plus the old categories distilled to the parent's scores."""
+    bce = torch.nn.BCEWithLogitsLoss(pos_weight=weight)
     branch = len(net.branches) - 1
-    net.requires_grad_(False)
-    for p in _trainable(net) if cfg.tune == "all" else net.branches[branch].parameters():
-        p.requires_grad_(True)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "train_config.json", dataclasses.asdict(cfg))
-    train_ds = TripleDataset(recs, pre, names, augment=True, mask_dropout=cfg.mask_dropout, seed=cfg.seed,
-                             realistic=cfg.realistic_augment)
-    val_ds = TripleDataset(val_recs, pre, names, cache=False)
-    g = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train_ds, cfg.batch_size, shuffle=True, generator=g, collate_fn=collate_batch,
-                        num_workers=cfg.num_workers)
-    val_loader = DataLoader(val_ds, 128, collate_fn=collate_batch, num_workers=cfg.num_workers)
-    _save_examples(val_ds, out / "examples.safetensors")
-    opt, sched = _optimizer(net, cfg, cfg.epochs * len(loader))
-    pos_weight = torch.tensor(np.clip((len(y) - pos) / np.maximum(pos, 1), 1.0, 50.0), dtype=torch.float32,
-                              device=d.device)
-    bce = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    y_val = label_matrix(val_recs, names)
-    _logger.info("growing %s by %s: %d labelled items, %d replayed, tune=%s", parent, added, len(new_recs),
-                 len(replay), cfg.tune)
-    best, bad, best_report, t_start = -1.0, 0, None, time.perf_counter()
-    for epoch in range(cfg.epochs):
-        train_ds.set_epoch(epoch)
-        _mode(net, cfg.tune)
-        total, count, t0 = 0.0, 0, time.perf_counter()
-        bar = progress(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not cfg.progress)
-        for batch in bar:
-            batch = {k: v.to(d.device) for k, v in batch.items()}
-            target = batch.pop("labels")[:, old:]
-            if cfg.tune != "all":
-                loss = bce(net.branch_logits(branch, **batch), target)
-            else:
-                logits = net(**batch)
-                with torch.no_grad():
-                    teach = torch.sigmoid(teacher(**batch)[:, :old])
-                loss = bce(logits[:, old:], target) + cfg.distill * torch.nn.functional.binary_cross_entropy_with_logits(
-                    logits[:, :old], teach)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            total, count = total + loss.item() * len(target), count + len(target)
-            bar.set_postfix(loss=f"{total / count:.4f}", triples_s=f"{count / (time.perf_counter() - t0):.0f}")
-        report = classification_report(y_val, predict(net, val_loader, d.device), names)
-        score = float(np.nanmean([report["per_category"][c]["auprc"] for c in added]))
-        improved = score > best
-        best, bad = max(best, score), 0 if improved else bad + 1
-        log = {"epoch": epoch + 1, "train_loss": total / max(1, count), "val_new_auprc": score,
-               "val_new_auroc": float(np.nanmean([report["per_category"][c]["auroc"] for c in added])),
-               "seconds": round(time.perf_counter() - t0, 2)}
-        with open(out / "train_log.jsonl", "a") as f:
-            f.write(json.dumps(log) + "\n")
-        _logger.info("epoch %d: loss %.4f, val AUPRC of %s %.4f%s", epoch + 1, log["train_loss"], added, score,
-                     " (best)" if improved else "")
-        if improved:
-            best_report = dict(report, epoch=epoch + 1, ablation=net.cfg.ablation, added=added)
-            save_model_dir(net, out, tokenizer_dir=parent / "tokenizer", taxonomy=taxonomy, metrics=best_report)
-        if bad >= cfg.patience:
-            _logger.info("early stop: no better val AUPRC of %s for %d epochs", added, cfg.patience)
-            break
-    write_json_atomic(out / GROWN, {
-        "from": str(parent.resolve()), "labels": names[:old], "added": added, "tune": cfg.tune,
-        "old_scores": "retrained" if cfg.tune == "all" else "unchanged", "labelled": len(new_recs),
-        "replayed": len(replay), "seconds": round(time.perf_counter() - t_start, 1)})
-    return best_report
+    if cfg.tune != "all":
+        return lambda batch, y: bce(net.branch_logits(branch, **with_cache(prompts, batch)), y[:, old:])
+    teacher = copy.deepcopy(net).eval().requires_grad_(False)
+
+    def distilled(batch: dict, y: torch.Tensor) -> torch.Tensor:
+        batch = with_cache(prompts, batch)  # the teacher's frozen tower is the network's: one cache serves both
+        logits = net(**batch)
+        with torch.no_grad():
+            teach = torch.sigmoid(teacher(**batch)[:, :old])
+        return bce(logits[:, old:], y[:, old:]) + cfg.distill * torch.nn.functional.binary_cross_entropy_with_logits(
+            logits[:, :old], teach)
+    return distilled
 
 
 def _trainable(net: EditGuardNet) -> list[torch.nn.Parameter]:

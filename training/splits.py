@@ -41,7 +41,8 @@ class SplitConfig:
     manifest: str  # the manifest to split (JSONL, Parquet or CSV)
     fractions: tuple[float, ...] = (0.8, 0.1, 0.1)  # shares of the items, in the order of ``names``
     names: tuple[str, ...] = ("train", "val", "test")
-    group_by: list[str] = field(default_factory=list)  # meta fields ("meta.FIELD" or "FIELD") whose equal values share a group
+    # meta fields ("meta.FIELD" or "FIELD") whose equal values share a group
+    group_by: list[str] = field(default_factory=list)
     # hash bits (of 256) within which two images count as one photo: re-encodes and resizes of one photo measured
     # up to 10 apart, different photos of the synthetic benchmark 31 and more
     max_distance: int = 16

@@ -4,9 +4,9 @@
 client-facing ``editguard`` (and ``editguard_precheck``) and, for the ensemble graph, the steps
 ``editguard_prepare`` and ``editguard_verdicts``. Each reads the files of the same version of the
 client-facing model (config.json, tokenizer/, labels.json, thresholds.json), named by the parameter
-``front``.
+``client_model``.
 
-The work is editguard.model.served.ServedVersion's, the same object the in-process scorer, the
+The work is editguard.serving.served.ServedVersion's, the same object the in-process scorer, the
 Ray actors and the bench run, so their scores are the served ones. This file adds what is
 Triton's: reading requests, answering each one, and counting. The parameter ``mode`` picks the role:
 
@@ -23,9 +23,9 @@ Triton's: reading requests, answering each one, and counting. The parameter ``mo
 - ``prepare`` (the ensemble's first step): the checks and preprocessing only; it answers with the
   network's input tensors;
 - ``verdicts`` (the ensemble's last step): the classifier's probabilities in, SCORES, FLAGGED,
-  UNSAFE and LABELS out, against the front version's current thresholds.json.
+  UNSAFE and LABELS out, against the client model version's current thresholds.json.
 
-editguard.export.metrics counts triples, flags, unsafe verdicts, rejections by reason and the score
+editguard.serving.prometheus counts triples, flags, unsafe verdicts, rejections by reason and the score
 distribution on Triton's metrics endpoint, under the client-facing model's name (in the ensemble,
 editguard_prepare counts the rejections and editguard_verdicts the verdicts).
 """
@@ -37,12 +37,14 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from editguard.export.metrics import ServedMetrics
-from editguard.export.python_backend import answer_each
 from editguard.model.preprocess import PreprocessError, collate
-from editguard.model.served import PAIRS, ServedVersion
+from editguard.model.repository import ENCODED_INPUTS, OUTPUTS, PAIRS, PIXELS_INPUTS, PIXELS_SPEC, PROBABILITIES, PROMPT
+from editguard.serving.prometheus import ServedMetrics
+from editguard.serving.python_backend import answer_each, output_types
+from editguard.serving.served import ServedVersion
 
-NETWORK_INPUTS = ("input_image", "output_image", "mask", "input_ids", "attention_mask")
+INPUT_IMAGE, OUTPUT_IMAGE, MASK = ENCODED_INPUTS
+INPUT_PIXELS, OUTPUT_PIXELS, MASK_PIXELS = PIXELS_INPUTS
 
 
 class _TritonLog(logging.Handler):
@@ -69,47 +71,50 @@ class TritonPythonModel:
                              "(--model-config-name=ensemble)")
         if self.mode not in ("inline", "prepare", "verdicts"):
             raise ValueError(f"parameter 'mode' must be inline, prepare or verdicts, got {self.mode!r}")
-        front = params.get("front") or args["model_name"]
-        self.classifier = params.get("classifier") or PAIRS[front]
+        client_model = params.get("front") or args["model_name"]  # parameter "front": the client model's name
+        self.classifier = params.get("classifier") or PAIRS[client_model]
+        # the output tensors' names and types come from this model's config (the contract names the ones the
+        # client model and the verdicts step answer; the prepare step's are the network inputs it feeds)
+        self.outputs = output_types(config, () if self.mode == "prepare" else OUTPUTS)
         device = params.get("decode_device", "").strip()
         if device == "cpu":
             import torch
 
             torch.set_num_threads(1)  # like onnxruntime here: the instances already run side by side
         # one onnxruntime thread per instance: the instances (processes) already run side by side
-        self.served = ServedVersion(repo / front / version,
+        self.served = ServedVersion(repo / client_model / version,
                                     repo / self.classifier / version if self.mode == "inline" else None,
                                     threads=1, decode_device=device)
         if device:
             pb_utils.Logger.log_info(f"{args['model_name']} v{version}: decoding JPEGs on {device}")
         self.version = int(version)
-        self.images = ("INPUT",) if self.served.precheck else ("INPUT", "OUTPUT")
+        # the images a request carries, encoded and as pixels: a pre-check has no output image
+        self.encoded = (INPUT_IMAGE,) if self.served.precheck else (INPUT_IMAGE, OUTPUT_IMAGE)
+        self.pixels = (INPUT_PIXELS,) if self.served.precheck else (INPUT_PIXELS, OUTPUT_PIXELS)
         self.label_bytes = np.array([n.encode() for n in self.served.labels], dtype=np.object_)
         self.served.refresh_thresholds()
         # counted under the client-facing model's name whichever step counts, so dashboards and alerts on
         # model="editguard" hold for every graph
-        self.metrics = ServedMetrics(front, self.version, None if self.mode == "prepare" else self.served.labels)
+        self.metrics = ServedMetrics(client_model, self.version, None if self.mode == "prepare" else self.served.labels)
 
     def _triples(self, request):
         """All triples (or pre-check requests) of one request (usually one), preprocessed; raises
         PreprocessError."""
         get = lambda name: pb_utils.get_input_tensor_by_name(request, name)
-        prompt = get("PROMPT").as_numpy().reshape(-1)
+        prompt = get(PROMPT).as_numpy().reshape(-1)
         # (a pre-check's config declares no OUTPUT_* inputs: Triton refuses them before they get here)
-        if get("INPUT_PIXELS") is not None or get("OUTPUT_PIXELS") is not None:
+        if get(INPUT_PIXELS) is not None or get(OUTPUT_PIXELS) is not None:
             return self._pixels(get, prompt)
-        images = [f"{n}_IMAGE" for n in self.images]
-        if any(get(n) is None for n in images):
-            raise PreprocessError("INPUT_IMAGE", f"a request needs {' and '.join(images)} (encoded images), or "
-                                  f"{', '.join(n + '_PIXELS' for n in self.images)} and PIXELS_SPEC (prepared "
-                                  "pixels)", "bad_request")
-        src = get("INPUT_IMAGE").as_numpy().reshape(-1)
-        out = get("OUTPUT_IMAGE").as_numpy().reshape(-1) if not self.served.precheck else [None] * len(src)
-        mask = get("MASK")
+        if any(get(n) is None for n in self.encoded):
+            raise PreprocessError(INPUT_IMAGE, f"a request needs {' and '.join(self.encoded)} (encoded images), or "
+                                  f"{', '.join(self.pixels)} and {PIXELS_SPEC} (prepared pixels)", "bad_request")
+        src = get(INPUT_IMAGE).as_numpy().reshape(-1)
+        out = get(OUTPUT_IMAGE).as_numpy().reshape(-1) if not self.served.precheck else [None] * len(src)
+        mask = get(MASK)
         mask = mask.as_numpy().reshape(-1) if mask is not None else [None] * len(src)
         if not len(src) == len(out) == len(prompt) == len(mask):
-            raise PreprocessError("INPUT_IMAGE", f"{', '.join(images)}, PROMPT and MASK disagree on the batch size",
-                                  "bad_request")
+            raise PreprocessError(INPUT_IMAGE, f"{', '.join(self.encoded)}, {PROMPT} and {MASK} disagree on the "
+                                  "batch size", "bad_request")
         items = []
         for k in range(len(src)):
             try:
@@ -121,36 +126,37 @@ class TritonPythonModel:
 
     def _pixels(self, get, prompt):
         """A pixels-path request: check the spec and the shapes, then tokenize; nothing is decoded."""
-        for name in ("INPUT_IMAGE", "OUTPUT_IMAGE", "MASK"):
+        for name in ENCODED_INPUTS:
             if get(name) is not None:
-                raise PreprocessError(name, "send encoded images (INPUT_IMAGE, OUTPUT_IMAGE, MASK) or pixels "
-                                      "(INPUT_PIXELS, OUTPUT_PIXELS, MASK_PIXELS), not both", "bad_request")
-        for name in [f"{n}_PIXELS" for n in self.images] + ["PIXELS_SPEC"]:
+                raise PreprocessError(name, f"send encoded images ({', '.join(ENCODED_INPUTS)}) or pixels "
+                                      f"({', '.join(PIXELS_INPUTS)}), not both", "bad_request")
+        for name in [*self.pixels, PIXELS_SPEC]:
             if get(name) is None:
                 raise PreprocessError(name, f"{name} is required on the pixels path", "bad_request")
-        for raw in get("PIXELS_SPEC").as_numpy().reshape(-1):
+        for raw in get(PIXELS_SPEC).as_numpy().reshape(-1):
             try:
                 spec = json.loads(bytes(raw).decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as e:
-                raise PreprocessError("PIXELS_SPEC", f"not a JSON object ({e})", "bad_request") from e
+                raise PreprocessError(PIXELS_SPEC, f"not a JSON object ({e})", "bad_request") from e
             if spec != self.served.spec:
-                raise PreprocessError("PIXELS_SPEC", f"pixels were prepared for {json.dumps(spec)[:300]} but version "
+                raise PreprocessError(PIXELS_SPEC, f"pixels were prepared for {json.dumps(spec)[:300]} but version "
                                       f"{self.version} takes {json.dumps(self.served.spec)}; read this version's "
                                       "preprocessing (parameter 'preprocess' of the model config) and prepare "
                                       "them again", "spec_mismatch")
         s = self.served.spec["image_size"]
-        arrays = {f"{n.lower()}_image": get(f"{n}_PIXELS").as_numpy() for n in self.images}
+        # the network's input name for each pixels input
+        names = dict(zip(self.pixels, ("input_image", "output_image")))
+        arrays = {key: get(name).as_numpy() for name, key in names.items()}
         n = len(arrays["input_image"])
-        mask = get("MASK_PIXELS")
+        mask = get(MASK_PIXELS)
         arrays["mask"] = mask.as_numpy() if mask is not None else np.full((n, s, s), 255, np.uint8)
-        for key, a in arrays.items():
-            name = "MASK_PIXELS" if key == "mask" else key.split("_")[0].upper() + "_PIXELS"
+        for name, key in [*names.items(), (MASK_PIXELS, "mask")]:
             shape = (s, s) if key == "mask" else (s, s, 3)
-            if a.shape[1:] != shape:
-                raise PreprocessError(name, f"item shape is {list(a.shape[1:])}; version {self.version} takes "
-                                      f"{list(shape)}", "bad_pixels")
+            if arrays[key].shape[1:] != shape:
+                raise PreprocessError(name, f"item shape is {list(arrays[key].shape[1:])}; version {self.version} "
+                                      f"takes {list(shape)}", "bad_pixels")
         if any(len(a) != len(prompt) for a in arrays.values()):
-            raise PreprocessError("INPUT_PIXELS", "the pixels inputs and PROMPT disagree on the batch size",
+            raise PreprocessError(INPUT_PIXELS, f"the pixels inputs and {PROMPT} disagree on the batch size",
                                   "bad_pixels")
         ids, att = self.served.pre.tokens(list(prompt))
         return [{**{k: a[i] for k, a in arrays.items()}, "input_ids": ids[i], "attention_mask": att[i]}
@@ -168,14 +174,14 @@ class TritonPythonModel:
     def _prepared(self, work):
         """The ensemble's prepare step: each request's network inputs, as tensors."""
         return [[pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in collate(items).items()
-                 if k in NETWORK_INPUTS] for items in work]
+                 if k in self.outputs] for items in work]
 
     def _probabilities(self, request):
         """The verdicts step's input: ``float32 [n, C]`` probabilities, checked."""
-        p = pb_utils.get_input_tensor_by_name(request, "probabilities")
+        p = pb_utils.get_input_tensor_by_name(request, PROBABILITIES)
         p = p.as_numpy() if p is not None else None
         if p is None or p.ndim != 2 or p.shape[1] != len(self.served.labels) or not np.isfinite(p).all():
-            raise ValueError(f"input 'probabilities' must be finite, shape [n, {len(self.served.labels)}]")
+            raise ValueError(f"input '{PROBABILITIES}' must be finite, shape [n, {len(self.served.labels)}]")
         return p.astype(np.float32)
 
     def _classified(self, work):
@@ -196,8 +202,8 @@ class TritonPythonModel:
         for n in counts:
             p, flagged = probs[start:start + n], flags[start:start + n]
             start += n
-            outputs.append([pb_utils.Tensor("SCORES", p), pb_utils.Tensor("FLAGGED", flagged),
-                            pb_utils.Tensor("UNSAFE", flagged.any(axis=1, keepdims=True)),
-                            pb_utils.Tensor("LABELS", np.tile(self.label_bytes, (n, 1)))])
+            values = (p, flagged, flagged.any(axis=1, keepdims=True), np.tile(self.label_bytes, (n, 1)))
+            outputs.append([pb_utils.Tensor(name, v.astype(self.outputs[name], copy=False))
+                            for name, v in zip(OUTPUTS, values)])
         self.metrics.classified(probs, flags)
         return outputs

@@ -1,7 +1,7 @@
 """editguard_classifier (Python backend): the exported ONNX network run by onnxruntime.
 
 `editguard export` copies this file into every version dir beside model.onnx and export.json.
-The session (editguard.model.served.OnnxClassifier, which the served front and the in-process
+The session (editguard.serving.served.OnnxClassifier, which the served client model and the in-process
 scorer run too) is built once in ``initialize``. ``execute`` checks each request, runs all valid
 ones as one batch, and returns exactly one response per request: a bad request (wrong shape,
 token ids out of range) gets an INVALID_ARG error and never reaches the network.
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from editguard.export.metrics import ServedMetrics
-from editguard.export.python_backend import answer_each
-from editguard.model.served import OnnxClassifier
+from editguard.serving.prometheus import ServedMetrics
+from editguard.serving.python_backend import answer_each
+from editguard.serving.served import OnnxClassifier
 
 
 class TritonPythonModel:

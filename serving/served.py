@@ -1,17 +1,9 @@
-"""A served version: one exported version of a client-facing model, as the server runs it.
+"""A served version: one exported version of a client model, as the server runs it.
 
-The repository layout it reads (``editguard export`` writes it)::
-
-    REPO/editguard/N/             config.json, tokenizer/, labels.json[, thresholds.json]
-    REPO/editguard_classifier/N/  model.onnx, export.json
-    REPO/editguard_prompt/N/      model.onnx, export.json  (a frozen prompt tower only)
-
-and the same for the pre-check pair, ``editguard_precheck`` and ``editguard_precheck_classifier``
-(``editguard_precheck_prompt``).
-
-A frozen prompt tower is its own graph: its embedding depends on the prompt alone. Here it runs
-behind an LRU of embeddings by token ids (:class:`PromptEmbeddings`), so a repeated prompt costs a
-dictionary lookup; the ensemble graph in Triton caches the same step with Triton's response cache.
+The repository's layout and names are :mod:`editguard.model.repository`'s. A frozen prompt tower is its
+own graph: its embedding depends on the prompt alone. :class:`ServedVersion` runs it behind an LRU of
+embeddings by token ids (:class:`PromptEmbeddings`), so a repeated prompt costs a dictionary lookup; the
+ensemble graph in Triton caches the same step with Triton's response cache.
 
 :class:`ServedVersion` is the one definition of what the served model does to a triple:
 preprocessing (:mod:`editguard.model.preprocess`), the onnxruntime classifier with its checks
@@ -32,28 +24,13 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import ModelConfig
-from .preprocess import ImageSource, Preprocessor, collate
-from .thresholds import DEFAULT_THRESHOLD, threshold_array
+from ..model.config import ModelConfig
+from ..model.preprocess import ImageSource, Preprocessor, collate
+from ..model.repository import CLIENT_MODEL, PAIRS, PROBABILITIES, PROMPT_EMBEDDING, PROMPTS, ThresholdsFile, versions
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["FRONT", "CLASSIFIER", "PRECHECK", "PRECHECK_CLASSIFIER", "PAIRS", "PROMPTS", "PREPARE", "VERDICTS",
-           "versions", "OnnxClassifier", "PromptEmbeddings", "ServedVersion"]
-
-FRONT, CLASSIFIER = "editguard", "editguard_classifier"
-PRECHECK, PRECHECK_CLASSIFIER = "editguard_precheck", "editguard_precheck_classifier"
-PAIRS = {FRONT: CLASSIFIER, PRECHECK: PRECHECK_CLASSIFIER}  # client-facing model -> its network
-PROMPTS = {FRONT: "editguard_prompt", PRECHECK: "editguard_precheck_prompt"}  # -> its frozen prompt tower
-# the Python steps of the triple model's ensemble graph (before and after the networks)
-PREPARE, VERDICTS = "editguard_prepare", "editguard_verdicts"
-PROMPT_EMBEDDING = "prompt_embedding"
-
-
-def versions(repository: str | Path, model: str = FRONT) -> list[int]:
-    """The version numbers of ``model`` on disk in ``repository``, ascending."""
-    d = Path(repository) / model
-    return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit()) if d.exists() else []
+__all__ = ["OnnxClassifier", "PromptEmbeddings", "ServedVersion"]
 
 
 class OnnxClassifier:
@@ -171,13 +148,13 @@ class ServedVersion:
     version dir, run here by onnxruntime; None when the caller runs the network elsewhere (the
     ensemble's prepare and verdicts steps), and then :meth:`probabilities` is not available. A
     classifier that takes ``prompt_embedding`` comes with its prompt tower (the same version of the
-    front's prompt model), run here behind an LRU (:class:`PromptEmbeddings`). ``decode_device``:
+    client model's prompt model), run here behind an LRU (:class:`PromptEmbeddings`). ``decode_device``:
     decode JPEG uploads with torchvision on that torch device ("cuda": nvJPEG) instead of Pillow.
     """
 
-    def __init__(self, front_dir: str | Path, classifier_dir: str | Path | None = None, *, threads: int = 0,
+    def __init__(self, client_dir: str | Path, classifier_dir: str | Path | None = None, *, threads: int = 0,
                  cuda_device: int | None = None, decode_device: str = ""):
-        self.dir = Path(front_dir)
+        self.dir = Path(client_dir)
         self.version = self.dir.name
         config = ModelConfig.load(self.dir / "config.json")
         self.labels: list[str] = list(config.labels)
@@ -196,11 +173,10 @@ class ServedVersion:
                 raise FileNotFoundError(f"{classifier_dir} takes {PROMPT_EMBEDDING}, but its prompt tower "
                                         f"{prompt_dir}/model.onnx is missing; export the model dir again")
             self.prompt = PromptEmbeddings(prompt_dir, threads, cuda_device)
-        self.thresholds = np.full(len(self.labels), DEFAULT_THRESHOLD, np.float32)
-        self._thresholds_mtime: int | None = None
+        self.thresholds_file = ThresholdsFile(self.dir, self.labels)
 
     @classmethod
-    def open(cls, repository: str | Path, model: str = FRONT, version: str | int = "", *, threads: int = 0,
+    def open(cls, repository: str | Path, model: str = CLIENT_MODEL, version: str | int = "", *, threads: int = 0,
              cuda_device: int | None = None) -> "ServedVersion":
         """The version ``version`` (default: the newest) of ``model`` in an exported repository, with its
         classifier, ready to score offline. A malformed thresholds.json raises ValueError here."""
@@ -219,30 +195,14 @@ class ServedVersion:
         return served
 
     # -- thresholds ------------------------------------------------------------------------
+    @property
+    def thresholds(self) -> np.ndarray:
+        """``float32 [C]``: this version's thresholds as last read."""
+        return self.thresholds_file.values
+
     def refresh_thresholds(self, strict: bool = False) -> None:
-        """Read thresholds.json when it is new or has changed on disk (so installing thresholds needs no
-        reload); back to the default of 0.5 when it is removed. A malformed file raises ValueError with
-        ``strict``, else it is logged and the current thresholds stay."""
-        path = self.dir / "thresholds.json"
-        try:
-            mtime = path.stat().st_mtime_ns
-        except FileNotFoundError:
-            if self._thresholds_mtime is not None:
-                self._thresholds_mtime = None
-                self.thresholds = np.full(len(self.labels), DEFAULT_THRESHOLD, np.float32)
-                _logger.info("v%s: %s removed; thresholds back to %s", self.version, path, DEFAULT_THRESHOLD)
-            return
-        if mtime == self._thresholds_mtime:
-            return
-        self._thresholds_mtime = mtime
-        try:
-            self.thresholds = threshold_array(json.loads(path.read_text()), self.labels)
-        except (ValueError, KeyError, TypeError) as e:
-            if strict:
-                raise ValueError(f"{path}: {e}") from e
-            _logger.error("v%s: ignoring bad %s: %s", self.version, path, e)
-            return
-        _logger.info("v%s: thresholds from %s", self.version, path)
+        """Re-read thresholds.json if it changed (:meth:`~editguard.model.repository.ThresholdsFile.refresh`)."""
+        self.thresholds_file.refresh(strict)
 
     # -- the work ----------------------------------------------------------------------------
     def prepare(self, input_image: ImageSource, prompt: str | bytes, output_image: ImageSource | None,
@@ -264,7 +224,7 @@ class ServedVersion:
         except ValueError as e:  # this version's own preprocessing does not fit its network
             raise RuntimeError(f"the prepared batch does not fit the network: {e}") from e
         try:
-            return self.net.run([batch])[0]["probabilities"].astype(np.float32)
+            return self.net.run([batch])[0][PROBABILITIES].astype(np.float32)
         except Exception as e:  # onnxruntime's own errors
             raise RuntimeError(f"onnxruntime failed: {e}") from e
 

@@ -5,7 +5,7 @@ Triton serves the version folders its ``version_policy`` selects: editguard's co
 that name no version get the newest. Pinning writes ``specific { versions: [V] }`` into every config
 (``config.pbtxt`` and ``configs/*.pbtxt``) of the client-facing model and the models behind it (its
 networks and the ensemble's steps), in the repository that every replica reads. Each server given
-then reloads them, one at a time (:func:`~editguard.export.control.roll_out`): Triton keeps serving
+then reloads them, one at a time (:func:`~editguard.serving.control.roll_out`): Triton keeps serving
 the loaded versions until the reloaded ones are ready, and lets requests in flight on a retired one
 finish. A pin lasts through restarts and new replicas; an export while pinned adds a version that
 is not served until :func:`set_policy` unpins it. A roll-back pins the newest version older than
@@ -17,18 +17,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..model.served import PAIRS, PROMPTS, versions
-from .control import serving_version
-from .pbtxt import read_config, write_config
-from .repository import served_models, templates_dir
+from ..model.pbtxt import read_config, write_config
+from ..model.repository import PAIRS, PROMPTS, graph_models, templates_dir, versions
+from .control import roll_out, server_models, serving_version
 
-__all__ = ["graph_models", "pinned", "set_policy", "rollback_target", "list_versions", "format_listing"]
+__all__ = ["repository_models", "pinned", "set_policy", "rollback_target", "serving_now", "apply_policy",
+           "list_versions", "format_listing"]
 
 
-def graph_models(repository: str | Path, front: str) -> list[str]:
-    """The models one version of ``front`` is made of in ``repository``, networks first (as export writes them)."""
+def repository_models(repository: str | Path, client_model: str) -> list[str]:
+    """The models one version of ``client_model`` is made of in ``repository``, networks first (as export writes
+    them)."""
     repo = Path(repository)
-    return [m for m in served_models(front, bool(versions(repo, PROMPTS[front]))) if (repo / m).is_dir()]
+    return [m for m in graph_models(client_model, bool(versions(repo, PROMPTS[client_model]))) if (repo / m).is_dir()]
 
 
 def _configs(repo: Path, model: str) -> list[Path]:
@@ -36,30 +37,30 @@ def _configs(repo: Path, model: str) -> list[Path]:
             if p.exists()]
 
 
-def pinned(repository: str | Path, front: str) -> int | None:
-    """The version ``front``'s config pins in ``repository``, or None when it follows its latest versions."""
-    policy = read_config(Path(repository) / front / "config.pbtxt").version_policy
+def pinned(repository: str | Path, client_model: str) -> int | None:
+    """The version ``client_model``'s config pins in ``repository``, or None when it follows its latest versions."""
+    policy = read_config(Path(repository) / client_model / "config.pbtxt").version_policy
     if policy.WhichOneof("policy_choice") != "specific":
         return None
     return int(policy.specific.versions[0]) if len(policy.specific.versions) == 1 else None
 
 
-def set_policy(repository: str | Path, front: str, version: int | None) -> list[Path]:
-    """Pin ``front`` and the models behind it to ``version`` in ``repository``, or (None) give them back their
+def set_policy(repository: str | Path, client_model: str, version: int | None) -> list[Path]:
+    """Pin ``client_model`` and the models behind it to ``version`` in ``repository``, or (None) give them back their
     committed policy (the latest two). Every model must have that version on disk. Returns the configs
     written (atomically, comments kept)."""
     repo = Path(repository)
-    if front not in PAIRS:
-        raise ValueError(f"model must be one of {sorted(PAIRS)}, got {front!r}")
-    if not (repo / front / "config.pbtxt").exists():
-        raise FileNotFoundError(f"{repo} has no {front} model; export one with `editguard export MODEL_DIR "
+    if client_model not in PAIRS:
+        raise ValueError(f"model must be one of {sorted(PAIRS)}, got {client_model!r}")
+    if not (repo / client_model / "config.pbtxt").exists():
+        raise FileNotFoundError(f"{repo} has no {client_model} model; export one with `editguard export MODEL_DIR "
                                 f"--repository {repo}`")
-    models = graph_models(repo, front)
+    models = repository_models(repo, client_model)
     if version is not None:
         lacking = [m for m in models if version not in versions(repo, m)]
         if lacking:
-            raise FileNotFoundError(f"version {version} of {front} is not in {repo} for {', '.join(lacking)}; "
-                                    f"versions on disk: {versions(repo, front)}")
+            raise FileNotFoundError(f"version {version} of {client_model} is not in {repo} for {', '.join(lacking)}; "
+                                    f"versions on disk: {versions(repo, client_model)}")
     written = []
     for model in models:
         committed = read_config(templates_dir() / model / "config.pbtxt").version_policy
@@ -77,15 +78,37 @@ def set_policy(repository: str | Path, front: str, version: int | None) -> list[
     return written
 
 
-def rollback_target(repository: str | Path, front: str, serving: int) -> int:
-    """The newest version of ``front`` older than ``serving`` that every model behind it has on disk."""
+def rollback_target(repository: str | Path, client_model: str, serving: int) -> int:
+    """The newest version of ``client_model`` older than ``serving`` that every model behind it has on disk."""
     repo = Path(repository)
-    models = graph_models(repo, front)
-    older = [v for v in versions(repo, front) if v < serving and all(v in versions(repo, m) for m in models)]
+    models = repository_models(repo, client_model)
+    older = [v for v in versions(repo, client_model) if v < serving and all(v in versions(repo, m) for m in models)]
     if not older:
-        raise FileNotFoundError(f"{repo} has no version of {front} older than {serving} to roll back to "
-                                f"(versions on disk: {versions(repo, front)})")
+        raise FileNotFoundError(f"{repo} has no version of {client_model} older than {serving} to roll back to "
+                                f"(versions on disk: {versions(repo, client_model)})")
     return max(older)
+
+
+def serving_now(repository: str | Path, client_model: str, urls: list[str], connection=None) -> int:
+    """The version that answers requests naming none: the first server's newest ready one, else (no server,
+    or the model not loaded there) the repository's pin or newest version."""
+    serving = serving_version(server_models(urls[0], connection), client_model) if urls else None
+    if serving is None:
+        serving = pinned(repository, client_model) or max(versions(repository, client_model), default=0)
+    return serving
+
+
+def apply_policy(repository: str | Path, client_model: str, version: int | None, urls: list[str],
+                 connection=None) -> tuple[list[Path], int | None]:
+    """Pin ``client_model`` to ``version`` (None: unpin) in the repository (:func:`set_policy`), then reload the
+    servers at ``urls`` one at a time (:func:`~editguard.serving.control.roll_out`). Returns the configs
+    written and the version the first server answers with afterwards (None without servers). A server that
+    refuses raises as ``roll_out`` does, after the repository was written."""
+    written = set_policy(repository, client_model, version)
+    if not urls:
+        return written, None
+    roll_out(urls, connection=connection, ensure=(PAIRS[client_model], client_model))
+    return written, serving_version(server_models(urls[0], connection), client_model)
 
 
 def _thresholds(version_dir: Path, labels: list[str]) -> dict:
@@ -110,36 +133,36 @@ def _thresholds(version_dir: Path, labels: list[str]) -> dict:
 
 def list_versions(repository: str | Path | None, held: dict[str, dict[str, str]] | None) -> dict:
     """What each client-facing model has: per version, on disk (labels, thresholds) and on the server (state).
-    ``held``: :func:`~editguard.export.control.server_models` of one server, or None; ``repository``: the
+    ``held``: :func:`~editguard.serving.control.server_models` of one server, or None; ``repository``: the
     repository on disk, or None."""
     repo = Path(repository) if repository else None
     doc: dict = {"repository": str(repo) if repo else None, "models": {}}
-    for front in PAIRS:
-        on_disk = versions(repo, front) if repo else []
-        states = (held or {}).get(front, {})
+    for client_model in PAIRS:
+        on_disk = versions(repo, client_model) if repo else []
+        states = (held or {}).get(client_model, {})
         if not on_disk and not states:
             continue
-        entry: dict = {"pinned": pinned(repo, front) if repo and on_disk else None,
-                       "serving": serving_version(held, front) if held is not None else None, "versions": {}}
+        entry: dict = {"pinned": pinned(repo, client_model) if repo and on_disk else None,
+                       "serving": serving_version(held, client_model) if held is not None else None, "versions": {}}
         for v in sorted({*on_disk, *(int(k) for k in states if k.isdigit())}):
             row: dict = {"on_disk": v in on_disk}
             if held is not None:
                 row["state"] = states.get(str(v), "not loaded")
             if v in on_disk:
-                labels = json.loads((repo / front / str(v) / "config.json").read_text())["labels"]
-                row.update(labels=labels, thresholds=_thresholds(repo / front / str(v), labels))
+                labels = json.loads((repo / client_model / str(v) / "config.json").read_text())["labels"]
+                row.update(labels=labels, thresholds=_thresholds(repo / client_model / str(v), labels))
             entry["versions"][str(v)] = row
-        doc["models"][front] = entry
+        doc["models"][client_model] = entry
     return doc
 
 
 def format_listing(doc: dict) -> str:
     """:func:`list_versions` as a table per model."""
     out = []
-    for front, entry in doc["models"].items():
+    for client_model, entry in doc["models"].items():
         policy = f"pinned to version {entry['pinned']}" if entry["pinned"] else "the latest two versions"
         serving = f"; requests without a version get {entry['serving']}" if entry["serving"] else ""
-        out.append(f"{front}: {policy}{serving}")
+        out.append(f"{client_model}: {policy}{serving}")
         out.append(f"  {'version':>7}  {'server':<22} {'labels':>6}  thresholds")
         for v, row in reversed(list(entry["versions"].items())):
             labels = str(len(row["labels"])) if "labels" in row else "-"

@@ -1,6 +1,6 @@
 """A bounded soak: N concurrent clients on loopback for a fixed time, with server RSS sampled.
 
-    .venv/bin/python -m editguard.soak --repository demo/repository --clients 16 --seconds 300
+    .venv/bin/python -m editguard.benchmarks.soak --repository demo/repository --clients 16 --seconds 300
 
 Reports requests, errors, throughput, and the RSS of Triton and its Python stubs. A server's
 memory grows while it warms up (allocator pools, onnxruntime arenas, gRPC buffers) and then stays
@@ -74,8 +74,8 @@ def soak(repository: str, triples: list[dict], clients: int, seconds: float, war
          interval: float = 5.0, max_slope: float = 2.0, log=None) -> dict:
     """Run the soak against a Triton this function starts: ``warmup`` seconds of load, then ``seconds``
     measured, RSS sampled every ``interval`` s; returns the report."""
-    from .clients import EditGuardClient, EditGuardError
-    from .export.triton import TritonServer, free_port
+    from ..clients import EditGuardClient, EditGuardError
+    from ..serving.triton import TritonServer, free_port
 
     with TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as server:
         counts = {"ok": 0, "errors": 0}
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     import tempfile
 
-    from .bench import encoded_triples
+    from .workloads import encoded_triples
 
     with tempfile.TemporaryDirectory() as tmp:
         triples = encoded_triples(64, 256, Path(tmp))

@@ -29,9 +29,21 @@ import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from ..model.repository import CLIENT_MODEL, PRECHECK
 from .errors import EditGuardError, InvalidInputError, ServerError, ServerUnavailableError
-from .protocol import (OUTPUTS, PixelsPrep, build_inputs, check_prompt, make_verdict, parse_urls, prepare,
-                       spec_mismatch, to_error, wants_pixels, with_item_id)
+from .protocol import (
+    OUTPUTS,
+    PixelsPrep,
+    build_inputs,
+    check_prompt,
+    make_verdict,
+    parse_urls,
+    prepare,
+    spec_mismatch,
+    to_error,
+    wants_pixels,
+    with_item_id,
+)
 
 __all__ = ["ClientSettings", "Call", "RETRY_STATUSES"]
 
@@ -44,7 +56,7 @@ class ClientSettings:
     """What both clients (sync and asyncio) are configured with."""
 
     url: str | Sequence[str]  # "host:port", "a:1,b:2" or a list: calls are spread round-robin
-    model: str = "editguard"  # the client-facing model
+    model: str = CLIENT_MODEL  # the client model
     version: str = ""  # pin a model version; "" = the server's latest
     timeout: float = 10.0  # seconds for one call, retries included
     retries: int | None = None  # None: retry transient errors until the deadline; a number caps them
@@ -58,7 +70,7 @@ class ClientSettings:
     private_key: str | None = None
     certificate_chain: str | None = None
     headers: Mapping[str, str] | None = None  # gRPC metadata on every call (an auth token for a front proxy)
-    precheck_model: str = "editguard_precheck"  # the check before generation (``precheck``)
+    precheck_model: str = PRECHECK  # the check before generation (``precheck``)
     precheck_version: str = ""  # pin a pre-check version; "" = the server's latest
 
     def _connect(self, aio: bool) -> list:
@@ -95,7 +107,7 @@ class ClientSettings:
 
     def _remember_spec(self, model: str, specs: dict[str, dict], ready: set[str]) -> PixelsPrep:
         """Keep (and return) the pixels preparation of the version a request to ``model`` goes to: the
-        pinned one, else the newest ready one; ``specs``: what the front publishes, by version."""
+        pinned one, else the newest ready one; ``specs``: what the client model publishes, by version."""
         pinned = self._version(model)
         if pinned:
             if pinned not in specs:

@@ -1,29 +1,16 @@
 """Writing a Triton model repository: a new numbered version, atomically, beside the others.
 
-Layout (the templates are the files under ``model_repository/``)::
+The layout and the names are the repository contract's (:mod:`editguard.model.repository`); the
+committed templates are the files under ``model_repository/``, which export copies (it never writes
+there). A model trained with ``--ablation precheck`` (the request before generation: input image,
+mask, prompt) goes into its own pair, ``editguard_precheck`` and ``editguard_precheck_classifier`` (and
+``editguard_precheck_prompt``), with the same files, its own versions and thresholds; it is served
+inline under every config name.
 
-    REPO/editguard/config.pbtxt                 client-facing model (Python; runs the network inline)
-    REPO/editguard/configs/NAME.pbtxt           the ensemble graph, per native classifier config (NAME:
-                                                onnxruntime, tensorrt), and over the Python stand-ins
-                                                (ensemble)
-    REPO/editguard/labels.txt                   label file (one category per line)
-    REPO/editguard/N/{model.py, config.json, labels.json, tokenizer/, export.json[, thresholds.json]}
-    REPO/editguard_classifier/config.pbtxt      Python backend + onnxruntime (default)
-    REPO/editguard_classifier/configs/{onnxruntime,tensorrt}.pbtxt   native, NVIDIA's container
-    REPO/editguard_classifier/N/{model.py, model.onnx, export.json[, model.plan]}
-    REPO/editguard_prompt/...                   a frozen prompt tower, laid out like the classifier
-    REPO/editguard_prepare/N/model.py           the ensemble's Python steps, reading editguard/N's files
-    REPO/editguard_verdicts/N/model.py
-
-A model trained with ``--ablation precheck`` (the request before generation: input image, mask,
-prompt) goes into its own pair, with the same files and conventions, its own versions and
-thresholds: ``REPO/editguard_precheck`` (front), ``REPO/editguard_precheck_classifier`` (and
-``REPO/editguard_precheck_prompt``); it is served inline under every config name.
-
-A version is written under a hidden temporary name and renamed into place, so
-Triton never sees half a version; the networks' versions land before the
-front model's that calls them. The configs of the networks take their tensors from the exported
-graph, and the whole repository is then checked (:mod:`editguard.export.check`).
+A version is written under a hidden temporary name and renamed into place, so Triton never sees half
+a version; the networks' versions land before the client model's that calls them. The configs of the
+networks take their tensors from the exported graph, the client model's variants (the ensemble graph)
+are written from its config, and the whole repository is then checked (:mod:`editguard.export.check`).
 """
 
 from __future__ import annotations
@@ -35,44 +22,40 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from ..files import write_json_atomic, write_text_atomic
-from ..model.served import (CLASSIFIER, FRONT, PAIRS, PRECHECK, PRECHECK_CLASSIFIER, PREPARE, PROMPT_EMBEDDING, PROMPTS,
-                            VERDICTS, versions)
-from ..model.thresholds import DEFAULT_THRESHOLD
-from .pbtxt import read_config, write_config
+from ..model.pbtxt import read_config, write_config
+from ..model.repository import (
+    CLASSIFIER,
+    CLIENT_MODEL,
+    PAIRS,
+    PRECHECK,
+    PREPARE,
+    PROBABILITIES,
+    PROMPT_EMBEDDING,
+    PROMPTS,
+    THRESHOLDS,
+    VERDICTS,
+    carry_thresholds,
+    graph_models,
+    pixels_specs,
+    templates_dir,
+    versions,
+    write_labels,
+)
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["FRONT", "CLASSIFIER", "PRECHECK", "PRECHECK_CLASSIFIER", "ExportConfig", "ExportResult", "export_version",
-           "ensure_repository", "versions", "read_config", "write_config", "templates_dir"]
+__all__ = ["ExportConfig", "ExportResult", "export_version", "ensure_repository"]
 
 
-def templates_dir() -> Path:
-    """The committed ``model_repository/``: the source tree's (editable installs), else the copy a wheel
-    ships as ``editguard/model_repository`` (a namespace package: no ``__init__.py``, so no ``__pycache__``
-    that Triton would take for a model)."""
-    src = Path(__file__).resolve().parent.parent / "model_repository"
-    if (src / FRONT / "config.pbtxt").exists():
-        return src
-    return Path(str(resources.files("editguard.model_repository")))
-
-
-def served_models(front: str = FRONT, split_prompt: bool = False) -> list[str]:
-    """The models one export of ``front`` writes a version of, in the order they land (and load): the
-    networks, the ensemble's Python steps, and the client-facing model last."""
-    return ([PROMPTS[front]] if split_prompt else []) + [PAIRS[front]] + \
-        ([PREPARE, VERDICTS] if front == FRONT else []) + [front]
-
-
-def ensure_repository(repository: str | Path, front: str = FRONT, split_prompt: bool = False) -> Path:
-    """Create the folders and configs of ``front`` and the models behind it from the templates where
+def ensure_repository(repository: str | Path, client_model: str = CLIENT_MODEL, split_prompt: bool = False) -> Path:
+    """Create the folders and configs of ``client_model`` and the models behind it from the templates where
     missing."""
     repo = _not_the_templates(repository)
     src = templates_dir()
-    for model in served_models(front, split_prompt):
+    for model in graph_models(client_model, split_prompt):
         (repo / model).mkdir(parents=True, exist_ok=True)
         for f in [Path("config.pbtxt"), *(p.relative_to(src / model) for p in (src / model).glob("configs/*.pbtxt"))]:
             if not (repo / model / f).exists():
@@ -100,7 +83,7 @@ class ExportConfig:
     max_batch: int = 64  # max_batch_size of both models; the TensorRT profile's max
     opset: int = 17  # ONNX opset
     device: str = "cpu"  # where the parity check runs ("cuda" for FP16 on a GPU)
-    # where the served front decodes JPEG uploads: "" Pillow on the host, or a torch device ("cuda":
+    # where the served client model decodes JPEG uploads: "" Pillow on the host, or a torch device ("cuda":
     # nvJPEG through torchvision); None leaves the repository's setting as it is
     decode_device: str | None = None
 
@@ -123,7 +106,7 @@ class ExportResult:
     plan: str | None = None
     seconds: float = 0.0
     files: list[str] = field(default_factory=list)
-    model: str = FRONT  # the client-facing model the version went to (editguard or editguard_precheck)
+    model: str = CLIENT_MODEL  # the client model the version went to (editguard or editguard_precheck)
     models: list[str] = field(default_factory=list)  # every model the version was written to, in landing order
     thresholds: str | None = None  # what thresholds the version starts with, when carried from an older one
 
@@ -138,26 +121,26 @@ def export_version(cfg: ExportConfig) -> ExportResult:
     if net.cfg.ablation not in ("triple", "precheck"):
         raise ValueError(f"{cfg.model_dir} is an ablation ({net.cfg.ablation}); only triple models (and pre-checks, "
                          "--ablation precheck) can be served")
-    front_name = PRECHECK if net.cfg.ablation == "precheck" else FRONT
+    client_model = PRECHECK if net.cfg.ablation == "precheck" else CLIENT_MODEL
     split = net.split_prompt
-    models = served_models(front_name, split)
-    repo = ensure_repository(cfg.repository, front_name, split)
-    _check_graph(repo, front_name, split)
+    models = graph_models(client_model, split)
+    repo = ensure_repository(cfg.repository, client_model, split)
+    _check_graph(repo, client_model, split)
     taken = set().union(*(versions(repo, m) for m in models))
     version = cfg.version or (max(taken, default=0) + 1)
     if version in taken:
-        raise FileExistsError(f"version {version} of {front_name} already exists in {repo}; pick another "
+        raise FileExistsError(f"version {version} of {client_model} already exists in {repo}; pick another "
                               "--version or omit it")
-    _check_labels(repo, net.cfg.labels, front_name)
-    stages = {m: Path(tempfile.mkdtemp(dir=repo / m, prefix=f".v{version}-")) for m in models if m != front_name}
+    write_labels(repo, net.cfg.labels, client_model)
+    stages = {m: Path(tempfile.mkdtemp(dir=repo / m, prefix=f".v{version}-")) for m in models if m != client_model}
     try:
-        result = _write_networks(cfg, net, pre, stages[PAIRS[front_name]], version,
-                                 stages.get(PROMPTS[front_name]), PAIRS[front_name])
+        result = _write_networks(cfg, net, pre, stages[PAIRS[client_model]], version,
+                                 stages.get(PROMPTS[client_model]), PAIRS[client_model])
         for step in (PREPARE, VERDICTS):
             if step in stages:
-                shutil.copyfile(templates_dir() / FRONT / "model.py", stages[step] / "model.py")
-        stages[front_name] = _write_front(cfg, repo, version, result, front_name)
-        result.thresholds = _carry_thresholds(Path(cfg.model_dir), repo, front_name, version, stages[front_name])
+                shutil.copyfile(templates_dir() / CLIENT_MODEL / "model.py", stages[step] / "model.py")
+        stages[client_model] = _write_client_model(cfg, repo, version, result, client_model)
+        result.thresholds = _carry_thresholds(Path(cfg.model_dir), repo, client_model, version, stages[client_model])
         for m in models:  # the networks land first, the client-facing model last
             os.replace(stages[m], repo / m / str(version))
     except BaseException:
@@ -165,7 +148,7 @@ def export_version(cfg: ExportConfig) -> ExportResult:
             shutil.rmtree(stage, ignore_errors=True)
         raise
     graphs: dict = {}  # each graph is read once: for the configs, then for both checks
-    _update_configs(repo, cfg.max_batch, net, front_name, cfg.decode_device, version, graphs)
+    _update_configs(repo, cfg.max_batch, net, client_model, cfg.decode_device, version, graphs)
     from .check import check_repository
 
     errors = check_repository(repo, version, graphs)
@@ -174,17 +157,17 @@ def export_version(cfg: ExportConfig) -> ExportResult:
     for e in check_repository(repo, graphs=graphs):  # older versions that the new native configs no longer fit
         _logger.warning("%s (NVIDIA's container would refuse that version under the native config: retire it, "
                         "or export models of other shapes into a repository of their own)", e)
-    result.model, result.models = front_name, models
+    result.model, result.models = client_model, models
     result.repository, result.seconds = str(repo), round(time.perf_counter() - t0, 1)
     return result
 
 
-def _check_graph(repo: Path, front: str, split: bool) -> None:
+def _check_graph(repo: Path, client_model: str, split: bool) -> None:
     """Versions served side by side share one graph: with or without a separate prompt tower."""
-    have = versions(repo, front)
-    if have and bool(versions(repo, PROMPTS[front])) != split:
+    have = versions(repo, client_model)
+    if have and bool(versions(repo, PROMPTS[client_model])) != split:
         was = "a separate prompt tower" if not split else "the prompt tower inside the classifier"
-        raise ValueError(f"{repo / front} serves versions {have} with {was}, and this model's graph differs "
+        raise ValueError(f"{repo / client_model} serves versions {have} with {was}, and this model's graph differs "
                          "(text_encoder.freeze decides it); versions served side by side share one graph: export "
                          "into a new repository")
 
@@ -236,14 +219,15 @@ def _write_networks(cfg: ExportConfig, net, pre, stage: Path, version: int, prom
     return ExportResult(version, str(cfg.repository), asdict(p32), asdict(p16) if p16 else None, plan)
 
 
-def _write_front(cfg: ExportConfig, repo: Path, version: int, result: ExportResult, front: str = FRONT) -> Path:
+def _write_client_model(cfg: ExportConfig, repo: Path, version: int, result: ExportResult,
+                        client_model: str = CLIENT_MODEL) -> Path:
     src = Path(cfg.model_dir)
-    stage = Path(tempfile.mkdtemp(dir=repo / front, prefix=f".v{version}-"))
+    stage = Path(tempfile.mkdtemp(dir=repo / client_model, prefix=f".v{version}-"))
     try:
         for f in ("config.json", "labels.json"):
             shutil.copyfile(src / f, stage / f)
         shutil.copytree(src / "tokenizer", stage / "tokenizer")
-        shutil.copyfile(templates_dir() / FRONT / "model.py", stage / "model.py")
+        shutil.copyfile(templates_dir() / CLIENT_MODEL / "model.py", stage / "model.py")
         (stage / "export.json").write_text(json.dumps(
             {"version": version, "model_dir": str(src.resolve()), "fp16": cfg.fp16,
              "parity_fp32": result.parity_fp32, "parity_fp16": result.parity_fp16}, indent=2) + "\n")
@@ -253,64 +237,32 @@ def _write_front(cfg: ExportConfig, repo: Path, version: int, result: ExportResu
     return stage
 
 
-def _check_labels(repo: Path, labels: list[str], front: str = FRONT) -> None:
-    """labels.txt lists the longest label list of the versions served side by side. A version may append
-    categories to the others' (a model grown with ``train --from``), never drop, rename or reorder them:
-    a category keeps its place in SCORES and FLAGGED across versions."""
-    path = repo / front / "labels.txt"
-    if path.exists() and versions(repo, front):
-        have = path.read_text().split()
-        n = min(len(have), len(labels))
-        if have[:n] != labels[:n]:
-            raise ValueError(f"{path} lists {have} but the model has {labels}; versions served side by side must "
-                             "share their labels in order (a new version may only append categories): export into "
-                             "a new repository")
-        labels = max(have, labels, key=len)
-    write_text_atomic(path, "\n".join(labels) + "\n")
-
-
-def _carry_thresholds(model_dir: Path, repo: Path, front: str, version: int, stage: Path) -> str | None:
-    """A model grown with ``train --from`` (``--tune branch`` or ``towers``) scores its old categories exactly as
-    its parent:
-    the newest older version with those labels passes its thresholds.json on (the new categories keep 0.5
-    until ``calibrate --only``). Returns a line saying what was carried, or None."""
+def _carry_thresholds(model_dir: Path, repo: Path, client_model: str, version: int, stage: Path) -> str | None:
+    """A model grown with ``train --from`` starts with its parent version's thresholds where it scores as the
+    parent does (:func:`~editguard.model.repository.carry_thresholds`); returns the line saying so, or None."""
     from ..model.model_dir import GROWN
 
-    grown = model_dir / GROWN
-    if not grown.exists():
+    if not (model_dir / GROWN).exists():
         return None
-    info = json.loads(grown.read_text())
-    older = sorted((v for v in versions(repo, front) if v < version), reverse=True)
-    for v in older:
-        d = repo / front / str(v)
-        if json.loads((d / "config.json").read_text())["labels"] != info["labels"]:
-            continue
-        if not (d / "thresholds.json").exists():
-            return None
-        if info["old_scores"] != "unchanged":
-            _logger.warning("%s retrained its old categories (--tune %s): their scores moved, so version %d's "
-                            "thresholds are not carried over; calibrate every category", model_dir, info["tune"], v)
-            return None
-        doc = json.loads((d / "thresholds.json").read_text())
-        cats = {k: c for k, c in doc.get("categories", {}).items() if k in info["labels"]}
-        write_json_atomic(stage / "thresholds.json", dict(
-            doc, categories=cats, model_version=str(version), carried_from=str(v)))
-        return (f"thresholds of {', '.join(cats)} carried over from version {v} (the grown model scores them "
-                f"exactly as its parent); {', '.join(info['added'])} at {DEFAULT_THRESHOLD} until "
-                f"`editguard calibrate RESULTS --only {','.join(info['added'])} --install {repo}`")
-    return None
+    carried = carry_thresholds(json.loads((model_dir / GROWN).read_text()), repo, client_model, version)
+    if carried is None:
+        return None
+    doc, line = carried
+    write_json_atomic(stage / THRESHOLDS, doc)
+    return line
 
 
-def _update_configs(repo: Path, max_batch: int, net, front: str = FRONT, decode_device: str | None = None,
+def _update_configs(repo: Path, max_batch: int, net, client_model: str = CLIENT_MODEL, decode_device: str | None = None,
                     version: int | None = None, cache: dict | None = None) -> None:
     """max_batch_size everywhere; the networks' tensors from the exported graph of ``version`` (exact dims
-    in the native configs); the front's pixels specs per version and the decode device; the front's
+    in the native configs); the client model's pixels specs per version and the decode device; the client model's
     variants (the ensemble graph). ``cache``: the graphs read (:func:`~editguard.export.check.graph_tensors`)."""
     from .check import graph_tensors
 
     graphs = {m: graph_tensors(repo / m / str(version) / "model.onnx", cache)
-              for m in (PAIRS[front], PROMPTS[front]) if (repo / m / str(version) / "model.onnx").exists()}
-    for model in served_models(front, PROMPTS[front] in graphs):
+              for m in (PAIRS[client_model], PROMPTS[client_model])
+              if (repo / m / str(version) / "model.onnx").exists()}
+    for model in graph_models(client_model, PROMPTS[client_model] in graphs):
         for path in [repo / model / "config.pbtxt", *sorted((repo / model / "configs").glob("*.pbtxt"))]:
             cfg = read_config(path)
             before = cfg.SerializeToString()
@@ -321,14 +273,14 @@ def _update_configs(repo: Path, max_batch: int, net, front: str = FRONT, decode_
                 cfg.dynamic_batching.preferred_batch_size.extend(sizes)
             if model in graphs:
                 _set_tensors(cfg, graphs[model], exact=cfg.backend != "python")
-            if model == front:
-                cfg.parameters["preprocess"].string_value = json.dumps(pixels_specs(repo, front), sort_keys=True)
-            if model in (front, PREPARE) and decode_device is not None:
+            if model == client_model:
+                cfg.parameters["preprocess"].string_value = json.dumps(pixels_specs(repo, client_model), sort_keys=True)
+            if model in (client_model, PREPARE) and decode_device is not None:
                 cfg.parameters["decode_device"].string_value = decode_device
             if cfg.SerializeToString() != before:
                 write_config(path, cfg)
-    if front == FRONT:
-        _write_front_variants(repo, graphs)
+    if client_model == CLIENT_MODEL:
+        _write_graph_variants(repo, graphs)
 
 
 def _set_tensors(cfg, graph: dict, exact: bool) -> None:
@@ -355,31 +307,23 @@ def _set_tensors(cfg, graph: dict, exact: bool) -> None:
         tensors.extend(new)
 
 
-def pixels_specs(repo: Path, front: str = FRONT) -> dict[str, dict]:
-    """``{version: pixels spec}`` of the front's versions on disk: what pixels-path clients prepare."""
-    from ..model.config import ModelConfig
-
-    return {str(v): ModelConfig.load(repo / front / str(v) / "config.json").preprocess.pixels_spec()
-            for v in versions(repo, front)}
-
-
 ENSEMBLE_NAMES = ("ensemble",)  # config names that serve the ensemble over the Python stand-ins
 
 
-def _write_front_variants(repo: Path, graphs: dict) -> None:
-    """The front's variants under ``configs/``, which Triton picks with ``--model-config-name=NAME``: for each
+def _write_graph_variants(repo: Path, graphs: dict) -> None:
+    """The client model's variants under ``configs/``, which Triton picks with ``--model-config-name=NAME``: for each
     native classifier config and for ``ensemble``, the ensemble graph (prepare -> prompt tower -> classifier
     -> verdicts)."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    front = read_config(repo / FRONT / "config.pbtxt")
-    (repo / FRONT / "configs").mkdir(exist_ok=True)
-    ensemble = mc.ModelConfig(name=FRONT, platform="ensemble", max_batch_size=front.max_batch_size)
-    ensemble.input.extend(front.input)
-    ensemble.output.extend(front.output)
-    ensemble.version_policy.CopyFrom(front.version_policy)
-    ensemble.parameters["preprocess"].CopyFrom(front.parameters["preprocess"])
+    client_config = read_config(repo / CLIENT_MODEL / "config.pbtxt")
+    (repo / CLIENT_MODEL / "configs").mkdir(exist_ok=True)
+    ensemble = mc.ModelConfig(name=CLIENT_MODEL, platform="ensemble", max_batch_size=client_config.max_batch_size)
+    ensemble.input.extend(client_config.input)
+    ensemble.output.extend(client_config.output)
+    ensemble.version_policy.CopyFrom(client_config.version_policy)
+    ensemble.parameters["preprocess"].CopyFrom(client_config.parameters["preprocess"])
 
     def step(model: str, ins, outs) -> None:
         s = ensemble.ensemble_scheduling.step.add(model_name=model, model_version=-1)
@@ -387,12 +331,13 @@ def _write_front_variants(repo: Path, graphs: dict) -> None:
         s.output_map.update({n: n for n in outs})
 
     net_inputs = list(graphs[CLASSIFIER]["input"])
-    prompt_inputs = list(graphs[PROMPTS[FRONT]]["input"]) if PROMPTS[FRONT] in graphs else []
-    step(PREPARE, [t.name for t in front.input], [n for n in net_inputs if n != PROMPT_EMBEDDING] + prompt_inputs)
+    prompt_inputs = list(graphs[PROMPTS[CLIENT_MODEL]]["input"]) if PROMPTS[CLIENT_MODEL] in graphs else []
+    step(PREPARE, [t.name for t in client_config.input],
+         [n for n in net_inputs if n != PROMPT_EMBEDDING] + prompt_inputs)
     if prompt_inputs:
-        step(PROMPTS[FRONT], prompt_inputs, [PROMPT_EMBEDDING])
-    step(CLASSIFIER, net_inputs, ["probabilities"])
-    step(VERDICTS, ["probabilities"], [t.name for t in front.output])
+        step(PROMPTS[CLIENT_MODEL], prompt_inputs, [PROMPT_EMBEDDING])
+    step(CLASSIFIER, net_inputs, [PROBABILITIES])
+    step(VERDICTS, [PROBABILITIES], [t.name for t in client_config.output])
     body = text_format.MessageToString(ensemble)
     names = sorted({p.stem for p in (repo / CLASSIFIER / "configs").glob("*.pbtxt")} | set(ENSEMBLE_NAMES))
     for name in names:
@@ -400,5 +345,5 @@ def _write_front_variants(repo: Path, graphs: dict) -> None:
                    f"the networks' configs/{name}.pbtxt (native backend) and the Python steps' config.pbtxt")
         header = (f"# Generated by `editguard export` for --model-config-name={name}: editguard as an ensemble\n"
                   f"# over {backend}.\n# Each step runs its latest loaded version. The client contract is the "
-                  "inline front's\n# (../config.pbtxt): the same tensors, parameters and per-request errors.\n")
-        write_text_atomic(repo / FRONT / "configs" / f"{name}.pbtxt", header + body)
+                  "inline client model's\n# (../config.pbtxt): the same tensors, parameters and per-request errors.\n")
+        write_text_atomic(repo / CLIENT_MODEL / "configs" / f"{name}.pbtxt", header + body)

@@ -10,7 +10,21 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-__all__ = ["answer_each"]
+__all__ = ["answer_each", "output_types"]
+
+
+def output_types(model_config: dict, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``{output name: numpy dtype}`` from the model's config (``args["model_config"]``, parsed), the one source
+    of its tensors, as Triton's python_backend examples read them; ValueError names a ``required`` output the
+    config lacks."""
+    import triton_python_backend_utils as pb_utils
+
+    out = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in model_config.get("output", [])}
+    missing = [n for n in required if n not in out]
+    if missing:
+        raise ValueError(f"model {model_config.get('name')!r}: its config declares no output {missing}; the repository "
+                         "contract (editguard.model.repository.OUTPUTS) needs them")
+    return out
 
 
 def answer_each(requests: list, read: Callable[[Any], Any], run: Callable[[list], list[list]],

@@ -42,9 +42,9 @@ def server_models(url: str, connection=None) -> dict[str, dict[str, str]]:
     return out
 
 
-def serving_version(held: dict[str, dict[str, str]], front: str) -> int | None:
-    """The version that answers requests naming none: the newest READY version of ``front``."""
-    ready = [int(v) for v, state in held.get(front, {}).items() if v.isdigit() and state == "READY"]
+def serving_version(held: dict[str, dict[str, str]], client_model: str) -> int | None:
+    """The version that answers requests naming none: the newest READY version of ``client_model``."""
+    ready = [int(v) for v, state in held.get(client_model, {}).items() if v.isdigit() and state == "READY"]
     return max(ready) if ready else None
 
 
@@ -52,8 +52,8 @@ def load_models(url: str, models: tuple[str, ...] | None = None, connection=None
     """(Re)load ``models`` (default: every model the server serves now, plus ``ensure``) so Triton picks up
     the repository's versions under their version policy.
 
-    The networks go first and the client-facing models last (:func:`load_order`), so a new front
-    version never calls a network version that is not loaded. Triton keeps serving the loaded
+    The networks go first and the client models last (:func:`load_order`), so a new version of a client
+    model never calls a network version that is not loaded. Triton keeps serving the loaded
     versions while the new ones load, and lets in-flight requests of a retired version finish.
 
     Model control is an admin protocol: ``connection`` (a :class:`~editguard.connection.Connection`)

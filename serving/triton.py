@@ -195,9 +195,9 @@ class TritonServer:
         return cmd + list(self.extra_args)
 
     def models_to_load(self) -> list[str]:
-        """What the graph serves: the inline graph leaves the ensemble's steps unloaded (its front runs the
+        """What the graph serves: the inline graph leaves the ensemble's steps unloaded (its client model runs the
         networks, the prompt tower too, in-process); the ensembles load everything."""
-        from ..model.served import PREPARE, PROMPTS, VERDICTS
+        from ..model.repository import PREPARE, PROMPTS, VERDICTS
 
         if self.graph not in ("", "inline"):
             return ["*"]

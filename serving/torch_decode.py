@@ -1,6 +1,6 @@
 """JPEG decoding on a torch device (nvJPEG on a GPU) behind the preprocessing contract.
 
-A served front that decodes with Pillow spends most of its time on the host, turning encoded
+A served client model that decodes with Pillow spends most of its time on the host, turning encoded
 uploads into pixels it then shrinks to ``image_size``. :class:`TorchDecoder` moves that work to the
 device: ``torchvision.io.decode_jpeg(device="cuda")`` decodes a request's JPEGs in one nvJPEG call,
 and the letterbox resize runs there too, so only the ``S x S`` result comes back to the host.
@@ -20,7 +20,7 @@ keeps that contract and leans on it:
 The pixels are not bit-identical to Pillow's: a full-size decode followed by an antialiased
 bilinear resize differs from Pillow's exact resample by under half a grey level on average, and
 from its DCT-domain draft (the served default) by up to about one (``tests/test_torch_decode.py``
-bounds both; nvJPEG's IDCT may add a little on a GPU). The served front turns this on with
+bounds both; nvJPEG's IDCT may add a little on a GPU). The served client model turns this on with
 its ``decode_device`` parameter (``editguard export --decode-device cuda``); it needs torch and
 torchvision in the Python backend's environment. With ``device="cpu"`` torchvision decodes with
 libjpeg-turbo: no faster than Pillow, but it runs the same code where there is no GPU.
@@ -31,8 +31,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .config import PreprocessConfig
-from .preprocess import ImageSource, Preprocessor
+from ..model.config import PreprocessConfig
+from ..model.preprocess import ImageSource, Preprocessor
 
 __all__ = ["TorchDecoder"]
 

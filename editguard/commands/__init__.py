@@ -1,0 +1,1 @@
+"""The ``editguard`` subcommands, one module per command group; :mod:`editguard.cli` assembles them."""
