@@ -8,7 +8,7 @@ import textwrap
 from typing import Callable
 
 __all__ = ["OK", "CHECK_FAILED", "USAGE", "PARTIAL", "ERROR", "INTERRUPTED", "EXIT_CODES", "UsageError", "command",
-           "add_json", "add_connection", "client_options", "connection_from"]
+           "add_json", "summarize", "add_connection", "client_options", "connection_from"]
 
 # Exit codes, the same for every command.
 OK, CHECK_FAILED, USAGE, PARTIAL, ERROR, INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -43,6 +43,15 @@ def add_json(p, what: str) -> None:
     """``--json FILE``: the command's summary (``args.summary``, set by its run function) as JSON."""
     p.add_argument("--json", metavar="FILE", help=f"also write {what} as JSON to FILE; '-' writes it to stdout "
                    "and the text to stderr")
+
+
+def summarize(args: argparse.Namespace, result, failed: int, **extra) -> int:
+    """``result`` (a dataclass of counts) and ``extra`` as the ``--json`` summary; exit 3 when ``failed`` items
+    were reported, else 0."""
+    from dataclasses import asdict
+
+    args.summary = dict(asdict(result), **extra)
+    return PARTIAL if failed else OK
 
 
 def add_connection(p, admin: bool = False) -> None:

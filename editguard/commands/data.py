@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .base import OK, PARTIAL, UsageError, add_json, command
+from .base import OK, UsageError, add_json, command, summarize
 
 __all__ = ["add_synth", "add_import", "add_split"]
 
@@ -122,10 +122,7 @@ def _run_import(args: argparse.Namespace) -> int:
     if s.unmatched_labels:
         print(f"warning: {len(s.unmatched_labels)} ids in {args.labels} match no row (first: {s.unmatched_labels[0]})",
               file=sys.stderr)
-    from dataclasses import asdict
-
-    args.summary = dict(asdict(s), skipped_file=str(Path(args.out) / "skipped.jsonl") if s.skipped else None)
-    return PARTIAL if s.skipped else OK
+    return summarize(args, s, s.skipped, skipped_file=str(Path(args.out) / "skipped.jsonl") if s.skipped else None)
 
 
 def add_split(sub) -> None:

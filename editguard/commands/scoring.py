@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..model.repository import CLIENT_MODEL, CLIENT_MODELS
-from .base import OK, PARTIAL, UsageError, add_connection, add_json, client_options, command
+from .base import OK, UsageError, add_connection, add_json, client_options, command, summarize
 
 __all__ = ["add_score", "add_calibrate", "add_review"]
 
@@ -75,10 +75,7 @@ def _run_score(args: argparse.Namespace) -> int:
         from editguard.reports import format_table
 
         print(format_table(s.report, f"metrics over all {s.total_rows} rows"))
-    from dataclasses import asdict
-
-    args.summary = dict(asdict(s), out=args.out, errors_file=f"{args.out}.errors.jsonl" if s.errors else None)
-    return PARTIAL if s.errors else OK
+    return summarize(args, s, s.errors, out=args.out, errors_file=f"{args.out}.errors.jsonl" if s.errors else None)
 
 
 def add_calibrate(sub) -> None:
