@@ -154,9 +154,9 @@ def export_version(cfg: ExportConfig) -> ExportResult:
     errors = check_repository(repo, version, graphs)
     if errors:
         raise ValueError(f"{repo}: the configs disagree with the exported graphs:\n  " + "\n  ".join(errors))
-    for e in check_repository(repo, graphs=graphs):  # older versions that the new native configs no longer fit
-        _logger.warning("%s (NVIDIA's container would refuse that version under the native config: retire it, "
-                        "or export models of other shapes into a repository of their own)", e)
+    for e in check_repository(repo, graphs=graphs):  # older versions the new configs no longer fit, or older code
+        _logger.warning("%s (an older version that Triton may refuse to load: export it again, or retire it; models "
+                        "of other shapes go into a repository of their own)", e)
     result.model, result.models = client_model, models
     result.repository, result.seconds = str(repo), round(time.perf_counter() - t0, 1)
     return result
