@@ -13,6 +13,7 @@ Triton or trains fails with a message that says so, so the fast tier stays fast.
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import os
@@ -34,7 +35,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach the hub; f
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # admin keys that `editguard serve` writes or reads in tests live in a temp dir, never in the user's home
 os.environ.pop("EDITGUARD_ADMIN_KEY", None)
-os.environ["EDITGUARD_ADMIN_KEY_FILE"] = str(Path(tempfile.mkdtemp(prefix="editguard-test-keys-")) / "admin-key")
+_KEYS_DIR = tempfile.mkdtemp(prefix="editguard-test-keys-")
+atexit.register(shutil.rmtree, _KEYS_DIR, ignore_errors=True)
+os.environ["EDITGUARD_ADMIN_KEY_FILE"] = str(Path(_KEYS_DIR) / "admin-key")
 
 from editguard.training.synth import generate  # noqa: E402
 
