@@ -12,7 +12,7 @@ from setuptools import setup
 
 FOLDERS = {"editguard": "editguard", "editguard.model": "model", "editguard.training": "training",
            "editguard.export": "export", "editguard.serving": "serving", "editguard.clients": "clients",
-           "editguard.benchmarks": "benchmarks",
+           "editguard.benchmarks": "benchmarks", "editguard.redteam": "redteam",
            "editguard.model_repository": "model_repository"}
 # data files by pattern, for a folder and every folder below it
 DATA = {"editguard": ["py.typed"], "editguard.clients": ["review_page.html"], "editguard.model": ["*.json"],

@@ -50,7 +50,7 @@ def sample_inputs(model_dir: str | Path, pre, n: int = 16) -> dict[str, np.ndarr
 
     f = Path(model_dir) / "examples.safetensors"
     if f.exists():
-        return load_file(str(f))
+        return _with_long_prompt(load_file(str(f)), pre)
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -69,7 +69,32 @@ def sample_inputs(model_dir: str | Path, pre, n: int = 16) -> dict[str, np.ndarr
         items.append(pre.triple(enc[0], prompts[i % len(prompts)], enc[1]))
     from ..model.preprocess import collate
 
-    return collate(items)
+    return _with_long_prompt(collate(items), pre)
+
+
+_LONG = ("We took this picture on a long walk by the river last summer, and the light was lovely all afternoon. "
+         "Please keep the background, the framing and the faces exactly as they are, and then give them glasses.")
+
+
+def _with_long_prompt(example: dict[str, np.ndarray], pre) -> dict[str, np.ndarray]:
+    """Examples whose prompts are read in windows, the last one a prompt of several windows, so the parity
+    check covers the pooling. Token ids saved by a model dir before prompt windows (``[N, T]``) become the
+    first window of each prompt."""
+    if "input_ids" not in example:
+        return example
+    ids, att = pre.tokens([_LONG])
+    example = dict(example)
+    for k, long in (("input_ids", ids), ("attention_mask", att)):
+        a = example[k]
+        if a.ndim == 2:
+            lifted = np.full((a.shape[0], *long.shape[1:]), pre.tokenizer.padding["pad_id"] if k == "input_ids" else 0,
+                             a.dtype)
+            lifted[:, 0] = a
+            a = lifted
+        a = a.copy()
+        a[-1] = long[0]
+        example[k] = a
+    return example
 
 
 def export_onnx(net, path: str | Path, example: dict[str, np.ndarray], opset: int = 17) -> Path:

@@ -98,10 +98,18 @@ class PreprocessConfig:
     pad_value: int = 0  # uint8 value of letterbox padding
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # per-channel, applied inside the network (0..1 scale)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)  # filled from timm's pretrained cfg when created
-    max_tokens: int = 24  # prompt tokens including special tokens; longer prompts are truncated
+    max_tokens: int = 24  # prompt tokens the prompt tower reads at once (one window), special tokens included
+    # a longer prompt is read in overlapping windows of max_tokens (each starts half a window after the last);
+    # every window is scored and each category takes its highest score, so an instruction anywhere in the
+    # prompt counts as much as alone. A prompt that needs more windows than this is refused, never cut.
+    prompt_windows: int = 16
+    normalize_prompt: bool = True  # fold obfuscated spellings first (editguard.model.normalize)
+    # a mask the pixels contradict (the images changed, but hardly anywhere inside it: an empty mask, or one
+    # placed away from the change) is read as no mask, "anything may have changed" (Preprocessor.honest_mask)
+    mask_check: bool = True
     max_pixels: int = 50_000_000  # decoded width*height above this is refused (decompression bombs)
     max_image_bytes: int = 32 * 1024 * 1024  # encoded bytes above this are refused
-    max_prompt_chars: int = 4000  # prompt characters kept; the rest is cut before tokenizing
+    max_prompt_chars: int = 16000  # a longer prompt is refused before it is read (the windows bound it anyway)
     jpeg_draft: bool = True  # decode big JPEGs at a reduced DCT scale (Pillow's draft), still >= image_size
     # Pillow's resize(reducing_gap=): shrink by an integer box filter first while the image is over this
     # many times the target, then resample (3-4x faster from 1024 px, within 1 grey level); None: one
@@ -115,6 +123,8 @@ class PreprocessConfig:
             raise ValueError(f"preprocess.image_size must be 8..4096, got {self.image_size}")
         if self.max_tokens < 4:
             raise ValueError(f"preprocess.max_tokens must be at least 4, got {self.max_tokens}")
+        if not 1 <= self.prompt_windows <= 256:
+            raise ValueError(f"preprocess.prompt_windows must be 1..256, got {self.prompt_windows}")
         if self.reducing_gap is not None and self.reducing_gap < 1.0:
             raise ValueError(f"preprocess.reducing_gap must be >= 1.0 or null, got {self.reducing_gap}")
         self.mean = tuple(float(x) for x in self.mean)
@@ -156,6 +166,10 @@ class ModelConfig:
     # "towers": whether it has its own copy of the image towers}. The main head scores the first
     # len(labels) - sum of their "labels"
     label_heads: list[dict] = field(default_factory=list)
+    # categories about a change the prompt did not ask for: over a long prompt's windows they take their lowest
+    # score (the change is asked for if any window asks for it), the others their highest (EditGuardNet._pool);
+    # a new model takes them from its taxonomy (a category's "windows": "min")
+    window_min: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -184,6 +198,9 @@ class ModelConfig:
             raise ValueError("a pre-check (no output image) needs the prompt: the request's intent is in it")
         if not (self.use_output_image or self.use_prompt):
             raise ValueError("a model needs an image or the prompt: use_output_image and use_prompt are both False")
+        stray = sorted(set(self.window_min) - set(self.labels))
+        if self.labels and stray:
+            raise ValueError(f"window_min names {stray}, which are not among the labels {self.labels}")
         heads = self.label_heads
         if not all(isinstance(h, dict) and set(h) == {"labels", "towers"} and isinstance(h["labels"], int)
                    and h["labels"] > 0 and isinstance(h["towers"], bool) for h in heads) or (

@@ -57,6 +57,8 @@ def create_model(
     if cfg.labels and cfg.labels != taxonomy.names:
         raise ValueError(f"config labels {cfg.labels} differ from the taxonomy's {taxonomy.names}")
     cfg.labels = taxonomy.names
+    # a pre-check judges the request alone: a harm it states anywhere counts, whatever the category
+    cfg.window_min = taxonomy.window_min if cfg.use_output_image else []
     tok_dir = Path(workdir) / "tokenizer"
     try:
         if reuse_tokenizer and (tok_dir / "tokenizer.json").exists():  # e.g. DDP ranks > 0

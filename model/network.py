@@ -128,6 +128,19 @@ class TextTower(nn.Module):
         return self
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled embeddings: ``[B, H]`` for ``[B, T]`` token ids, ``[B, W, H]`` for a prompt's windows
+        ``[B, W, T]`` (a window past the prompt's end, all padding, is a zero row)."""
+        if input_ids.dim() == 3:
+            b, w, t = input_ids.shape
+            flat_ids, flat_att = input_ids.reshape(b * w, t), attention_mask.reshape(b * w, t)
+            used = flat_att[:, 0] > 0
+            if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+                e = self.encode(flat_ids, flat_att) * used.unsqueeze(-1).to(torch.float32)
+            else:  # eager: the padding windows are not run at all
+                e = torch.zeros(b * w, self.hidden_size, device=input_ids.device)
+                if used.any():
+                    e = e.index_put((used,), self.encode(flat_ids[used], flat_att[used]).to(e.dtype))
+            return e.reshape(b, w, -1)
         # a last guard: ids are validated before they get here, but an out-of-range id must never index
         # outside the embedding table (in an exported graph served by a native backend, say)
         input_ids = input_ids.clamp(0, self.encoder.config.vocab_size - 1)
@@ -267,6 +280,7 @@ class EditGuardNet(nn.Module):
                                cfg.dropout, self.use_pair, cfg.use_output_image)
         # the categories added later, one branch per `train --from` run (ModelConfig.label_heads)
         self.branches = nn.ModuleList(HeadBranch(self, h["labels"], h["towers"]) for h in cfg.label_heads)
+        self.register_buffer("window_min", torch.tensor([n in cfg.window_min for n in cfg.labels]), persistent=False)
 
     @property
     def input_names(self) -> list[str]:
@@ -321,17 +335,34 @@ class EditGuardNet(nn.Module):
         Returns logits ``float32 [B, num_labels]``: the main head's, then each branch's (a sigmoid gives
         probabilities).
         """
-        text = self._text(input_ids, attention_mask, prompt_embedding)
+        text, used = self._text(input_ids, attention_mask, prompt_embedding)
         x = self._fused(self, input_image, output_image, mask, text)
-        if not len(self.branches):
-            return self.head.mlp(x)
-        return torch.cat([self.head.mlp(x)] + [
-            b.mlp(self._fused(b, input_image, output_image, mask, text) if b.towers else x) for b in self.branches], -1)
+        logits = self.head.mlp(x)
+        if len(self.branches):
+            logits = torch.cat([logits] + [
+                b.mlp(self._fused(b, input_image, output_image, mask, text) if b.towers else x) for b in self.branches],
+                -1)
+        return self._pool(logits, used)
+
+    def _pool(self, logits: torch.Tensor, used: torch.Tensor | None, columns: slice = slice(None)) -> torch.Tensor:
+        """A prompt read in windows (``[B, W, C]`` to ``[B, C]``): each category's highest logit over the
+        prompt's windows, so a harm stated anywhere in a long prompt weighs as much as alone; for the
+        categories of ``window_min`` (a change the prompt did not ask for) the lowest, since a change is
+        asked for when any part of the prompt asks for it. ``columns``: the labels ``logits`` has (a branch's)."""
+        if used is None:
+            return logits
+        info = torch.finfo(logits.dtype)
+        unused = ~used.unsqueeze(-1)
+        highest = logits.masked_fill(unused, info.min).amax(1)
+        if not self.cfg.window_min:
+            return highest
+        lowest = logits.masked_fill(unused, info.max).amin(1)
+        return torch.where(self.window_min[columns], lowest, highest)
 
     def features(self, **inputs: torch.Tensor | None) -> torch.Tensor:
-        """The fused features ``float32 [B, n * fusion_width]`` the main head reads, from the inputs of
-        :meth:`forward`."""
-        text = self._text(inputs.get("input_ids"), inputs.get("attention_mask"), inputs.get("prompt_embedding"))
+        """The fused features the main head reads, from the inputs of :meth:`forward`: ``float32 [B, n *
+        fusion_width]``, or ``[B, W, n * fusion_width]`` for a prompt in ``W`` windows."""
+        text, _ = self._text(inputs.get("input_ids"), inputs.get("attention_mask"), inputs.get("prompt_embedding"))
         return self._fused(self, inputs.get("input_image"), inputs.get("output_image"), inputs.get("mask"), text)
 
     def branch_logits(self, i: int, **inputs: torch.Tensor | None) -> torch.Tensor:
@@ -339,19 +370,31 @@ class EditGuardNet(nn.Module):
         network run without gradients."""
         b = self.branches[i]
         with torch.no_grad():
-            text = self._text(inputs.get("input_ids"), inputs.get("attention_mask"), inputs.get("prompt_embedding"))
+            text, used = self._text(inputs.get("input_ids"), inputs.get("attention_mask"),
+                                    inputs.get("prompt_embedding"))
             x = None if b.towers else self._fused(self, inputs.get("input_image"), inputs.get("output_image"),
                                                   inputs.get("mask"), text)
         if b.towers:
             x = self._fused(b, inputs.get("input_image"), inputs.get("output_image"), inputs.get("mask"), text)
-        return b.mlp(x)
+        start = len(self.cfg.labels) - sum(h["labels"] for h in self.cfg.label_heads[i:])
+        return self._pool(b.mlp(x), used, slice(start, start + self.cfg.label_heads[i]["labels"]))
 
-    def _text(self, input_ids, attention_mask, prompt_embedding) -> torch.Tensor | None:
+    def _text(self, input_ids, attention_mask, prompt_embedding) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The prompt tower's pooled embedding (or the one given: the exported classifier's input, or a
-        :class:`~editguard.model.prompt_cache.PromptCache`'s), before any projection."""
+        :class:`~editguard.model.prompt_cache.PromptCache`'s), before any projection; and for a prompt in
+        windows (``[B, W, H]``), which windows hold some of it (``bool [B, W]``; the first always does, and an
+        all-zero embedding row is padding)."""
         if not self.cfg.use_prompt:
-            return None
-        return self.text(input_ids, attention_mask) if prompt_embedding is None else self.text.jitter(prompt_embedding)
+            return None, None
+        if prompt_embedding is None:
+            text = self.text.encode(input_ids, attention_mask)
+        else:
+            text = prompt_embedding
+        used = None
+        if text.dim() == 3:
+            used = text.abs().amax(-1) > 0
+            used = torch.cat([torch.ones_like(used[:, :1]), used[:, 1:]], 1)
+        return self.text.jitter(text), used
 
     def _fused(self, parts: nn.Module, input_image, output_image, mask, text) -> torch.Tensor:
         """The fused features from ``parts``' towers and projections: this network's, or a branch's own."""
@@ -374,6 +417,9 @@ class EditGuardNet(nn.Module):
             m = mask if self.use_mask else torch.full_like(input_image[..., 0], 255)  # no mask: all may change
             pair = parts.pair_proj(parts.pair(parts.image.normalize(input_image), parts.image.normalize(output_image), m))
         t = parts.text_proj(text) if text is not None else None
+        if t is not None and t.dim() == 3:  # a prompt in windows: the images' features beside each window's
+            e_in, e_out, pair = (None if e is None else e.unsqueeze(1).expand(-1, t.shape[1], -1)
+                                 for e in (e_in, e_out, pair))
         return self.head.features(e_out, e_in, t, pair)
 
 

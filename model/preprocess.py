@@ -9,8 +9,12 @@ What the network receives (the ONNX inputs):
 - images: ``uint8 [S, S, 3]`` RGB, letterboxed (or stretched) to ``S =
   image_size``; normalisation happens inside the network;
 - mask: ``uint8 [S, S]``, 0 = unchanged, 255 = edited, resized the same way;
-  a missing mask is all 255 ("anything may have changed");
-- prompt: ``int64 [T]`` token ids and attention mask, ``T = max_tokens``.
+  a missing mask is all 255 ("anything may have changed"), and so is one the pixels contradict
+  (:meth:`Preprocessor.honest_mask`);
+- prompt: ``int64 [W, T]`` token ids and attention mask: the prompt (normalised, see
+  :mod:`editguard.model.normalize`) in ``W = prompt_windows`` overlapping windows of ``T = max_tokens``
+  tokens, each starting half a window after the last; windows past the prompt's end are all padding
+  (attention 0). A prompt that needs more than ``W`` windows is refused, never cut.
 
 Decisions on odd inputs (documented in the README): animated images use their
 first frame; EXIF orientation is honoured; alpha is composited onto black;
@@ -31,6 +35,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import ModelConfig, PreprocessConfig
+from .normalize import normalize_prompt
 
 __all__ = ["PreprocessError", "Preprocessor", "ImageSource"]
 
@@ -186,7 +191,8 @@ class Preprocessor:
 
     # -- prompts ----------------------------------------------------------------
     def prompt_text(self, prompt: str | bytes, field: str = "prompt") -> str:
-        """Validate and clean one prompt: UTF-8, no NULs or control characters, length-capped."""
+        """Validate and clean one prompt: UTF-8, no NULs or control characters, at most ``max_prompt_chars``
+        characters (a longer one is refused), its obfuscations folded when ``normalize_prompt`` is on."""
         if isinstance(prompt, (bytes, bytearray, memoryview)):
             try:
                 prompt = bytes(prompt).decode("utf-8")
@@ -194,15 +200,35 @@ class Preprocessor:
                 raise PreprocessError(field, f"prompt is not valid UTF-8 ({e})", "bad_prompt") from e
         if not isinstance(prompt, str):
             raise PreprocessError(field, f"prompt must be text, got {type(prompt).__name__}", "bad_prompt")
-        prompt = prompt[: self.cfg.max_prompt_chars]
+        if len(prompt) > self.cfg.max_prompt_chars:
+            raise PreprocessError(field, f"prompt is {len(prompt)} characters, over the limit of "
+                                  f"{self.cfg.max_prompt_chars}; shorten it", "bad_prompt")
+        if self.cfg.normalize_prompt:
+            prompt = normalize_prompt(prompt)
         return "".join(ch if ch.isprintable() or ch in " \t\n" else " " for ch in prompt)
 
+    @property
+    def prompt_token_limit(self) -> int:
+        """The most prompt tokens (special tokens aside) that ``prompt_windows`` windows cover."""
+        post = self.tokenizer.post_processor
+        content = self.cfg.max_tokens - (post.num_special_tokens_to_add(False) if post else 0)
+        return content + (self.cfg.prompt_windows - 1) * (content - content // 2)
+
     def tokens(self, prompts: list[str | bytes]) -> tuple[np.ndarray, np.ndarray]:
-        """Tokenize prompts: ``(input_ids, attention_mask)``, both ``int64 [B, max_tokens]``."""
-        texts = [self.prompt_text(p, f"prompt[{i}]" if len(prompts) > 1 else "prompt") for i, p in enumerate(prompts)]
-        enc = self.tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in enc], dtype=np.int64).reshape(len(texts), self.cfg.max_tokens)
-        att = np.array([e.attention_mask for e in enc], dtype=np.int64).reshape(len(texts), self.cfg.max_tokens)
+        """Tokenize prompts: ``(input_ids, attention_mask)``, both ``int64 [B, prompt_windows, max_tokens]``
+        (see the module docstring). A prompt longer than the windows cover raises :class:`PreprocessError`."""
+        fields = [f"prompt[{i}]" if len(prompts) > 1 else "prompt" for i in range(len(prompts))]
+        texts = [self.prompt_text(p, f) for p, f in zip(prompts, fields)]
+        w, t = self.cfg.prompt_windows, self.cfg.max_tokens
+        ids = np.full((len(texts), w, t), self.tokenizer.padding["pad_id"], np.int64)
+        att = np.zeros((len(texts), w, t), np.int64)
+        for k, (e, field) in enumerate(zip(self.tokenizer.encode_batch(texts), fields)):
+            windows = [e, *e.overflowing]
+            if len(windows) > w:
+                raise PreprocessError(field, f"prompt is longer than the {self.prompt_token_limit} tokens this model "
+                                      f"reads ({w} windows of {t}); shorten it", "bad_prompt")
+            for j, win in enumerate(windows):
+                ids[k, j], att[k, j] = win.ids, win.attention_mask
         return ids, att
 
     # -- whole triples ----------------------------------------------------------
@@ -227,7 +253,29 @@ class Preprocessor:
         if output_image is not None:
             out["output_image"] = self.resize(self.decode(output_image, "output_image"), Image.BILINEAR)
         out["mask"] = self.mask(mask, src.info.get("source_size", src.size))
+        if output_image is not None:
+            out["mask"] = self.honest_mask(out["input_image"], out["output_image"], out["mask"])
         return out
+
+    # a pixel "changed" when a channel moved by more than this (0-255): over codec and regeneration noise
+    CHANGED = 24
+    # a mask is contradicted when less than this share of it changed while the images changed elsewhere
+    INSIDE_SHARE, OUTSIDE_SHARE = 0.02, 0.01
+
+    def honest_mask(self, input_image: np.ndarray, output_image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``mask`` (``uint8 [S, S]``, network size), or all 255 ("anything may have changed", the handling
+        of a missing mask) when the pixels contradict it: under ``INSIDE_SHARE`` of the mask changed while
+        over ``OUTSIDE_SHARE`` of the image outside it did (an empty mask, or one placed away from the
+        change). Off with ``preprocess.mask_check: false``. The served pixels path checks the same."""
+        if not self.cfg.mask_check:
+            return mask
+        changed = np.abs(output_image.astype(np.int16) - input_image.astype(np.int16)).max(-1) > self.CHANGED
+        inside = mask > 127
+        n_in = int(inside.sum())
+        share_in = (changed & inside).sum() / n_in if n_in else 0.0
+        if share_in < self.INSIDE_SHARE and (changed & ~inside).sum() > self.OUTSIDE_SHARE * mask.size:
+            return np.full_like(mask, 255)
+        return mask
 
 
 def collate(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -236,13 +284,15 @@ def collate(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def load_tokenizer(path: str | Path, max_tokens: int):
-    """Load ``tokenizer.json`` from a tokenizer dir with fixed-length truncation and padding."""
+    """Load ``tokenizer.json`` from a tokenizer dir with fixed-length windows (overlapping by half, the
+    overflow kept) and padding."""
     from tokenizers import Tokenizer
 
     path = Path(path)
     tok = Tokenizer.from_file(str(path / "tokenizer.json"))
     pad = _pad_token(path, tok)
-    tok.enable_truncation(max_length=max_tokens)
+    content = max_tokens - (tok.post_processor.num_special_tokens_to_add(False) if tok.post_processor else 0)
+    tok.enable_truncation(max_length=max_tokens, stride=max(0, content // 2))  # windows overlap by half
     tok.enable_padding(length=max_tokens, pad_id=tok.token_to_id(pad), pad_token=pad)
     return tok
 

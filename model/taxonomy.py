@@ -20,6 +20,13 @@ __all__ = ["Category", "Taxonomy", "default_taxonomy", "load_taxonomy", "appende
 class Category:
     name: str  # machine name, used in manifests, outputs and thresholds
     description: str = ""  # what the category covers, for people
+    # over a long prompt read in windows: "max" (a harm stated anywhere counts) or "min" (a change the prompt did
+    # not ask for: asked for if any window asks for it); see docs/design.md, "Triton tensors"
+    windows: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.windows not in ("max", "min"):
+            raise ValueError(f"taxonomy category {self.name!r}: windows must be 'max' or 'min', got {self.windows!r}")
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,11 @@ class Taxonomy:
     def __len__(self) -> int:
         return len(self.categories)
 
+    @property
+    def window_min(self) -> list[str]:
+        """The categories pooled by their lowest score over a long prompt's windows."""
+        return [c.name for c in self.categories if c.windows == "min"]
+
     def index(self, name: str) -> int:
         try:
             return self.names.index(name)
@@ -60,7 +72,8 @@ class Taxonomy:
             "name": self.name,
             "version": self.version,
             "aggregate": self.aggregate,
-            "categories": [{"name": c.name, "description": c.description} for c in self.categories],
+            "categories": [{"name": c.name, "description": c.description,
+                            **({"windows": c.windows} if c.windows != "max" else {})} for c in self.categories],
         }
 
     @classmethod
@@ -74,10 +87,10 @@ class Taxonomy:
                 c = {"name": c}
             if not isinstance(c, dict) or "name" not in c:
                 raise ValueError(f"taxonomy category #{i} must be a name or {{'name': ..., 'description': ...}}")
-            extra = set(c) - {"name", "description"}
+            extra = set(c) - {"name", "description", "windows"}
             if extra:
                 raise ValueError(f"taxonomy category {c['name']!r}: unknown keys {sorted(extra)}")
-            cats.append(Category(c["name"], c.get("description", "")))
+            cats.append(Category(c["name"], c.get("description", ""), c.get("windows", "max")))
         return cls(
             categories=tuple(cats),
             name=d.get("name", "custom"),

@@ -103,7 +103,7 @@ def test_normalised_prompt_embedding_and_training_noise(tmp_path):
     cfg = preset_config("tiny")
     cfg.text_encoder.normalize, cfg.text_encoder.embedding_noise = True, 0.1
     net, pre = create_model(cfg, tmp_path, prompts=PROMPTS)
-    ids, att = (torch.from_numpy(a) for a in pre.tokens(PROMPTS))
+    ids, att = (torch.from_numpy(a[:, 0]) for a in pre.tokens(PROMPTS))  # one window each
     net.eval()
     with torch.no_grad():
         e = net.text(ids, att)
@@ -152,7 +152,7 @@ def test_pretrained_text_tower_loads_from_a_local_dir(tmp_path):
     w = net.text.encoder.embeddings.word_embeddings.weight
     torch.testing.assert_close(w, ref.embeddings.word_embeddings.weight)
     ids, att = pre.tokens(["remove the hat"])
-    assert ids[0, 0] == 101  # BERT [CLS]: the pretrained vocabulary, not a trained one
+    assert ids[0, 0, 0] == 101  # BERT [CLS]: the pretrained vocabulary, not a trained one
 
 
 def test_timm_pretrained_from_local_weights_file(tmp_path):
@@ -181,7 +181,7 @@ def test_cpu_preset_frozen_minilm_and_pair_tower_export(tmp_path):
 
     net, pre = create_model("cpu", tmp_path, prompts=[])
     assert net.use_pair and not any(p.requires_grad for p in net.text.parameters())
-    ids, att = (torch.from_numpy(a) for a in pre.tokens(PROMPTS + [PROMPTS[0]]))
+    ids, att = (torch.from_numpy(a[:, 0]) for a in pre.tokens(PROMPTS + [PROMPTS[0]]))  # one window each
     net.eval()
     cache = PromptCache.of(net)
     cached = cache(ids, att)

@@ -54,7 +54,9 @@ def grow_network(net: EditGuardNet, taxonomy: Taxonomy, prior: np.ndarray | None
     added = appended_categories(Taxonomy.from_dict({"categories": net.cfg.labels}), taxonomy)
     grown = copy.deepcopy(net)
     grown.cfg = dataclasses.replace(net.cfg, labels=taxonomy.names,
-                                    label_heads=[*net.cfg.label_heads, {"labels": len(added), "towers": towers}])
+                                    label_heads=[*net.cfg.label_heads, {"labels": len(added), "towers": towers}],
+                                    window_min=[*net.cfg.window_min, *(n for n in added if n in taxonomy.window_min)])
+    grown.window_min = torch.tensor([n in grown.cfg.window_min for n in grown.cfg.labels])
     branch = HeadBranch(grown, len(added), towers)
     for name, _ in branch.named_children():
         if name != "mlp":

@@ -63,6 +63,8 @@ class TrainConfig:
     patience: int = 4  # epochs without a better val macro AUPRC before stopping
     mask_dropout: float = 0.2  # rate of training items shown with "no mask"
     realistic_augment: bool = True  # codec/resample/blur/noise on the images, mask jitter, 1-px shifts
+    adversarial: float = 0.0  # share of batches trained on a carried perturbation (model.adversarial; 0: off)
+    adversarial_eps: float = 8.0  # its L-infinity bound, 0-255 scale
     seed: int = 0  # seeds init, shuffling and dropout
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
@@ -85,6 +87,9 @@ class TrainConfig:
             raise ValueError(f"ablation must be one of {list(ABLATIONS)}, got {self.ablation!r}")
         if self.batch_size < 1 or self.grad_accum < 1 or self.epochs < 1:
             raise ValueError("batch_size, grad_accum and epochs must be positive")
+        if not 0.0 <= self.adversarial <= 1.0 or self.adversarial_eps <= 0:
+            raise ValueError(f"--adversarial is a share of batches, 0 to 1 (got {self.adversarial}), and "
+                             f"--adversarial-eps a positive bound (got {self.adversarial_eps})")
         if self.tune not in ("branch", "towers", "all"):
             raise ValueError(f"tune must be 'branch', 'towers' or 'all', got {self.tune!r}")
         if self.replay_size < 0:
@@ -135,9 +140,27 @@ def train(cfg: TrainConfig) -> dict:
 
     prompts = PromptCache.of(net)  # a frozen prompt tower: each prompt once, for training and validation
     run = TrainingRun(cfg, d, net, model, loader, val_loader, label_matrix(val_recs, taxonomy.names), taxonomy.names,
-                      opt, sched, loss=lambda batch, y: bce(model(**with_cache(prompts, batch)).float(), y),
+                      opt, sched, loss=_loss(cfg, model, bce, prompts, d),
                       select=select, save_best=save_best, report_extra={"ablation": cfg.ablation}, prompts=prompts)
     return fit(run, load_checkpoint(out, net, opt, sched, d) if cfg.resume else None)
+
+
+def _loss(cfg: TrainConfig, model, bce, prompts, d):
+    """The training loss: BCE on the batch, or for ``cfg.adversarial`` of the batches (drawn from a generator
+    seeded like the run) BCE on the batch under a perturbation carried through the edit that raises it
+    (:func:`~editguard.model.adversarial.carried_pgd`, 2 steps of ``adversarial_eps``)."""
+    gen = torch.Generator().manual_seed(cfg.seed + 7919 * d.rank)
+
+    def loss(batch: dict, y: torch.Tensor) -> torch.Tensor:
+        inputs = with_cache(prompts, batch)
+        if cfg.adversarial and "output_image" in inputs and torch.rand((), generator=gen) < cfg.adversarial:
+            from ..model.adversarial import carried_pgd
+
+            adv_in, adv_out = carried_pgd(model, inputs, lambda logits: bce(logits, y), cfg.adversarial_eps, 2,
+                                          generator=gen)
+            inputs = {**inputs, "input_image": adv_in, "output_image": adv_out}
+        return bce(model(**inputs).float(), y)
+    return loss
 
 
 def _read(cfg: TrainConfig, taxonomy: Taxonomy) -> tuple[list, list]:

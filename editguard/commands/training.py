@@ -49,6 +49,11 @@ def add_train(sub) -> None:
     g.add_argument("--seed", type=int, default=0, help=f"random seed {from_help}")
     g.add_argument("--no-realistic-augment", action="store_true", help="only flips and mask dropout; by default the "
                    "images also get codec, resampling, blur and noise, and the masks jitter, as real edits do")
+    g.add_argument("--adversarial", type=float, default=0.0, metavar="SHARE",
+                   help="adversarial training: this share of batches (0-1) is trained on a perturbation of the upload "
+                   "carried into the output outside the mask, found by a 2-step PGD (docs/red-team.md; default: 0)")
+    g.add_argument("--adversarial-eps", type=float, default=8.0, metavar="EPS",
+                   help="its L-infinity bound on the 0-255 scale (default: %(default)s)")
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
@@ -101,7 +106,8 @@ def _run_train(args: argparse.Namespace) -> int:
                       grad_accum=args.grad_accum, lr=args.lr, patience=args.patience, seed=args.seed,
                       device=args.device, num_workers=args.num_workers, resume=args.resume,
                       allow_outside_root=args.allow_outside_root, progress=not args.no_progress,
-                      realistic_augment=not args.no_realistic_augment, overlays=args.overlay, weights=args.weights)
+                      realistic_augment=not args.no_realistic_augment, overlays=args.overlay, weights=args.weights,
+                      adversarial=args.adversarial, adversarial_eps=args.adversarial_eps)
     if cfg.from_model:
         from editguard.training.grow import grow
 

@@ -159,8 +159,12 @@ class TritonPythonModel:
             raise PreprocessError(INPUT_PIXELS, f"the pixels inputs and {PROMPT} disagree on the batch size",
                                   "bad_pixels")
         ids, att = self.served.pre.tokens(list(prompt))
-        return [{**{k: a[i] for k, a in arrays.items()}, "input_ids": ids[i], "attention_mask": att[i]}
-                for i in range(n)]
+        items = [{**{k: a[i] for k, a in arrays.items()}, "input_ids": ids[i], "attention_mask": att[i]}
+                 for i in range(n)]
+        if "output_image" in arrays:  # the caller's mask is checked against its pixels, as on the encoded path
+            for it in items:
+                it["mask"] = self.served.pre.honest_mask(it["input_image"], it["output_image"], it["mask"])
+        return items
 
     def execute(self, requests):
         rejected = lambda e: self.metrics.rejected(getattr(e, "kind", "bad_request"))  # noqa: E731
