@@ -43,7 +43,6 @@ class RedTeamConfig:
     repository: str | None = None
     model_dir: str | None = None  # the target's own model dir: the white-box pixel attacks
     surrogate: str | None = None  # another model dir: the transfer pixel attacks
-    attacks: list[str] = field(default_factory=list)  # names or families; empty = all
     per_class: int = 0  # at most this many unsafe and this many safe edits (0 = all)
     seed: int = 0
     checks: tuple[str, ...] = ("post", "pre")
@@ -90,7 +89,9 @@ def run(cfg: RedTeamConfig, attacks: list[Attack], show_progress: bool = True) -
                     skipped.append({"attack": a.name, "why": f"needs {flag}"})
                     bar.update(1)
                     continue
-                surrogate = loaded.get(path) or loaded.setdefault(path, Surrogate(path))
+                if path not in loaded:
+                    loaded[path] = Surrogate(path)
+                surrogate = loaded[path]
             attacked = a.apply(cases, cfg.seed, surrogate)
             for check, backend in backends.items():
                 after = _score(backend, attacked)

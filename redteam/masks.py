@@ -6,11 +6,13 @@ image, an empty one ("nothing changed"), or a box of the true mask's area placed
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
 from PIL import Image
 
+from ..clients.protocol import encode_image
 from .attacks import Case, attack
 
 __all__ = ["no_mask", "whole_mask", "empty_mask", "mask_away"]
@@ -21,12 +23,6 @@ def _size(data: bytes) -> tuple[int, int]:
         return im.size
 
 
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr.astype(np.uint8), "L").save(buf, "PNG")
-    return buf.getvalue()
-
-
 @attack("mask", "no_mask", "no mask sent")
 def no_mask(case: Case, rng: np.random.Generator) -> Case:
     return _with_mask(case, None)
@@ -35,13 +31,13 @@ def no_mask(case: Case, rng: np.random.Generator) -> Case:
 @attack("mask", "whole_mask", "a mask over the whole image")
 def whole_mask(case: Case, rng: np.random.Generator) -> Case:
     w, h = _size(case.input_image)
-    return _with_mask(case, _png(np.full((h, w), 255)))
+    return _with_mask(case, encode_image(np.full((h, w), 255, np.uint8)))
 
 
 @attack("mask", "empty_mask", "an empty mask: the caller claims nothing changed")
 def empty_mask(case: Case, rng: np.random.Generator) -> Case:
     w, h = _size(case.input_image)
-    return _with_mask(case, _png(np.zeros((h, w))))
+    return _with_mask(case, encode_image(np.zeros((h, w), np.uint8)))
 
 
 @attack("mask", "mask_away", "a box of the true mask's area, placed away from the change")
@@ -62,12 +58,10 @@ def mask_away(case: Case, rng: np.random.Generator) -> Case:
     y0 = 0 if cy > h / 2 else h - side_h
     x0 = int(np.clip(x0 + rng.integers(-w // 20, w // 20 + 1), 0, w - side_w))
     y0 = int(np.clip(y0 + rng.integers(-h // 20, h // 20 + 1), 0, h - side_h))
-    lie = np.zeros((h, w))
+    lie = np.zeros((h, w), np.uint8)
     lie[y0:y0 + side_h, x0:x0 + side_w] = 255
-    return _with_mask(case, _png(lie))
+    return _with_mask(case, encode_image(lie))
 
 
 def _with_mask(case: Case, mask: bytes | None) -> Case:
-    import dataclasses
-
     return dataclasses.replace(case, mask=mask)

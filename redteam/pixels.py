@@ -26,6 +26,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from ..clients.protocol import encode_image
 from .attacks import Attack, Case, register
 
 __all__ = ["Surrogate", "pgd", "EPSILONS"]
@@ -41,7 +42,6 @@ class Surrogate:
         from ..model.model_dir import load_model_dir
         from ..model.prompt_cache import PromptCache
 
-        self.dir = str(model_dir)
         self.net, self.pre = load_model_dir(model_dir, device)
         self.net.eval().requires_grad_(False)
         self.cache = PromptCache.of(self.net)
@@ -87,11 +87,11 @@ def pgd(surrogate: Surrogate, cases: list[Case], eps: float, steps: int = STEPS,
 
 
 def _encode(arr: np.ndarray, jpeg: bool) -> bytes:
+    """PNG (the client's own encoding of an array), or JPEG at quality 90 for the codec round trip."""
+    if not jpeg:
+        return encode_image(arr)
     buf = io.BytesIO()
-    if jpeg:
-        Image.fromarray(arr).save(buf, "JPEG", quality=90)
-    else:
-        Image.fromarray(arr).save(buf, "PNG")
+    Image.fromarray(arr).save(buf, "JPEG", quality=90)
     return buf.getvalue()
 
 
