@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,8 @@ PRESETS = ("small", "base", "cpu-lite0")  # served as versions 1, 2, 3 of editgu
 @pytest.fixture(scope="module")
 def preset_models(synth_sets, subset_manifest, stand_in_weights, tmp_path_factory) -> dict[str, dict[str, Path]]:
     """Each preset (and its pre-check) trained for one step of four triples from its weights folder (the
-    four validation triples are also what export checks parity on)."""
+    four validation triples are also what export checks parity on). The models (3.6 GB, base's 1.6 GB
+    checkpoint each dropped as soon as it is written: only --resume reads it) go when the module ends."""
     root = tmp_path_factory.mktemp("presets")
     train = subset_manifest(synth_sets["train"], 4, "presets")
     val = subset_manifest(synth_sets["val"], 4, "presets")
@@ -50,8 +52,10 @@ def preset_models(synth_sets, subset_manifest, stand_in_weights, tmp_path_factor
             assert main(["train", "--train", str(train), "--val", str(val), "--out", str(model), "--preset", preset,
                          *weights, "--ablation", ablation, "--epochs", "1", "--batch-size", "4",
                          "--no-progress"]) == 0
+            shutil.rmtree(model / "checkpoint")
             out[preset][ablation] = model
-    return out
+    yield out
+    shutil.rmtree(root)
 
 
 FP16 = ("small", "cpu-lite0")  # served FP16; base's FP16 bound is measured by `editguard bench --sections presets`
@@ -76,6 +80,7 @@ def preset_served(preset_models, tmp_path_factory):
     server.start(timeout=300)
     yield server, repo
     server.stop()
+    shutil.rmtree(repo)  # 2 GB of graphs
 
 
 def test_presets_carry_the_measured_design():
