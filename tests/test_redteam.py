@@ -229,12 +229,77 @@ def test_carried_perturbation_stays_in_bounds_and_outside_the_mask(tmp_path):
     assert all(p.requires_grad for p in net.text.parameters() if not net.text.frozen)
 
 
+# -- training against the attacks -------------------------------------------------------------------------
+def test_training_rewrites_prompts_and_moves_masks_and_nothing_else(few_triples, tmp_path):
+    """Each kind of prompt augmentation does what it says with word lists of its own (not the red team's);
+    the dataset rewrites the prompts of the share asked for, tokenized again (padding reaches past the first
+    window), and moves the masks of the share asked for (same area, elsewhere; "no mask" stays), leaving
+    the images' augmentation and the labels as they were."""
+    from editguard.manifest import read_manifest
+    from editguard.model.config import preset_config
+    from editguard.model.model_dir import create_model
+    from editguard.redteam import wording
+    from editguard.training import augment
+    from editguard.training.augment import augment_prompt
+    from editguard.training.data import TripleDataset, misplace_mask
+
+    text = "remove the jacket and shirt from this person"
+    rng = np.random.default_rng(0)
+    typos = [augment_prompt(text, rng, ("typos",)) for _ in range(20)]
+    assert all(t != text and len(t.split()) == len(text.split()) for t in typos)
+    assert any(c.isdigit() for c in augment_prompt(text, rng, ("leet",)))
+    framed = augment_prompt(text, rng, ("frame",))
+    assert text in framed and len(framed) > len(text)
+    padded = [augment_prompt(text, rng, ("padding",)) for _ in range(20)]
+    assert all(text in p and 10 <= len(p.split()) - len(text.split()) <= augment.PADDING_WORDS for p in padded)
+    ours = " ".join(augment._SENTENCES + augment._FRAMES).lower()
+    assert not any(s.lower() in ours for s in wording._SENTENCES + [f.split("{p}")[0] for f in wording._FRAMES if
+                                                                    f.split("{p}")[0]])
+    with pytest.raises(ValueError, match="unknown prompt augmentation"):
+        augment_prompt(text, rng, ("shouting",))
+
+    records = read_manifest(few_triples)
+    _, pre = create_model(preset_config("tiny"), tmp_path, prompts=[r.prompt for r in records])
+    names = sorted({c for r in records for c in r.labels}) or ["sexual"]
+    plain = TripleDataset(records, pre, names, augment=True, seed=3)
+    rewritten = TripleDataset(records, pre, names, augment=True, seed=3, prompt_augment=1.0)
+    changed = windows = 0
+    for i in range(len(records)):
+        a, b = plain[i], rewritten[i]
+        for k in ("input_image", "output_image", "mask", "labels"):
+            np.testing.assert_array_equal(a[k], b[k])
+        changed += not np.array_equal(a["input_ids"], b["input_ids"])
+        windows += int(b["attention_mask"][1:, 0].any())
+        np.testing.assert_array_equal(b["input_ids"], rewritten[i]["input_ids"])  # seeded by (seed, epoch, item)
+    assert changed >= 0.6 * len(records) and windows >= 1  # leetspeak mostly folds back to the same tokens
+
+    lied = TripleDataset(records, pre, names, augment=True, seed=3, mask_dropout=0.0, mask_lie=1.0)
+    honest = TripleDataset(records, pre, names, augment=True, seed=3, mask_dropout=0.0)
+    moved = 0
+    for i in range(len(records)):
+        a, b = honest[i], lied[i]
+        for k in ("input_image", "output_image", "input_ids", "labels"):
+            np.testing.assert_array_equal(a[k], b[k])
+        assert (a["mask"] > 127).sum() == (b["mask"] > 127).sum()
+        moved += not np.array_equal(a["mask"], b["mask"])
+    assert moved >= len(records) - sum(r.mask is None for r in records) - 2  # a mask covering the image stays
+    box = np.zeros((64, 64), np.uint8)
+    box[4:20, 4:20] = 255
+    away = misplace_mask(box, np.random.default_rng(0))
+    assert (away > 127).sum() == 256 and not (away[4:20, 4:20] > 127).any()
+    full = np.full((64, 64), 255, np.uint8)
+    np.testing.assert_array_equal(misplace_mask(full, np.random.default_rng(0)), full)
+
+
 @pytest.mark.slow
 def test_adversarial_training_runs(few_triples, tmp_path):
-    """`train --adversarial 1` trains every batch on the carried perturbation and writes a model dir."""
+    """`train --adversarial 1` trains every batch on the carried perturbation and writes a model dir;
+    `--prompt-augment` and `--mask-lie` rewrite prompts and move masks in the same run."""
     r = subprocess.run([sys.executable, "-m", "editguard", "train", "--train", str(few_triples), "--val",
                         str(few_triples), "--out", str(tmp_path / "adv"), "--preset", "tiny", "--epochs", "1",
-                        "--adversarial", "1", "--adversarial-eps", "4", "--no-progress", "--device", "cpu"],
+                        "--adversarial", "1", "--adversarial-eps", "4", "--prompt-augment", "0.5", "--mask-lie", "0.2",
+                        "--no-progress",
+                        "--device", "cpu"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "adv" / "model.safetensors").exists()
@@ -242,3 +307,7 @@ def test_adversarial_training_runs(few_triples, tmp_path):
                         str(few_triples), "--out", str(tmp_path / "bad"), "--adversarial", "2"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "share of batches, 0 to 1" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "editguard", "train", "--train", str(few_triples), "--val",
+                        str(few_triples), "--out", str(tmp_path / "bad"), "--prompt-augment", "-0.1"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "share of items, 0 to 1" in r.stderr

@@ -10,9 +10,10 @@ from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 
 from ..manifest import Record
-from ..model.preprocess import Preprocessor, collate
+from ..model.preprocess import PreprocessError, Preprocessor, collate
+from .augment import augment_prompt
 
-__all__ = ["TripleDataset", "collate_batch", "label_matrix", "degrade", "jitter_mask"]
+__all__ = ["TripleDataset", "collate_batch", "label_matrix", "degrade", "jitter_mask", "misplace_mask"]
 
 
 def label_matrix(records: list[Record], labels: list[str]) -> np.ndarray:
@@ -65,6 +66,15 @@ def jitter_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return mask
 
 
+def misplace_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``mask`` moved a quarter to three quarters of the image's side down and across (wrapping round): a
+    mask that lies about where the edit is. "No mask" (all 255) stays as it is."""
+    if mask.min() == 255:
+        return mask
+    h, w = mask.shape
+    return np.roll(mask, (int(rng.integers(h // 4, 3 * h // 4 + 1)), int(rng.integers(w // 4, 3 * w // 4 + 1))), (0, 1))
+
+
 class TripleDataset(Dataset):
     """Preprocessed triples with labels; decodes each item once and keeps it (``cache=True``).
 
@@ -77,16 +87,24 @@ class TripleDataset(Dataset):
     the input), the mask through :func:`jitter_mask`, and the output is
     sometimes shifted by a pixel. The augmentation of item ``i`` depends only
     on ``(seed, epoch, i)``: the same whatever the number of ranks or
-    DataLoader workers, and repeated exactly on resume.
+    DataLoader workers, and repeated exactly on resume. ``prompt_augment``
+    is the share of items whose prompt is rewritten by
+    :func:`~editguard.training.augment.augment_prompt` (typos, leetspeak, a
+    benign framing, friendly padding) and tokenized again; ``mask_lie`` the
+    share whose mask is moved away from the change (:func:`misplace_mask`),
+    labels kept, so the model does not take a caller's mask on trust. Each
+    draws from a generator of its own, so the images' augmentation is the
+    same with either on or off.
     """
 
     def __init__(self, records: list[Record], pre: Preprocessor, labels: list[str], *, cache: bool = True,
-                 augment: bool = False, mask_dropout: float = 0.2, seed: int = 0, realistic: bool = False):
+                 augment: bool = False, mask_dropout: float = 0.2, seed: int = 0, realistic: bool = False,
+                 prompt_augment: float = 0.0, mask_lie: float = 0.0):
         self.records, self.pre = records, pre
         self.y = label_matrix(records, labels)
         self.cache: dict[int, dict] | None = {} if cache else None
         self.augment, self.mask_dropout, self.seed, self.epoch = augment, mask_dropout, seed, 0
-        self.realistic = realistic
+        self.realistic, self.prompt_augment, self.mask_lie = realistic, prompt_augment, mask_lie
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -111,8 +129,22 @@ class TripleDataset(Dataset):
             if rng.random() < 0.5:  # flip the whole triple together
                 for k in ("input_image", "output_image", "mask"):
                     item[k] = np.ascontiguousarray(item[k][:, ::-1])
+            if self.prompt_augment:
+                self._augment_prompt(item, self.records[i].prompt, np.random.default_rng((self.seed, self.epoch, i, 1)))
+            if self.mask_lie:
+                lie = np.random.default_rng((self.seed, self.epoch, i, 2))
+                if lie.random() < self.mask_lie:
+                    item["mask"] = misplace_mask(item["mask"], lie)
         return item
 
+    def _augment_prompt(self, item: dict, prompt: str, rng: np.random.Generator) -> None:
+        if rng.random() >= self.prompt_augment:
+            return
+        try:
+            ids, att = self.pre.tokens([augment_prompt(prompt, rng)])
+        except PreprocessError:  # longer than the model reads: the prompt as it was
+            return
+        item["input_ids"], item["attention_mask"] = ids[0], att[0]
 
     @staticmethod
     def _realistic(item: dict, rng: np.random.Generator) -> None:

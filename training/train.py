@@ -65,6 +65,8 @@ class TrainConfig:
     realistic_augment: bool = True  # codec/resample/blur/noise on the images, mask jitter, 1-px shifts
     adversarial: float = 0.0  # share of batches trained on a carried perturbation (model.adversarial; 0: off)
     adversarial_eps: float = 8.0  # its L-infinity bound, 0-255 scale
+    prompt_augment: float = 0.0  # share of items whose prompt is rewritten (training.augment; 0: off)
+    mask_lie: float = 0.0  # share of items whose mask is moved away from the change (training.data.misplace_mask)
     seed: int = 0  # seeds init, shuffling and dropout
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
@@ -90,6 +92,9 @@ class TrainConfig:
         if not 0.0 <= self.adversarial <= 1.0 or self.adversarial_eps <= 0:
             raise ValueError(f"--adversarial is a share of batches, 0 to 1 (got {self.adversarial}), and "
                              f"--adversarial-eps a positive bound (got {self.adversarial_eps})")
+        for flag, share in (("--prompt-augment", self.prompt_augment), ("--mask-lie", self.mask_lie)):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{flag} is a share of items, 0 to 1 (got {share})")
         if self.tune not in ("branch", "towers", "all"):
             raise ValueError(f"tune must be 'branch', 'towers' or 'all', got {self.tune!r}")
         if self.replay_size < 0:
@@ -116,7 +121,8 @@ def train(cfg: TrainConfig) -> dict:
     train_recs, val_recs = _read(cfg, taxonomy)
     net, pre = _network(cfg, d, taxonomy, [r.prompt for r in train_recs])
     train_ds = TripleDataset(train_recs, pre, taxonomy.names, augment=True, mask_dropout=cfg.mask_dropout,
-                             seed=cfg.seed, realistic=cfg.realistic_augment)
+                             seed=cfg.seed, realistic=cfg.realistic_augment, prompt_augment=cfg.prompt_augment,
+                             mask_lie=cfg.mask_lie)
     val_ds = TripleDataset(val_recs, pre, taxonomy.names, cache=False)
     # one process is a world of one: the same sampler gives every world size the same global batches
     sampler = DistributedSampler(train_ds, d.world, d.rank, shuffle=True, seed=cfg.seed)

@@ -54,6 +54,12 @@ def add_train(sub) -> None:
                    "carried into the output outside the mask, found by a 2-step PGD (docs/red-team.md; default: 0)")
     g.add_argument("--adversarial-eps", type=float, default=8.0, metavar="EPS",
                    help="its L-infinity bound on the 0-255 scale (default: %(default)s)")
+    g.add_argument("--prompt-augment", type=float, default=0.0, metavar="SHARE",
+                   help="this share of training items (0-1) gets its prompt rewritten: typos, leetspeak, a benign "
+                   "framing, or friendly sentences around the instruction (docs/red-team.md; default: %(default)s)")
+    g.add_argument("--mask-lie", type=float, default=0.0, metavar="SHARE",
+                   help="this share of training items (0-1) gets its mask moved away from the change, labels kept, so "
+                   "the model does not trust a lying mask (docs/red-team.md; default: %(default)s)")
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
@@ -107,7 +113,8 @@ def _run_train(args: argparse.Namespace) -> int:
                       device=args.device, num_workers=args.num_workers, resume=args.resume,
                       allow_outside_root=args.allow_outside_root, progress=not args.no_progress,
                       realistic_augment=not args.no_realistic_augment, overlays=args.overlay, weights=args.weights,
-                      adversarial=args.adversarial, adversarial_eps=args.adversarial_eps)
+                      adversarial=args.adversarial, adversarial_eps=args.adversarial_eps,
+                      prompt_augment=args.prompt_augment, mask_lie=args.mask_lie)
     if cfg.from_model:
         from editguard.training.grow import grow
 
