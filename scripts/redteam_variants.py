@@ -75,7 +75,8 @@ def clean(results: Path, names: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parser(__doc__, "runs/redteam_variants", "--only-plain", "train and attack the plain variant alone").parse_args(argv)
+    a = parser(__doc__, "runs/redteam_variants", "--only-plain",
+               "train and attack the plain variant alone").parse_args(argv)
     out = Path(a.out)
     names, sets = realistic_benchmark(a.data)
     rows: dict = {}

@@ -130,7 +130,9 @@ class TripleDataset(Dataset):
                 for k in ("input_image", "output_image", "mask"):
                     item[k] = np.ascontiguousarray(item[k][:, ::-1])
             if self.prompt_augment:
-                self._augment_prompt(item, self.records[i].prompt, np.random.default_rng((self.seed, self.epoch, i, 1)))
+                words = np.random.default_rng((self.seed, self.epoch, i, 1))
+                if words.random() < self.prompt_augment:
+                    self._augment_prompt(item, self.records[i].prompt, words)
             if self.mask_lie:
                 lie = np.random.default_rng((self.seed, self.epoch, i, 2))
                 if lie.random() < self.mask_lie:
@@ -138,8 +140,6 @@ class TripleDataset(Dataset):
         return item
 
     def _augment_prompt(self, item: dict, prompt: str, rng: np.random.Generator) -> None:
-        if rng.random() >= self.prompt_augment:
-            return
         try:
             ids, att = self.pre.tokens([augment_prompt(prompt, rng)])
         except PreprocessError:  # longer than the model reads: the prompt as it was
