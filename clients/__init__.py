@@ -5,17 +5,20 @@ imports torch, timm or transformers.
 """
 
 from .client import EditGuardClient, Triple, Verdict, encode_image
-from .errors import (DeadlineExceededError, EditGuardError, InvalidInputError, ServerError,
-                     ServerUnavailableError)
+from .errors import DeadlineExceededError, EditGuardError, InvalidInputError, ServerError, ServerUnavailableError
+from .session import EditSession, SessionPolicy, SessionVerdict
 
 __all__ = [
     "AsyncEditGuardClient",
     "DeadlineExceededError",
     "EditGuardClient",
     "EditGuardError",
+    "EditSession",
     "InvalidInputError",
     "ServerError",
     "ServerUnavailableError",
+    "SessionPolicy",
+    "SessionVerdict",
     "Triple",
     "Verdict",
     "encode_image",

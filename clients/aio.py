@@ -18,10 +18,11 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterable, Mapping
 
+from ..model.session import MAX_HISTORY
 from .call_state import Call, ClientSettings
 from .errors import EditGuardError
-from .protocol import (ImageInput, PixelsPrep, Triple, Verdict, as_request, as_triple, mapped_errors,
-                       published_specs)
+from .protocol import ImageInput, PixelsPrep, Triple, Verdict, as_request, as_triple, mapped_errors, published_specs
+from .session import AsyncEditSession, SessionPolicy
 
 __all__ = ["AsyncEditGuardClient"]
 
@@ -76,25 +77,35 @@ class AsyncEditGuardClient(ClientSettings):
                 raise self._not_ready(model, timeout)
             await asyncio.sleep(0.2)
 
+    def session(self, upload: ImageInput, *, escalation: float = 0.5,
+                max_history: int = MAX_HISTORY) -> AsyncEditSession:
+        """An edit session starting from ``upload`` (:mod:`editguard.clients.session`): each turn's
+        ``classify(prompt, output)`` judges the step and the whole edit since the upload in one request.
+        ``escalation``: after a refusal, later turns flag at this times the served thresholds (1: off);
+        ``max_history``: the accepted turn prompts the cumulative prompt carries."""
+        return AsyncEditSession(self, upload, SessionPolicy(escalation, max_history))
+
     async def classify(self, input_image: ImageInput, prompt: str, output_image: ImageInput,
                        mask: ImageInput | None = None, *, timeout: float | None = None, id: str | None = None,
                        headers: Mapping[str, str] | None = None) -> Verdict:
         """As :meth:`EditGuardClient.classify`."""
-        return await self._call(self.model, input_image, prompt, output_image, mask, timeout, id, headers)
+        return (await self._call(self.model, [(input_image, prompt, output_image, mask)], timeout, id, headers))[0]
 
     async def precheck(self, input_image: ImageInput, prompt: str, mask: ImageInput | None = None, *,
                        timeout: float | None = None, id: str | None = None,
                        headers: Mapping[str, str] | None = None) -> Verdict:
         """As :meth:`EditGuardClient.precheck`."""
-        return await self._call(self.precheck_model, input_image, prompt, None, mask, timeout, id, headers)
+        return (await self._call(self.precheck_model, [(input_image, prompt, None, mask)], timeout, id, headers))[0]
 
-    async def _call(self, model: str, *request) -> Verdict:
-        call = Call(self, model, self._aio, *request)
+    async def _call(self, model: str, rows: list, timeout: float | None, item_id: str | None,
+                    headers: Mapping[str, str] | None) -> list[Verdict]:
+        """One request of ``rows`` (``(input, prompt, output, mask)`` each): a Verdict per row."""
+        call = Call(self, model, self._aio, rows, timeout, item_id, headers)
         while True:
             try:
                 if call.needs_pixels:
                     call.use_pixels(await self.pixels_prep(call.refresh, call.offset, model))
-                return call.verdict(await self._pick(call.offset).infer(**call.request()))
+                return call.verdicts(await self._pick(call.offset).infer(**call.request()))
             except Exception as e:  # tritonclient raises InferenceServerException for gRPC errors
                 await asyncio.sleep(call.retry_after(e))
 
@@ -116,7 +127,8 @@ class AsyncEditGuardClient(ClientSettings):
 
         async def one(t: Triple):
             try:
-                return t.id, await self._call(model, t.input_image, t.prompt, t.output_image, t.mask, None, t.id, None)
+                rows = [(t.input_image, t.prompt, t.output_image, t.mask)]
+                return t.id, (await self._call(model, rows, None, t.id, None))[0]
             except EditGuardError as e:
                 return t.id, e
 

@@ -12,12 +12,12 @@ or runs out of time:
 
 Both clients drive it the same way, the asyncio one with ``await`` where the sync one blocks::
 
-    call = Call(settings, model, module, input_image, prompt, output_image, mask, timeout, id, headers)
+    call = Call(settings, model, module, [(input_image, prompt, output_image, mask)], timeout, id, headers)
     while True:
         try:
             if call.needs_pixels:
                 call.use_pixels(pixels_prep(call.refresh, call.offset, model))
-            return call.verdict(client_at(call.offset).infer(**call.request()))
+            return call.verdicts(client_at(call.offset).infer(**call.request()))
         except Exception as e:
             sleep(call.retry_after(e))  # or raises the error the caller gets
 """
@@ -34,7 +34,7 @@ from .errors import EditGuardError, InvalidInputError, ServerError, ServerUnavai
 from .protocol import (
     OUTPUTS,
     PixelsPrep,
-    build_inputs,
+    build_batch_inputs,
     check_prompt,
     make_verdict,
     parse_urls,
@@ -129,21 +129,23 @@ class Call:
     names the item. ``module``: tritonclient.grpc or tritonclient.grpc.aio.
     """
 
-    def __init__(self, settings: ClientSettings, model: str, module, input_image, prompt, output_image, mask,
-                 timeout: float | None, item_id: str | None, headers: Mapping[str, str] | None):
+    def __init__(self, settings: ClientSettings, model: str, module, rows: Sequence[tuple], timeout: float | None,
+                 item_id: str | None, headers: Mapping[str, str] | None):
+        """``rows``: the request's items, ``(input_image, prompt, output_image, mask)`` each: one triple, or a
+        session turn's step and cumulative triple."""
         self.t0 = time.perf_counter()
         self.settings, self.model, self.module, self.item_id = settings, model, module, item_id
-        self.images = (input_image, output_image, mask)
-        self.prompt, self.headers = prompt, headers
-        self.pixels = settings.pixels and wants_pixels(input_image, output_image, mask)
+        self.rows, self.headers = list(rows), headers
+        self.pixels = settings.pixels and all(wants_pixels(i, o, m) for i, _, o, m in self.rows)
         try:
-            if output_image is None and model != settings.precheck_model:
+            if any(o is None for _, _, o, _ in self.rows) and model != settings.precheck_model:
                 raise InvalidInputError("output_image is required; before generation, use precheck()")
             self.inputs = None  # on the pixels path, prepared once the answering version's spec is known
             if self.pixels:
-                check_prompt(prompt)
+                for _, prompt, _, _ in self.rows:
+                    check_prompt(prompt)
             else:
-                self.inputs = build_inputs(module, *prepare(input_image, prompt, output_image, mask))
+                self.inputs = build_batch_inputs(module, [prepare(*row) for row in self.rows])
         except InvalidInputError as e:
             raise with_item_id(e, item_id)
         self.deadline = time.monotonic() + (timeout or settings.timeout)
@@ -156,8 +158,9 @@ class Call:
 
     def use_pixels(self, prep: PixelsPrep) -> None:
         """Letterbox the decoded images with ``prep`` (the answering version's preprocessing)."""
-        arrays = prep.arrays(*self.images)
-        self.inputs = prep.inputs(self.module, arrays, self.prompt, self.images[2] is not None)
+        arrays = [prep.arrays(i, o, m) for i, _, o, m in self.rows]
+        self.inputs = prep.inputs(self.module, arrays, [p for _, p, _, _ in self.rows],
+                                  any(m is not None for *_, m in self.rows))
 
     def request(self) -> dict:
         """Keyword arguments of tritonclient's ``infer`` for the next attempt."""
@@ -166,8 +169,10 @@ class Call:
                 "client_timeout": max(self.deadline - time.monotonic(), 0.001),
                 "headers": self.settings._headers(self.headers)}
 
-    def verdict(self, result):
-        return make_verdict(result, self.model, (time.perf_counter() - self.t0) * 1e3, self.item_id)
+    def verdicts(self, result) -> list:
+        """One :class:`~editguard.clients.protocol.Verdict` per row of the request."""
+        ms = (time.perf_counter() - self.t0) * 1e3
+        return [make_verdict(result, self.model, ms, self.item_id, k) for k in range(len(self.rows))]
 
     def retry_after(self, e: Exception) -> float:
         """Seconds to wait before the next attempt after ``e``; raises the error the caller gets (mapped to

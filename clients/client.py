@@ -34,10 +34,25 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
+from ..model.session import MAX_HISTORY
 from .call_state import Call, ClientSettings
 from .errors import EditGuardError
-from .protocol import (MAX_IMAGE_BYTES, ImageInput, PixelsPrep, Triple, Verdict, as_request, as_triple, build_inputs,
-                       encode_image, mapped_errors, parse_urls, published_specs, to_error)
+from .protocol import (
+    MAX_IMAGE_BYTES,
+    ImageInput,
+    PixelsPrep,
+    Triple,
+    Verdict,
+    as_request,
+    as_triple,
+    build_inputs,
+    encode_image,
+    mapped_errors,
+    parse_urls,
+    published_specs,
+    to_error,
+)
+from .session import EditSession, SessionPolicy
 
 __all__ = ["ClientSettings", "EditGuardClient", "Verdict", "Triple", "ImageInput", "encode_image", "parse_urls",
            "MAX_IMAGE_BYTES", "PixelsPrep", "build_inputs", "to_error"]
@@ -101,28 +116,38 @@ class EditGuardClient(ClientSettings):
                 raise self._not_ready(model, timeout)
             time.sleep(0.2)
 
+    def session(self, upload: ImageInput, *, escalation: float = 0.5,
+                max_history: int = MAX_HISTORY) -> EditSession:
+        """An edit session starting from ``upload`` (:mod:`editguard.clients.session`): each turn's
+        ``classify(prompt, output)`` judges the step and the whole edit since the upload in one request.
+        ``escalation``: after a refusal, later turns flag at this times the served thresholds (1: off);
+        ``max_history``: the accepted turn prompts the cumulative prompt carries."""
+        return EditSession(self, upload, SessionPolicy(escalation, max_history))
+
     # -- classification -----------------------------------------------------------------------
     def classify(self, input_image: ImageInput, prompt: str, output_image: ImageInput,
                  mask: ImageInput | None = None, *, timeout: float | None = None, id: str | None = None,
                  headers: Mapping[str, str] | None = None) -> Verdict:
         """Classify one triple. ``headers``: gRPC metadata for this call, over the client's own.
         Raises an :class:`EditGuardError` subclass."""
-        return self._call(self.model, input_image, prompt, output_image, mask, timeout, id, headers)
+        return self._call(self.model, [(input_image, prompt, output_image, mask)], timeout, id, headers)[0]
 
     def precheck(self, input_image: ImageInput, prompt: str, mask: ImageInput | None = None, *,
                  timeout: float | None = None, id: str | None = None,
                  headers: Mapping[str, str] | None = None) -> Verdict:
         """Check an edit request before generating it (the input image, the prompt, the mask if any),
         with ``precheck_model``: the same Verdict, from what the request shows. Same errors as classify."""
-        return self._call(self.precheck_model, input_image, prompt, None, mask, timeout, id, headers)
+        return self._call(self.precheck_model, [(input_image, prompt, None, mask)], timeout, id, headers)[0]
 
-    def _call(self, model: str, *request) -> Verdict:
-        call = Call(self, model, self._grpc, *request)
+    def _call(self, model: str, rows: list, timeout: float | None, item_id: str | None,
+              headers: Mapping[str, str] | None) -> list[Verdict]:
+        """One request of ``rows`` (``(input, prompt, output, mask)`` each): a Verdict per row."""
+        call = Call(self, model, self._grpc, rows, timeout, item_id, headers)
         while True:
             try:
                 if call.needs_pixels:
                     call.use_pixels(self.pixels_prep(call.refresh, call.offset, model))
-                return call.verdict(self._pick(call.offset).infer(**call.request()))
+                return call.verdicts(self._pick(call.offset).infer(**call.request()))
             except Exception as e:  # tritonclient raises InferenceServerException for gRPC errors
                 time.sleep(call.retry_after(e))
 
@@ -147,7 +172,7 @@ class EditGuardClient(ClientSettings):
 
         def one(t: Triple) -> Verdict | EditGuardError:
             try:
-                return self._call(model, t.input_image, t.prompt, t.output_image, t.mask, None, t.id, None)
+                return self._call(model, [(t.input_image, t.prompt, t.output_image, t.mask)], None, t.id, None)[0]
             except EditGuardError as e:
                 return e
 

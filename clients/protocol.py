@@ -6,6 +6,7 @@ the per-call state machine, :mod:`.client` and :mod:`.aio` the sync and asyncio 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 from dataclasses import dataclass
@@ -15,14 +16,21 @@ from typing import Iterator, Mapping, Sequence, Union
 import numpy as np
 
 from ..connection import missing_header
-from ..model.repository import (ENCODED_INPUTS, MAX_IMAGE_BYTES, MAX_PROMPT_BYTES, OUTPUTS, PIXELS_INPUTS, PIXELS_SPEC,
-                                PROMPT)
+from ..model.repository import (
+    ENCODED_INPUTS,
+    MAX_IMAGE_BYTES,
+    MAX_PROMPT_BYTES,
+    OUTPUTS,
+    PIXELS_INPUTS,
+    PIXELS_SPEC,
+    PROMPT,
+)
 from .errors import DeadlineExceededError, EditGuardError, InvalidInputError, ServerError, ServerUnavailableError
 
 __all__ = ["Verdict", "Triple", "ImageInput", "MAX_IMAGE_BYTES", "MAX_PROMPT_BYTES", "OUTPUTS", "encode_image",
-           "check_prompt", "prepare", "build_inputs", "wants_pixels", "PixelsPrep", "published_specs",
-           "spec_mismatch", "make_verdict", "parse_urls", "to_error", "mapped_errors", "with_item_id", "as_triple",
-           "as_request"]
+           "check_prompt", "prepare", "build_inputs", "build_batch_inputs", "wants_pixels", "PixelsPrep",
+           "published_specs", "spec_mismatch", "make_verdict", "parse_urls", "to_error", "mapped_errors",
+           "with_item_id", "as_triple", "as_request"]
 
 ImageInput = Union[bytes, bytearray, memoryview, str, Path, np.ndarray, "PIL.Image.Image"]
 
@@ -38,6 +46,8 @@ class Verdict:
     model_version: str
     latency_ms: float  # client-side, retries included
     id: str | None = None
+    # the served thresholds ``flagged`` was judged at
+    thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def flagged_categories(self) -> list[str]:
@@ -115,9 +125,24 @@ def _infer_inputs(module, fields: list[tuple[str, np.ndarray]]) -> list:
 
 def build_inputs(module, input_image: bytes, prompt: str, output_image: bytes | None, mask: bytes | None) -> list:
     """The InferInputs of one encoded triple, or of a pre-check request when ``output_image`` is None."""
+    return build_batch_inputs(module, [(input_image, prompt, output_image, mask)])
+
+
+def build_batch_inputs(module, rows: Sequence[tuple[bytes, str, bytes | None, bytes | None]]) -> list:
+    """The InferInputs of one request carrying several encoded triples (a session turn's step and cumulative
+    triple), one row each. When only some rows have a mask, the others send an empty MASK: no mask."""
     image, output, mask_name = ENCODED_INPUTS
-    fields = [(image, input_image), (output, output_image), (PROMPT, prompt.encode("utf-8")), (mask_name, mask)]
-    return _infer_inputs(module, [(name, np.array([[v]], dtype=np.object_)) for name, v in fields if v is not None])
+    columns = list(zip(*rows))
+    if not any(m is not None for m in columns[3]):
+        columns[3] = None
+    else:
+        columns[3] = tuple(b"" if m is None else m for m in columns[3])
+    columns[1] = tuple(p.encode("utf-8") for p in columns[1])
+    if all(o is None for o in columns[2]):
+        columns[2] = None
+    fields = zip((image, output, PROMPT, mask_name), (columns[0], columns[2], columns[1], columns[3]))
+    return _infer_inputs(module, [(name, np.array([[v] for v in col], dtype=np.object_))
+                                  for name, col in fields if col is not None])
 
 
 def is_decoded(image) -> bool:
@@ -159,14 +184,16 @@ class PixelsPrep:
         except PreprocessError as e:
             raise InvalidInputError(str(e)) from e
 
-    def inputs(self, module, arrays: dict[str, np.ndarray], prompt: str, with_mask: bool) -> list:
-        """tritonclient InferInputs of one pixels-path request."""
+    def inputs(self, module, arrays: Sequence[dict[str, np.ndarray]], prompts: Sequence[str], with_mask: bool) -> list:
+        """tritonclient InferInputs of one pixels-path request: a row per item of ``arrays`` (from
+        :meth:`arrays`) and ``prompts``; a row without a mask of its own carries the all-255 mask."""
         image, output, mask = PIXELS_INPUTS
-        fields = [(image, arrays["input_image"]), (output, arrays.get("output_image")),
-                  (PROMPT, np.array([prompt.encode("utf-8")], dtype=np.object_)),
-                  (PIXELS_SPEC, np.array([self.tag], dtype=np.object_)),
-                  (mask, arrays["mask"] if with_mask else None)]
-        return _infer_inputs(module, [(name, v[None]) for name, v in fields if v is not None])
+        stack = lambda key: np.stack([a[key] for a in arrays]) if key in arrays[0] else None  # noqa: E731
+        fields = [(image, stack("input_image")), (output, stack("output_image")),
+                  (PROMPT, np.array([[p.encode("utf-8")] for p in prompts], dtype=np.object_)),
+                  (PIXELS_SPEC, np.array([[self.tag]] * len(arrays), dtype=np.object_)),
+                  (mask, stack("mask") if with_mask else None)]
+        return _infer_inputs(module, [(name, v) for name, v in fields if v is not None])
 
 
 def published_specs(config: Mapping) -> dict[str, dict]:
@@ -188,13 +215,15 @@ def spec_mismatch(err: EditGuardError) -> bool:
 
 
 # -- responses and errors ---------------------------------------------------------------------
-def make_verdict(result, model: str, latency_ms: float, item_id: str | None) -> Verdict:
-    scores, flagged, unsafe, labels = (result.as_numpy(name) for name in OUTPUTS)
-    labels = [x.decode() if isinstance(x, bytes) else str(x) for x in labels[0]]
+def make_verdict(result, model: str, latency_ms: float, item_id: str | None, row: int = 0) -> Verdict:
+    """The verdict of row ``row`` of a response (a session turn's request carries two)."""
+    scores, flagged, unsafe, labels, thresholds = (result.as_numpy(name) for name in OUTPUTS)
+    labels = [x.decode() if isinstance(x, bytes) else str(x) for x in labels[row]]
     response = result.get_response()
-    return Verdict(bool(unsafe[0, 0]), {k: float(v) for k, v in zip(labels, scores[0])},
-                   {k: bool(v) for k, v in zip(labels, flagged[0])}, response.model_name or model,
-                   response.model_version, latency_ms, item_id)
+    return Verdict(bool(unsafe[row, 0]), {k: float(v) for k, v in zip(labels, scores[row])},
+                   {k: bool(v) for k, v in zip(labels, flagged[row])}, response.model_name or model,
+                   response.model_version, latency_ms, item_id,
+                   {k: float(v) for k, v in zip(labels, thresholds[row])})
 
 
 def parse_urls(url: str | Sequence[str]) -> list[str]:

@@ -7,6 +7,13 @@ One record per line::
 
 Paths are relative to the manifest's folder (its *root*) or absolute; a path
 that resolves outside the root is refused unless ``allow_outside_root``.
+
+A multi-turn edit is a **session**: its records carry ``session`` (an id shared by its turns) and
+``turn`` (1, 2, ... with no gaps; turn k's input is turn k-1's output), and may carry
+``cumulative_labels``: the labels of the whole edit so far (the session's origin image, the turn
+prompts joined, turn k's output; ``editguard.model.session``). Without it they are the union of
+the labels of turns 1..k. A harmful edit split into harmless-looking steps has empty ``labels`` on
+its steps and the harm in ``cumulative_labels``.
 Every problem is reported with file, line and field; nothing is dropped
 silently: reading either returns every record or raises.
 """
@@ -20,10 +27,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["ManifestError", "Record", "read_manifest", "iter_raw_records", "read_overlay", "REQUIRED_FIELDS",
-           "meta_field", "meta_column"]
+           "meta_field", "meta_column", "sessions"]
 
 REQUIRED_FIELDS = ("id", "input_image", "output_image", "prompt")
-OPTIONAL_FIELDS = ("mask", "labels", "meta")
+OPTIONAL_FIELDS = ("mask", "labels", "meta", "session", "turn", "cumulative_labels")
 MAX_LISTED = 20
 
 
@@ -48,6 +55,9 @@ class Record:
     meta: dict[str, Any] = field(default_factory=dict)
     line: int = 0  # 1-based line (or row) in the manifest
     has_labels: bool = True  # False when the manifest has no labels column (scoring-only data)
+    session: str | None = None  # the multi-turn session this turn belongs to
+    turn: int | None = None  # its turn number, from 1
+    cumulative_labels: list[str] | None = None  # labels of the whole edit up to this turn (see the docstring)
 
 
 def iter_raw_records(path: Path) -> Iterator[tuple[int, Any]]:
@@ -164,9 +174,11 @@ def read_manifest(
         meta = raw.get("meta", {})
         if not isinstance(meta, dict):
             bad((ln, "meta", f"must be an object, got {type(meta).__name__}"))
+        session, turn, cumulative = _session_fields(raw, ln, bad, known)
         if len(problems) == n_before:
             records.append(Record(rid, paths["input_image"], paths["output_image"], raw["prompt"], paths.get("mask"),
-                                  sorted(set(lab or [])), meta, ln, lab is not None))
+                                  sorted(set(lab or [])), meta, ln, lab is not None, session, turn, cumulative))
+    problems += _session_gaps(records)
     if problems:
         raise ManifestError(path, problems)
     if not records:
@@ -178,6 +190,53 @@ def read_manifest(
                 r.labels, r.has_labels = reviewed[r.id]["labels"], True
                 r.meta = {**r.meta, "reviewed": reviewed[r.id]["decision"]}
     return records
+
+
+def _session_fields(raw: dict, ln: int, bad, known) -> tuple[str | None, int | None, list[str] | None]:
+    """A record's ``session``, ``turn`` and ``cumulative_labels``, checked (problems go to ``bad``)."""
+    session, turn, cumulative = raw.get("session"), raw.get("turn"), raw.get("cumulative_labels")
+    if session is None and turn is None:
+        if cumulative is not None:
+            bad((ln, "cumulative_labels", "only a session's turn has cumulative labels; add 'session' and 'turn'"))
+        return None, None, None
+    if not isinstance(session, str) or not session.strip():
+        bad((ln, "session", f"a turn needs a non-empty session id string, got {session!r:.60}"))
+    if isinstance(turn, bool) or not isinstance(turn, int) or turn < 1:
+        bad((ln, "turn", f"must be a whole number from 1, got {turn!r:.60}"))
+    if cumulative is not None:
+        if not isinstance(cumulative, list) or not all(isinstance(x, str) for x in cumulative):
+            bad((ln, "cumulative_labels", f"must be a list of category names, got {cumulative!r:.60}"))
+            cumulative = None
+        else:
+            for x in cumulative:
+                if known is not None and x not in known:
+                    bad((ln, "cumulative_labels", f"unknown label {x!r}; known: {', '.join(sorted(known))}"))
+            cumulative = sorted(set(cumulative))
+    return session, turn, cumulative
+
+
+def _session_gaps(records: list[Record]) -> list[tuple[int, str, str]]:
+    """Each session's turns run 1..n, each once."""
+    problems = []
+    for sid, turns in sessions(records).items():
+        seen: dict[int, int] = {}
+        for r in turns:
+            if r.turn in seen:
+                problems.append((r.line, "turn", f"session {sid!r} has turn {r.turn} twice (also line {seen[r.turn]})"))
+            seen[r.turn] = r.line
+        missing = sorted(set(range(1, max(seen) + 1)) - set(seen))
+        if missing:
+            problems.append((turns[0].line, "turn", f"session {sid!r} lacks turn(s) {missing}: turns run 1, 2, ..."))
+    return problems
+
+
+def sessions(records: list[Record]) -> dict[str, list[Record]]:
+    """``{session id: its records by turn}`` for the records that belong to a session."""
+    out: dict[str, list[Record]] = {}
+    for r in records:
+        if r.session is not None:
+            out.setdefault(r.session, []).append(r)
+    return {k: sorted(v, key=lambda r: r.turn) for k, v in out.items()}
 
 
 def read_overlay(path: str | Path, labels: list[str] | None = None) -> dict[str, dict]:

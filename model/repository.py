@@ -59,12 +59,15 @@ PREPARE, VERDICTS = "editguard_prepare", "editguard_verdicts"
 ENCODED_INPUTS = ("INPUT_IMAGE", "OUTPUT_IMAGE", "MASK")
 PIXELS_INPUTS = ("INPUT_PIXELS", "OUTPUT_PIXELS", "MASK_PIXELS")
 PROMPT, PIXELS_SPEC = "PROMPT", "PIXELS_SPEC"
-OUTPUTS = ("SCORES", "FLAGGED", "UNSAFE", "LABELS")  # what every client model answers
+# what every client model answers: THRESHOLDS are the ones FLAGGED was judged at (a session's escalation
+# judges later turns stricter than these)
+OUTPUTS = ("SCORES", "FLAGGED", "UNSAFE", "LABELS", "THRESHOLDS")
 # their Triton types; every input but PROMPT is optional (a request carries one complete set)
 INPUT_TYPES = {"INPUT_IMAGE": "TYPE_STRING", "OUTPUT_IMAGE": "TYPE_STRING", "MASK": "TYPE_STRING",
                "INPUT_PIXELS": "TYPE_UINT8", "OUTPUT_PIXELS": "TYPE_UINT8", "MASK_PIXELS": "TYPE_UINT8",
                "PROMPT": "TYPE_STRING", "PIXELS_SPEC": "TYPE_STRING"}
-OUTPUT_TYPES = {"SCORES": "TYPE_FP32", "FLAGGED": "TYPE_BOOL", "UNSAFE": "TYPE_BOOL", "LABELS": "TYPE_STRING"}
+OUTPUT_TYPES = {"SCORES": "TYPE_FP32", "FLAGGED": "TYPE_BOOL", "UNSAFE": "TYPE_BOOL", "LABELS": "TYPE_STRING",
+                "THRESHOLDS": "TYPE_FP32"}
 # the networks: uint8 images, the prompt as token ids (or, for a frozen tower, its embedding), probabilities out
 NETWORK_INPUTS = ("input_image", "output_image", "mask", "input_ids", "attention_mask")
 PROMPT_EMBEDDING, LOGITS, PROBABILITIES = "prompt_embedding", "logits", "probabilities"

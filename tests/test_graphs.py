@@ -113,6 +113,30 @@ def test_ensemble_serves_the_inline_scores_and_caches_prompts(ensemble, few_trip
         assert list(v.scores.values()) == pytest.approx(expected[0].tolist(), abs=1e-6)
 
 
+def test_a_session_turn_rides_the_ensemble_as_one_request(ensemble, few_triples, triple_bytes, model_stats):
+    """The step and the cumulative triple of a session turn go through the ensemble in one request, with the
+    inline graph's scores and the thresholds they were judged at."""
+    from editguard.model.session import cumulative_mask, cumulative_prompt, encode_mask
+
+    repo = Path(ensemble.repository)
+    t0, t1 = triple_bytes(few_triples, 2, start=6)
+    inline = ServedVersion.open(repo)
+    mask = encode_mask(cumulative_mask([t0["mask"], t1["mask"]]))
+    expected = inline.probabilities([inline.prepare(t0["output"], t1["prompt"], t1["output"], t1["mask"]),
+                                     inline.prepare(t0["input"], cumulative_prompt([t0["prompt"], t1["prompt"]]),
+                                                    t1["output"], mask)])
+    before = _stats(model_stats, ensemble, PREPARE)
+    with EditGuardClient(ensemble.grpc_url, timeout=60) as guard:
+        session = guard.session(t0["input"], escalation=1.0)
+        session.prompts, session.masks, session.current = [t0["prompt"]], [t0["mask"]], t0["output"]
+        v = session.classify(t1["prompt"], t1["output"], t1["mask"])
+    after = _stats(model_stats, ensemble, PREPARE)
+    assert (after["success"] - before["success"], after["inferences"] - before["inferences"]) == (1, 2)
+    np.testing.assert_allclose([list(v.step.scores.values()), list(v.cumulative.scores.values())], expected,
+                               atol=1e-6)
+    assert list(v.step.thresholds.values()) == pytest.approx(inline.thresholds.tolist())
+
+
 def test_one_corrupt_upload_in_a_batch_fails_alone(ensemble, few_triples, triple_bytes, model_stats, served_metrics):
     """...and the steps count it all under model="editguard", as the inline client model does."""
     scrape, value = served_metrics

@@ -119,3 +119,57 @@ def test_bad_csv_row_names_its_line(root):
                                   "b,b_in.png,gone.png,y,sexual\n")
     (line, fld, _), = problems(root / "bad.csv")
     assert (line, fld) == (3, "output_image")
+
+
+def test_sessions_read_with_their_turns_and_their_cumulative_triples(root):
+    from editguard.manifest import sessions
+    from editguard.model.session import cumulative_triples
+
+    Image.new("L", (8, 8), 0).save(root / "m2.png")
+    path = write(root, [rec("b", session="s1", turn=2, prompt="a bit more", cumulative_labels=["sexual"], mask="m.png"),
+                        rec("a", session="s1", turn=1, prompt="shorter sleeves", mask="m2.png"),
+                        {**rec("c"), "input_image": "b_in.png", "output_image": "b_out.png"}])
+    recs = read_manifest(path, labels=LABELS)
+    (s1,) = sessions(recs).values()
+    assert [r.id for r in s1] == ["a", "b"] and recs[2].session is None
+    (cum,) = cumulative_triples(recs)
+    assert (cum.id, cum.input_image, cum.output_image) == ("b", s1[0].input_image, s1[1].output_image)
+    assert cum.prompt == "shorter sleeves; a bit more" and cum.labels == ["sexual"] and cum.mask is not None
+
+
+@pytest.mark.parametrize(
+    "rows, field, words",
+    [
+        ([rec("a", session="s", turn=0)], "turn", "whole number from 1"),
+        ([rec("a", session="s", turn="1")], "turn", "whole number from 1"),
+        ([rec("a", turn=1)], "session", "non-empty session id"),
+        ([rec("a", cumulative_labels=["sexual"])], "cumulative_labels", "add 'session' and 'turn'"),
+        ([rec("a", session="s", turn=1, cumulative_labels=["nudity"])], "cumulative_labels", "unknown label"),
+        ([rec("a", session="s", turn=1), rec("b", session="s", turn=3)], "turn", "lacks turn(s) [2]"),
+        ([rec("a", session="s", turn=1), rec("b", session="s", turn=1)], "turn", "has turn 1 twice"),
+    ],
+)
+def test_bad_session_fields_are_named(root, rows, field, words):
+    (line, fld, msg), *_ = problems(write(root, rows))
+    assert fld == field and words in msg
+
+
+def test_split_keeps_a_session_in_one_split(few_triples, tmp_path):
+    from editguard.training.splits import SplitConfig, split_manifest
+
+    rows = [json.loads(x) for x in Path(few_triples).read_text().splitlines()]
+    root = Path(few_triples).parent
+    for k, r in enumerate(rows):  # 8 sessions of 3 turns, over images that do not look alike
+        r.update(session=f"s{k // 3}", turn=k % 3 + 1, input_image=str(root / r["input_image"]),
+                 output_image=str(root / r["output_image"]), mask=str(root / r["mask"]))
+    manifest = tmp_path / "sessions.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = split_manifest(SplitConfig(str(manifest), fractions=(0.5, 0.25, 0.25), allow_outside_root=True,
+                                        progress=False))
+    where: dict[str, set] = {}
+    for name in ("train", "val", "test"):
+        for r in read_manifest(tmp_path / f"{name}.jsonl", allow_outside_root=True):
+            where.setdefault(r.session, set()).add(name)
+            assert r.turn is not None
+    assert len(where) == 8 and all(len(s) == 1 for s in where.values())
+    assert report["leaks"] == 0 and "session" in report["grouped_by"]

@@ -8,7 +8,8 @@ split puts the same photo in train and test and flatters every figure. So items 
   image's low-frequency DCT, which a re-encode or a resize barely moves): items whose images are
   within ``max_distance`` bits of one another share a group, so copies, re-encodes and later
   turns of one photo group together;
-- by the values of user-given keys (``--group-by meta.session``: a session, a user, a photo id).
+- by session: the turns of a multi-turn edit (the manifest's ``session``) are always one group;
+- by the values of user-given keys (``--group-by meta.user``: a user, a photo id).
 
 Groups then go to splits, the largest first, each to the split furthest below its share of the
 group's labels (stratified by label where the groups allow it). The report gives each split's
@@ -191,6 +192,10 @@ def split_manifest(cfg: SplitConfig) -> dict:
     h_in, h_out = hashes[0::2], hashes[1::2]
     groups = _Groups(len(records))
     _link_near(groups, [i // 2 for i in range(len(hashes))], hashes, cfg.max_distance)
+    first_turn: dict[str, int] = {}
+    for i, r in enumerate(records):
+        if r.session is not None:
+            groups.union(i, first_turn.setdefault(r.session, i))
     for key in cfg.group_by:
         first: dict = {}
         for i, value in enumerate(meta_column([r.meta for r in records], key, "--group-by")):
@@ -217,6 +222,10 @@ def _record(r, root: Path) -> dict:
         rec["labels"] = list(r.labels)
     if r.meta:
         rec["meta"] = r.meta
+    if r.session is not None:
+        rec.update(session=r.session, turn=r.turn)
+        if r.cumulative_labels is not None:
+            rec["cumulative_labels"] = list(r.cumulative_labels)
     return rec
 
 
@@ -232,6 +241,6 @@ def _report(cfg: SplitConfig, records, group_of, split_of, naive, duplicates) ->
         per_split[name] = {"items": len(idx), "groups": len({group_of[i] for i in idx}), "labels": counts}
     return {"manifest": str(cfg.manifest), "items": len(records), "groups": len(sizes),
             "largest_group": max(sizes.values()),
-            "grouped_by": [f"images (perceptual hash, <= {cfg.max_distance} of 256 bits)", *cfg.group_by],
+            "grouped_by": [f"images (perceptual hash, <= {cfg.max_distance} of 256 bits)", "session", *cfg.group_by],
             "splits": per_split, "leaks": leaks(group_of, split_of), "naive_random_split_leaks": leaks(group_of, naive),
             "near_duplicate_triples": [list(p) for p in duplicates]}

@@ -13,7 +13,8 @@ Triton's: reading requests, answering each one, and counting. The parameter ``mo
 - ``inline`` (the embedded default): per dynamic batch, each request is checked and preprocessed
   (ServedVersion.prepare: editguard.model.preprocess, configured from this version's files; with the
   parameter decode_device, JPEGs are decoded on that torch device: nvJPEG on "cuda"). A request brings
-  either encoded images (INPUT_IMAGE, OUTPUT_IMAGE, optional MASK: decoded and resized here) or pixels
+  either encoded images (INPUT_IMAGE, OUTPUT_IMAGE, optional MASK, where an empty element means no mask:
+  decoded and resized here) or pixels
   the client already letterboxed with the same module (INPUT_PIXELS, OUTPUT_PIXELS, optional
   MASK_PIXELS, and PIXELS_SPEC: the preprocessing it used, which must be this version's). A request
   that fails gets an INVALID_ARG error naming the input and the problem. The valid items run as one
@@ -23,7 +24,7 @@ Triton's: reading requests, answering each one, and counting. The parameter ``mo
 - ``prepare`` (the ensemble's first step): the checks and preprocessing only; it answers with the
   network's input tensors;
 - ``verdicts`` (the ensemble's last step): the classifier's probabilities in, SCORES, FLAGGED,
-  UNSAFE and LABELS out, against the client model version's current thresholds.json.
+  UNSAFE, LABELS and THRESHOLDS out, against the client model version's current thresholds.json.
 
 editguard.serving.prometheus counts triples, flags, unsafe verdicts, rejections by reason and the score
 distribution on Triton's metrics endpoint, under the client-facing model's name (in the ensemble,
@@ -111,7 +112,8 @@ class TritonPythonModel:
         src = get(INPUT_IMAGE).as_numpy().reshape(-1)
         out = get(OUTPUT_IMAGE).as_numpy().reshape(-1) if not self.served.precheck else [None] * len(src)
         mask = get(MASK)
-        mask = mask.as_numpy().reshape(-1) if mask is not None else [None] * len(src)
+        # an empty MASK element: that item has no mask (a request whose items only partly have one)
+        mask = [m if len(m) else None for m in mask.as_numpy().reshape(-1)] if mask is not None else [None] * len(src)
         if not len(src) == len(out) == len(prompt) == len(mask):
             raise PreprocessError(INPUT_IMAGE, f"{', '.join(self.encoded)}, {PROMPT} and {MASK} disagree on the "
                                   "batch size", "bad_request")
@@ -206,7 +208,8 @@ class TritonPythonModel:
         for n in counts:
             p, flagged = probs[start:start + n], flags[start:start + n]
             start += n
-            values = (p, flagged, flagged.any(axis=1, keepdims=True), np.tile(self.label_bytes, (n, 1)))
+            values = (p, flagged, flagged.any(axis=1, keepdims=True), np.tile(self.label_bytes, (n, 1)),
+                      np.tile(self.served.thresholds, (n, 1)))
             outputs.append([pb_utils.Tensor(name, v.astype(self.outputs[name], copy=False))
                             for name, v in zip(OUTPUTS, values)])
         self.metrics.classified(probs, flags)

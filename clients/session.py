@@ -1,0 +1,162 @@
+"""Edit sessions on the client's side: judge the conversation, not only the turn.
+
+An abuser splits a refused edit into small steps, each harmless on its own ("make the shirt a bit
+shorter", four times). A session keeps, on the caller's side, the origin image (the first upload) and
+the prompts of the accepted turns, and each turn sends **one request** with two triples
+(:mod:`editguard.model.session` defines them):
+
+- the *step* triple: this turn's input (the previous accepted output), its prompt, its output;
+- the *cumulative* triple: the origin, the turn prompts joined in order, this turn's output.
+
+Both ride the same dynamic batch; the turn is unsafe when either is. The server keeps no state::
+
+    with EditGuardClient("localhost:8001") as guard:
+        session = guard.session(upload)
+        for prompt in prompts:
+            output = inpaint(session.current, prompt)
+            verdict = session.classify(prompt, output)
+            if verdict.unsafe:
+                refuse(verdict.fired, verdict.flagged_categories)
+
+Policy (:class:`SessionPolicy`):
+
+- a refused turn does not advance the session: the next turn starts again from the last accepted
+  output, and the refused prompt is not part of the history;
+- **escalation**: after a refusal, later turns of the session are judged at stricter thresholds,
+  ``escalation`` times the served ones (0.5 halves them), against an attacker who probes with small
+  variations. 1.0 turns it off;
+- ``max_history``: the cumulative prompt carries the last ``max_history`` accepted prompts (the origin
+  image stays the first upload's), so it stays within what the model reads;
+- :meth:`EditSession.restart` starts again from a new upload: a new origin and no history; the
+  refusals, and so the escalation, stay unless ``keep_escalation=False``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from ..model.session import MAX_HISTORY, cumulative_mask, cumulative_prompt
+from .errors import InvalidInputError
+from .protocol import ImageInput, Verdict
+
+__all__ = ["SessionPolicy", "SessionVerdict", "EditSession", "AsyncEditSession"]
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    escalation: float = 0.5  # after a refusal, later turns flag at this times the served thresholds (1: off)
+    max_history: int = MAX_HISTORY  # accepted turn prompts the cumulative prompt carries
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.escalation <= 1.0:
+            raise ValueError(f"escalation is a factor on the thresholds in (0, 1], got {self.escalation}")
+        if self.max_history < 1:
+            raise ValueError(f"max_history must be at least 1, got {self.max_history}")
+
+
+@dataclass(frozen=True)
+class SessionVerdict:
+    """One turn's verdict: ``unsafe`` when the step or the cumulative triple is flagged (``fired`` says which),
+    at the served thresholds or, after a refusal in the session, at the escalated ones."""
+
+    unsafe: bool
+    turn: int  # this turn's number among the session's accepted turns (1 = the first edit of the upload)
+    fired: tuple[str, ...]  # "step" and/or "cumulative"
+    flagged: dict[str, bool]  # per category, either check
+    step: Verdict
+    cumulative: Verdict | None  # None at turn 1, where the cumulative triple is the step triple
+    escalated: bool  # judged at the escalated thresholds
+
+    @property
+    def flagged_categories(self) -> list[str]:
+        return [k for k, v in self.flagged.items() if v]
+
+    @property
+    def latency_ms(self) -> float:
+        return self.step.latency_ms
+
+
+@dataclass
+class _SessionState:
+    """The caller-side state both session classes share; no network here."""
+
+    client: object
+    origin: ImageInput
+    policy: SessionPolicy = field(default_factory=SessionPolicy)
+    refusals: int = 0  # refused turns in this session (escalation applies after the first)
+
+    def __post_init__(self) -> None:
+        self._start(self.origin)
+
+    def _start(self, upload: ImageInput) -> None:
+        if upload is None:
+            raise InvalidInputError("a session needs the uploaded image it starts from")
+        self.origin = upload
+        self.current: ImageInput = upload  # the last accepted output: the next turn's input
+        self.prompts: list[str] = []  # accepted turn prompts
+        self.masks: list = []  # accepted turn masks (None: that turn had none)
+
+    @property
+    def turn(self) -> int:
+        """The number the next turn gets."""
+        return len(self.prompts) + 1
+
+    def restart(self, upload: ImageInput, keep_escalation: bool = True) -> None:
+        """Start again from a new upload: a new origin, no history. The refusals (and so the escalation)
+        stay unless ``keep_escalation`` is False."""
+        self._start(upload)
+        if not keep_escalation:
+            self.refusals = 0
+
+    def _rows(self, prompt: str, output_image: ImageInput, mask, input_image) -> list[tuple]:
+        step = (self.current if input_image is None else input_image, prompt, output_image, mask)
+        if not self.prompts:
+            return [step]
+        history = (self.prompts + [prompt])[-self.policy.max_history:]
+        return [step, (self.origin, cumulative_prompt(history), output_image, cumulative_mask(self.masks + [mask]))]
+
+    def _judge(self, verdicts: list[Verdict], prompt: str, output_image: ImageInput, mask) -> SessionVerdict:
+        escalated = self.refusals > 0
+        flags = [self._flags(v, escalated) for v in verdicts]
+        fired = tuple(name for name, f in zip(("step", "cumulative"), flags) if any(f.values()))
+        union = {k: any(f[k] for f in flags) for k in flags[0]}
+        turn = self.turn
+        if fired:
+            self.refusals += 1
+        else:
+            self.current = output_image
+            self.prompts.append(prompt)
+            self.masks.append(mask)
+        return SessionVerdict(bool(fired), turn, fired, union, verdicts[0], verdicts[1] if len(verdicts) > 1 else None,
+                              escalated)
+
+    def _flags(self, v: Verdict, escalated: bool) -> dict[str, bool]:
+        if not escalated:
+            return dict(v.flagged)
+        return {k: v.flagged[k] or s >= self.policy.escalation * v.thresholds[k] for k, s in v.scores.items()}
+
+
+class EditSession(_SessionState):
+    """A session on :class:`~editguard.clients.EditGuardClient` (``guard.session(upload)``)."""
+
+    def classify(self, prompt: str, output_image: ImageInput, mask: ImageInput | None = None, *,
+                 input_image: ImageInput | None = None, timeout: float | None = None, id: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> SessionVerdict:
+        """Judge this turn: ``output_image`` made from the session's :attr:`current` image (or ``input_image``)
+        with ``prompt`` and ``mask``. One request; raises what ``classify`` raises."""
+        c = self.client
+        verdicts = c._call(c.model, self._rows(prompt, output_image, mask, input_image), timeout, id, headers)
+        return self._judge(verdicts, prompt, output_image, mask)
+
+
+class AsyncEditSession(_SessionState):
+    """A session on :class:`~editguard.clients.AsyncEditGuardClient`; ``await session.classify(...)``."""
+
+    async def classify(self, prompt: str, output_image: ImageInput, mask: ImageInput | None = None, *,
+                       input_image: ImageInput | None = None, timeout: float | None = None, id: str | None = None,
+                       headers: Mapping[str, str] | None = None) -> SessionVerdict:
+        """As :meth:`EditSession.classify`."""
+        c = self.client
+        verdicts = await c._call(c.model, self._rows(prompt, output_image, mask, input_image), timeout, id, headers)
+        return self._judge(verdicts, prompt, output_image, mask)
