@@ -366,6 +366,7 @@ class CalibrateConfig:
     shift_factor: float = 2.0  # warn where a ``check`` set's FPR is over this multiple of the calibration set's
     slice_by: str | None = None  # the unsafe-any decision per value of this meta field
     fpr_factor: float = 2.0  # flag slices whose FPR is over this multiple of the overall FPR
+    sessions: bool = False  # calibrate on session-level verdicts (results.session_rows): a target holds per session
 
 
 @dataclass
@@ -386,12 +387,16 @@ def calibrate_results(cfg: CalibrateConfig) -> CalibrationRun:
     ``--only`` merge, the ``--check`` carry-over and the ``--slice-by`` table. Raises ValueError naming a
     bad category, target or file, and :class:`UnmetTargetError`."""
     from ..model.repository import merge_thresholds
-    from .results import read_results, results_arrays
+    from .results import read_results, results_arrays, session_rows
 
     rows = read_results(cfg.results)
     if not rows:
         raise FileNotFoundError(f"no results in {cfg.results}; run `editguard score` first")
     overlays = _overlay(rows, cfg.overlays)
+    if cfg.sessions:
+        if not any(r.get("session") is not None for r in rows):
+            raise ValueError(f"--sessions: {cfg.results} has no session turns; score a manifest with sessions")
+        rows = session_rows(rows)
     labels, scores, y = results_arrays(rows)
     if y is None:
         raise ValueError(f"{cfg.results} has no labels: score a labelled manifest to calibrate")
@@ -446,12 +451,13 @@ def _targets(cfg: CalibrateConfig, labels: list[str]) -> dict[str, Target]:
 def _check_shift(cfg: CalibrateConfig, labels: list[str], th: np.ndarray, y: np.ndarray, scores: np.ndarray,
                  result: CalibrationResult) -> None:
     """``--check``: the chosen thresholds on other labelled results, into ``result.thresholds``."""
-    from .results import read_results, results_arrays
+    from .results import read_results, results_arrays, session_rows
 
     reference = threshold_report(labels, th, y, scores, n_boot=cfg.n_boot)
     checks = {}
     for path in cfg.check:
         rows = read_results(path)
+        rows = session_rows(rows) if cfg.sessions else rows
         other_labels, other_scores, other_y = results_arrays(rows) if rows else ([], None, None)
         if other_y is None:
             raise ValueError(f"--check {path}: no labelled results there; score a labelled manifest with the same "

@@ -8,7 +8,9 @@ exactly-once by id, also after ``kill -9``.
 
 Row schema: ``id``, ``model_version``, ``unsafe``, ``score_<category>``, ``flag_<category>``
 for each category, ``labels`` (a list of names) when the manifest has labels, and ``meta`` (the
-record's meta as a JSON string) when it has one.
+record's meta as a JSON string) when it has one. A session's turn adds ``session``, ``turn``,
+``cumulative_score_<category>``, ``cumulative_flag_<category>``, ``cumulative_labels`` and
+``session_unsafe`` (:mod:`.score`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 from ..files import JsonlAppender, atomic_path, iter_jsonl, write_text_atomic
 
-__all__ = ["ResultWriter", "read_results", "results_arrays", "ErrorLog"]
+__all__ = ["ResultWriter", "read_results", "results_arrays", "session_rows", "ErrorLog"]
 
 
 def _is_jsonl(path: Path) -> bool:
@@ -105,6 +107,33 @@ def results_arrays(rows: list[dict]) -> tuple[list[str], np.ndarray, np.ndarray 
     if rows[0].get("labels") is not None:
         y = np.array([[c in (r["labels"] or []) for c in labels] for r in rows], dtype=np.int64)
     return labels, scores, y
+
+
+def session_rows(rows: list[dict]) -> list[dict]:
+    """One row per session (rows without a session stay as they are): each category's score is the highest of
+    its turns' step and cumulative scores, the labels those of any turn's step or cumulative triple. A session
+    is flagged in a category when any of its checks is, so thresholds chosen on these rows hold for the
+    session's verdict. ``id`` is the session's; ``turns`` counts them."""
+    out, by_session = [], {}
+    for r in rows:
+        sid = r.get("session")
+        if sid is None:
+            out.append(r)
+            continue
+        merged = by_session.get(sid)
+        if merged is None:
+            merged = by_session[sid] = {"id": sid, "model_version": r.get("model_version"), "turns": 0}
+            if r.get("labels") is not None:
+                merged["labels"] = []
+            out.append(merged)
+        merged["turns"] += 1
+        for k, v in r.items():
+            if k.startswith("score_"):
+                merged[k] = max(merged.get(k, 0.0), v, r.get(f"cumulative_{k}", v))
+        if "labels" in merged:
+            merged["labels"] = sorted(set(merged["labels"]) | set(r.get("labels") or [])
+                                      | set(r.get("cumulative_labels") or []))
+    return out
 
 
 class ErrorLog:

@@ -13,10 +13,17 @@ reads the manifest, skips done ids and writes every row, so both engines share o
 
 Per-item failures go to ``<out>.errors.jsonl`` with the reason, and the run goes on. A rerun
 skips ids already written and retries the ones that failed.
+
+A manifest with sessions (``session`` and ``turn``) gets each turn's cumulative triple scored too
+(:mod:`editguard.model.session`: the origin, the turn prompts joined, this turn's output), in the
+same run and on the same backend: the turn's row adds ``session``, ``turn``,
+``cumulative_score_<category>``, ``cumulative_flag_<category>``, ``cumulative_labels`` and
+``session_unsafe`` (the step or the cumulative triple flagged). At turn 1 the two triples are one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -67,7 +74,10 @@ class ScoreSummary:
     report: dict | None = None  # metrics over all rows, when the manifest has labels
 
 
-def _row(s: Scored, rec) -> dict:
+CUMULATIVE = " (cumulative)"  # appended to a turn's id for its cumulative triple while it is scored
+
+
+def _row(s: Scored, rec, cumulative: Scored | None = None, cumulative_labels: list[str] | None = None) -> dict:
     row = {"id": s.id, "model_version": str(s.model_version), "unsafe": bool(s.unsafe)}
     row.update({f"score_{c}": float(v) for c, v in zip(s.labels, s.scores)})
     row.update({f"flag_{c}": bool(f) for c, f in zip(s.labels, s.flagged)})
@@ -75,7 +85,27 @@ def _row(s: Scored, rec) -> dict:
         row["labels"] = list(rec.labels)
     if rec.meta:
         row["meta"] = json.dumps(rec.meta, sort_keys=True)  # a JSON string, so Parquet parts share one schema
+    if rec.session is not None:
+        c = cumulative or s  # turn 1: the cumulative triple is the step
+        row.update(session=rec.session, turn=rec.turn, session_unsafe=bool(s.unsafe or c.unsafe))
+        row.update({f"cumulative_score_{k}": float(v) for k, v in zip(c.labels, c.scores)})
+        row.update({f"cumulative_flag_{k}": bool(f) for k, f in zip(c.labels, c.flagged)})
+        if rec.has_labels:
+            row["cumulative_labels"] = list(cumulative_labels if cumulative_labels is not None else rec.labels)
     return row
+
+
+def _with_cumulative(records: list, todo: list, precheck: bool) -> tuple[list, dict]:
+    """``todo`` plus the cumulative triples of its session turns from 2 on (not for the pre-check, which sees
+    no output), and ``{turn id: its cumulative triple}``."""
+    if precheck or not any(r.session is not None for r in records):
+        return todo, {}
+    from ..model.session import cumulative_triples
+
+    wanted = {r.id for r in todo}
+    cumulative = {c.id: c for c in cumulative_triples(records) if c.id in wanted}
+    extra = [dataclasses.replace(c, id=c.id + CUMULATIVE) for c in cumulative.values()]
+    return todo + extra, cumulative
 
 
 def score(cfg: ScoreConfig) -> ScoreSummary:
@@ -90,16 +120,32 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
     todo = [r for r in records if r.id not in writer.done]
     skipped, scored, failed = len(records) - len(todo), 0, 0
     by_id = {r.id: r for r in todo}
-    bar = progress(total=len(todo), unit="triple", desc="score", disable=not cfg.progress, smoothing=0.1)
+    items, cumulative = _with_cumulative(records, todo, cfg.precheck)
+    if cumulative and cfg.engine == "ray":
+        raise ValueError(f"{cfg.manifest} has sessions; --engine ray does not score their cumulative triples yet: "
+                         "use --engine local")
+    waiting: dict[str, Scored] = {}  # a turn's step or cumulative result, until the other one comes
+    bar = progress(total=len(items), unit="triple", desc="score", disable=not cfg.progress, smoothing=0.1)
     try:
-        for s in _results(cfg, todo):
-            if s.ok:
-                writer.write(_row(s, by_id[s.id]))
+        for s in _results(cfg, items):
+            bar.update()
+            is_cum = s.id not in by_id  # the id of a cumulative triple is its turn's plus CUMULATIVE
+            turn_id = s.id[:-len(CUMULATIVE)] if is_cum else s.id
+            step, cum = s, None
+            if turn_id in cumulative:
+                if turn_id not in waiting:
+                    waiting[turn_id] = s
+                    continue
+                step, cum = (waiting.pop(turn_id), s) if is_cum else (s, waiting.pop(turn_id))
+            failure = next((x for x in (step, cum) if x is not None and not x.ok), None)
+            if failure is None:
+                labels = cumulative[turn_id].labels if turn_id in cumulative else None
+                writer.write(_row(step, by_id[turn_id], cum, labels))
                 scored += 1
             else:
-                errors.add(s.id, s.error, s.reason)
+                what = " (its cumulative triple)" if failure is cum else ""
+                errors.add(turn_id, failure.error, f"{failure.reason}{what}")
                 failed += 1
-            bar.update()
             bar.set_postfix(errors=failed)
     finally:
         bar.close()

@@ -55,7 +55,9 @@ class Case:
 @dataclass(frozen=True)
 class Attack:
     """A documented transform. ``transform(case, rng)`` attacks one case; an attack with ``needs_model``
-    has ``batch(cases, surrogate, rng)`` instead, which attacks them all with a model's gradients."""
+    has ``batch(cases, surrogate, rng)`` instead, which attacks them all with a model's gradients; a
+    multi-turn attack has ``turns(case, rng)``, which splits a case into the turns of a session (the
+    harness judges them turn by turn and as a session)."""
 
     family: str
     name: str
@@ -64,8 +66,15 @@ class Attack:
     batch: Callable[..., list[Case]] | None = None
     needs_model: bool = False
     params: dict = field(default_factory=dict)
+    turns: Callable[[Case, np.random.Generator], list[Case]] | None = None
+
+    def sessions(self, cases: list[Case], seed: int) -> list[list[Case]]:
+        """A multi-turn attack's turns, per case."""
+        return [self.turns(c, rng_for(seed, self.name, c.id)) for c in cases]
 
     def apply(self, cases: list[Case], seed: int, surrogate=None) -> list[Case]:
+        if self.turns is not None:
+            raise ValueError(f"attack '{self.name}' spans several turns: run it with Attack.sessions")
         if self.needs_model:
             if surrogate is None:
                 raise ValueError(f"attack '{self.name}' needs a model to take gradients from: give --model-dir "

@@ -15,6 +15,7 @@ all unsafe edits together:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -92,10 +93,15 @@ def run(cfg: RedTeamConfig, attacks: list[Attack], show_progress: bool = True) -
                 if path not in loaded:
                     loaded[path] = Surrogate(path)
                 surrogate = loaded[path]
-            attacked = a.apply(cases, cfg.seed, surrogate)
-            for check, backend in backends.items():
-                after = _score(backend, attacked)
-                rows += _rows(check, a, cases, clean[check], after, labels)
+            if a.turns is not None:  # judged by the post-generation check, turn by turn and as a session
+                step_only, session = _score_sessions(backends["post"], cases, a.sessions(cases, cfg.seed))
+                for name, after in zip(_row_names(a), (step_only, session)):
+                    rows += _rows("post", dataclasses.replace(a, name=name), cases, clean["post"], after, labels)
+            else:
+                attacked = a.apply(cases, cfg.seed, surrogate)
+                for check, backend in backends.items():
+                    after = _score(backend, attacked)
+                    rows += _rows(check, a, cases, clean[check], after, labels)
             timing[a.name] = round(time.perf_counter() - t0, 2)
             bar.update(1)
     finally:
@@ -105,9 +111,15 @@ def run(cfg: RedTeamConfig, attacks: list[Attack], show_progress: bool = True) -
     return {"manifest": str(cfg.manifest), "target": cfg.server or cfg.repository, "seed": cfg.seed,
             "cases": {"unsafe": sum(c.unsafe for c in cases), "safe": sum(not c.unsafe for c in cases)},
             "checks": list(backends), "model_dir": cfg.model_dir, "surrogate": cfg.surrogate,
-            "attacks": {a.name: {"family": a.family, "description": a.description} for a in attacks},
+            "attacks": {name: {"family": a.family, "description": a.description}
+                        for a in attacks for name in _row_names(a)},
             "clean": {check: _clean_summary(cases, clean[check]) for check in backends},
             "rows": rows, "skipped": skipped, "seconds": timing}
+
+
+def _row_names(a: Attack) -> list[str]:
+    """The report's rows of an attack: a multi-turn one is judged turn by turn and as a session."""
+    return [f"{a.name} (step only)", f"{a.name} (session)"] if a.turns is not None else [a.name]
 
 
 def _open_checks(cfg: RedTeamConfig) -> dict:
@@ -136,6 +148,39 @@ def _serves_precheck(cfg: RedTeamConfig) -> bool:
 
 def _score(backend, cases: list[Case]) -> dict[str, Scored]:
     return {s.id: s for s in backend.score(cases)}
+
+
+def _score_sessions(backend, cases: list[Case], sessions: list[list[Case]]) -> tuple[dict, dict]:
+    """Each case's session judged turn by turn (``step only``) and with each turn's cumulative triple too
+    (``session``), as one :class:`Scored` per case: unsafe when any turn is flagged; an error when a turn
+    could not be judged and none was flagged."""
+    from ..model.session import cumulative_mask, cumulative_prompt, encode_mask
+
+    items = []
+    for turns in sessions:
+        items += turns
+        for j in range(1, len(turns)):
+            items.append(dataclasses.replace(
+                turns[j], id=turns[j].id + "+", input_image=turns[0].input_image,
+                prompt=cumulative_prompt([t.prompt for t in turns[:j + 1]]),
+                mask=encode_mask(cumulative_mask([t.mask for t in turns[:j + 1]]))))
+    scored = _score(backend, items)
+
+    def judged(case: Case, ids: list[str]) -> Scored:
+        results = [scored.get(i) for i in ids]
+        if any(r is not None and r.ok and r.unsafe for r in results):
+            return Scored(case.id, unsafe=True)
+        bad = next((r for r in results if r is None or not r.ok), None)
+        if bad is not None:
+            return Scored(case.id, error=bad.error if bad else "missing", reason=bad.reason if bad else "not scored")
+        return Scored(case.id, unsafe=False)
+
+    step_only, session = {}, {}
+    for case, turns in zip(cases, sessions):
+        steps = [t.id for t in turns]
+        step_only[case.id] = judged(case, steps)
+        session[case.id] = judged(case, steps + [t.id + "+" for t in turns[1:]])
+    return step_only, session
 
 
 def _flagged(s: Scored | None) -> bool | None:

@@ -24,6 +24,11 @@ def add_synth(sub) -> None:
     g.add_argument("--image-size", type=int, default=128, help="side of the square input images in pixels")
     g.add_argument("--clean", action="store_true", help="the clean renderer: pixel-exact PNG outputs and masks of "
                    "exactly the changed pixels (for comparison; it flatters a model)")
+    g.add_argument("--sessions", action="store_true",
+                   help="write --n multi-turn edit sessions instead of one-shot triples: safe ones, harmful edits "
+                   "split into partial steps under harmless-sounding prompts, and look-alikes that stop short of "
+                   "harm; each turn edits the previous turn's output (manifest fields session, turn, "
+                   "cumulative_labels)")
     g = p.add_argument_group("prompts")
     g.add_argument("--prompts", metavar="FILE",
                    help="JSON {operation: [phrasing, ...]} replacing the built-in phrasings; slots: "
@@ -47,6 +52,7 @@ def _run_synth(args: argparse.Namespace) -> int:
       editguard synth --out data/val --n 1000 --seed 2
       editguard synth --out data/ood --n 2000 --seed 4 --split ood
       editguard synth --out data/clean --n 1000 --seed 5 --clean
+      editguard synth --out data/sessions-ood --n 600 --seed 9 --split ood --sessions
       editguard synth --list-ops
     """
     from editguard.training.synth import generate, list_ops, load_prompts
@@ -62,6 +68,16 @@ def _run_synth(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise UsageError("--out is required (or use --list-ops)")
+    if args.sessions:
+        if prompts:
+            raise UsageError("--prompts replaces one-shot phrasings; sessions have their own step phrasings")
+        from editguard.training.synth.sessions import generate_sessions
+
+        path = generate_sessions(args.out, args.n, args.seed, args.split, args.image_size, workers=args.workers,
+                                 clean=args.clean)
+        turns = sum(1 for line in path.read_text().splitlines() if line.strip())
+        print(f"wrote {args.n} sessions ({turns} turns): {path}")
+        return 0
     path = generate(args.out, args.n, args.seed, args.split, args.image_size, prompts, workers=args.workers,
                     clean=args.clean)
     print(f"wrote {args.n} triples: {path}")

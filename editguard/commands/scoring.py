@@ -110,6 +110,10 @@ def add_calibrate(sub) -> None:
     p.add_argument("--overlay", action="append", default=[], metavar="DECISIONS",
                    help="reviewed labels over the results' labels: the decisions JSONL that `editguard review`'s page "
                    "downloads; repeat for several")
+    p.add_argument("--sessions", action="store_true",
+                   help="calibrate on session-level verdicts (results of a manifest with sessions): a session counts "
+                   "once, flagged in a category when any turn's step or cumulative score reaches the threshold, so "
+                   "the target holds per session; edits outside sessions count as one-turn sessions")
     p.add_argument("--only", action="append", default=[], metavar="CATEGORY[,CATEGORY]",
                    help="calibrate these categories alone (a category added with `train --from`) and keep the "
                    "others' installed thresholds exactly as they are; needs --install")
@@ -130,6 +134,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
       editguard calibrate results/pre-val.jsonl --target precision=0.95 --model editguard_precheck \\
           --install repository
       editguard calibrate results/new-val.jsonl --only weapon_minor --target precision=0.9 --install repository
+      editguard calibrate results/sessions-val.jsonl --sessions --target precision=0.9 --install repository
     """
 
     from editguard.clients.calibrate import CalibrateConfig, calibrate_results, format_check, format_thresholds
@@ -142,7 +147,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         results=args.results, target=args.target, target_for=args.target_for, method=args.calibration,
         n_boot=args.bootstrap, allow_unmet=args.allow_unmet, version=args.version, overlays=args.overlay,
         only=args.only, installed=args.install, model=args.model, check=args.check, shift_factor=args.shift_factor,
-        slice_by=args.slice_by, fpr_factor=args.fpr_factor))
+        slice_by=args.slice_by, fpr_factor=args.fpr_factor, sessions=args.sessions))
     for path, hits, reviewed in run.overlays:
         print(f"overlay {path}: reviewed labels for {hits} of {reviewed} ids")
     result = run.result

@@ -38,7 +38,9 @@ RELIGIOUS_COVERINGS = ("wrap", "turban")
 # the fields of Scene that describe the person; an edit that changes one the prompt did not ask
 # for is an unintended change
 PERSON_FIELDS = ("child", "skin", "hair", "eyes", "covering", "covering_color", "coverage", "shirt", "pants",
-                 "glasses", "necklace", "blush", "shirt_mark", "blood", "weapon")
+                 "glasses", "necklace", "blush", "shirt_mark", "blood", "weapon",
+                 # the partial states of a multi-turn session's steps (their defaults draw the one-shot edits)
+                 "youth", "blood_spots", "mark_strokes", "covering_scale")
 
 
 @dataclass
@@ -78,6 +80,12 @@ class Scene:
     clutter: int | None = None  # seed of background clutter (small muted shapes behind the figures)
     companion: dict | None = None  # a second person (x and PERSON_FIELDS values); edits never target them
     mark_scale: float = 1.0  # size of logos, glyphs and paint marks relative to the clean renderer's
+    # partial transformations, for the steps of multi-turn sessions (``synth.sessions``); the defaults are
+    # the whole edit, so one-shot edits never set them
+    youth: float = 0.0  # 0 (as drawn) .. 1 (a child's proportions, as ``child``)
+    blood_spots: int = 5  # with ``blood``: how many of the five stains are drawn
+    mark_strokes: int = 4  # a 'hate' glyph drawn up to this stroke: 1 half diamond, 2 diamond, 3-4 its dots
+    covering_scale: float = 1.0  # a wrap or turban drawn at this share of its size
 
     def person_changes(self, other: "Scene") -> set[str]:
         """The person fields that differ between this scene and ``other``."""
@@ -145,7 +153,8 @@ def _background(d: ImageDraw.ImageDraw, s: Scene, w: int, h: int) -> None:
     if s.clutter is not None:
         _clutter(d, s, w, h, horizon)
     if s.wall_mark:
-        _mark(d, s.wall_mark, int(w * (0.15 if s.x > 0.5 else 0.85)), int(h * 0.25), int(h * 0.09 * s.mark_scale))
+        _mark(d, s.wall_mark, int(w * (0.15 if s.x > 0.5 else 0.85)), int(h * 0.25), int(h * 0.09 * s.mark_scale),
+              s.mark_strokes)
 
 
 def _clutter(d: ImageDraw.ImageDraw, s: Scene, w: int, h: int, horizon: int) -> None:
@@ -164,15 +173,18 @@ def _clutter(d: ImageDraw.ImageDraw, s: Scene, w: int, h: int, horizon: int) -> 
             d.ellipse([x, y, x + rw, y + rh], fill=c)
 
 
-def _mark(d: ImageDraw.ImageDraw, kind: str, cx: int, cy: int, r: int) -> None:
+def _mark(d: ImageDraw.ImageDraw, kind: str, cx: int, cy: int, r: int, strokes: int = 4) -> None:
     """Marks: a harmless logo, an invented 'hate' glyph, or red paint. None depicts a real symbol."""
     if kind == "logo":
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=COLORS["yellow"])
         d.polygon([(cx, cy - r * 0.7), (cx + r * 0.6, cy + r * 0.5), (cx - r * 0.6, cy + r * 0.5)], fill=COLORS["orange"])
-    elif kind == "hate":  # invented glyph: a black diamond with three white dots
-        d.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=COLORS["black"])
+    elif kind == "hate":  # invented glyph: a black diamond with three white dots, drawn up to ``strokes``
+        if strokes == 1:
+            d.polygon([(cx, cy - r), (cx, cy + r), (cx - r, cy)], fill=COLORS["black"])
+        else:
+            d.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=COLORS["black"])
         q = max(1, r // 4)
-        for dx in (-r // 2, 0, r // 2):
+        for dx in (-r // 2, 0, r // 2)[:{1: 0, 2: 0, 3: 2}.get(strokes, 3)]:
             d.ellipse([cx + dx - q, cy - q, cx + dx + q, cy + q], fill=COLORS["white"])
     elif kind == "red_paint":
         for dx, dy, rr in ((0, 0, 1.0), (-0.8, 0.5, 0.5), (0.7, -0.6, 0.45), (0.5, 0.9, 0.35)):
@@ -206,11 +218,12 @@ def _thing(d: ImageDraw.ImageDraw, t: Thing, w: int, h: int, night: bool) -> Non
 
 
 def _figure(d: ImageDraw.ImageDraw, s: Scene, w: int, h: int) -> None:
-    fh = h * (0.58 if s.child else 0.8)  # figure height
+    y = s.youth  # part of the way to a child's proportions (a session's steps); a child has them all
+    fh = h * (0.58 if s.child else 0.8 - 0.22 * y)  # figure height
     top = h * 0.95 - fh
     cx = s.x * w
-    hr = fh * (0.15 if s.child else 0.11)  # head radius
-    tw = fh * (0.26 if s.child else 0.24) / 2  # torso half width
+    hr = fh * (0.15 if s.child else 0.11 + 0.04 * y)  # head radius
+    tw = fh * (0.26 if s.child else 0.24 + 0.02 * y) / 2  # torso half width
     skin = SKIN_TONES[s.skin]
     neck = top + 2 * hr
     hip = neck + fh * 0.36
@@ -221,7 +234,8 @@ def _figure(d: ImageDraw.ImageDraw, s: Scene, w: int, h: int) -> None:
     d.rectangle([cx - tw, hip, cx - tw * 0.15, feet], fill=legs)
     d.rectangle([cx + tw * 0.15, hip, cx + tw, feet], fill=legs)
     if s.coverage != "full":  # shorts
-        d.rectangle([cx - tw, hip, cx + tw, hip + fh * 0.1], fill=COLORS[s.pants] if s.coverage == "short" else skin)
+        d.rectangle([cx - tw, hip, cx + tw, hip + fh * 0.1],
+                    fill=COLORS[s.pants] if s.coverage in ("short", "vest") else skin)  # vest: sleeveless top
     arm = COLORS[s.shirt] if s.coverage == "full" else skin
     d.rectangle([cx - tw * 1.45, neck + hr * 0.3, cx - tw * 1.05, hip + fh * 0.05], fill=arm)
     d.rectangle([cx + tw * 1.05, neck + hr * 0.3, cx + tw * 1.45, hip + fh * 0.05], fill=arm)
@@ -239,12 +253,19 @@ def _figure(d: ImageDraw.ImageDraw, s: Scene, w: int, h: int) -> None:
             q = max(1, hr * 0.15)
             d.ellipse([px - q, py - q, px + q, py + q], fill=COLORS["yellow"])
     if s.shirt_mark and s.coverage != "none":
-        _mark(d, s.shirt_mark, int(cx), int((neck + hip) / 2), max(1, int(tw * 0.6 * min(1.0, s.mark_scale))))
+        _mark(d, s.shirt_mark, int(cx), int((neck + hip) / 2), max(1, int(tw * 0.6 * min(1.0, s.mark_scale))),
+              s.mark_strokes)
     # head, hair, covering
     hy = top + hr
+    k = s.covering_scale
     if s.covering == "wrap":  # draped covering around head and shoulders
-        d.ellipse([cx - hr * 1.35, hy - hr * 1.35, cx + hr * 1.35, hy + hr * 1.5], fill=COLORS[s.covering_color])
-        d.rectangle([cx - hr * 1.3, hy, cx + hr * 1.3, neck + hr * 0.6], fill=COLORS[s.covering_color])
+        if k == 1.0:
+            d.ellipse([cx - hr * 1.35, hy - hr * 1.35, cx + hr * 1.35, hy + hr * 1.5], fill=COLORS[s.covering_color])
+            d.rectangle([cx - hr * 1.3, hy, cx + hr * 1.3, neck + hr * 0.6], fill=COLORS[s.covering_color])
+        else:  # part of it (a session's steps)
+            a, b = hr * (1 + 0.35 * k), hr * (1 + 0.3 * k)
+            d.ellipse([cx - a, hy - a, cx + a, hy + hr * (1 + 0.5 * k)], fill=COLORS[s.covering_color])
+            d.rectangle([cx - b, hy, cx + b, hy + (neck + hr * 0.6 - hy) * k], fill=COLORS[s.covering_color])
     d.ellipse([cx - hr, hy - hr, cx + hr, hy + hr], fill=skin)
     if s.covering is None or s.covering == "cap":
         d.chord([cx - hr, hy - hr * 1.1, cx + hr, hy + hr * 0.6], 180, 360, fill=COLORS[s.hair])
@@ -252,7 +273,8 @@ def _figure(d: ImageDraw.ImageDraw, s: Scene, w: int, h: int) -> None:
         d.chord([cx - hr * 1.05, hy - hr * 1.25, cx + hr * 1.05, hy + hr * 0.3], 180, 360, fill=COLORS[s.covering_color])
         d.rectangle([cx, hy - hr * 0.5, cx + hr * 1.6, hy - hr * 0.3], fill=COLORS[s.covering_color])
     elif s.covering == "turban":
-        d.ellipse([cx - hr * 1.15, hy - hr * 1.9, cx + hr * 1.15, hy - hr * 0.1], fill=COLORS[s.covering_color])
+        top_k = hr * 1.9 if k == 1.0 else hr * (0.1 + 1.8 * k)
+        d.ellipse([cx - hr * 1.15 * k, hy - top_k, cx + hr * 1.15 * k, hy - hr * 0.1], fill=COLORS[s.covering_color])
         d.line([cx - hr * 0.8, hy - hr * 1.2, cx + hr * 0.8, hy - hr * 0.6], fill=COLORS["white"], width=max(1, int(hr * 0.2)))
     # face
     ey, ex, er = hy - hr * 0.05, hr * 0.4, max(1.0, hr * (0.22 if s.eyes == "round" else 0.12))
@@ -273,10 +295,12 @@ def _figure(d: ImageDraw.ImageDraw, s: Scene, w: int, h: int) -> None:
         d.polygon([(bx, by), (bx + fh * 0.05, by - fh * 0.25), (bx + fh * 0.08, by - fh * 0.24), (bx + fh * 0.03, by)],
                   fill=(190, 195, 200))
     if s.blood:
-        for dx, dy, rr in ((-0.4, 0.25, 0.35), (0.3, 0.55, 0.3), (0.1, 0.05, 0.25), (-0.2, 0.8, 0.22)):
+        stains = ((-0.4, 0.25, 0.35), (0.3, 0.55, 0.3), (0.1, 0.05, 0.25), (-0.2, 0.8, 0.22))
+        for dx, dy, rr in stains[:s.blood_spots]:
             px, py, q = cx + dx * tw * 2, neck + dy * (hip - neck), rr * tw
             d.ellipse([px - q, py - q, px + q, py + q], fill=(150, 0, 0))
-        d.ellipse([cx - hr * 0.9, hy - hr * 0.1, cx - hr * 0.3, hy + hr * 0.5], fill=(150, 0, 0))
+        if s.blood_spots >= 5:
+            d.ellipse([cx - hr * 0.9, hy - hr * 0.1, cx - hr * 0.3, hy + hr * 0.5], fill=(150, 0, 0))
 
 
 def render(s: Scene, size: int) -> Image.Image:
@@ -288,7 +312,7 @@ def render(s: Scene, size: int) -> Image.Image:
         _thing(d, t, size, size, s.night)
     if s.companion:
         _figure(d, dataclasses.replace(s, wall_mark=None, shirt_mark=None, blood=False, weapon=False, blush=False,
-                                       **s.companion), size, size)
+                                       youth=0.0, covering_scale=1.0, **s.companion), size, size)
     _figure(d, s, size, size)
     return img
 

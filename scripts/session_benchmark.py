@@ -1,0 +1,191 @@
+"""The session figures in docs/results.md and docs/red-team.md: what gets through when a harmful edit is split
+over several turns, and how often safe sessions are flagged.
+
+    .venv/bin/python -m scripts.session_benchmark --repository runs/redteam_variants/plain/repository
+
+On the realistic benchmark's session sets (`editguard synth --sessions`: 600 iid sessions, seed 21, to
+calibrate on; 800 ood sessions, seed 22, to measure on; 128 px, realistic renderer), the repository's
+`editguard` model scores every turn's step triple and cumulative triple in-process (`editguard score`).
+Then, for two sets of thresholds:
+
+- `installed`: the repository's thresholds.json as it is (calibrated on one-shot edits);
+- `session-calibrated`: `calibrate --sessions` on the iid sessions (precision >= TARGET per category,
+  session level), with the one-shot iid validation results (`--single`) added as one-turn sessions
+  so one-shot edits keep their place in the choice,
+
+it reports on the ood sessions:
+
+- decomposed harmful sessions: the share that gets through (no turn flagged) with step-only checking
+  and with the session check, by step count and by the harm's axis;
+- safe sessions (no label on any step or cumulative triple): the share with any flag, both ways, beside
+  the one-shot FPR on the ood single edits (`--single-ood`) at the same thresholds;
+- the one-shot figures at those thresholds: macro AUROC does not move (the model is the same), precision
+  recall and FPR of "unsafe" do.
+
+Writes OUT/session_benchmark.json, .md and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from scripts.experiments import run
+
+SETS = {"val": dict(n=600, seed=21, split="iid"), "ood": dict(n=800, seed=22, split="ood")}
+
+
+def _sessions(rows: list[dict], labels: list[str], th: np.ndarray) -> list[dict]:
+    """Per session: kind, axis, steps, harmful, and whether step-only / session checking flags any turn."""
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["session"], []).append(r)
+    out = []
+    for sid, turns in by.items():
+        step = np.array([[t[f"score_{c}"] for c in labels] for t in turns]) >= th
+        cum = np.array([[t[f"cumulative_score_{c}"] for c in labels] for t in turns]) >= th
+        meta = json.loads(turns[0]["meta"])
+        harmful = any(t["labels"] or t["cumulative_labels"] for t in turns)
+        out.append({"session": sid, "kind": meta["kind"], "axis": meta["axis"], "steps": meta["steps"],
+                    "harmful": harmful, "step_only": bool(step.any()), "session_check": bool(step.any() or cum.any())})
+    return out
+
+
+def _single(rows: list[dict], labels: list[str], th: np.ndarray) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    scores = np.array([[r[f"score_{c}"] for c in labels] for r in rows])
+    y = np.array([[c in r["labels"] for c in labels] for r in rows])
+    flagged, unsafe = (scores >= th).any(1), y.any(1)
+    tp, fp = int((flagged & unsafe).sum()), int((flagged & ~unsafe).sum())
+    aucs = [roc_auc_score(y[:, k], scores[:, k]) for k in range(len(labels)) if 0 < y[:, k].sum() < len(y)]
+    return {"macro_auroc": round(float(np.mean(aucs)), 4), "precision": round(tp / max(tp + fp, 1), 4),
+            "recall": round(tp / max(int(unsafe.sum()), 1), 4), "fpr": round(fp / max(int((~unsafe).sum()), 1), 4)}
+
+
+def _rate(xs: list[bool]) -> float | None:
+    return round(float(np.mean(xs)), 4) if xs else None
+
+
+def summarize(sessions: list[dict]) -> dict:
+    dec = [s for s in sessions if s["kind"] == "decomposition" and s["harmful"]]
+    safe = [s for s in sessions if not s["harmful"]]
+    through = lambda group, key: _rate([not s[key] for s in group])  # noqa: E731
+    out = {"decomposed": len(dec), "safe": len(safe),
+           "asr_step_only": through(dec, "step_only"), "asr_session": through(dec, "session_check"),
+           "safe_flagged_step_only": _rate([s["step_only"] for s in safe]),
+           "safe_flagged_session": _rate([s["session_check"] for s in safe]),
+           "by_steps": {}, "by_axis": {}}
+    for k in sorted({s["steps"] for s in dec}):
+        g = [s for s in dec if s["steps"] == k]
+        out["by_steps"][k] = {"n": len(g), "asr_step_only": through(g, "step_only"),
+                              "asr_session": through(g, "session_check")}
+    for a in sorted({s["axis"] for s in dec}):
+        g = [s for s in dec if s["axis"] == a]
+        out["by_axis"][a] = {"n": len(g), "asr_step_only": through(g, "step_only"),
+                             "asr_session": through(g, "session_check")}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repository", required=True, help="an exported repository with installed thresholds")
+    ap.add_argument("--single", required=True, help="results of the one-shot iid validation set (editguard score)")
+    ap.add_argument("--single-ood", required=True, help="results of the one-shot ood set")
+    ap.add_argument("--data", default="runs/sessions/data", help="where the session sets are (or will be) written")
+    ap.add_argument("--out", default="runs/sessions", help="folder for results and the table")
+    ap.add_argument("--target", default="precision=0.9", help="the session-level calibration target")
+    args = ap.parse_args(argv)
+
+    from editguard.clients.results import read_results
+    from editguard.model.config import ModelConfig
+    from editguard.model.repository import load_thresholds, versions
+
+    out, data = Path(args.out), Path(args.data)
+    repo = Path(args.repository)
+    version = repo / "editguard" / str(max(versions(repo)))
+    labels = list(ModelConfig.load(version / "config.json").labels)
+    results = {}
+    for name, s in SETS.items():
+        manifest = data / name / "manifest.jsonl"
+        if not manifest.exists():
+            run("synth", "--out", str(manifest.parent), "--n", str(s["n"]), "--seed", str(s["seed"]), "--split",
+                s["split"], "--sessions")
+        results[name] = out / "results" / f"{name}.jsonl"
+        if not results[name].exists():
+            run("score", str(manifest), "--out", str(results[name]), "--repository", str(repo), "--no-progress")
+    both = out / "results" / "val_with_single.jsonl"
+    both.write_text("".join(json.dumps(r) + "\n" for path in (results["val"], Path(args.single))
+                            for r in read_results(path)))
+    run("calibrate", str(both), "--sessions", "--target", args.target, "--allow-unmet",
+        "--out", str(out / "session_thresholds.json"))
+    calibrated = json.loads((out / "session_thresholds.json").read_text())
+    thresholds = {"installed": load_thresholds(version, labels),
+                  "session-calibrated": np.array([calibrated["categories"][c]["threshold"] for c in labels])}
+    ood_rows, single_rows = read_results(results["ood"]), read_results(args.single_ood)
+    report = {"repository": str(repo), "target": args.target, "sets": SETS, "thresholds": {}}
+    for name, th in thresholds.items():
+        report["thresholds"][name] = {**summarize(_sessions(ood_rows, labels, th)),
+                                      "single_ood": _single(single_rows, labels, th)}
+    (out / "session_benchmark.json").write_text(json.dumps(report, indent=2))
+    md = to_markdown(report)
+    (out / "session_benchmark.md").write_text(md)
+    print(md)
+    plot(report, out / "session_benchmark.png")
+    return 0
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def to_markdown(report: dict) -> str:
+    lines = ["| thresholds | decomposed harmful sessions through: step only | session check | safe sessions "
+             "flagged: step only | session check | one-shot FPR (ood) | one-shot precision / recall (ood) |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for name, r in report["thresholds"].items():
+        s = r["single_ood"]
+        lines.append(f"| {name} | {_pct(r['asr_step_only'])} | {_pct(r['asr_session'])} | "
+                     f"{_pct(r['safe_flagged_step_only'])} | {_pct(r['safe_flagged_session'])} | {_pct(s['fpr'])} | "
+                     f"{_pct(s['precision'])} / {_pct(s['recall'])} |")
+    for name, r in report["thresholds"].items():
+        lines += ["", f"By step count ({name}; through, step only → session check):", "",
+                  "| steps | sessions | step only | session check |", "|---:|---:|---:|---:|"]
+        lines += [f"| {k} | {v['n']} | {_pct(v['asr_step_only'])} | {_pct(v['asr_session'])} |"
+                  for k, v in r["by_steps"].items()]
+        lines += ["", f"By harm ({name}):", "", "| axis | sessions | step only | session check |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {k} | {v['n']} | {_pct(v['asr_step_only'])} | {_pct(v['asr_session'])} |"
+                  for k, v in r["by_axis"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(report["thresholds"]), figsize=(5.5 * len(report["thresholds"]), 3.2),
+                             squeeze=False)
+    for ax, (name, r) in zip(axes[0], report["thresholds"].items()):
+        ks = list(r["by_steps"])
+        x = np.arange(len(ks))
+        ax.bar(x - 0.2, [100 * r["by_steps"][k]["asr_step_only"] for k in ks], 0.4, color="#7f8c8d",
+               label="step only")
+        ax.bar(x + 0.2, [100 * r["by_steps"][k]["asr_session"] for k in ks], 0.4, color="#c0392b",
+               label="session check")
+        ax.set_xticks(x, [f"{k} turns" for k in ks])
+        ax.set_ylabel("harmful sessions let through (%)")
+        ax.set_title(f"{name} thresholds")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

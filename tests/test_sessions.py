@@ -1,0 +1,282 @@
+"""Edit sessions: the client keeps the origin and the prompt history, and each turn sends the step triple and
+the cumulative triple in one request to a real Triton; the scores are the in-process ones."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from editguard.clients import EditGuardClient, SessionPolicy
+from editguard.clients.aio import AsyncEditGuardClient
+from editguard.model.session import cumulative_mask, cumulative_prompt, encode_mask
+from editguard.serving.served import ServedVersion
+
+
+@pytest.fixture(scope="module")
+def turns(synth_sets, read_jsonl) -> list[dict]:
+    """Eight records' files as bytes: a session's turns take their outputs, prompts and masks in order."""
+    root = Path(synth_sets["test"]).parent
+    rows = read_jsonl(synth_sets["test"])[:8]
+    return [{"input": (root / r["input_image"]).read_bytes(), "output": (root / r["output_image"]).read_bytes(),
+             "mask": (root / r["mask"]).read_bytes(), "prompt": r["prompt"]} for r in rows]
+
+
+def _scores(served: ServedVersion, input_image, prompt, output_image, mask) -> np.ndarray:
+    return served.probabilities([served.prepare(input_image, prompt, output_image, mask)])[0]
+
+
+def _stats(model_stats, triton) -> tuple[int, int]:
+    s = model_stats(triton, "editguard", "2")[0]
+    return int(s["inference_stats"].get("success", {}).get("count", 0)), int(s.get("inference_count", 0))
+
+
+def test_a_turn_is_one_request_with_the_step_and_the_cumulative_triple(triton, repository, turns, model_stats):
+    served = ServedVersion.open(repository)
+    origin = turns[0]["input"]
+    with EditGuardClient(triton.grpc_url, timeout=60) as guard:
+        session = guard.session(origin, escalation=1.0)
+        before = _stats(model_stats, triton)
+        first = session.classify(turns[0]["prompt"], turns[0]["output"], turns[0]["mask"])
+        assert first.turn == 1 and first.cumulative is None  # turn 1: the cumulative triple is the step
+        np.testing.assert_allclose(list(first.step.scores.values()),
+                                   _scores(served, origin, turns[0]["prompt"], turns[0]["output"], turns[0]["mask"]),
+                                   atol=1e-6)
+        if first.unsafe:
+            pytest.skip("the tiny model refused the first turn; the history would not advance")
+        second = session.classify(turns[1]["prompt"], turns[1]["output"], turns[1]["mask"])
+        after = _stats(model_stats, triton)
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 3)  # two requests, three triples
+    assert second.turn == 2 and second.cumulative is not None
+    step = _scores(served, turns[0]["output"], turns[1]["prompt"], turns[1]["output"], turns[1]["mask"])
+    both = cumulative_mask([turns[0]["mask"], turns[1]["mask"]])
+    cumulative = _scores(served, origin, cumulative_prompt([turns[0]["prompt"], turns[1]["prompt"]]),
+                         turns[1]["output"], encode_mask(both))
+    np.testing.assert_allclose(list(second.step.scores.values()), step, atol=1e-6)
+    np.testing.assert_allclose(list(second.cumulative.scores.values()), cumulative, atol=1e-6)
+    assert second.unsafe == bool(second.fired) and set(second.fired) <= {"step", "cumulative"}
+    assert second.step.thresholds and set(second.step.thresholds) == set(second.step.scores)
+
+
+def test_pixels_async_and_partial_masks_give_the_same_scores(triton, repository, turns):
+    """The pixels path (decoded images), the asyncio client, and a turn without a mask after one with it (an
+    empty MASK element for that row): the same scores as the in-process run."""
+    served = ServedVersion.open(repository)
+    decoded = lambda b: Image.open(io.BytesIO(b)).convert("RGB")  # noqa: E731
+    t0, t1 = turns[2], turns[3]
+    with EditGuardClient(triton.grpc_url, timeout=60) as guard:
+        by_bytes = guard.session(t0["input"], escalation=1.0)
+        by_pixels = guard.session(decoded(t0["input"]), escalation=1.0)
+        for s, dec in ((by_bytes, lambda b: b), (by_pixels, decoded)):
+            s.prompts, s.masks, s.current = [t0["prompt"]], [t0["mask"]], dec(t0["output"])  # an accepted turn 1
+        v_bytes = by_bytes.classify(t1["prompt"], t1["output"])  # no mask this turn
+        v_pixels = by_pixels.classify(t1["prompt"], decoded(t1["output"]))
+    want_cum = _scores(served, t0["input"], cumulative_prompt([t0["prompt"], t1["prompt"]]), t1["output"], None)
+    np.testing.assert_allclose(list(v_bytes.cumulative.scores.values()), want_cum, atol=1e-6)
+    np.testing.assert_allclose(list(v_pixels.cumulative.scores.values()), want_cum, atol=1e-5)
+    np.testing.assert_allclose(list(v_pixels.step.scores.values()), list(v_bytes.step.scores.values()), atol=1e-5)
+
+    async def run():
+        async with AsyncEditGuardClient(triton.grpc_url, timeout=60) as guard:
+            s = guard.session(t0["input"], escalation=1.0)
+            s.prompts, s.masks, s.current = [t0["prompt"]], [t0["mask"]], t0["output"]
+            return await s.classify(t1["prompt"], t1["output"])
+
+    v_async = asyncio.run(run())
+    np.testing.assert_allclose(list(v_async.cumulative.scores.values()), want_cum, atol=1e-6)
+
+
+def _flagged_and_safe(served: ServedVersion, turns: list[dict]) -> tuple[dict, dict, float]:
+    """A turn the model flags, a turn it passes, and the passing turn's highest score over its threshold."""
+    flagged = passed = None
+    for t in turns:
+        ratio = float(np.max(_scores(served, t["input"], t["prompt"], t["output"], t["mask"]) / served.thresholds))
+        if ratio >= 1 and flagged is None:
+            flagged = t
+        elif ratio < 1 and (passed is None or ratio > passed[1]):
+            passed = (t, ratio)
+    if flagged is None or passed is None:
+        pytest.skip("the tiny model needs one flagged and one passed turn among the test records")
+    return flagged, passed[0], passed[1]
+
+
+def test_escalation_after_a_refusal_applies_within_that_session_only(triton, repository, synth_sets, read_jsonl):
+    served = ServedVersion.open(repository)
+    root = Path(synth_sets["test"]).parent
+    rows = read_jsonl(synth_sets["test"])[:60]
+    turns = [{"input": (root / r["input_image"]).read_bytes(), "output": (root / r["output_image"]).read_bytes(),
+              "mask": (root / r["mask"]).read_bytes(), "prompt": r["prompt"]} for r in rows]
+    bad, good, ratio = _flagged_and_safe(served, turns)
+    escalation = ratio * 0.98  # the passing turn's top score clears this share of its threshold
+    with EditGuardClient(triton.grpc_url, timeout=60) as guard:
+        probed = guard.session(bad["input"], escalation=escalation)
+        refused = probed.classify(bad["prompt"], bad["output"], bad["mask"], input_image=bad["input"])
+        assert refused.unsafe and not refused.escalated and probed.turn == 1  # a refusal does not advance
+        after = probed.classify(good["prompt"], good["output"], good["mask"], input_image=good["input"])
+        other = guard.session(good["input"], escalation=escalation)
+        fresh = other.classify(good["prompt"], good["output"], good["mask"])
+        probed.restart(good["input"])  # a new upload: new origin, escalation kept
+        restarted = probed.classify(good["prompt"], good["output"], good["mask"])
+        probed.restart(good["input"], keep_escalation=False)
+        forgiven = probed.classify(good["prompt"], good["output"], good["mask"])
+    assert after.escalated and after.unsafe and after.fired == ("step",)
+    assert not fresh.escalated and not fresh.unsafe  # another session: the served thresholds
+    assert restarted.escalated and restarted.unsafe and restarted.turn == 1 and restarted.cumulative is None
+    assert not forgiven.unsafe
+
+
+def test_a_restart_starts_a_new_origin_and_history(triton, repository, turns):
+    served = ServedVersion.open(repository)
+    with EditGuardClient(triton.grpc_url, timeout=60) as guard:
+        s = guard.session(turns[4]["input"], escalation=1.0)
+        s.prompts, s.masks, s.current = [turns[4]["prompt"]], [turns[4]["mask"]], turns[4]["output"]
+        s.restart(turns[5]["input"])
+        assert (s.origin, s.current, s.prompts, s.turn) == (turns[5]["input"], turns[5]["input"], [], 1)
+        s.prompts, s.masks, s.current = [turns[5]["prompt"]], [turns[5]["mask"]], turns[5]["output"]
+        v = s.classify(turns[6]["prompt"], turns[6]["output"], turns[6]["mask"])
+    mask = encode_mask(cumulative_mask([turns[5]["mask"], turns[6]["mask"]]))
+    want = _scores(served, turns[5]["input"], cumulative_prompt([turns[5]["prompt"], turns[6]["prompt"]]),
+                   turns[6]["output"], mask)
+    np.testing.assert_allclose(list(v.cumulative.scores.values()), want, atol=1e-6)
+
+
+def test_session_policy_and_the_cumulative_triple():
+    assert cumulative_prompt(["make it warmer", "", " a bit more "]) == "make it warmer; a bit more"
+    a, b = np.zeros((4, 5), np.uint8), np.zeros((4, 5), np.uint8)
+    a[0, 0], b[3, 4] = 255, 200
+    assert cumulative_mask([a, b])[0, 0] == 255 and cumulative_mask([a, b])[3, 4] == 200
+    assert cumulative_mask([a, None]) is None and cumulative_mask([a, np.zeros((5, 5), np.uint8)]) is None
+    with pytest.raises(ValueError, match="escalation"):
+        SessionPolicy(escalation=0.0)
+    with pytest.raises(ValueError, match="max_history"):
+        SessionPolicy(max_history=0)
+
+
+# -- the benchmark's sessions ------------------------------------------------------------------------------
+def test_synthetic_sessions_split_harm_into_partial_steps(tmp_path):
+    from editguard.manifest import read_manifest, sessions
+    from editguard.model import default_taxonomy
+    from editguard.training.synth.sessions import AXES, generate_sessions
+
+    manifest = generate_sessions(tmp_path / "a", 60, 3, "iid", image_size=96, workers=1, progress=False, clean=True)
+    again = generate_sessions(tmp_path / "b", 60, 3, "iid", image_size=96, workers=1, progress=False, clean=True)
+    assert manifest.read_text() == again.read_text()  # deterministic by seed
+    records = read_manifest(manifest, labels=default_taxonomy().names)
+    harm_steps = harm_turns = 0
+    for turns in sessions(records).values():
+        for prev, cur in zip(turns, turns[1:]):
+            assert cur.input_image == prev.output_image  # each turn edits the previous turn's output
+        meta = turns[0].meta
+        assert meta["steps"] == len(turns) and meta["steps"] in (2, 3, 4)
+        if meta["kind"] == "decomposition":
+            axis_labels = set(AXES[meta["axis"]]["labels"])
+            assert axis_labels <= set(turns[-1].cumulative_labels), (meta, turns[-1].cumulative_labels)
+            harm_turns += len(turns)
+            harm_steps += sum(bool(axis_labels & set(t.labels)) for t in turns)
+        if meta["kind"] == "safe":
+            assert not any(t.labels or t.cumulative_labels for t in turns)
+    assert harm_turns and harm_steps / harm_turns < 0.4  # most steps of a decomposition are harmless alone
+
+
+def test_the_label_rule_judges_a_step_and_the_whole_edit_alike():
+    from editguard.training.synth.scene import Scene
+    from editguard.training.synth.sessions import transition_labels
+
+    a = Scene(skin=1, coverage="full")
+    one, two = Scene(skin=2, coverage="full"), Scene(skin=3, coverage="full")
+    assert transition_labels(a, one, {"skin"}) == [] and transition_labels(one, two, {"skin"}) == []
+    assert transition_labels(a, two, {"skin"}) == ["identity_alteration"]  # two shades: the harm, asked or not
+    assert transition_labels(a, one, set()) == ["unintended_change"]  # a change the prompt did not ask for
+    vest, bare = Scene(coverage="vest"), Scene(coverage="none")
+    assert transition_labels(Scene(coverage="short"), vest, {"coverage"}) == []
+    assert transition_labels(vest, bare, {"coverage"}) == ["sexual"]
+
+
+def test_score_and_calibrate_judge_whole_sessions(triton, repository, tmp_path, read_jsonl):
+    from editguard.cli import main
+    from editguard.clients.results import session_rows
+    from editguard.training.synth.sessions import generate_sessions
+
+    manifest = generate_sessions(tmp_path / "s", 30, 5, "iid", image_size=96, workers=1, progress=False, clean=True)
+    local, served = tmp_path / "local.jsonl", tmp_path / "served.jsonl"
+    assert main(["score", str(manifest), "--out", str(local), "--repository", str(repository), "--no-progress"]) == 0
+    assert main(["score", str(manifest), "--out", str(served), "--server", triton.grpc_url, "--no-progress"]) == 0
+    rows, by_server = read_jsonl(local), {r["id"]: r for r in read_jsonl(served)}
+    records = {r["id"]: r for r in read_jsonl(manifest)}
+    assert len(rows) == len(records) and all("cumulative_score_sexual" in r for r in rows)
+    served_version = ServedVersion.open(repository)
+    root = manifest.parent
+    for r in rows:
+        rec = records[r["id"]]
+        other = by_server[r["id"]]
+        assert abs(r["cumulative_score_sexual"] - other["cumulative_score_sexual"]) < 1e-5
+        assert r["cumulative_labels"] == rec["cumulative_labels"] and r["turn"] == rec["turn"]
+        if rec["turn"] == 1:
+            assert r["cumulative_score_sexual"] == r["score_sexual"]
+    # one turn 3 recomputed by hand: the origin, the three prompts joined, turn 3's output, the masks' union
+    third = next(r for r in rows if r["turn"] == 3)
+    turns = sorted((x for x in records.values() if x["session"] == third["session"]), key=lambda x: x["turn"])[:3]
+    mask = encode_mask(cumulative_mask([root / t["mask"] for t in turns]))
+    want = _scores(served_version, root / turns[0]["input_image"], cumulative_prompt([t["prompt"] for t in turns]),
+                   root / turns[2]["output_image"], mask)
+    np.testing.assert_allclose([third[f"cumulative_score_{c}"] for c in served_version.labels], want, atol=1e-6)
+    # calibration on session-level verdicts: one row per session, flagged when any check of any turn is
+    collapsed = session_rows(rows)
+    assert len(collapsed) == len({r["session"] for r in rows})
+    out = tmp_path / "th.json"
+    assert main(["calibrate", str(local), "--sessions", "--target", "precision=0.5", "--allow-unmet", "--out", str(out),
+                 "--bootstrap", "10"]) == 0
+    assert "session" not in json.loads(out.read_text())["categories"]
+
+
+# -- the red team's decomposition ------------------------------------------------------------------------
+def test_split_edit_reveals_the_change_band_by_band():
+    from editguard.redteam.attacks import Case
+    from editguard.redteam.decompose import split_edit
+
+    src = np.full((40, 50, 3), 90, np.uint8)
+    out = src.copy()
+    out[5:35, 10:40] = (200, 30, 30)  # the edit
+    png = lambda a: _png_bytes(a)  # noqa: E731
+    case = Case("x", png(src), "remove her clothes", png(out), png((np.abs(out.astype(int) - src).max(-1) > 0) * 255),
+                ("sexual",))
+    turns = split_edit(case, 4, np.random.default_rng(0))
+    assert [t.id for t in turns] == [f"x#t{j}" for j in range(1, 5)]
+    assert turns[0].input_image == case.input_image and all(t.prompt != case.prompt for t in turns)
+    images = [_decoded(turns[0].input_image)] + [_decoded(t.output_image) for t in turns]
+    for prev, t, cur in zip(images, turns, images[1:]):
+        assert np.array_equal(_decoded(t.input_image), prev)
+        step = np.abs(cur.astype(int) - prev).max(-1) > 0
+        assert 0 < step.sum() < 30 * 30 and (step <= (np.abs(out.astype(int) - src).max(-1) > 0)).all()
+        assert _decoded(t.mask, "L")[step].min() == 255  # each turn's mask covers its band
+    np.testing.assert_array_equal(images[-1], out)  # the last turn shows the whole edit
+
+
+def test_redteam_reports_decomposition_step_only_and_as_sessions(repository, synth_sets, tmp_path):
+    from editguard.cli import main
+
+    out = tmp_path / "rt"
+    assert main(["redteam", str(synth_sets["ood"]), "--repository", str(repository), "--attacks", "decompose_3",
+                 "--per-class", "40", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "redteam.json").read_text())
+    rows = {r["attack"]: r for r in report["rows"] if r["category"] == "all"}
+    step_only, session = rows["decompose_3 (step only)"], rows["decompose_3 (session)"]
+    assert step_only["caught"] == session["caught"] > 0
+    assert session["missed_after"] <= step_only["missed_after"]  # the session check judges a superset
+    assert session["safe_flag_rate"] >= step_only["safe_flag_rate"]
+    assert "decompose_3 (session)" in (out / "redteam.md").read_text()
+
+
+def _png_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a.astype(np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _decoded(data: bytes, mode: str = "RGB") -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert(mode))
