@@ -10,7 +10,7 @@ from ..model.repository import CLIENT_MODEL, PRECHECK
 from .config import BenchConfig
 from .inprocess import bench_inprocess, bench_preprocess
 from .presets import bench_presets
-from .served import bench_graphs, bench_precheck, bench_ray, bench_served, bench_uploads
+from .served import bench_graphs, bench_precheck, bench_ray, bench_served, bench_sessions, bench_uploads
 from .timing import machine
 from .workloads import encoded_triples
 
@@ -24,7 +24,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     with tempfile.TemporaryDirectory(prefix="editguard-bench-") as tmp:
         work = Path(tmp)
         triples = encoded_triples(64, 256, work) \
-            if {"inprocess", "served", "graphs", "precheck", "presets"} & set(cfg.sections) else []
+            if {"inprocess", "served", "graphs", "precheck", "sessions", "presets"} & set(cfg.sections) else []
         if "inprocess" in cfg.sections:
             result["inprocess"] = bench_inprocess(cfg, triples, work)
         if "served" in cfg.sections:
@@ -35,6 +35,8 @@ def run_bench(cfg: BenchConfig) -> dict:
             result["graphs"] = bench_graphs(cfg, triples)
         if "precheck" in cfg.sections:
             result["precheck"] = bench_precheck(cfg, triples)
+        if "sessions" in cfg.sections:
+            result["sessions"] = bench_sessions(cfg, triples)
         if "preprocess" in cfg.sections:
             result["preprocess"] = bench_preprocess(cfg, work)
         if "presets" in cfg.sections:
@@ -50,8 +52,8 @@ def run_bench(cfg: BenchConfig) -> dict:
 def ratios(r: dict) -> dict:
     """The headline ratios, measured in this one run, from each section that ran."""
     out: dict = {}
-    for section in (_ratios_inprocess, _ratios_uploads, _ratios_precheck, _ratios_graphs, _ratios_presets,
-                    _ratios_ray, _ratios_preprocess):
+    for section in (_ratios_inprocess, _ratios_uploads, _ratios_precheck, _ratios_sessions, _ratios_graphs,
+                    _ratios_presets, _ratios_ray, _ratios_preprocess):
         section(r, out)
     return out
 
@@ -99,6 +101,13 @@ def _ratios_precheck(r: dict, out: dict) -> None:
         if pre and post:
             out["precheck_c1_over_triple_c1"] = round(pre["c1_p50_ms"] / post["c1_p50_ms"], 2)
             out["precheck_c16_over_triple_c16"] = round(pre["c16_triples_s"] / post["c16_triples_s"], 2)
+
+
+def _ratios_sessions(r: dict, out: dict) -> None:
+    if "sessions" in r:
+        single, turn = r["sessions"]["rows"]
+        out["session_turn_c1_over_single_c1"] = round(turn["c1_p50_ms"] / single["c1_p50_ms"], 2)
+        out["session_c16_triples_s_over_single"] = round(turn["c16_triples_s"] / single["c16_triples_s"], 2)
 
 
 def _ratios_graphs(r: dict, out: dict) -> None:
@@ -153,7 +162,8 @@ def to_markdown(r: dict) -> str:
     m = r["machine"]
     parts = [f"machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}; "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), f"command: `{m['command']}`"]
-    for section in ("inprocess", "served", "uploads", "graphs", "precheck", "presets", "preprocess", "ray"):
+    for section in ("inprocess", "served", "uploads", "graphs", "precheck", "sessions", "presets", "preprocess",
+                    "ray"):
         if section in r:
             parts += [f"\n### {section}\n", _table(r[section]["rows"])]
     parts += ["\n### ratios (this run)\n", _table([{"ratio": k, "value": v} for k, v in r["ratios"].items()])]

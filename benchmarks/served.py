@@ -126,6 +126,37 @@ def bench_precheck(cfg: BenchConfig, triples: list[dict]) -> dict:
     return {"rows": rows}
 
 
+def bench_sessions(cfg: BenchConfig, triples: list[dict]) -> dict:
+    """A session turn (its step and cumulative triple in one request, ``guard.session``) beside a single
+    triple, on the same 256 px PNG triples through the same client: c1 latency, and c16 throughput in
+    triples/s (a turn is two) and in calls/s."""
+    from ..clients import EditGuardClient
+
+    rows = []
+    with ServedTarget(cfg.repository, cfg.server, cfg.connection) as (url, conn), \
+            EditGuardClient(url, timeout=60, **conn.client_options()) as guard:
+        def turn(origin, first_prompt, current, prompt, output):
+            session = guard.session(origin)  # a session one accepted turn in: the next turn sends both triples
+            session.prompts, session.masks, session.current = [first_prompt], [None], current
+            return session.classify(prompt, output)
+
+        n = len(triples)
+        calls = {"single triple (classify)": (guard.classify, [(t["input"], t["prompt"], t["output"])
+                                                               for t in triples], 1),
+                 "session turn (step + cumulative)": (turn, [(t["input"], t["prompt"], t["output"],
+                                                              triples[(i + 1) % n]["prompt"],
+                                                              triples[(i + 1) % n]["output"])
+                                                             for i, t in enumerate(triples)], 2)}
+        for name, (fn, args, per_call) in calls.items():
+            fn(*args[0])  # warm-up
+            lat1, _ = closed_loop(fn, args, 1, cfg.seconds)
+            lat16, wall = closed_loop(fn, args, 16, cfg.seconds)
+            rows.append({"call": name, "c1_p50_ms": pct(lat1)["p50_ms"], "c1_p95_ms": pct(lat1)["p95_ms"],
+                         "c16_calls_s": round(len(lat16) / wall, 1),
+                         "c16_triples_s": round(per_call * len(lat16) / wall, 1)})
+    return {"rows": rows}
+
+
 def bench_uploads(cfg: BenchConfig) -> dict:
     """c1 latency, c16 throughput and client CPU per triple, per upload size and form (masks included)."""
     from ..clients import EditGuardClient

@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterable, Mapping
 
-from ..model.session import MAX_HISTORY
 from .call_state import Call, ClientSettings
 from .errors import EditGuardError
-from .protocol import ImageInput, PixelsPrep, Triple, Verdict, as_request, as_triple, mapped_errors, published_specs
-from .session import AsyncEditSession, SessionPolicy
+from .protocol import (ImageInput, PixelsPrep, Triple, Verdict, as_request, as_triple, mapped_errors,
+                       published_specs)
+from .session import AsyncEditSession
 
 __all__ = ["AsyncEditGuardClient"]
 
@@ -32,6 +32,7 @@ class AsyncEditGuardClient(ClientSettings):
     """Same arguments and behaviour as :class:`~editguard.clients.EditGuardClient`, with ``async`` methods."""
 
     _clients: list = field(default_factory=list, init=False, repr=False)
+    _session_type = AsyncEditSession  # what :meth:`session` makes
 
     def __post_init__(self) -> None:
         import tritonclient.grpc.aio as aio
@@ -76,14 +77,6 @@ class AsyncEditGuardClient(ClientSettings):
             if time.monotonic() > deadline:
                 raise self._not_ready(model, timeout)
             await asyncio.sleep(0.2)
-
-    def session(self, upload: ImageInput, *, escalation: float = 0.5,
-                max_history: int = MAX_HISTORY) -> AsyncEditSession:
-        """An edit session starting from ``upload`` (:mod:`editguard.clients.session`): each turn's
-        ``classify(prompt, output)`` judges the step and the whole edit since the upload in one request.
-        ``escalation``: after a refusal, later turns flag at this times the served thresholds (1: off);
-        ``max_history``: the accepted turn prompts the cumulative prompt carries."""
-        return AsyncEditSession(self, upload, SessionPolicy(escalation, max_history))
 
     async def classify(self, input_image: ImageInput, prompt: str, output_image: ImageInput,
                        mask: ImageInput | None = None, *, timeout: float | None = None, id: str | None = None,

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from ..model.repository import CLIENT_MODEL, PRECHECK
+from ..model.session import MAX_HISTORY
 from .errors import EditGuardError, InvalidInputError, ServerError, ServerUnavailableError
 from .protocol import (
     OUTPUTS,
@@ -44,6 +45,7 @@ from .protocol import (
     wants_pixels,
     with_item_id,
 )
+from .session import SessionPolicy
 
 __all__ = ["ClientSettings", "Call", "RETRY_STATUSES"]
 
@@ -72,6 +74,13 @@ class ClientSettings:
     headers: Mapping[str, str] | None = None  # gRPC metadata on every call (an auth token for a front proxy)
     precheck_model: str = PRECHECK  # the check before generation (``precheck``)
     precheck_version: str = ""  # pin a pre-check version; "" = the server's latest
+
+    def session(self, upload, *, escalation: float = 0.5, max_history: int = MAX_HISTORY):
+        """An edit session starting from ``upload`` (:mod:`editguard.clients.session`): each turn's
+        ``classify(prompt, output)`` judges the step and the whole edit since the upload in one request.
+        ``escalation``: after a refusal, later turns flag at this times the served thresholds (1: off);
+        ``max_history``: the accepted turn prompts the cumulative prompt carries."""
+        return self._session_type(self, upload, SessionPolicy(escalation, max_history))
 
     def _connect(self, aio: bool) -> list:
         """One tritonclient client per URL, with this configuration's TLS; validates the TLS files."""

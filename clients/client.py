@@ -34,25 +34,11 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
-from ..model.session import MAX_HISTORY
 from .call_state import Call, ClientSettings
 from .errors import EditGuardError
-from .protocol import (
-    MAX_IMAGE_BYTES,
-    ImageInput,
-    PixelsPrep,
-    Triple,
-    Verdict,
-    as_request,
-    as_triple,
-    build_inputs,
-    encode_image,
-    mapped_errors,
-    parse_urls,
-    published_specs,
-    to_error,
-)
-from .session import EditSession, SessionPolicy
+from .protocol import (MAX_IMAGE_BYTES, ImageInput, PixelsPrep, Triple, Verdict, as_request, as_triple, build_inputs,
+                       encode_image, mapped_errors, parse_urls, published_specs, to_error)
+from .session import EditSession
 
 __all__ = ["ClientSettings", "EditGuardClient", "Verdict", "Triple", "ImageInput", "encode_image", "parse_urls",
            "MAX_IMAGE_BYTES", "PixelsPrep", "build_inputs", "to_error"]
@@ -69,6 +55,7 @@ class EditGuardClient(ClientSettings):
     """
 
     _clients: list = field(default_factory=list, init=False, repr=False)
+    _session_type = EditSession  # what :meth:`session` makes
 
     def __post_init__(self) -> None:
         import tritonclient.grpc as grpcclient
@@ -115,14 +102,6 @@ class EditGuardClient(ClientSettings):
             if time.monotonic() > deadline:
                 raise self._not_ready(model, timeout)
             time.sleep(0.2)
-
-    def session(self, upload: ImageInput, *, escalation: float = 0.5,
-                max_history: int = MAX_HISTORY) -> EditSession:
-        """An edit session starting from ``upload`` (:mod:`editguard.clients.session`): each turn's
-        ``classify(prompt, output)`` judges the step and the whole edit since the upload in one request.
-        ``escalation``: after a refusal, later turns flag at this times the served thresholds (1: off);
-        ``max_history``: the accepted turn prompts the cumulative prompt carries."""
-        return EditSession(self, upload, SessionPolicy(escalation, max_history))
 
     # -- classification -----------------------------------------------------------------------
     def classify(self, input_image: ImageInput, prompt: str, output_image: ImageInput,

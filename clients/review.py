@@ -6,7 +6,9 @@ labels, ``OUT/pr_curves.png``. It opens from disk or any static host: no server,
 - A summary: items, flag rate per category, and with labels precision, recall and FPR at the
   thresholds, PR curves, and slices by meta fields.
 - A grid of triples: input, output, mask and a difference image, the prompt, and each
-  category's score as a bar against its threshold. Filters (category, verdict, label, meta
+  category's score as a bar against its threshold. A session's turn also shows the session as a
+  strip of turns (the upload, then each turn's output and prompt), and is flagged when its step or
+  its cumulative triple is. Filters (category, verdict, label, meta
   value, minimum score, text) and sorting, with a "near the threshold" queue.
 - Decisions: a reviewer marks items correct or wrong (with the right categories) and downloads
   them as JSONL, ``{"id", "labels", "decision", ...}`` per line, which ``--overlay`` reads back
@@ -180,6 +182,26 @@ def _clean(x):
     return x
 
 
+def _session_strips(rows: list[dict], records: list, thumbs: list[tuple], labels: list[str],
+                    data_items: list[dict]) -> None:
+    """For each scored turn of a session: the session's strip (the upload, then every scored turn's output
+    and prompt, in order) and this turn's cumulative scores, so a flagged turn shows the whole conversation."""
+    turns: dict[str, list[tuple[int, int]]] = {}
+    for k, r in enumerate(rows):
+        if r.get("session") is not None:
+            turns.setdefault(str(r["session"]), []).append((int(r["turn"]), k))
+    for sid, members in turns.items():
+        members.sort()
+        first = thumbs[members[0][1]][0]
+        strip = [{"turn": t, "prompt": records[k].prompt, "output": f"thumbs/{thumbs[k][0]['output']}"
+                  if "output" in thumbs[k][0] else None} for t, k in members]
+        origin = f"thumbs/{first['input']}" if members[0][0] == 1 and "input" in first else None
+        for t, k in members:
+            cumulative = [round(float(rows[k].get(f"cumulative_score_{c}", rows[k][f"score_{c}"])), 5) for c in labels]
+            data_items[k]["session"] = {"id": sid, "turn": t, "origin": origin, "turns": strip,
+                                        "cumulative": cumulative}
+
+
 def build_review(cfg: ReviewConfig) -> Path:
     """Write the review site; returns the path of index.html."""
     from ..files import write_text_atomic
@@ -212,6 +234,7 @@ def build_review(cfg: ReviewConfig) -> Path:
             "meta": {str(a): b if isinstance(b, (str, int, float, bool)) or b is None else json.dumps(b)
                      for a, b in meta.items()},
             "thumbs": {a: f"thumbs/{b}" for a, b in names.items()}, "error": err})
+    _session_strips(rows, items, thumbs, labels, data_items)
     summary = _summary(labels, scores, y, th, rows, cfg.slice_by, out)
     review_id = hashlib.sha1(f"{Path(cfg.results).resolve()}|{len(rows)}".encode()).hexdigest()[:12]
     data = _clean({"title": cfg.title, "review_id": review_id, "categories": labels, "thresholds": th.tolist(),

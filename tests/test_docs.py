@@ -64,6 +64,14 @@ def test_the_python_examples_run_as_written(triton, synth_sets, triple_bytes):
         assert isinstance(result, bool), (doc.name, result)
         broken = scope[call](t["input"], t["prompt"], t["output"][:60])  # fails closed on a bad upload
         assert (asyncio.run(broken) if asyncio.iscoroutine(broken) else broken) is False
+    # the session snippet: two turns, each through one request
+    scope = {"__name__": "example"}
+    code = _block(ROOT / "README.md", "**Edit sessions.**", "python").replace("localhost:8001", triton.grpc_url)
+    exec(compile(code, "README.md session example", "exec"), scope)
+    final, fired, categories = scope["edit_session"](t["input"], [t["prompt"], "a little more"],
+                                                     lambda image, prompt: t["output"])
+    assert (final is None) == bool(fired) and set(fired) <= {"step", "cumulative"}
+    assert final is None or final == t["output"]
 
 
 # Phrases that speak of how editguard was built rather than of the product: where it was made ("here",

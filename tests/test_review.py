@@ -197,3 +197,49 @@ def test_overlay_errors_name_the_line(tmp_path):
         read_overlay(bad, ["sexual", "minors"])
     assert [(ln, field) for ln, field, _ in e.value.problems] == [(2, "id"), (3, "labels")]
     assert "nope" in str(e.value)
+
+
+@needs_browser
+def test_a_flagged_session_shows_as_its_strip_of_turns(browser, repository, tmp_path, read_jsonl):
+    from editguard.clients.score import ScoreConfig, score
+    from editguard.training.synth.sessions import generate_sessions
+
+    manifest = generate_sessions(tmp_path / "s", 12, 4, "iid", image_size=96, workers=1, progress=False, clean=True)
+    results = tmp_path / "results.jsonl"
+    score(ScoreConfig(manifest=str(manifest), out=str(results), repository=str(repository), progress=False))
+    rows = read_jsonl(results)
+    site = build_review(ReviewConfig(results=str(results), manifest=str(manifest), out=str(tmp_path / "site"),
+                                     progress=False, workers=1))
+    browser.get(site.as_uri())
+    strips = browser.find_elements("css selector", "#grid .card .strip")
+    assert len(strips) == min(len(rows), 48)  # every turn of a session carries its strip
+    turn = next(r for r in rows if r["turn"] >= 3)
+    n_turns = sum(1 for r in rows if r["session"] == turn["session"])
+    text = browser.execute_script(
+        "return [...document.querySelectorAll('#grid .card')].map(c => c.innerText)"
+        ".find(t => t.includes(arguments[0]))", f"session {turn['session']}, turn {turn['turn']} of {n_turns}")
+    assert text and "upload" in text  # the strip starts from the upload ...
+    find = ("const s = [...document.querySelectorAll('#grid .card .strip')].find(x => x.innerText.includes("
+            "arguments[0])); s.scrollIntoView();")
+    key = f"session {turn['session']}, turn {turn['turn']} of"
+    figures = browser.execute_script(find + "return [s.querySelectorAll('figure').length, "
+                                     "s.querySelectorAll('figure.current').length]", key)
+    assert figures == [n_turns + 1, 1]  # ... then every turn, this one outlined
+    deadline = time.time() + 10  # the thumbnails load lazily, once in view
+    while time.time() < deadline and browser.execute_script(
+            find + "return [...s.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0).length",
+            key) < n_turns + 1:
+        time.sleep(0.2)
+    assert browser.execute_script(find + "return [...s.querySelectorAll('img')].filter(i => i.naturalWidth > 0)"
+                                  ".length", key) == n_turns + 1
+    # a turn flagged only by its cumulative triple is marked unsafe, and says why
+    th = 0.5
+    cum_only = [r for r in rows if not any(r[k] >= th for k in r if k.startswith("score_"))
+                and any(r[k] >= th for k in r if k.startswith("cumulative_score_"))]
+    unsafe_cards = browser.execute_script("return document.querySelectorAll('#grid .card.unsafe').length")
+    expected = sum(any(r[k] >= th for k in r if k.startswith(("score_", "cumulative_score_"))) for r in rows[:48])
+    assert unsafe_cards == expected
+    if cum_only:
+        assert "flagged: the edit since the upload" in " ".join(
+            e.text for e in browser.find_elements("css selector", "#grid .card .strip .why"))
+    browser.save_screenshot(str(tmp_path / "sessions.png"))

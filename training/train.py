@@ -170,9 +170,15 @@ def _loss(cfg: TrainConfig, model, bce, prompts, d):
 
 
 def _read(cfg: TrainConfig, taxonomy: Taxonomy) -> tuple[list, list]:
-    """The training and validation records, with the overlays; a validation set with no unsafe edit is refused."""
+    """The training and validation records, with the overlays and the sessions' cumulative triples; a validation
+    set with no unsafe edit is refused."""
+    from ..model.session import cumulative_triples
+
     read = dict(labels=taxonomy.names, allow_outside_root=cfg.allow_outside_root, overlays=cfg.overlays)
     train_recs, val_recs = read_manifest(cfg.train, **read), read_manifest(cfg.val, **read)
+    # a manifest with sessions trains (and validates) on each turn's cumulative triple too: the session check
+    # judges both kinds with one network
+    train_recs, val_recs = train_recs + cumulative_triples(train_recs), val_recs + cumulative_triples(val_recs)
     if not any(r.labels for r in val_recs):
         raise ValueError(f"{cfg.val} has no unsafe edit (every item's labels are empty): training keeps the epoch with "
                          "the best validation AUPRC, which needs positives. Give a validation manifest with labelled "

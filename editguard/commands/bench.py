@@ -22,7 +22,8 @@ def add_bench(sub) -> None:
     p.add_argument("--server", metavar="URL", help="benchmark this running Triton instead of starting one")
     p.add_argument("--sections", default="inprocess,served,uploads,graphs,preprocess",
                    help="comma-separated: inprocess, served, uploads, graphs, precheck (needs an editguard_precheck "
-                   "version in the repository), preprocess, presets, ray (default: %(default)s)")
+                   "version in the repository), sessions (a session turn beside a single triple), preprocess, "
+                   "presets, ray (default: %(default)s)")
     p.add_argument("--presets", default="small,base,cpu-lite0", help="presets section: the presets to build, "
                    "export and serve (default: %(default)s)")
     p.add_argument("--upload-sizes", default="256,512,1024", help="uploads section: image sides in px "
@@ -40,7 +41,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     256/512/1024 px (PIL images on the pixels path vs PNG and JPEG bytes: c1 latency, c16
     throughput, client CPU per triple), the serving graphs (inline vs the ensemble, every prompt new
     and Zipf-repeated) with Triton's queue/compute/cache split, and image decode + resize throughput;
-    optionally (--sections ray) batch scoring on Ray at 1, 2, ... workers, and (--sections
+    optionally (--sections sessions) a session turn (step and cumulative triple in one request)
+    beside a single triple, (--sections ray) batch scoring on Ray at 1, 2, ... workers, and (--sections
     presets) each production preset's exact architecture, untrained (small and base from
     stand-in weights folders), in-process and served at its own resolution. Prints markdown
     tables and writes bench.json and bench.md to --out.
@@ -48,6 +50,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     examples:
       editguard bench --model-dir demo/model --repository demo/repository --out bench/cpu
       editguard bench --model-dir demo/model --repository demo/repository --out bench/ray --sections ray
+      editguard bench --model-dir demo/model --repository demo/repository --out bench/sessions --sections sessions
       editguard bench --sections presets --out bench/presets
     """
     from editguard.benchmarks import BenchConfig, run_bench, to_markdown
