@@ -91,9 +91,9 @@ class AsyncEditGuardClient(ClientSettings):
         return (await self._call(self.precheck_model, [(input_image, prompt, None, mask)], timeout, id, headers))[0]
 
     async def _call(self, model: str, rows: list, timeout: float | None, item_id: str | None,
-                    headers: Mapping[str, str] | None) -> list[Verdict]:
+                    headers: Mapping[str, str] | None, thresholds: bool = False) -> list[Verdict]:
         """One request of ``rows`` (``(input, prompt, output, mask)`` each): a Verdict per row."""
-        call = Call(self, model, self._aio, rows, timeout, item_id, headers)
+        call = Call(self, model, self._aio, rows, timeout, item_id, headers, thresholds)
         while True:
             try:
                 if call.needs_pixels:

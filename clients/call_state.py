@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from ..model.repository import CLIENT_MODEL, PRECHECK
+from ..model.repository import CLIENT_MODEL, PRECHECK, THRESHOLDS_OUTPUT
 from ..model.session import MAX_HISTORY
 from .errors import EditGuardError, InvalidInputError, ServerError, ServerUnavailableError
 from .protocol import (
@@ -139,10 +139,12 @@ class Call:
     """
 
     def __init__(self, settings: ClientSettings, model: str, module, rows: Sequence[tuple], timeout: float | None,
-                 item_id: str | None, headers: Mapping[str, str] | None):
+                 item_id: str | None, headers: Mapping[str, str] | None, thresholds: bool = False):
         """``rows``: the request's items, ``(input_image, prompt, output_image, mask)`` each: one triple, or a
-        session turn's step and cumulative triple."""
+        session turn's step and cumulative triple. ``thresholds``: also ask for the served thresholds (a
+        session's escalation needs them; a repository exported before them refuses the request)."""
         self.t0 = time.perf_counter()
+        self.outputs = (*OUTPUTS, THRESHOLDS_OUTPUT) if thresholds else OUTPUTS
         self.settings, self.model, self.module, self.item_id = settings, model, module, item_id
         self.rows, self.headers = list(rows), headers
         self.pixels = settings.pixels and all(wants_pixels(i, o, m) for i, _, o, m in self.rows)
@@ -174,7 +176,7 @@ class Call:
     def request(self) -> dict:
         """Keyword arguments of tritonclient's ``infer`` for the next attempt."""
         return {"model_name": self.model, "inputs": self.inputs, "model_version": self.settings._version(self.model),
-                "outputs": [self.module.InferRequestedOutput(n) for n in OUTPUTS],
+                "outputs": [self.module.InferRequestedOutput(n) for n in self.outputs],
                 "client_timeout": max(self.deadline - time.monotonic(), 0.001),
                 "headers": self.settings._headers(self.headers)}
 

@@ -119,9 +119,10 @@ class EditGuardClient(ClientSettings):
         return self._call(self.precheck_model, [(input_image, prompt, None, mask)], timeout, id, headers)[0]
 
     def _call(self, model: str, rows: list, timeout: float | None, item_id: str | None,
-              headers: Mapping[str, str] | None) -> list[Verdict]:
-        """One request of ``rows`` (``(input, prompt, output, mask)`` each): a Verdict per row."""
-        call = Call(self, model, self._grpc, rows, timeout, item_id, headers)
+              headers: Mapping[str, str] | None, thresholds: bool = False) -> list[Verdict]:
+        """One request of ``rows`` (``(input, prompt, output, mask)`` each): a Verdict per row (with the served
+        thresholds when asked: :class:`~editguard.clients.call_state.Call`)."""
+        call = Call(self, model, self._grpc, rows, timeout, item_id, headers, thresholds)
         while True:
             try:
                 if call.needs_pixels:

@@ -16,15 +16,8 @@ from typing import Iterator, Mapping, Sequence, Union
 import numpy as np
 
 from ..connection import missing_header
-from ..model.repository import (
-    ENCODED_INPUTS,
-    MAX_IMAGE_BYTES,
-    MAX_PROMPT_BYTES,
-    OUTPUTS,
-    PIXELS_INPUTS,
-    PIXELS_SPEC,
-    PROMPT,
-)
+from ..model.repository import (ENCODED_INPUTS, MAX_IMAGE_BYTES, MAX_PROMPT_BYTES, OUTPUTS, PIXELS_INPUTS, PIXELS_SPEC,
+                                PROMPT, THRESHOLDS_OUTPUT)
 from .errors import DeadlineExceededError, EditGuardError, InvalidInputError, ServerError, ServerUnavailableError
 
 __all__ = ["Verdict", "Triple", "ImageInput", "MAX_IMAGE_BYTES", "MAX_PROMPT_BYTES", "OUTPUTS", "encode_image",
@@ -46,7 +39,7 @@ class Verdict:
     model_version: str
     latency_ms: float  # client-side, retries included
     id: str | None = None
-    # the served thresholds ``flagged`` was judged at
+    # the served thresholds ``flagged`` was judged at (asked for by sessions; empty otherwise)
     thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
@@ -217,13 +210,13 @@ def spec_mismatch(err: EditGuardError) -> bool:
 # -- responses and errors ---------------------------------------------------------------------
 def make_verdict(result, model: str, latency_ms: float, item_id: str | None, row: int = 0) -> Verdict:
     """The verdict of row ``row`` of a response (a session turn's request carries two)."""
-    scores, flagged, unsafe, labels, thresholds = (result.as_numpy(name) for name in OUTPUTS)
+    scores, flagged, unsafe, labels, thresholds = (result.as_numpy(n) for n in (*OUTPUTS, THRESHOLDS_OUTPUT))
     labels = [x.decode() if isinstance(x, bytes) else str(x) for x in labels[row]]
     response = result.get_response()
     return Verdict(bool(unsafe[row, 0]), {k: float(v) for k, v in zip(labels, scores[row])},
                    {k: bool(v) for k, v in zip(labels, flagged[row])}, response.model_name or model,
                    response.model_version, latency_ms, item_id,
-                   {k: float(v) for k, v in zip(labels, thresholds[row])})
+                   {k: float(v) for k, v in zip(labels, thresholds[row])} if thresholds is not None else {})
 
 
 def parse_urls(url: str | Sequence[str]) -> list[str]:

@@ -33,11 +33,13 @@ Policy (:class:`SessionPolicy`):
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from ..model.repository import THRESHOLDS_OUTPUT
 from ..model.session import MAX_HISTORY, cumulative_mask, cumulative_prompt
-from .errors import InvalidInputError
+from .errors import InvalidInputError, ServerError
 from .protocol import ImageInput, Verdict
 
 __all__ = ["SessionPolicy", "SessionVerdict", "EditSession", "AsyncEditSession"]
@@ -137,6 +139,19 @@ class _SessionState:
         return {k: v.flagged[k] or s >= self.policy.escalation * v.thresholds[k] for k, s in v.scores.items()}
 
 
+@contextlib.contextmanager
+def _needs_thresholds():
+    """A served version exported before sessions has no THRESHOLDS output: say what to do."""
+    try:
+        yield
+    except InvalidInputError as e:
+        if THRESHOLDS_OUTPUT not in str(e):
+            raise
+        raise ServerError(f"{e}: the served version was exported before edit sessions and does not answer "
+                          f"{THRESHOLDS_OUTPUT}; export the model again with this editguard (classify still works)",
+                          item_id=e.item_id, status=e.status) from e
+
+
 class EditSession(_SessionState):
     """A session on :class:`~editguard.clients.EditGuardClient` (``guard.session(upload)``)."""
 
@@ -146,7 +161,9 @@ class EditSession(_SessionState):
         """Judge this turn: ``output_image`` made from the session's :attr:`current` image (or ``input_image``)
         with ``prompt`` and ``mask``. One request; raises what ``classify`` raises."""
         c = self.client
-        verdicts = c._call(c.model, self._rows(prompt, output_image, mask, input_image), timeout, id, headers)
+        with _needs_thresholds():
+            verdicts = c._call(c.model, self._rows(prompt, output_image, mask, input_image), timeout, id, headers,
+                               True)
         return self._judge(verdicts, prompt, output_image, mask)
 
 
@@ -158,5 +175,7 @@ class AsyncEditSession(_SessionState):
                        headers: Mapping[str, str] | None = None) -> SessionVerdict:
         """As :meth:`EditSession.classify`."""
         c = self.client
-        verdicts = await c._call(c.model, self._rows(prompt, output_image, mask, input_image), timeout, id, headers)
+        rows = self._rows(prompt, output_image, mask, input_image)
+        with _needs_thresholds():
+            verdicts = await c._call(c.model, rows, timeout, id, headers, True)
         return self._judge(verdicts, prompt, output_image, mask)

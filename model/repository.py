@@ -39,6 +39,7 @@ _logger = logging.getLogger(__name__)
 
 __all__ = ["CLIENT_MODEL", "CLASSIFIER", "PRECHECK", "PRECHECK_CLASSIFIER", "PAIRS", "PROMPTS", "PREPARE",
            "VERDICTS", "CLIENT_MODELS", "ENCODED_INPUTS", "PIXELS_INPUTS", "PROMPT", "PIXELS_SPEC", "OUTPUTS",
+           "THRESHOLDS_OUTPUT",
            "INPUT_TYPES", "OUTPUT_TYPES", "client_inputs",
            "NETWORK_INPUTS", "PROMPT_EMBEDDING", "PROBABILITIES", "LOGITS", "MAX_IMAGE_BYTES", "MAX_PROMPT_BYTES",
            "versions", "version_dir", "templates_dir", "graph_models", "write_labels", "pixels_specs",
@@ -59,9 +60,10 @@ PREPARE, VERDICTS = "editguard_prepare", "editguard_verdicts"
 ENCODED_INPUTS = ("INPUT_IMAGE", "OUTPUT_IMAGE", "MASK")
 PIXELS_INPUTS = ("INPUT_PIXELS", "OUTPUT_PIXELS", "MASK_PIXELS")
 PROMPT, PIXELS_SPEC = "PROMPT", "PIXELS_SPEC"
-# what every client model answers: THRESHOLDS are the ones FLAGGED was judged at (a session's escalation
-# judges later turns stricter than these)
-OUTPUTS = ("SCORES", "FLAGGED", "UNSAFE", "LABELS", "THRESHOLDS")
+OUTPUTS = ("SCORES", "FLAGGED", "UNSAFE", "LABELS")  # what every client model answers
+# and what one exported by this editguard answers too: the thresholds FLAGGED was judged at, which a client
+# session's escalation multiplies (repositories exported before it still serve OUTPUTS)
+THRESHOLDS_OUTPUT = "THRESHOLDS"
 # their Triton types; every input but PROMPT is optional (a request carries one complete set)
 INPUT_TYPES = {"INPUT_IMAGE": "TYPE_STRING", "OUTPUT_IMAGE": "TYPE_STRING", "MASK": "TYPE_STRING",
                "INPUT_PIXELS": "TYPE_UINT8", "OUTPUT_PIXELS": "TYPE_UINT8", "MASK_PIXELS": "TYPE_UINT8",

@@ -280,3 +280,26 @@ def _png_bytes(a: np.ndarray) -> bytes:
 
 def _decoded(data: bytes, mode: str = "RGB") -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert(mode))
+
+
+def test_a_repository_exported_before_sessions_still_classifies(repository, turns, tmp_path):
+    """Configs without THRESHOLDS (exported by an earlier editguard) still load and classify; a session there
+    says to export again."""
+    import shutil
+
+    from editguard.clients import ServerError
+    from editguard.serving.triton import TritonServer, free_port
+
+    old = tmp_path / "old"
+    shutil.copytree(repository, old)
+    for config in old.glob("*/config.pbtxt"):
+        config.write_text("\n".join(line for line in config.read_text().splitlines() if '"THRESHOLDS"' not in line)
+                          .replace('dims: [ -1 ] },\n]', 'dims: [ -1 ] }\n]') + "\n")
+    assert not any('"THRESHOLDS"' in c.read_text() for c in old.glob("*/config.pbtxt"))
+    with TritonServer(old, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as server, \
+            EditGuardClient(server.grpc_url, timeout=60) as guard:
+        t = turns[0]
+        v = guard.classify(t["input"], t["prompt"], t["output"], t["mask"])
+        assert v.scores and v.thresholds == {}
+        with pytest.raises(ServerError, match="export the model again"):
+            guard.session(t["input"]).classify(t["prompt"], t["output"], t["mask"])

@@ -39,7 +39,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from editguard.model.preprocess import PreprocessError, collate
-from editguard.model.repository import ENCODED_INPUTS, OUTPUTS, PAIRS, PIXELS_INPUTS, PIXELS_SPEC, PROBABILITIES, PROMPT
+from editguard.model.repository import (ENCODED_INPUTS, OUTPUTS, PAIRS, PIXELS_INPUTS, PIXELS_SPEC, PROBABILITIES,
+                                        PROMPT, THRESHOLDS_OUTPUT)
 from editguard.serving.prometheus import ServedMetrics
 from editguard.serving.python_backend import answer_each, output_types
 from editguard.serving.served import ServedVersion
@@ -210,7 +211,8 @@ class TritonPythonModel:
             start += n
             values = (p, flagged, flagged.any(axis=1, keepdims=True), np.tile(self.label_bytes, (n, 1)),
                       np.tile(self.served.thresholds, (n, 1)))
+            # (THRESHOLDS where this version's config declares it: configs exported before it do not)
             outputs.append([pb_utils.Tensor(name, v.astype(self.outputs[name], copy=False))
-                            for name, v in zip(OUTPUTS, values)])
+                            for name, v in zip((*OUTPUTS, THRESHOLDS_OUTPUT), values) if name in self.outputs])
         self.metrics.classified(probs, flags)
         return outputs
