@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from ..model.repository import THRESHOLDS_OUTPUT
-from ..model.session import MAX_HISTORY, cumulative_mask, cumulative_prompt
+from ..model.session import MAX_HISTORY, cumulative_request
 from .errors import InvalidInputError, ServerError
 from .protocol import ImageInput, Verdict
 
@@ -115,8 +115,8 @@ class _SessionState:
         step = (self.current if input_image is None else input_image, prompt, output_image, mask)
         if not self.prompts:
             return [step]
-        history = (self.prompts + [prompt])[-self.policy.max_history:]
-        return [step, (self.origin, cumulative_prompt(history), output_image, cumulative_mask(self.masks + [mask]))]
+        joined, union = cumulative_request(self.prompts + [prompt], self.masks + [mask], self.policy.max_history)
+        return [step, (self.origin, joined, output_image, union)]
 
     def _judge(self, verdicts: list[Verdict], prompt: str, output_image: ImageInput, mask) -> SessionVerdict:
         escalated = self.refusals > 0

@@ -26,7 +26,8 @@ import numpy as np
 
 from ..manifest import sessions
 
-__all__ = ["PROMPT_SEPARATOR", "MAX_HISTORY", "cumulative_prompt", "cumulative_mask", "mask_array", "encode_mask",
+__all__ = ["PROMPT_SEPARATOR", "MAX_HISTORY", "cumulative_prompt", "cumulative_mask", "cumulative_request",
+           "mask_array", "encode_mask",
            "CumulativeTriple", "cumulative_triples"]
 
 PROMPT_SEPARATOR = "; "  # between the turn prompts of a cumulative prompt
@@ -62,6 +63,13 @@ def cumulative_mask(masks: Sequence) -> np.ndarray | None:
     return np.maximum.reduce(arrays)
 
 
+def cumulative_request(prompts: Sequence[str], masks: Sequence, max_history: int = MAX_HISTORY
+                       ) -> tuple[str, np.ndarray | None]:
+    """The cumulative triple's prompt and mask from the turns' prompts and masks so far (this turn's last):
+    the last ``max_history`` prompts joined, and the union of every turn's mask."""
+    return cumulative_prompt(list(prompts)[-max_history:]), cumulative_mask(list(masks))
+
+
 def encode_mask(mask: np.ndarray | None) -> bytes | None:
     """A mask array as PNG bytes (None stays None), for requests that send encoded images."""
     if mask is None:
@@ -95,8 +103,8 @@ def cumulative_triples(records: list, max_history: int = MAX_HISTORY) -> list[Cu
             labels |= set(r.labels)
             if k == 0:
                 continue
-            mask = encode_mask(cumulative_mask([t.mask for t in turns[:k + 1]]))
-            prompt = cumulative_prompt([t.prompt for t in turns[:k + 1]][-max_history:])
-            out.append(CumulativeTriple(r.id, turns[0].input_image, prompt, r.output_image, mask,
+            prompt, mask = cumulative_request([t.prompt for t in turns[:k + 1]], [t.mask for t in turns[:k + 1]],
+                                              max_history)
+            out.append(CumulativeTriple(r.id, turns[0].input_image, prompt, r.output_image, encode_mask(mask),
                                         r.cumulative_labels if r.cumulative_labels is not None else sorted(labels)))
     return out

@@ -154,25 +154,26 @@ def _score_sessions(backend, cases: list[Case], sessions: list[list[Case]]) -> t
     """Each case's session judged turn by turn (``step only``) and with each turn's cumulative triple too
     (``session``), as one :class:`Scored` per case: unsafe when any turn is flagged; an error when a turn
     could not be judged and none was flagged."""
-    from ..model.session import cumulative_mask, cumulative_prompt, encode_mask
+    from ..model.session import cumulative_request, encode_mask
 
     items = []
     for turns in sessions:
         items += turns
         for j in range(1, len(turns)):
-            items.append(dataclasses.replace(
-                turns[j], id=turns[j].id + "+", input_image=turns[0].input_image,
-                prompt=cumulative_prompt([t.prompt for t in turns[:j + 1]]),
-                mask=encode_mask(cumulative_mask([t.mask for t in turns[:j + 1]]))))
+            prompt, mask = cumulative_request([t.prompt for t in turns[:j + 1]], [t.mask for t in turns[:j + 1]])
+            items.append(dataclasses.replace(turns[j], id=turns[j].id + "+", input_image=turns[0].input_image,
+                                             prompt=prompt, mask=encode_mask(mask)))
     scored = _score(backend, items)
 
     def judged(case: Case, ids: list[str]) -> Scored:
         results = [scored.get(i) for i in ids]
         if any(r is not None and r.ok and r.unsafe for r in results):
             return Scored(case.id, unsafe=True)
-        bad = next((r for r in results if r is None or not r.ok), None)
+        if any(r is None for r in results):
+            return Scored(case.id, error="missing", reason="a turn was not scored")
+        bad = next((r for r in results if not r.ok), None)
         if bad is not None:
-            return Scored(case.id, error=bad.error if bad else "missing", reason=bad.reason if bad else "not scored")
+            return Scored(case.id, error=bad.error, reason=bad.reason)
         return Scored(case.id, unsafe=False)
 
     step_only, session = {}, {}
