@@ -129,10 +129,12 @@ def bench_precheck(cfg: BenchConfig, triples: list[dict]) -> dict:
 def bench_sessions(cfg: BenchConfig, triples: list[dict]) -> dict:
     """A session turn (its step and cumulative triple in one request, ``guard.session``) beside a single
     triple, on the same 256 px PNG triples through the same client: c1 latency, and c16 throughput in
-    triples/s (a turn is two) and in calls/s."""
+    triples/s (a turn is two) and in calls/s. A session's cumulative prompt joins its history, so it is
+    new on every turn, and a frozen prompt tower runs for it; the single triple is measured with the
+    triples' own (repeating) prompts and with every prompt new."""
     from ..clients import EditGuardClient
 
-    rows = []
+    rows, n, k = [], len(triples), 4096  # calls enough that no prompt made new repeats within a run
     with ServedTarget(cfg.repository, cfg.server, cfg.connection) as (url, conn), \
             EditGuardClient(url, timeout=60, **conn.client_options()) as guard:
         def turn(origin, first_prompt, current, prompt, output):
@@ -140,17 +142,19 @@ def bench_sessions(cfg: BenchConfig, triples: list[dict]) -> dict:
             session.prompts, session.masks, session.current = [first_prompt], [None], current
             return session.classify(prompt, output)
 
-        n = len(triples)
-        calls = {"single triple (classify)": (guard.classify, [(t["input"], t["prompt"], t["output"])
-                                                               for t in triples], 1),
-                 "session turn (step + cumulative)": (turn, [(t["input"], t["prompt"], t["output"],
-                                                              triples[(i + 1) % n]["prompt"],
-                                                              triples[(i + 1) % n]["output"])
-                                                             for i, t in enumerate(triples)], 2)}
+        calls = {"single triple, the triples' prompts": (guard.classify, [(t["input"], t["prompt"], t["output"])
+                                                                         for t in triples], 1),
+                 "single triple, every prompt new": (guard.classify, [
+                     (triples[i % n]["input"], f"{i} {triples[i % n]['prompt']}", triples[i % n]["output"])
+                     for i in range(k)], 1),
+                 "session turn (step + cumulative)": (turn, [
+                     (triples[i % n]["input"], f"{i} {triples[i % n]['prompt']}", triples[i % n]["output"],
+                      triples[(i + 1) % n]["prompt"], triples[(i + 1) % n]["output"]) for i in range(k)], 2)}
         for name, (fn, args, per_call) in calls.items():
-            fn(*args[0])  # warm-up
-            lat1, _ = closed_loop(fn, args, 1, cfg.seconds)
-            lat16, wall = closed_loop(fn, args, 16, cfg.seconds)
+            fn(*args[-1])  # warm-up
+            half = len(args) // 2 if len(args) == k else 0  # the made-new prompts: other ones at c16
+            lat1, _ = closed_loop(fn, args[:half or None], 1, cfg.seconds)
+            lat16, wall = closed_loop(fn, args[half:], 16, cfg.seconds)
             rows.append({"call": name, "c1_p50_ms": pct(lat1)["p50_ms"], "c1_p95_ms": pct(lat1)["p95_ms"],
                          "c16_calls_s": round(len(lat16) / wall, 1),
                          "c16_triples_s": round(per_call * len(lat16) / wall, 1)})
