@@ -5,7 +5,7 @@ the previous turn's output. A harmful edit split into small steps looks small at
 guard also judges the **cumulative triple** of turn k:
 
 - input: the origin image;
-- prompt: the prompts of turns 1..k joined in order (:func:`cumulative_prompt`);
+- prompt: the prompts of turns 1..k joined in order, the last ``MAX_HISTORY`` (:func:`cumulative_prompt`);
 - output: turn k's output;
 - mask: the union of the turns' masks (:func:`cumulative_mask`), or none when a turn had none.
 
@@ -27,8 +27,7 @@ import numpy as np
 from ..manifest import sessions
 
 __all__ = ["PROMPT_SEPARATOR", "MAX_HISTORY", "cumulative_prompt", "cumulative_mask", "cumulative_request",
-           "mask_array", "encode_mask",
-           "CumulativeTriple", "cumulative_triples"]
+           "mask_array", "encode_mask", "CumulativeTriple", "cumulative_triples"]
 
 PROMPT_SEPARATOR = "; "  # between the turn prompts of a cumulative prompt
 MAX_HISTORY = 8  # turn prompts a cumulative prompt carries by default (the last ones)
