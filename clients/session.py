@@ -29,6 +29,9 @@ Policy (:class:`SessionPolicy`):
   image stays the first upload's), so it stays within what the model reads;
 - :meth:`EditSession.restart` starts again from a new upload: a new origin and no history; the
   refusals, and so the escalation, stay unless ``keep_escalation=False``.
+
+A session is one conversation: judge its turns one at a time (it is not shared between threads);
+the client under it is shared as usual.
 """
 
 from __future__ import annotations
