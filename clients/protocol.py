@@ -125,15 +125,10 @@ def build_batch_inputs(module, rows: Sequence[tuple[bytes, str, bytes | None, by
     """The InferInputs of one request carrying several encoded triples (a session turn's step and cumulative
     triple), one row each. When only some rows have a mask, the others send an empty MASK: no mask."""
     image, output, mask_name = ENCODED_INPUTS
-    columns = list(zip(*rows))
-    if not any(m is not None for m in columns[3]):
-        columns[3] = None
-    else:
-        columns[3] = tuple(b"" if m is None else m for m in columns[3])
-    columns[1] = tuple(p.encode("utf-8") for p in columns[1])
-    if all(o is None for o in columns[2]):
-        columns[2] = None
-    fields = zip((image, output, PROMPT, mask_name), (columns[0], columns[2], columns[1], columns[3]))
+    inputs, prompts, outputs, masks = zip(*rows)
+    fields = [(image, inputs), (output, None if all(o is None for o in outputs) else outputs),
+              (PROMPT, [p.encode("utf-8") for p in prompts]),
+              (mask_name, [b"" if m is None else m for m in masks] if any(m is not None for m in masks) else None)]
     return _infer_inputs(module, [(name, np.array([[v] for v in col], dtype=np.object_))
                                   for name, col in fields if col is not None])
 

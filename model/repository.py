@@ -69,7 +69,7 @@ INPUT_TYPES = {"INPUT_IMAGE": "TYPE_STRING", "OUTPUT_IMAGE": "TYPE_STRING", "MAS
                "INPUT_PIXELS": "TYPE_UINT8", "OUTPUT_PIXELS": "TYPE_UINT8", "MASK_PIXELS": "TYPE_UINT8",
                "PROMPT": "TYPE_STRING", "PIXELS_SPEC": "TYPE_STRING"}
 OUTPUT_TYPES = {"SCORES": "TYPE_FP32", "FLAGGED": "TYPE_BOOL", "UNSAFE": "TYPE_BOOL", "LABELS": "TYPE_STRING",
-                "THRESHOLDS": "TYPE_FP32"}
+                THRESHOLDS_OUTPUT: "TYPE_FP32"}
 # the networks: uint8 images, the prompt as token ids (or, for a frozen tower, its embedding), probabilities out
 NETWORK_INPUTS = ("input_image", "output_image", "mask", "input_ids", "attention_mask")
 PROMPT_EMBEDDING, LOGITS, PROBABILITIES = "prompt_embedding", "logits", "probabilities"

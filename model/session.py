@@ -27,7 +27,7 @@ import numpy as np
 from ..manifest import sessions
 
 __all__ = ["PROMPT_SEPARATOR", "MAX_HISTORY", "cumulative_prompt", "cumulative_mask", "cumulative_request",
-           "mask_array", "encode_mask", "CumulativeTriple", "cumulative_triples"]
+           "mask_array", "CumulativeTriple", "cumulative_triples"]
 
 PROMPT_SEPARATOR = "; "  # between the turn prompts of a cumulative prompt
 MAX_HISTORY = 8  # turn prompts a cumulative prompt carries by default (the last ones)
@@ -69,17 +69,6 @@ def cumulative_request(prompts: Sequence[str], masks: Sequence, max_history: int
     return cumulative_prompt(list(prompts)[-max_history:]), cumulative_mask(list(masks))
 
 
-def encode_mask(mask: np.ndarray | None) -> bytes | None:
-    """A mask array as PNG bytes (None stays None), for requests that send encoded images."""
-    if mask is None:
-        return None
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(mask).save(buf, "PNG", compress_level=1)
-    return buf.getvalue()
-
-
 @dataclass
 class CumulativeTriple:
     """The cumulative triple of a session's turn k (:mod:`editguard.model.session`): ``id`` is the turn's."""
@@ -88,7 +77,7 @@ class CumulativeTriple:
     input_image: Path  # the session's origin: turn 1's input
     prompt: str  # turn prompts 1..k joined
     output_image: Path  # turn k's output
-    mask: bytes | None  # the union of the turns' masks, PNG; None when a turn had none
+    mask: np.ndarray | None  # the union of the turns' masks (uint8, the images' size); None when a turn had none
     labels: list[str]  # the turn's cumulative_labels, else the union of turns 1..k's labels
 
 
@@ -104,6 +93,6 @@ def cumulative_triples(records: list, max_history: int = MAX_HISTORY) -> list[Cu
                 continue
             prompt, mask = cumulative_request([t.prompt for t in turns[:k + 1]], [t.mask for t in turns[:k + 1]],
                                               max_history)
-            out.append(CumulativeTriple(r.id, turns[0].input_image, prompt, r.output_image, encode_mask(mask),
+            out.append(CumulativeTriple(r.id, turns[0].input_image, prompt, r.output_image, mask,
                                         r.cumulative_labels if r.cumulative_labels is not None else sorted(labels)))
     return out

@@ -25,11 +25,11 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from ..clients.protocol import encode_image
+from ..model.preprocess import Preprocessor
 from .attacks import Attack, Case, register
 
-__all__ = ["split_edit", "STEP_PROMPTS", "CHANGED"]
+__all__ = ["split_edit", "STEP_PROMPTS"]
 
-CHANGED = 24  # a channel moved by more than this (0-255) counts as changed: over codec and regeneration noise
 STEP_PROMPTS = ("a little more", "keep going", "small touch-up", "continue the edit", "a bit further",
                 "refine it slightly", "next step", "same again", "")
 
@@ -46,7 +46,7 @@ def split_edit(case: Case, k: int, rng: np.random.Generator) -> list[Case]:
     """``case`` as ``k`` turns (see the module docstring); turn j's id is ``<id>#t<j>``."""
     a = _decode(case.input_image)
     b = _decode(case.output_image, (a.shape[1], a.shape[0]))
-    changed = np.abs(b.astype(np.int16) - a.astype(np.int16)).max(-1) > CHANGED
+    changed = np.abs(b.astype(np.int16) - a.astype(np.int16)).max(-1) > Preprocessor.CHANGED
     if not changed.any():
         changed[:] = True
     ys, xs = np.nonzero(changed)

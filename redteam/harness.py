@@ -154,7 +154,8 @@ def _score_sessions(backend, cases: list[Case], sessions: list[list[Case]]) -> t
     """Each case's session judged turn by turn (``step only``) and with each turn's cumulative triple too
     (``session``), as one :class:`Scored` per case: unsafe when any turn is flagged; an error when a turn
     could not be judged and none was flagged."""
-    from ..model.session import cumulative_request, encode_mask
+    from ..clients.protocol import encode_image
+    from ..model.session import cumulative_request
 
     items = []
     for turns in sessions:
@@ -162,7 +163,7 @@ def _score_sessions(backend, cases: list[Case], sessions: list[list[Case]]) -> t
         for j in range(1, len(turns)):
             prompt, mask = cumulative_request([t.prompt for t in turns[:j + 1]], [t.mask for t in turns[:j + 1]])
             items.append(dataclasses.replace(turns[j], id=turns[j].id + "+", input_image=turns[0].input_image,
-                                             prompt=prompt, mask=encode_mask(mask)))
+                                             prompt=prompt, mask=None if mask is None else encode_image(mask, "mask")))
     scored = _score(backend, items)
 
     def judged(case: Case, ids: list[str]) -> Scored:

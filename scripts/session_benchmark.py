@@ -42,24 +42,29 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.experiments import run
+from scripts.experiments import auroc_report, operating_point, run
 
 SETS = {"val": dict(n=600, seed=21, split="iid"), "ood": dict(n=800, seed=22, split="ood")}
 TRAIN_SESSIONS = dict(n=1000, seed=23, split="iid")
 
 
-def _sessions(rows: list[dict], labels: list[str], th: np.ndarray) -> list[dict]:
-    """Per session: kind, axis, steps, harmful, and whether step-only / session checking flags any turn."""
+def _by_session(rows: list[dict]) -> list[list[dict]]:
+    """The result rows of each session, by turn."""
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["session"], []).append(r)
+    return [sorted(turns, key=lambda t: t["turn"]) for turns in by.values()]
+
+
+def _sessions(rows: list[dict], labels: list[str], th: np.ndarray) -> list[dict]:
+    """Per session: kind, axis, steps, harmful, and whether step-only / session checking flags any turn."""
     out = []
-    for sid, turns in by.items():
+    for turns in _by_session(rows):
         step = np.array([[t[f"score_{c}"] for c in labels] for t in turns]) >= th
         cum = np.array([[t[f"cumulative_score_{c}"] for c in labels] for t in turns]) >= th
         meta = json.loads(turns[0]["meta"])
         harmful = any(t["labels"] or t["cumulative_labels"] for t in turns)
-        out.append({"session": sid, "kind": meta["kind"], "axis": meta["axis"], "steps": meta["steps"],
+        out.append({"session": turns[0]["session"], "kind": meta["kind"], "axis": meta["axis"], "steps": meta["steps"],
                     "harmful": harmful, "step_only": bool(step.any()), "session_check": bool(step.any() or cum.any())})
     return out
 
@@ -72,14 +77,10 @@ def _escalation(rows: list[dict], labels: list[str], th: np.ndarray) -> list[dic
     thresholds. For harmful sessions refused before their last turn, the share whose later turns all pass
     (an attacker who goes on past the refusal); for safe sessions with a false refusal before their last
     turn, the share flagged again later."""
-    by: dict[str, list[dict]] = {}
-    for r in rows:
-        by.setdefault(r["session"], []).append(r)
     out = []
     for e in ESCALATION:
         harmful, safe = [], []
-        for turns in by.values():
-            turns = sorted(turns, key=lambda t: t["turn"])
+        for turns in _by_session(rows):
             flags = [any(t[f"{kind}score_{c}"] >= th[j] for j, c in enumerate(labels)
                          for kind in ("", "cumulative_")) for t in turns]
             if True not in flags[:-1]:
@@ -95,15 +96,12 @@ def _escalation(rows: list[dict], labels: list[str], th: np.ndarray) -> list[dic
 
 
 def _single(rows: list[dict], labels: list[str], th: np.ndarray) -> dict:
-    from sklearn.metrics import roc_auc_score
-
+    """One-shot edits at thresholds ``th``: macro AUROC, and "unsafe"'s precision, recall and FPR."""
     scores = np.array([[r[f"score_{c}"] for c in labels] for r in rows])
-    y = np.array([[c in r["labels"] for c in labels] for r in rows])
-    flagged, unsafe = (scores >= th).any(1), y.any(1)
-    tp, fp = int((flagged & unsafe).sum()), int((flagged & ~unsafe).sum())
-    aucs = [roc_auc_score(y[:, k], scores[:, k]) for k in range(len(labels)) if 0 < y[:, k].sum() < len(y)]
-    return {"macro_auroc": round(float(np.mean(aucs)), 4), "precision": round(tp / max(tp + fp, 1), 4),
-            "recall": round(tp / max(int(unsafe.sum()), 1), 4), "fpr": round(fp / max(int((~unsafe).sum()), 1), 4)}
+    y = np.array([[c in r["labels"] for c in labels] for r in rows], int)
+    op = operating_point(y, scores, th, {"all": np.ones(len(rows), bool)})["all"]
+    return {"macro_auroc": round(float(auroc_report(y, scores, labels)["macro"]), 4), "precision": op["precision"],
+            "recall": op["share_stopped"], "fpr": op["fpr"]}
 
 
 def _rate(xs: list[bool]) -> float | None:

@@ -116,12 +116,12 @@ def test_ensemble_serves_the_inline_scores_and_caches_prompts(ensemble, few_trip
 def test_a_session_turn_rides_the_ensemble_as_one_request(ensemble, few_triples, triple_bytes, model_stats):
     """The step and the cumulative triple of a session turn go through the ensemble in one request, with the
     inline graph's scores and the thresholds they were judged at."""
-    from editguard.model.session import cumulative_mask, cumulative_prompt, encode_mask
+    from editguard.model.session import cumulative_mask, cumulative_prompt
 
     repo = Path(ensemble.repository)
     t0, t1 = triple_bytes(few_triples, 2, start=6)
     inline = ServedVersion.open(repo)
-    mask = encode_mask(cumulative_mask([t0["mask"], t1["mask"]]))
+    mask = cumulative_mask([t0["mask"], t1["mask"]])
     expected = inline.probabilities([inline.prepare(t0["output"], t1["prompt"], t1["output"], t1["mask"]),
                                      inline.prepare(t0["input"], cumulative_prompt([t0["prompt"], t1["prompt"]]),
                                                     t1["output"], mask)])

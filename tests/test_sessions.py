@@ -14,7 +14,7 @@ from PIL import Image
 
 from editguard.clients import EditGuardClient, SessionPolicy
 from editguard.clients.aio import AsyncEditGuardClient
-from editguard.model.session import cumulative_mask, cumulative_prompt, encode_mask
+from editguard.model.session import cumulative_mask, cumulative_prompt
 from editguard.serving.served import ServedVersion
 
 
@@ -56,7 +56,7 @@ def test_a_turn_is_one_request_with_the_step_and_the_cumulative_triple(triton, r
     step = _scores(served, turns[0]["output"], turns[1]["prompt"], turns[1]["output"], turns[1]["mask"])
     both = cumulative_mask([turns[0]["mask"], turns[1]["mask"]])
     cumulative = _scores(served, origin, cumulative_prompt([turns[0]["prompt"], turns[1]["prompt"]]),
-                         turns[1]["output"], encode_mask(both))
+                         turns[1]["output"], both)
     np.testing.assert_allclose(list(second.step.scores.values()), step, atol=1e-6)
     np.testing.assert_allclose(list(second.cumulative.scores.values()), cumulative, atol=1e-6)
     assert second.unsafe == bool(second.fired) and set(second.fired) <= {"step", "cumulative"}
@@ -139,7 +139,7 @@ def test_a_restart_starts_a_new_origin_and_history(triton, repository, turns):
         assert (s.origin, s.current, s.prompts, s.turn) == (turns[5]["input"], turns[5]["input"], [], 1)
         s.prompts, s.masks, s.current = [turns[5]["prompt"]], [turns[5]["mask"]], turns[5]["output"]
         v = s.classify(turns[6]["prompt"], turns[6]["output"], turns[6]["mask"])
-    mask = encode_mask(cumulative_mask([turns[5]["mask"], turns[6]["mask"]]))
+    mask = cumulative_mask([turns[5]["mask"], turns[6]["mask"]])
     want = _scores(served, turns[5]["input"], cumulative_prompt([turns[5]["prompt"], turns[6]["prompt"]]),
                    turns[6]["output"], mask)
     np.testing.assert_allclose(list(v.cumulative.scores.values()), want, atol=1e-6)
@@ -221,7 +221,7 @@ def test_score_and_calibrate_judge_whole_sessions(triton, repository, tmp_path, 
     # one turn 3 recomputed by hand: the origin, the three prompts joined, turn 3's output, the masks' union
     third = next(r for r in rows if r["turn"] == 3)
     turns = sorted((x for x in records.values() if x["session"] == third["session"]), key=lambda x: x["turn"])[:3]
-    mask = encode_mask(cumulative_mask([root / t["mask"] for t in turns]))
+    mask = cumulative_mask([root / t["mask"] for t in turns])
     want = _scores(served_version, root / turns[0]["input_image"], cumulative_prompt([t["prompt"] for t in turns]),
                    root / turns[2]["output_image"], mask)
     np.testing.assert_allclose([third[f"cumulative_score_{c}"] for c in served_version.labels], want, atol=1e-6)
