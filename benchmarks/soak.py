@@ -4,7 +4,9 @@
 
 Reports requests, errors, throughput, and the RSS of Triton and its Python stubs. A server's
 memory grows while it warms up (allocator pools, onnxruntime arenas, gRPC buffers) and then stays
-flat, so the baseline is taken after ``--warmup`` seconds of full load, and the verdict comes from
+flat, so the baseline is taken once the load has run ``--warmup`` seconds *and* RSS has stopped growing
+(under ``SETTLE_MB`` over the last ``--settle`` seconds; at most ``--max-warmup`` seconds in all: a loaded
+machine batches differently and warms up for longer), and the verdict comes from
 the slope of RSS against requests served over the samples after it (MB per 10k requests, a
 least-squares fit), not from the difference of two samples. The soak fails on errors, or when the
 slope says a leak: over ``--max-slope`` MB per 10k requests *and* a fitted growth over the window
@@ -50,6 +52,7 @@ def process_tree_rss_mb(pid: int) -> float:
 
 
 NOISE_MB = 8.0  # RSS moves by a few MB between samples with no trend; a fitted growth under this is no verdict
+SETTLE_MB = 2.0  # the warm-up is over when RSS grew less than this over the last ``settle`` seconds
 
 
 def leak_verdict(samples: list[tuple[int, float]], max_slope: float = 2.0) -> dict:
@@ -70,10 +73,23 @@ def leak_verdict(samples: list[tuple[int, float]], max_slope: float = 2.0) -> di
             "verdict": verdict}
 
 
+def warmed_up(trace: list[tuple[float, float]], warmup: float, settle: float) -> bool:
+    """``trace``: (seconds under load, RSS MB) since the load began. Warm once ``warmup`` seconds have
+    passed and RSS grew less than ``SETTLE_MB`` over the last ``settle`` seconds."""
+    if not trace or trace[-1][0] < max(warmup, settle):
+        return False
+    now, rss = trace[-1]
+    before = [r for t, r in trace if t <= now - settle]
+    return bool(before) and rss - before[-1] < SETTLE_MB
+
+
 def soak(repository: str, triples: list[dict], clients: int, seconds: float, warmup: float = 120.0,
-         interval: float = 5.0, max_slope: float = 2.0, log=None) -> dict:
-    """Run the soak against a Triton this function starts: ``warmup`` seconds of load, then ``seconds``
-    measured, RSS sampled every ``interval`` s; returns the report."""
+         interval: float = 5.0, max_slope: float = 2.0, settle: float = 30.0, max_warmup: float | None = None,
+         log=None) -> dict:
+    """Run the soak against a Triton this function starts: at least ``warmup`` seconds of load, longer
+    until RSS settles (:func:`warmed_up`, at most ``max_warmup`` s, default 3 × ``warmup``), then
+    ``seconds`` measured, RSS sampled every ``interval`` s; returns the report."""
+    max_warmup = 3 * warmup if max_warmup is None else max(max_warmup, warmup)
     from ..clients import EditGuardClient, EditGuardError
     from ..serving.triton import TritonServer, free_port
 
@@ -83,7 +99,7 @@ def soak(repository: str, triples: list[dict], clients: int, seconds: float, war
         lock = threading.Lock()
         with EditGuardClient(server.grpc_url, timeout=30) as guard:
             rss_cold = process_tree_rss_mb(server.pid)
-            stop = time.monotonic() + warmup + seconds
+            stop = float("inf")  # set when the warm-up ends
 
             def worker(k: int):
                 i = k
@@ -102,9 +118,17 @@ def soak(repository: str, triples: list[dict], clients: int, seconds: float, war
             threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
             for th in threads:
                 th.start()
-            time.sleep(warmup)
+            began, trace = time.monotonic(), [(0.0, rss_cold)]
+            while not warmed_up(trace, warmup, settle) and trace[-1][0] < max_warmup:
+                time.sleep(interval)
+                trace.append((time.monotonic() - began, process_tree_rss_mb(server.pid)))
+            warmup_s, settled = trace[-1][0], warmed_up(trace, warmup, settle)
+            if log:
+                log(f"soak: warm after {warmup_s:.0f} s" if settled else
+                    f"soak: RSS still growing after {warmup_s:.0f} s of warm-up; measuring anyway")
             with lock:
                 measured_from = counts["ok"] + counts["errors"]
+            stop = time.monotonic() + seconds
             rss_start, samples = process_tree_rss_mb(server.pid), []
             t_start = time.monotonic()
             while any(th.is_alive() for th in threads):
@@ -121,7 +145,8 @@ def soak(repository: str, triples: list[dict], clients: int, seconds: float, war
             samples.append((total, round(process_tree_rss_mb(server.pid), 1)))
             measured_s = time.monotonic() - t_start
     rss_end = samples[-1][1]
-    return {"clients": clients, "warmup_s": warmup, "seconds": seconds, "requests": total,
+    return {"clients": clients, "warmup_s": round(warmup_s, 1), "settled": settled, "seconds": seconds,
+            "requests": total,
             "errors": counts["errors"], "first_errors": errors[:5],
             "throughput": round((total - measured_from) / max(measured_s, 1e-9), 1),
             "rss_cold_mb": round(rss_cold, 1), "rss_start_mb": round(rss_start, 1), "rss_end_mb": rss_end,
@@ -136,9 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=16, help="concurrent clients (default: %(default)s)")
     p.add_argument("--seconds", type=float, default=120, help="measured seconds, after the warm-up "
                    "(default: %(default)s)")
-    p.add_argument("--warmup", type=float, default=120, help="seconds of load before the RSS baseline; the cpu "
-                   "preset's server grows for about two minutes (onnxruntime arenas meeting new batch sizes) "
-                   "(default: %(default)s)")
+    p.add_argument("--warmup", type=float, default=120, help="seconds of load at least before the RSS baseline; "
+                   "the cpu preset's server grows for about two minutes (onnxruntime arenas meeting new batch "
+                   "sizes) (default: %(default)s)")
+    p.add_argument("--settle", type=float, default=30, help="after --warmup, the load goes on until RSS grew "
+                   f"under {SETTLE_MB:g} MB over this many seconds (default: %(default)s)")
+    p.add_argument("--max-warmup", type=float, help="the longest warm-up, settled or not (default: 3 x --warmup)")
     p.add_argument("--interval", type=float, default=5, help="seconds between RSS samples (default: %(default)s)")
     p.add_argument("--max-slope", type=float, default=2.0, help="MB per 10k requests over which RSS growth is a "
                    "leak (default: %(default)s)")
@@ -150,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         triples = encoded_triples(64, 256, Path(tmp))
-    report = soak(a.repository, triples, a.clients, a.seconds, a.warmup, a.interval, a.max_slope,
-                  log=lambda line: print(line, file=sys.stderr, flush=True))
+    report = soak(a.repository, triples, a.clients, a.seconds, a.warmup, a.interval, a.max_slope, a.settle,
+                  a.max_warmup, log=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps({k: v for k, v in report.items() if k != "samples"}, indent=2))
     if a.out:
         Path(a.out).write_text(json.dumps(report, indent=2))

@@ -98,8 +98,8 @@ def test_short_soak(repository, synth_sets, triple_bytes):
     from editguard.benchmarks.soak import soak
 
     triples = triple_bytes(synth_sets["test"], 16)
-    report = soak(str(repository), triples, clients=8, seconds=8, warmup=3, interval=0.5)
-    assert report["errors"] == 0 and report["requests"] > 50
+    report = soak(str(repository), triples, clients=8, seconds=8, warmup=3, interval=0.5, settle=8, max_warmup=60)
+    assert report["errors"] == 0 and report["requests"] > 50 and 8 <= report["warmup_s"] <= 61
     assert not report["leak"] and report["slope_mb_per_10k"] is not None, report
     print(f"soak: {({k: v for k, v in report.items() if k != 'samples'})}")
 
@@ -117,6 +117,16 @@ def test_soak_verdict_is_the_slope_after_warm_up_not_the_warm_up():
     short = [(n, 272 + n / 1e4 * 5) for n in range(0, 2_000, 500)]  # steep, but 1 MB in all: noise
     assert not leak_verdict(short)["leak"] and "run longer" in leak_verdict(short)["verdict"]
     assert "too short" in leak_verdict([(0, 1.0)])["verdict"]
+
+
+def test_soak_warm_up_lasts_until_rss_settles():
+    from editguard.benchmarks.soak import warmed_up
+
+    growing = [(t / 2, 600 + 3 * t) for t in range(40)]  # 6 MB/s for 20 s
+    assert not warmed_up(growing, warmup=3, settle=3)
+    settled = growing + [(20 + t / 2, growing[-1][1] + 0.1 * (t % 3)) for t in range(1, 8)]  # flat for 3.5 s
+    assert warmed_up(settled, warmup=3, settle=3)
+    assert not warmed_up(settled[:1] + [(1.0, 600.0), (2.0, 600.0)], warmup=3, settle=1)  # flat, but under warmup
 
 
 @pytest.mark.soak
