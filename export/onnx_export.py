@@ -7,7 +7,10 @@ token ids and attention mask) with a dynamic batch axis, and returns
 A frozen prompt tower (``text_encoder.freeze``) is exported as a graph of its own, ``input_ids`` and
 ``attention_mask`` to ``prompt_embedding`` (``float32 [B, H]``), and the classifier graph takes
 ``prompt_embedding`` instead of the ids: the server computes each distinct prompt's embedding once.
-Parity is then checked over the chain, prompt graph into classifier graph, against torch.
+The prompt graph's window axis is dynamic too (``[B, W, T]`` for any ``W``, ``[B, W, H]`` out), so the
+server runs only the windows a prompt fills (:class:`~editguard.serving.served.PromptEmbeddings`); the
+classifier graph takes all ``prompt_windows`` of them. Parity is then checked over the chain, prompt
+graph into classifier graph, against torch.
 """
 
 from __future__ import annotations
@@ -118,7 +121,8 @@ def export_onnx(net, path: str | Path, example: dict[str, np.ndarray], opset: in
 
 
 def export_prompt_onnx(net, path: str | Path, example: dict[str, np.ndarray], opset: int = 17) -> Path:
-    """Export ``net``'s frozen prompt tower (:class:`PromptWrapper`) to ``path`` with a dynamic batch axis."""
+    """Export ``net``'s frozen prompt tower (:class:`PromptWrapper`) to ``path`` with dynamic batch and window
+    axes."""
     import onnx
     import torch
 
@@ -129,7 +133,7 @@ def export_prompt_onnx(net, path: str | Path, example: dict[str, np.ndarray], op
     path = Path(path)
     with torch.no_grad():
         torch.onnx.export(wrapper, args, str(path), input_names=wrapper.names, output_names=[PROMPT_OUTPUT],
-                          dynamic_axes={k: {0: "batch"} for k in wrapper.names + [PROMPT_OUTPUT]},
+                          dynamic_axes={k: {0: "batch", 1: "windows"} for k in wrapper.names + [PROMPT_OUTPUT]},
                           opset_version=opset, dynamo=False)
     onnx.checker.check_model(str(path), full_check=True)
     return path

@@ -1,8 +1,8 @@
 """TensorRT plan from the exported ONNX, through the TensorRT Python API (TensorRT 10).
 
-An optimization profile covers batch 1..max_batch (opt = the preferred batch),
-FP16 is on where the GPU has it, and a timing cache beside the repository
-makes rebuilds fast. The plan only runs on the GPU model and TensorRT version
+An optimization profile covers batch 1..max_batch (opt = the preferred batch) and, for the prompt
+graph, 1..prompt_windows windows; FP16 is on where the GPU has it, and a timing cache beside the
+repository makes rebuilds fast. The plan only runs on the GPU model and TensorRT version
 that built it. In NVIDIA's container the equivalent command is in the README
 (`trtexec --onnx=... --minShapes/--optShapes/--maxShapes ... --fp16 --timingCacheFile=...`).
 """
@@ -38,8 +38,13 @@ def _import_trt():
 
 
 def build_plan(onnx_path: str | Path, plan_path: str | Path, *, max_batch: int, opt_batch: int | None = None,
-               fp16: bool = True, timing_cache: str | Path | None = None, workspace_gib: float = 4.0) -> Path:
-    """Build ``plan_path`` from ``onnx_path``; returns the plan's path. Raises RuntimeError on parse/build errors."""
+               fp16: bool = True, timing_cache: str | Path | None = None, workspace_gib: float = 4.0,
+               item_max: dict[str, tuple[int, ...]] | None = None) -> Path:
+    """Build ``plan_path`` from ``onnx_path``; returns the plan's path. Raises RuntimeError on parse/build errors.
+
+    ``item_max``: for an input with dynamic dims past the batch (the prompt graph's window axis), its largest
+    per-item shape; the profile spans 1 up to it on those dims, optimised for the largest (the ensemble
+    sends every window)."""
     trt = _import_trt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -57,7 +62,14 @@ def build_plan(onnx_path: str | Path, plan_path: str | Path, *, max_batch: int, 
     for i in range(network.num_inputs):
         inp = network.get_input(i)
         item = tuple(inp.shape)[1:]
-        profile.set_shape(inp.name, (1, *item), (opt, *item), (max_batch, *item))
+        top = item
+        if -1 in item:
+            top = tuple((item_max or {}).get(inp.name, ()))
+            if len(top) != len(item):
+                raise ValueError(f"{onnx_path}: input '{inp.name}' has dynamic dims {list(item)}; give its largest "
+                                 f"item shape in item_max")
+        low = tuple(1 if d == -1 else d for d in item)
+        profile.set_shape(inp.name, (1, *low), (opt, *top), (max_batch, *top))
     config.add_optimization_profile(profile)
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).exists() else b""
     cache = config.create_timing_cache(cache_bytes)

@@ -207,7 +207,8 @@ def _write_networks(cfg: ExportConfig, net, pre, stage: Path, version: int, prom
 
         for s in stages:
             built = build_plan(s / "model.onnx", s / "model.plan", max_batch=cfg.max_batch, fp16=True,
-                               timing_cache=Path(cfg.repository) / clf / "timing.cache")
+                               timing_cache=Path(cfg.repository) / clf / "timing.cache",
+                               item_max={k: v.shape[1:] for k, v in samples.items()})
             plan = plan or str(built)
     meta = {"version": version, "model_dir": str(Path(cfg.model_dir).resolve()), "fp16": cfg.fp16,
             "vocab_size": net.text.encoder.config.vocab_size if net.cfg.use_prompt else 0, "labels": net.cfg.labels,

@@ -286,10 +286,15 @@ def step_tensorrt(c: Check) -> dict:
                     "in NVIDIA's container)")
     if not hasattr(c, "repo"):
         raise _Skip("step export did not run")
+    from editguard.model.config import ModelConfig
+
+    pre = ModelConfig.load(c.repo / "editguard" / "1" / "config.json").preprocess
+    windows = {k: (pre.prompt_windows, pre.max_tokens) for k in ("input_ids", "attention_mask")}
     rows = []
     for model in (PROMPTS["editguard"], CLASSIFIER):
         t0 = time.perf_counter()
-        plan = build_plan(c.repo / model / "1" / "model.onnx", c.work / f"{model}.plan", max_batch=64, fp16=True)
+        plan = build_plan(c.repo / model / "1" / "model.onnx", c.work / f"{model}.plan", max_batch=64, fp16=True,
+                          item_max=windows)
         rows.append({"model": model, "plan_mb": round(plan.stat().st_size / 2**20, 1),
                      "build_s": round(time.perf_counter() - t0, 1)})
     return {"rows": rows}

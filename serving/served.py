@@ -61,6 +61,8 @@ class OnnxClassifier:
         self.inputs = {i.name: i.shape[1:] for i in self.session.get_inputs()}  # per-item shapes
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.vocab_size = int(self.meta["vocab_size"])
+        # a prompt tower's graph with a dynamic window axis (``[B, W, T]`` ids): run only the filled windows
+        self.windowed = self.outputs == [PROMPT_EMBEDDING] and not isinstance(self.inputs["input_ids"][0], int)
 
     def check(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The arrays this version takes, checked (shapes, token ids in range); raises ValueError
@@ -70,7 +72,7 @@ class OnnxClassifier:
             a = arrays.get(name)
             if a is None:
                 raise ValueError(f"input '{name}' is required by this model version")
-            if list(a.shape[1:]) != list(shape):
+            if a.ndim != len(shape) + 1 or any(isinstance(d, int) and d != n for d, n in zip(shape, a.shape[1:])):
                 raise ValueError(f"input '{name}' has item shape {list(a.shape[1:])}, this model version takes {shape}")
             out[name] = a
         if "input_ids" in out:
@@ -87,10 +89,18 @@ class OnnxClassifier:
         return out
 
     def run(self, batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-        """Run checked batches as one onnxruntime call; the outputs split back per batch."""
+        """Run checked batches as one onnxruntime call; the outputs split back per batch. A windowed prompt
+        tower runs only the windows that hold some of a prompt, as one batch of single windows (a short
+        prompt costs one window, not ``prompt_windows``); the others are zero rows, as in the graph."""
         feed = {n: np.concatenate([b[n] for b in batches]) if len(batches) > 1 else batches[0][n]
                 for n in self.inputs}
-        results = self.session.run(self.outputs, feed)
+        if self.windowed:
+            used = feed["attention_mask"][:, :, 0] > 0
+            filled = self.session.run(self.outputs, {n: a[used][:, None] for n, a in feed.items()})[0][:, 0]
+            results = [np.zeros((*used.shape, filled.shape[-1]), filled.dtype)]
+            results[0][used] = filled
+        else:
+            results = self.session.run(self.outputs, feed)
         split, start = [], 0
         for b in batches:
             n = next(iter(b.values())).shape[0]
@@ -104,7 +114,8 @@ class PromptEmbeddings:
 
     Keyed by a prompt's token ids and attention mask, so two spellings that tokenise alike share an
     entry. ``size``: entries kept (default 4096, about 6 MB for MiniLM's 384 dims; the environment
-    variable ``EDITGUARD_PROMPT_CACHE`` overrides it, 0 turns the cache off).
+    variable ``EDITGUARD_PROMPT_CACHE`` overrides it, 0 turns the cache off). Only the windows a prompt
+    fills are run (:meth:`OnnxClassifier.run`).
     """
 
     def __init__(self, version_dir: str | Path, threads: int = 0, cuda_device: int | None = None,

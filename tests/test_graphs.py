@@ -87,6 +87,34 @@ def test_a_frozen_prompt_tower_is_exported_as_its_own_model(ensemble, few_triple
     assert served.prompt.hits == 2 * len(items) - distinct
 
 
+def test_the_prompt_graph_runs_only_the_windows_a_prompt_fills(ensemble, frozen_model):
+    """The prompt graph's window axis is dynamic: the server runs a short prompt's one window, not all of them,
+    and gets what the whole graph gives (zero rows past the prompt's end). Native configs take any count."""
+    from editguard.model.model_dir import load_model_dir
+    from editguard.model.preprocess import collate
+    from editguard.serving.served import OnnxClassifier
+
+    repo = Path(ensemble.repository)
+    _, pre = load_model_dir(frozen_model)
+    prompts = ["remove the hat", " ".join(["make the sky a little bluer and warmer"] * 6)]
+    batch = collate([pre.triple(np.zeros((8, 8, 3), np.uint8), p, np.zeros((8, 8, 3), np.uint8)) for p in prompts])
+    ids, att = batch["input_ids"], batch["attention_mask"]
+    filled = int((att[:, :, 0] > 0).sum())
+    assert att.shape[1] == pre.cfg.prompt_windows and 2 < filled < att.shape[0] * att.shape[1]
+    for version in ("1", "2"):
+        net = OnnxClassifier(repo / PROMPT / version)
+        assert net.windowed
+        whole = net.session.run(None, {"input_ids": ids, "attention_mask": att})[0]  # every window run
+        shapes, run = [], net.session.run
+        net.session.run = lambda names, feed: shapes.append(feed["input_ids"].shape) or run(names, feed)
+        windowed = net.run([net.check({"input_ids": ids, "attention_mask": att})])[0]["prompt_embedding"]
+        assert shapes == [(filled, 1, att.shape[2])]
+        np.testing.assert_allclose(windowed, whole, atol=1e-6 if version == "1" else 1e-3)
+        assert not windowed[att[:, :, 0] == 0].any()
+    native = read_config(repo / PROMPT / "configs" / "onnxruntime.pbtxt")
+    assert [list(i.dims) for i in native.input] == [[-1, pre.cfg.max_tokens]] * 2
+
+
 def test_ensemble_serves_the_inline_scores_and_caches_prompts(ensemble, few_triples, triple_bytes, model_stats):
     repo = Path(ensemble.repository)
     triples = triple_bytes(few_triples, 6)
