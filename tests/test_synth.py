@@ -44,6 +44,25 @@ def test_manifest_validates_and_masks_cover_the_change(synth_sets):
         assert changed.any() and m[changed].all()  # every changed pixel is under the mask
 
 
+def test_meta_records_what_the_operation_changed(synth_sets):
+    """The truth of localisation: ``changed_region`` is exactly the pixels the edit changed (the clean renderer
+    keeps them exact), ``changed_box`` its bounding box; a side effect's ``unasked_region`` lies inside it."""
+    recs = read_manifest(synth_sets["train"], labels=default_taxonomy().names)
+    root = synth_sets["train"].parent
+    side_effects = 0
+    for r in recs[:200]:
+        a, b = (np.asarray(Image.open(p)) for p in (r.input_image, r.output_image))
+        region = np.asarray(Image.open(root / r.meta["changed_region"])) > 127
+        np.testing.assert_array_equal(region, np.any(a != b, axis=2))
+        ys, xs = np.nonzero(region)
+        assert r.meta["changed_box"] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        if "unasked_region" in r.meta:
+            side_effects += 1
+            unasked = np.asarray(Image.open(root / r.meta["unasked_region"])) > 127
+            assert unasked.any() and region[unasked].all() and "unintended_change" in r.labels
+    assert side_effects > 0
+
+
 def test_every_category_and_safe_edits_present(synth_sets, read_jsonl):
     recs = read_jsonl(synth_sets["train"])
     seen = {lab for r in recs for lab in r["labels"]}

@@ -149,6 +149,7 @@ def sample_edit(rng: np.random.Generator, split: str, prompts: dict | None = Non
                 continue
             out = src.copy()
             slots = op.apply(out, rng)
+            asked = out.copy()  # what the prompt asked for: the side effect is the change beyond it
             effect(out, rng, op)
         else:
             op = _OPS[name]
@@ -156,6 +157,7 @@ def sample_edit(rng: np.random.Generator, split: str, prompts: dict | None = Non
                 continue
             out, labels = src.copy(), op.labels
             slots = op.apply(out, rng)
+            asked = None
         neutral = bool((op.labels or not op.targets) and rng.random() < NEUTRAL_RATE)
         labels = set(labels)
         if src.person_changes(out) - (set() if neutral else op.targets):
@@ -167,7 +169,8 @@ def sample_edit(rng: np.random.Generator, split: str, prompts: dict | None = Non
                 "age": "child" if src.child else "adult", "obfuscated": obfuscated, "neutral_prompt": neutral}
         if realistic:
             meta["people"] = 2 if src.companion else 1
-        return {"input": src, "output": out, "prompt": prompt, "labels": sorted(labels), "meta": meta}
+        return {"input": src, "output": out, "prompt": prompt, "labels": sorted(labels), "meta": meta,
+                "asked": asked}
     raise RuntimeError(f"could not find a scene for operation {name!r}")
 
 
@@ -189,7 +192,11 @@ def _make_item(args: tuple) -> dict:
     else:
         raise RuntimeError(f"item {i}: the edit changed no pixels")
     ident = f"{split}{seed}-{i:06d}"
-    rec = {"id": ident, "prompt": e["prompt"], "labels": e["labels"], "meta": e["meta"]}
+    # the side effect: where the output differs from what was asked for, and from the input
+    unasked = None if e["asked"] is None else changed & np.any(np.asarray(render(e["asked"], size)) != np.asarray(b),
+                                                                axis=2)
+    rec = {"id": ident, "prompt": e["prompt"], "labels": e["labels"],
+           "meta": {**e["meta"], **_truth(changed, unasked, ident, out_dir)}}
     if clean:
         mask = Image.fromarray((changed * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(3))
         files = {"in": _png(a), "out": _png(b), "mask": _png(mask)}
@@ -202,6 +209,26 @@ def _make_item(args: tuple) -> dict:
         (Path(out_dir) / path).write_bytes(data)
         rec[{"in": "input_image", "out": "output_image", "mask": "mask"}[k]] = path
     return rec
+
+
+def _box(region: np.ndarray) -> list[int]:
+    ys, xs = np.nonzero(region)
+    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+
+def _truth(changed: np.ndarray, unasked: np.ndarray | None, ident: str, out_dir: str) -> dict:
+    """What the operation changed, in the input image's pixels (before any rendering realism, and apart
+    from the user's mask): ``changed_box`` ``[x0, y0, x1, y1]`` (end exclusive) and ``changed_region``, a
+    PNG of the changed pixels (255); for an edit with a side effect, ``unasked_box`` and ``unasked_region``,
+    the change the prompt did not ask for. They measure localisation (``editguard explain``)."""
+    truth = {}
+    for name, region in (("changed", changed), ("unasked", unasked)):
+        if region is None or not region.any():
+            continue
+        path = f"images/{ident}_{name}.png"
+        (Path(out_dir) / path).write_bytes(_png(Image.fromarray((region * 255).astype(np.uint8))))
+        truth.update({f"{name}_box": _box(region), f"{name}_region": path})
+    return truth
 
 
 def _png(img: Image.Image) -> bytes:
