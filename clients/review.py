@@ -8,7 +8,9 @@ labels, ``OUT/pr_curves.png``. It opens from disk or any static host: no server,
 - A grid of triples: input, output, mask and a difference image, the prompt, and each
   category's score as a bar against its threshold. A session's turn also shows the session as a
   strip of turns (the upload, then each turn's output and prompt), and is flagged when its step or
-  its cumulative triple is. Filters (category, verdict, label, meta
+  its cumulative triple is. With ``--explanations`` (a folder ``editguard explain`` wrote), each
+  explained category adds a toggle that shows its heatmap and box over the output, and bars of the
+  share of the score carried by the output, the change and the prompt. Filters (category, verdict, label, meta
   value, minimum score, text) and sorting, with a "near the threshold" queue.
 - Decisions: a reviewer marks items correct or wrong (with the right categories) and downloads
   them as JSONL, ``{"id", "labels", "decision", ...}`` per line, which ``--overlay`` reads back
@@ -50,6 +52,7 @@ class ReviewConfig:
     progress: bool = True
     allow_outside_root: bool = False
     title: str = "editguard review"
+    explanations: str | None = None  # a folder `editguard explain` wrote: heatmaps, boxes and shares on the page
 
 
 def resolve_thresholds(spec: str | None, labels: list[str], version: str) -> tuple[np.ndarray, str]:
@@ -129,6 +132,58 @@ def _thumbnails(items: list, folder: Path, size: int, workers: int | None, progr
     jobs = [(str(r.input_image), str(r.output_image), str(r.mask) if r.mask else None, str(folder), size)
             for r in items]
     return list(parallel_map(_thumb_job, jobs, workers=workers, desc="thumbnails", unit="triple", show=progress))
+
+
+def _why_job(job: tuple) -> tuple[str | None, str | None]:
+    """The heatmap of one explanation over its output (at the input image's size, where the heatmap and box
+    are), with the box, as a thumbnail; returns (name, error)."""
+    from PIL import Image, ImageDraw, ImageOps
+
+    src, out, heat, box, category, folder, size = job
+    name = f"{_key(src, out, heat)}-w-{hashlib.sha1(category.encode()).hexdigest()[:8]}.jpg"
+    if (Path(folder) / name).exists():
+        return name, None
+    try:
+        with Image.open(src) as a, Image.open(out) as b, Image.open(heat) as h:
+            size_in = ImageOps.exif_transpose(a).size
+            b = ImageOps.exif_transpose(b).convert("RGB").resize(size_in, Image.BILINEAR)
+            h = h.convert("L").resize(size_in, Image.BILINEAR)
+            hot = Image.merge("RGB", (h, h.point(lambda v: v // 3), Image.new("L", size_in, 0)))
+            view = Image.composite(Image.blend(b, hot, 0.6), b, h.point(lambda v: 255 if v > 12 else 0))
+            if box:
+                ImageDraw.Draw(view).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=(0, 220, 255),
+                                               width=max(1, round(max(size_in) / 160)))
+            view.thumbnail((size, size))
+            view.save(Path(folder) / name, "JPEG", quality=85)
+    except Exception as e:
+        return None, f"{type(e).__name__}: {e}"
+    return name, None
+
+
+def _explanations(folder: str, items: list, out: Path, size: int, workers: int | None, progress: bool) -> list[list]:
+    """Per item, its explanations from ``folder/explanations.jsonl`` with their overlay thumbnails."""
+    from ..files import iter_jsonl
+    from ..progress import parallel_map
+
+    path = Path(folder) / "explanations.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; run `editguard explain MANIFEST --model-dir D --out {folder}`")
+    by_id: dict[str, list[dict]] = {}
+    for line in iter_jsonl(path):
+        if "error" not in line:
+            by_id.setdefault(str(line["id"]), []).append(line)
+    jobs, where = [], []
+    for k, r in enumerate(items):
+        for e in by_id.get(str(r.id), []):
+            jobs.append((str(r.input_image), str(r.output_image), str(Path(folder) / e["heatmap"]), e.get("box"),
+                         e["category"], str(out / "thumbs"), size))
+            where.append((k, e))
+    why: list[list] = [[] for _ in items]
+    done = parallel_map(_why_job, jobs, workers=workers, desc="heatmaps", unit="map", show=progress)
+    for (k, e), (name, err) in zip(where, done):
+        why[k].append({"category": e["category"], "overlay": f"thumbs/{name}" if name else None, "error": err,
+                       "box": e.get("box"), "peak": e.get("peak"), "shares": e.get("shares", {})})
+    return why
 
 
 # -- the page ------------------------------------------------------------------------------------
@@ -224,6 +279,8 @@ def build_review(cfg: ReviewConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     items = [records[r["id"]] for r in rows]
     thumbs = _thumbnails(items, out / "thumbs", cfg.thumb_size, cfg.workers, cfg.progress)
+    why = (_explanations(cfg.explanations, items, out, cfg.thumb_size, cfg.workers, cfg.progress)
+           if cfg.explanations else [[] for _ in items])
     data_items = []
     for k, (r, rec, (names, err)) in enumerate(zip(rows, items, thumbs)):
         meta = rec.meta if rec.meta else (json.loads(r["meta"]) if r.get("meta") else {})
@@ -233,7 +290,7 @@ def build_review(cfg: ReviewConfig) -> Path:
             "labels": (r.get("labels") or []) if y is not None else None,
             "meta": {str(a): b if isinstance(b, (str, int, float, bool)) or b is None else json.dumps(b)
                      for a, b in meta.items()},
-            "thumbs": {a: f"thumbs/{b}" for a, b in names.items()}, "error": err})
+            "thumbs": {a: f"thumbs/{b}" for a, b in names.items()}, "error": err, "why": why[k]})
     _session_strips(rows, items, thumbs, labels, data_items)
     summary = _summary(labels, scores, y, th, rows, cfg.slice_by, out)
     review_id = hashlib.sha1(f"{Path(cfg.results).resolve()}|{len(rows)}".encode()).hexdigest()[:12]

@@ -14,6 +14,7 @@ thin-client subcommands work on the base install (no torch).
     editguard score     batch scoring of a manifest (Triton or in-process), resumable
     editguard calibrate per-category thresholds from labelled scores; install them
     editguard review    a static page of scored triples to look at and record decisions
+    editguard explain   why it flagged: a heatmap, its peak and box, and the share of the output, change and prompt
     editguard redteam   attack a guard (wording, long prompts, masks, pixels) and report what gets through
     editguard bench     benchmarks of the hot paths (tables + JSON)
 
@@ -61,7 +62,7 @@ quick start (the cpu preset on 2 CPU cores; `make demo` runs all of it for you):
 SUBCOMMANDS: list[Callable] = [data.add_synth, data.add_import, data.add_split, training.add_train,
                                training.add_weights, training.add_evaluate, export.add_export, serving.add_serve,
                                export.add_check, serving.add_versions, scoring.add_score, scoring.add_calibrate,
-                               scoring.add_review, redteam.add_redteam, bench.add_bench]
+                               scoring.add_review, scoring.add_explain, redteam.add_redteam, bench.add_bench]
 
 
 def _epilog() -> str:

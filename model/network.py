@@ -327,20 +327,24 @@ class EditGuardNet(nn.Module):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         prompt_embedding: torch.Tensor | None = None,
+        pair_output_image: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Shapes: images ``uint8 [B,S,S,3]``, mask ``uint8 [B,S,S]``, ids/attention ``int64 [B,T]``;
         or, in place of the ids, ``prompt_embedding`` ``float32 [B,H]`` from the frozen prompt tower
-        (:class:`PromptWrapper`).
+        (:class:`PromptWrapper`). ``pair_output_image``: the output the pair tower compares with the input,
+        when it is not ``output_image`` (explanations ablate the change apart from the output,
+        :mod:`~editguard.model.explain`); images may also be float in 0..255, for gradients.
 
         Returns logits ``float32 [B, num_labels]``: the main head's, then each branch's (a sigmoid gives
         probabilities).
         """
         text, used = self._text(input_ids, attention_mask, prompt_embedding)
-        x = self._fused(self, input_image, output_image, mask, text)
+        x = self._fused(self, input_image, output_image, mask, text, pair_output_image)
         logits = self.head.mlp(x)
         if len(self.branches):
             logits = torch.cat([logits] + [
-                b.mlp(self._fused(b, input_image, output_image, mask, text) if b.towers else x) for b in self.branches],
+                b.mlp(self._fused(b, input_image, output_image, mask, text, pair_output_image) if b.towers else x)
+                for b in self.branches],
                 -1)
         return self._pool(logits, used)
 
@@ -396,7 +400,7 @@ class EditGuardNet(nn.Module):
             used = torch.cat([torch.ones_like(used[:, :1]), used[:, 1:]], 1)
         return self.text.jitter(text), used
 
-    def _fused(self, parts: nn.Module, input_image, output_image, mask, text) -> torch.Tensor:
+    def _fused(self, parts: nn.Module, input_image, output_image, mask, text, pair_output=None) -> torch.Tensor:
         """The fused features from ``parts``' towers and projections: this network's, or a branch's own."""
         def encode(image, m):
             return parts.image_proj(parts.image(image, m))
@@ -415,7 +419,9 @@ class EditGuardNet(nn.Module):
         pair = None
         if self.use_pair:
             m = mask if self.use_mask else torch.full_like(input_image[..., 0], 255)  # no mask: all may change
-            pair = parts.pair_proj(parts.pair(parts.image.normalize(input_image), parts.image.normalize(output_image), m))
+            pair_output = output_image if pair_output is None else pair_output
+            pair = parts.pair_proj(parts.pair(parts.image.normalize(input_image), parts.image.normalize(pair_output),
+                                              m))
         t = parts.text_proj(text) if text is not None else None
         if t is not None and t.dim() == 3:  # a prompt in windows: the images' features beside each window's
             e_in, e_out, pair = (None if e is None else e.unsqueeze(1).expand(-1, t.shape[1], -1)

@@ -243,3 +243,46 @@ def test_a_flagged_session_shows_as_its_strip_of_turns(browser, repository, tmp_
         assert "flagged: the edit since the upload" in " ".join(
             e.text for e in browser.find_elements("css selector", "#grid .card .strip .why"))
     browser.save_screenshot(str(tmp_path / "sessions.png"))
+
+
+@needs_browser
+def test_explanations_show_as_a_heatmap_toggle_and_share_bars(browser, scored, tiny_model_dir, tmp_path):
+    """`review --explanations`: each explained category of an edit has a toggle that puts its heatmap and box
+    over the output thumbnail (and takes it off again), and bars of the output, change and prompt shares."""
+    from editguard.model.explain import explain_manifest
+
+    rows = scored["rows"][:12]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    explained = explain_manifest(manifest, tiny_model_dir, tmp_path / "explain", categories=["sexual", "minors"],
+                                 allow_outside_root=True, progress=False)
+    assert explained.explanations == 2 * len(rows)
+    results = tmp_path / "results.jsonl"  # these edits' results only: every card on the first page
+    ids = {r["id"] for r in rows}
+    results.write_text("".join(line for line in scored["results"].read_text().splitlines(True)
+                               if json.loads(line)["id"] in ids))
+    site = build_review(ReviewConfig(results=str(results), manifest=str(scored["manifest"]),
+                                     out=str(tmp_path / "site"), progress=False, allow_outside_root=True, workers=1,
+                                     explanations=str(tmp_path / "explain")))
+    browser.get(site.as_uri())
+    assert len(browser.find_elements("css selector", "#grid .card .why-it")) == len(rows)
+    card = browser.find_elements("css selector", "#grid .card")[0]
+    toggles = card.find_elements("css selector", ".heat-toggle")
+    assert [t.text for t in toggles] == ["heatmap: sexual", "heatmap: minors"]
+    output = card.find_elements("css selector", ".thumbs figure")[1].find_element("css selector", "img")
+    plain = output.get_attribute("src")
+    browser.execute_script("arguments[0].scrollIntoView()", card)
+    toggles[0].click()
+    shown = output.get_attribute("src")
+    assert shown != plain and "-w-" in shown and "on" in toggles[0].get_attribute("class")
+    deadline = time.time() + 10
+    while time.time() < deadline and not browser.execute_script("return arguments[0].naturalWidth", output):
+        time.sleep(0.1)
+    assert browser.execute_script("return arguments[0].naturalWidth", output) > 0  # the overlay loads
+    toggles[0].click()
+    assert output.get_attribute("src") == plain
+    widths = browser.execute_script(
+        "return [...arguments[0].querySelectorAll('.why-row')[0].querySelectorAll('.shares .fill')]"
+        ".map(f => parseFloat(f.style.width))", card)
+    assert len(widths) == 3 and (abs(sum(widths) - 100) < 0.5 or sum(widths) == 0)
+    browser.save_screenshot(str(tmp_path / "why.png"))

@@ -185,6 +185,8 @@ def add_review(sub) -> None:
     p.add_argument("--slice-by", action="append", default=[], metavar="meta.FIELD",
                    help="summary tables of precision, recall and FPR per value of a meta field (meta.FIELD or FIELD; "
                    "labels needed); repeat")
+    p.add_argument("--explanations", metavar="DIR", help="a folder `editguard explain` wrote: each explained edit "
+                   "gets a heatmap toggle over its output and the share of the output, the change and the prompt")
     p.add_argument("--title", default="editguard review", help="page title (default: %(default)s)")
     p.add_argument("--workers", type=int, help="thumbnail processes (default: all cores)")
     p.add_argument("--allow-outside-root", action="store_true")
@@ -212,7 +214,53 @@ def _run_review(args: argparse.Namespace) -> int:
 
     index = build_review(ReviewConfig(results=args.results, manifest=args.manifest, out=args.out,
                                       thresholds=args.thresholds, slice_by=args.slice_by, title=args.title,
+                                      explanations=args.explanations,
                                       workers=args.workers, progress=not args.no_progress,
                                       allow_outside_root=args.allow_outside_root))
     print(f"review page: {index.resolve()}")
     return 0
+
+
+def add_explain(sub) -> None:
+    p = command(sub, "explain", _run_explain)
+    p.add_argument("manifest", help="the edits to explain (a manifest; labels optional)")
+    p.add_argument("--model-dir", required=True, help="the model dir whose verdicts to explain (a triple model)")
+    p.add_argument("--out", required=True, help="folder for explanations.jsonl and heatmaps/ (created)")
+    p.add_argument("--categories", help="comma-separated categories to explain on every edit (default: the ones "
+                   "flagged, at --thresholds)")
+    p.add_argument("--thresholds", metavar="FILE", help="a thresholds.json (a repository's "
+                   "editguard/N/thresholds.json) deciding what is flagged (default: 0.5 for every category)")
+    p.add_argument("--method", choices=["integrated_gradients", "occlusion"], default="integrated_gradients",
+                   help="how the heatmap is made (default: %(default)s; docs/results.md, \"Explanations\", "
+                   "compares them)")
+    p.add_argument("--steps", type=int, default=4, help="integrated gradients' path steps (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    add_json(p, "the counts")
+    p.add_argument("--allow-outside-root", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    """why each edit was flagged: where in the image, and which part of the triple moved the score
+
+    For each edit and each flagged category (or --categories), write a heatmap at the input
+    image's size (OUT/heatmaps/ID__CATEGORY.png, 255 = most responsible), and a line of
+    OUT/explanations.jsonl: the score, the heatmap's peak [x, y] and the box [x0, y0, x1, y1] of
+    the region around it (input-image pixels; null when no changed pixel carries the score), and
+    the share of the score carried by the output alone, the change (input against output) and
+    the prompt. An edit that cannot be read gets an error line; the others go on (exit 3).
+
+    examples:
+      editguard explain data/ood/manifest.jsonl --model-dir runs/cpu --out explain/ood \\
+          --thresholds repository/editguard/1/thresholds.json
+      editguard explain flagged.jsonl --model-dir runs/cpu --out explain/one --categories sexual,minors
+    """
+    from editguard.model.explain import explain_manifest
+
+    cats = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    result = explain_manifest(args.manifest, args.model_dir, args.out, categories=cats, thresholds=args.thresholds,
+                              method=args.method, steps=args.steps, device=args.device,
+                              allow_outside_root=args.allow_outside_root,
+                              progress=not args.no_progress)
+    print(f"{result.explanations} explanations of {result.edits} edits ({result.errors} unreadable): {result.path}")
+    return summarize(args, result, result.errors)

@@ -1,0 +1,100 @@
+"""Explanations: where in the image, and which part of the triple moved the score (`editguard explain`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from editguard.model.explain import METHODS, PARTS, Explainer, _shapley
+
+
+def _planted(tmp_path, box=(40, 24, 72, 48), size=(128, 96)):
+    """A hand-made edit: a textured photo, and the same photo with a bright patch painted inside ``box``."""
+    rng = np.random.default_rng(0)
+    src = (rng.integers(60, 140, (size[1], size[0], 3))).astype(np.uint8)
+    out = src.copy()
+    x0, y0, x1, y1 = box
+    out[y0:y1, x0:x1] = [230, 40, 40]
+    Image.fromarray(src).save(tmp_path / "in.png")
+    Image.fromarray(out).save(tmp_path / "out.png")
+    return tmp_path / "in.png", tmp_path / "out.png", box
+
+
+def test_shapley_values_add_up_to_the_whole():
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=8)
+    phi = _shapley(values)
+    assert set(phi) == set(PARTS)
+    assert sum(phi.values()) == pytest.approx(values[7] - values[0])
+    additive = np.array([sum(w for i, w in enumerate((1.0, 2.0, 4.0)) if k >> i & 1) for k in range(8)])
+    assert _shapley(additive) == pytest.approx({"output": 1.0, "change": 2.0, "prompt": 4.0})
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_heatmap_points_at_a_planted_change(tiny_model_dir, tmp_path, method):
+    """Attribution is to changed pixels only: every peak lies on the planted patch, at the input image's
+    size and coordinates (a 128x96 photo, letterboxed for the network), and the box overlaps it."""
+    src, out, (x0, y0, x1, y1) = _planted(tmp_path)
+    explainer = Explainer.from_model_dir(tiny_model_dir, method=method)
+    found = explainer.explain(src, "make the wall red", out, categories=explainer.labels)
+    assert [e.category for e in found] == explainer.labels
+    located = [e for e in found if e.peak is not None]
+    assert located, "no category's score rests on the change"
+    margin = 4
+    for e in located:
+        assert e.heatmap.shape == (96, 128) and e.heatmap.dtype == np.uint8 and e.heatmap.max() == 255
+        px, py = e.peak
+        assert x0 - margin <= px < x1 + margin and y0 - margin <= py < y1 + margin, (e.category, e.peak)
+        bx0, by0, bx1, by1 = e.box
+        assert bx0 < x1 + margin and bx1 > x0 - margin and by0 < y1 + margin and by1 > y0 - margin, e.box
+        assert e.heatmap[:, :x0 - 2 * margin].max() < 64  # nothing far left of the patch
+        assert sum(e.shares.values()) == pytest.approx(1.0) or sum(e.shares.values()) == 0
+    # the contributions add up to the logit's rise from the neutral triple (nothing asked, nothing changed)
+    neutral = {e.category: e.score for e in explainer.explain(src, "", src, categories=explainer.labels)}
+    for e in found:
+        rise = np.log(e.score / (1 - e.score)) - np.log(neutral[e.category] / (1 - neutral[e.category]))
+        assert sum(e.contributions.values()) == pytest.approx(rise, abs=2e-3), e.category
+
+
+def test_nothing_changed_points_nowhere(tiny_model_dir, tmp_path):
+    src, _, _ = _planted(tmp_path)
+    explainer = Explainer.from_model_dir(tiny_model_dir)
+    for e in explainer.explain(src, "remove her clothes", src, categories=["sexual"]):
+        assert e.peak is None and e.box is None and e.heatmap.max() == 0
+        assert e.shares["output"] == 0 and e.shares["change"] == 0  # an unchanged output carries nothing
+
+
+def test_explain_from_the_command_line_and_python_agree(tiny_model_dir, few_triples, tmp_path, read_jsonl):
+    """`editguard explain` writes explanations.jsonl and the heatmaps; the Python call gives the same peak,
+    box and shares; an unreadable edit gets an error line, the others go on (exit 3)."""
+    rows = read_jsonl(few_triples)[:5]
+    rows[2] = {**rows[2], "id": "broken", "output_image": "images/missing.png"}
+    manifest = few_triples.parent / "explain_manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (few_triples.parent / "images" / "missing.png").write_bytes(b"not a png")
+    out = tmp_path / "explain"
+    r = subprocess.run([sys.executable, "-m", "editguard", "explain", str(manifest), "--model-dir", str(tiny_model_dir),
+                        "--out", str(out), "--categories", "sexual,unintended_change", "--no-progress",
+                        "--json", str(tmp_path / "summary.json")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 3, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["edits"] == 5 and summary["errors"] == 1 and summary["explanations"] == 8
+    lines = read_jsonl(out / "explanations.jsonl")
+    broken = [x for x in lines if x["id"] == "broken"]
+    assert len(broken) == 1 and "output_image" in broken[0]["error"]
+    explainer = Explainer.from_model_dir(tiny_model_dir)
+    root = few_triples.parent
+    for row in rows[:2]:
+        found = explainer.explain(root / row["input_image"], row["prompt"], root / row["output_image"],
+                                  root / row["mask"], categories=["sexual", "unintended_change"])
+        for e in found:
+            line = next(x for x in lines if x["id"] == row["id"] and x["category"] == e.category)
+            assert line["peak"] == e.peak and line["box"] == e.box
+            assert line["shares"] == pytest.approx(e.shares, abs=1e-4)
+            heat = np.asarray(Image.open(out / line["heatmap"]))
+            np.testing.assert_array_equal(heat, e.heatmap)
