@@ -10,7 +10,8 @@ from ..model.repository import CLIENT_MODEL, PRECHECK
 from .config import BenchConfig
 from .inprocess import bench_inprocess, bench_preprocess
 from .presets import bench_presets
-from .served import bench_graphs, bench_precheck, bench_ray, bench_served, bench_sessions, bench_uploads
+from .served import (bench_explain, bench_graphs, bench_precheck, bench_ray, bench_served, bench_sessions,
+                     bench_uploads)
 from .timing import machine
 from .workloads import encoded_triples
 
@@ -24,7 +25,8 @@ def run_bench(cfg: BenchConfig) -> dict:
     with tempfile.TemporaryDirectory(prefix="editguard-bench-") as tmp:
         work = Path(tmp)
         triples = encoded_triples(64, 256, work) \
-            if {"inprocess", "served", "graphs", "precheck", "sessions", "presets"} & set(cfg.sections) else []
+            if {"inprocess", "served", "graphs", "precheck", "sessions", "explain", "presets"} & set(cfg.sections) \
+            else []
         if "inprocess" in cfg.sections:
             result["inprocess"] = bench_inprocess(cfg, triples, work)
         if "served" in cfg.sections:
@@ -37,6 +39,8 @@ def run_bench(cfg: BenchConfig) -> dict:
             result["precheck"] = bench_precheck(cfg, triples)
         if "sessions" in cfg.sections:
             result["sessions"] = bench_sessions(cfg, triples)
+        if "explain" in cfg.sections:
+            result["explain"] = bench_explain(cfg, triples, work)
         if "preprocess" in cfg.sections:
             result["preprocess"] = bench_preprocess(cfg, work)
         if "presets" in cfg.sections:
@@ -52,8 +56,8 @@ def run_bench(cfg: BenchConfig) -> dict:
 def ratios(r: dict) -> dict:
     """The headline ratios, measured in this one run, from each section that ran."""
     out: dict = {}
-    for section in (_ratios_inprocess, _ratios_uploads, _ratios_precheck, _ratios_sessions, _ratios_graphs,
-                    _ratios_presets, _ratios_ray, _ratios_preprocess):
+    for section in (_ratios_inprocess, _ratios_uploads, _ratios_precheck, _ratios_sessions, _ratios_explain,
+                    _ratios_graphs, _ratios_presets, _ratios_ray, _ratios_preprocess):
         section(r, out)
     return out
 
@@ -112,6 +116,13 @@ def _ratios_sessions(r: dict, out: dict) -> None:
                                                                      2)
 
 
+def _ratios_explain(r: dict, out: dict) -> None:
+    if "explain" in r:
+        off, idle, _ = r["explain"]["rows"]
+        out["verdict_c1_explain_served_over_not"] = round(idle["c1_p50_ms"] / off["c1_p50_ms"], 2)
+        out["verdict_c16_explain_served_over_not"] = round(idle["c16_triples_s"] / off["c16_triples_s"], 2)
+
+
 def _ratios_graphs(r: dict, out: dict) -> None:
     if "graphs" in r:
         g = {(x["graph"].split()[0], x["prompts"], x["concurrency"]): x for x in r["graphs"]["rows"]}
@@ -164,8 +175,8 @@ def to_markdown(r: dict) -> str:
     m = r["machine"]
     parts = [f"machine: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}; "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), f"command: `{m['command']}`"]
-    for section in ("inprocess", "served", "uploads", "graphs", "precheck", "sessions", "presets", "preprocess",
-                    "ray"):
+    for section in ("inprocess", "served", "uploads", "graphs", "precheck", "sessions", "explain", "presets",
+                    "preprocess", "ray"):
         if section in r:
             parts += [f"\n### {section}\n", _table(r[section]["rows"])]
     parts += ["\n### ratios (this run)\n", _table([{"ratio": k, "value": v} for k, v in r["ratios"].items()])]

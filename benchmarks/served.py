@@ -161,6 +161,39 @@ def bench_sessions(cfg: BenchConfig, triples: list[dict]) -> dict:
     return {"rows": rows}
 
 
+def bench_explain(cfg: BenchConfig, triples: list[dict], work: Path) -> dict:
+    """The served explanations (``editguard_explain``, ``export --explain``): the verdicts' c1 latency and c16
+    throughput with the repository served without it and with it loaded but not called, then an explain
+    call's c1 latency; the same triples, one run. Needs a repository exported with ``--explain``."""
+    import shutil
+
+    from ..clients import EditGuardClient
+    from ..model.repository import EXPLAIN
+
+    if not (Path(cfg.repository) / EXPLAIN).is_dir():
+        raise ValueError(f"{cfg.repository} has no {EXPLAIN}: export the model dir with `editguard export --explain`")
+    without = work / "without-explain"
+    shutil.copytree(cfg.repository, without, ignore=lambda d, names: [EXPLAIN] if Path(d) == Path(cfg.repository)
+                    else [], symlinks=True)
+    calls = [(t["input"], t["prompt"], t["output"]) for t in triples]
+    rows = []
+    for name, repo in (("verdicts, editguard_explain not served", without),
+                       ("verdicts, editguard_explain served, not called", Path(cfg.repository))):
+        with ServedTarget(str(repo), None, cfg.connection) as (url, conn), \
+                EditGuardClient(url, timeout=60, **conn.client_options()) as guard:
+            guard.classify(*calls[0])  # warm-up
+            lat1, _ = closed_loop(guard.classify, calls, 1, cfg.seconds)
+            lat16, wall = closed_loop(guard.classify, calls, 16, cfg.seconds)
+            rows.append({"call": name, "c1_p50_ms": pct(lat1)["p50_ms"], "c1_p95_ms": pct(lat1)["p95_ms"],
+                         "c16_triples_s": round(len(lat16) / wall, 1)})
+            if repo == Path(cfg.repository):
+                guard.explain(*calls[0])
+                lat1, _ = closed_loop(lambda *c: guard.explain(*c, categories=["sexual"]), calls, 1, cfg.seconds)
+                rows.append({"call": "explain (one category)", "c1_p50_ms": pct(lat1)["p50_ms"],
+                             "c1_p95_ms": pct(lat1)["p95_ms"], "c16_triples_s": None})
+    return {"rows": rows}
+
+
 def bench_uploads(cfg: BenchConfig) -> dict:
     """c1 latency, c16 throughput and client CPU per triple, per upload size and form (masks included)."""
     from ..clients import EditGuardClient

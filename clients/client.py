@@ -34,8 +34,10 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
+import numpy as np
+
 from .call_state import Call, ClientSettings
-from .errors import EditGuardError
+from .errors import EditGuardError, ServerError
 from .protocol import (MAX_IMAGE_BYTES, ImageInput, PixelsPrep, Triple, Verdict, as_request, as_triple, build_inputs,
                        encode_image, mapped_errors, parse_urls, published_specs, to_error)
 from .session import EditSession
@@ -117,6 +119,45 @@ class EditGuardClient(ClientSettings):
         """Check an edit request before generating it (the input image, the prompt, the mask if any),
         with ``precheck_model``: the same Verdict, from what the request shows. Same errors as classify."""
         return self._call(self.precheck_model, [(input_image, prompt, None, mask)], timeout, id, headers)[0]
+
+    def explain(self, input_image: ImageInput, prompt: str, output_image: ImageInput,
+                mask: ImageInput | None = None, *, categories: Iterable[str] | None = None,
+                timeout: float | None = None, headers: Mapping[str, str] | None = None) -> list[dict]:
+        """Why the server's model flags this triple, from ``editguard_explain`` (written by ``editguard export
+        --explain``, served at the same version as the verdicts): one dict per category (``categories``, default
+        the ones flagged at the installed thresholds) with ``category``, ``score``, ``peak`` ``[x, y]`` and
+        ``box`` ``[x0, y0, x1, y1]`` in the input image's pixels (None when no changed pixel carries the score),
+        ``shares`` and ``contributions`` of the output, the change and the prompt. A backend can blur the box
+        instead of refusing the whole edit. One call costs a torch pass and a backward pass on the server; it
+        is not retried. Raises an :class:`EditGuardError` subclass: a server without ``editguard_explain``
+        answers ServerError with what to do."""
+        import json
+
+        from ..model.repository import EXPLAIN
+
+        row = (encode_image(input_image, "input_image"), prompt, encode_image(output_image, "output_image"),
+               None if mask is None else encode_image(mask, "mask"))
+        inputs = build_inputs(self._grpc, *row)
+        if categories:
+            extra = self._grpc.InferInput("CATEGORIES", [1, 1], "BYTES")
+            extra.set_data_from_numpy(np.array([[",".join(categories).encode()]], dtype=np.object_))
+            inputs.append(extra)
+        client = self._pick()
+        try:
+            with mapped_errors():
+                result = client.infer(EXPLAIN, inputs, model_version=self.version, headers=self._headers(headers),
+                                      outputs=[self._grpc.InferRequestedOutput("EXPLANATIONS")],
+                                      client_timeout=timeout or self.timeout)
+        except ServerError as e:
+            ready = True
+            with contextlib.suppress(Exception):  # the question may fail too: then the error stands as it is
+                ready = client.is_model_ready(EXPLAIN, self.version, headers=self._headers(headers))
+            if not ready:
+                raise ServerError(f"the server has no {EXPLAIN} ready ({e}); export the model with `editguard "
+                                  f"export MODEL_DIR --repository R --explain` and serve R again",
+                                  status=e.status) from e
+            raise
+        return json.loads(result.as_numpy("EXPLANATIONS")[0][0])
 
     def _call(self, model: str, rows: list, timeout: float | None, item_id: str | None,
               headers: Mapping[str, str] | None, thresholds: bool = False) -> list[Verdict]:

@@ -165,12 +165,13 @@ def _client_errors(path: Path, config, client_model: str) -> list[str]:
 def _code_errors(model_dir: Path, version: str) -> list[str]:
     """A Python-backend version runs the ``model.py`` export copied into it, which imports this editguard: a copy
     from another release may not import (modules move between releases), so each must be the installed one's."""
-    from ..model.repository import CLASSIFIER, CLIENT_MODEL, CLIENT_MODELS, PREPARE, VERDICTS, templates_dir
+    from ..model.repository import CLASSIFIER, CLIENT_MODEL, CLIENT_MODELS, EXPLAIN, PREPARE, VERDICTS, templates_dir
 
     code = model_dir / version / "model.py"
     if not code.exists():
         return []
-    template = CLIENT_MODEL if model_dir.name in (*CLIENT_MODELS, PREPARE, VERDICTS) else CLASSIFIER
+    template = (CLIENT_MODEL if model_dir.name in (*CLIENT_MODELS, PREPARE, VERDICTS) else
+                EXPLAIN if model_dir.name == EXPLAIN else CLASSIFIER)
     if code.read_bytes() == (templates_dir() / template / "model.py").read_bytes():
         return []
     return [f"{code}: not the model.py of the installed editguard (exported by another release, whose imports may "

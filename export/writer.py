@@ -29,6 +29,7 @@ from ..model.pbtxt import read_config, write_config
 from ..model.repository import (
     CLASSIFIER,
     CLIENT_MODEL,
+    EXPLAIN,
     PAIRS,
     PRECHECK,
     PREPARE,
@@ -86,6 +87,8 @@ class ExportConfig:
     # where the served client model decodes JPEG uploads: "" Pillow on the host, or a torch device ("cuda":
     # nvJPEG through torchvision); None leaves the repository's setting as it is
     decode_device: str | None = None
+    # also write the version of editguard_explain: the torch network, served on request for explanations
+    explain: bool = False
 
     def __post_init__(self) -> None:
         if self.runtime not in ("onnxruntime", "tensorrt"):
@@ -122,6 +125,9 @@ def export_version(cfg: ExportConfig) -> ExportResult:
         raise ValueError(f"{cfg.model_dir} is an ablation ({net.cfg.ablation}); only triple models (and pre-checks, "
                          "--ablation precheck) can be served")
     client_model = PRECHECK if net.cfg.ablation == "precheck" else CLIENT_MODEL
+    if cfg.explain and client_model != CLIENT_MODEL:
+        raise ValueError(f"{cfg.model_dir} is a pre-check: explanations need the triple model (both images); export "
+                         "it without --explain")
     split = net.split_prompt
     models = graph_models(client_model, split)
     repo = ensure_repository(cfg.repository, client_model, split)
@@ -141,7 +147,9 @@ def export_version(cfg: ExportConfig) -> ExportResult:
                 shutil.copyfile(templates_dir() / CLIENT_MODEL / "model.py", stages[step] / "model.py")
         stages[client_model] = _write_client_model(cfg, repo, version, result, client_model)
         result.thresholds = _carry_thresholds(Path(cfg.model_dir), repo, client_model, version, stages[client_model])
-        for m in models:  # the networks land first, the client-facing model last
+        if cfg.explain:
+            stages[EXPLAIN] = _write_explain_model(cfg, repo, version)
+        for m in ([EXPLAIN] if cfg.explain else []) + models:  # the networks land first, the client model last
             os.replace(stages[m], repo / m / str(version))
     except BaseException:
         for stage in stages.values():
@@ -232,6 +240,27 @@ def _write_client_model(cfg: ExportConfig, repo: Path, version: int, result: Exp
         (stage / "export.json").write_text(json.dumps(
             {"version": version, "model_dir": str(src.resolve()), "fp16": cfg.fp16,
              "parity_fp32": result.parity_fp32, "parity_fp16": result.parity_fp16}, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return stage
+
+
+def _write_explain_model(cfg: ExportConfig, repo: Path, version: int) -> Path:
+    """A version of editguard_explain: the model dir's network and tokenizer as they are (torch loads them),
+    and its model.py; the model's config from the template where missing."""
+    src, tpl = Path(cfg.model_dir), templates_dir() / EXPLAIN
+    (repo / EXPLAIN).mkdir(exist_ok=True)
+    if not (repo / EXPLAIN / "config.pbtxt").exists():
+        shutil.copyfile(tpl / "config.pbtxt", repo / EXPLAIN / "config.pbtxt")
+    stage = Path(tempfile.mkdtemp(dir=repo / EXPLAIN, prefix=f".v{version}-"))
+    try:
+        for f in ("config.json", "labels.json", "model.safetensors"):
+            shutil.copyfile(src / f, stage / f)
+        for d in ("tokenizer", "text_encoder"):
+            if (src / d).is_dir():
+                shutil.copytree(src / d, stage / d)
+        shutil.copyfile(tpl / "model.py", stage / "model.py")
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -50,6 +50,7 @@ __all__ = ["CLIENT_MODEL", "CLASSIFIER", "PRECHECK", "PRECHECK_CLASSIFIER", "PAI
 CLIENT_MODEL, CLASSIFIER = "editguard", "editguard_classifier"  # the triple model, and its network
 PRECHECK, PRECHECK_CLASSIFIER = "editguard_precheck", "editguard_precheck_classifier"  # before generation
 CLIENT_MODELS = (CLIENT_MODEL, PRECHECK)  # what clients call
+EXPLAIN = "editguard_explain"  # opt-in (`export --explain`): why editguard's same version flagged a triple
 PAIRS = {CLIENT_MODEL: CLASSIFIER, PRECHECK: PRECHECK_CLASSIFIER}  # client model -> its network
 PROMPTS = {CLIENT_MODEL: "editguard_prompt", PRECHECK: "editguard_precheck_prompt"}  # -> its frozen prompt tower
 # the Python steps of the triple model's ensemble graph (before and after the networks)

@@ -98,3 +98,45 @@ def test_explain_from_the_command_line_and_python_agree(tiny_model_dir, few_trip
             assert line["shares"] == pytest.approx(e.shares, abs=1e-4)
             heat = np.asarray(Image.open(out / line["heatmap"]))
             np.testing.assert_array_equal(heat, e.heatmap)
+
+
+def test_served_explanations_match_and_never_touch_the_verdict(tiny_model_dir, few_triples, triton, tmp_path,
+                                                              read_jsonl):
+    """`export --explain` serves editguard_explain beside the version: EditGuardClient.explain gives the in-process
+    peak, box and shares, at the installed thresholds' flagged categories by default; a bad request is refused
+    naming its field and the server goes on; SCORES and FLAGGED are the same before and after. A server without
+    it (the `triton` fixture's repository) refuses with what to do."""
+    from editguard.clients import EditGuardClient
+    from editguard.clients.errors import InvalidInputError, ServerError
+    from editguard.export.writer import ExportConfig, export_version
+    from editguard.serving.triton import TritonServer, free_port
+
+    repo = tmp_path / "repo"
+    export_version(ExportConfig(model_dir=str(tiny_model_dir), repository=str(repo), max_batch=8, explain=True))
+    root = few_triples.parent
+    rows = read_jsonl(few_triples)[:4]
+    triples = [(root / r["input_image"], r["prompt"], root / r["output_image"], root / r["mask"]) for r in rows]
+    explainer = Explainer.from_model_dir(tiny_model_dir)
+    cats = ["sexual", "unintended_change"]
+    with TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as server, \
+            EditGuardClient(server.grpc_url, timeout=60) as guard:
+        before = [guard.classify(*t) for t in triples]
+        for t in triples:
+            served = guard.explain(*t, categories=cats)
+            local = explainer.explain(*t, categories=cats)
+            assert [e["category"] for e in served] == cats
+            for s, e in zip(served, local):
+                assert s["peak"] == e.peak and s["box"] == e.box
+                assert s["shares"] == pytest.approx(e.shares, abs=1e-3)
+                assert s["score"] == pytest.approx(e.score, abs=1e-5)
+        for t, verdict in zip(triples, before):  # by default: what the verdict flags (no thresholds installed: 0.5)
+            assert [e["category"] for e in guard.explain(*t)] == verdict.flagged_categories
+        with pytest.raises(InvalidInputError, match="output_image"):
+            guard.explain(triples[0][0], "x", b"not an image")
+        with pytest.raises(InvalidInputError, match="unknown categories"):
+            guard.explain(*triples[0], categories=["nope"])
+        after = [guard.classify(*t) for t in triples]
+        assert [v.scores for v in after] == [v.scores for v in before]
+        assert [v.flagged for v in after] == [v.flagged for v in before]
+    with EditGuardClient(triton.grpc_url, timeout=30) as guard, pytest.raises(ServerError, match="--explain"):
+        guard.explain(*triples[0])

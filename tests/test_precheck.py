@@ -144,3 +144,14 @@ def test_precheck_roll_out_score_and_calibrate(served, precheck_dir, synth_sets,
     with EditGuardClient(server.grpc_url) as guard:
         assert guard.precheck(t["input"], t["prompt"]).unsafe
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_precheck_cannot_be_explained(precheck_dir, tmp_path):
+    """Explanations need both images: `export --explain` and the Explainer refuse a pre-check, saying why."""
+    from editguard.export.writer import ExportConfig, export_version
+    from editguard.model.explain import Explainer
+
+    with pytest.raises(ValueError, match="pre-check"):
+        export_version(ExportConfig(model_dir=str(precheck_dir), repository=str(tmp_path / "r"), explain=True))
+    with pytest.raises(ValueError, match="sees both images"):
+        Explainer.from_model_dir(precheck_dir)

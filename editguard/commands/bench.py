@@ -22,7 +22,9 @@ def add_bench(sub) -> None:
     p.add_argument("--server", metavar="URL", help="benchmark this running Triton instead of starting one")
     p.add_argument("--sections", default="inprocess,served,uploads,graphs,preprocess",
                    help="comma-separated: inprocess, served, uploads, graphs, precheck (needs an editguard_precheck "
-                   "version in the repository), sessions (a session turn beside a single triple), preprocess, "
+                   "version in the repository), sessions (a session turn beside a single triple), explain (the "
+                   "verdicts with editguard_explain served and not, and an explain call; needs `export --explain`), "
+                   "preprocess, "
                    "presets, ray (default: %(default)s)")
     p.add_argument("--presets", default="small,base,cpu-lite0", help="presets section: the presets to build, "
                    "export and serve (default: %(default)s)")

@@ -27,6 +27,10 @@ def add_export(sub) -> None:
                    "(nvJPEG; needs torch and torchvision in Triton's Python backend), 'cpu' (torchvision, for "
                    "checking that path without a GPU), or '' for Pillow, the default; other formats always use "
                    "Pillow. Omitted: the repository keeps its setting")
+    p.add_argument("--explain", action="store_true", help="also write a version of editguard_explain (the torch "
+                   "network, about the model dir's size): EditGuardClient.explain returns why a triple was flagged "
+                   "(a box to blur, the share of the output, the change and the prompt); needs torch in Triton's "
+                   "Python backend")
     p.add_argument("--server", metavar="URL", help="also load the new version into this running Triton (gRPC "
                    "host:port); comma-separate the replicas that share the repository to roll it across them. "
                    "Model control needs the server's admin key (see --admin-key-file)")
@@ -49,6 +53,7 @@ def _run_export(args: argparse.Namespace) -> int:
       editguard export runs/small --repository repository --runtime tensorrt   # a GPU with tensorrt
       editguard export runs/small --repository repository --decode-device cuda  # nvJPEG for JPEG uploads
       editguard export runs/cpu --repository repository --server localhost:8001  # and load it there
+      editguard export runs/cpu --repository repository --explain   # + editguard_explain, served on request
 
     then: editguard serve --repository repository
 
@@ -61,7 +66,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
     r = export_version(ExportConfig(model_dir=args.model_dir, repository=args.repository, version=args.version,
                                     fp16=args.fp16, runtime=args.runtime, max_batch=args.max_batch, device=args.device,
-                                    decode_device=args.decode_device))
+                                    decode_device=args.decode_device, explain=args.explain))
     print(f"exported version {r.version} of {r.model} to {r.repository} in {r.seconds} s")
     print(f"  parity FP32: max |dprob| {r.parity_fp32['max_abs_prob']:.2e} over {r.parity_fp32['n']} triples "
           f"(limit {r.parity_fp32['tolerance']:.0e})")
