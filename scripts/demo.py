@@ -3,7 +3,8 @@
     synth (realistic edits) -> train (cpu preset) -> evaluate (iid test and held-out ood)
           -> export (ONNX, parity-checked) -> serve (a real Triton)
           -> score over gRPC -> calibrate --install -> re-score with the installed thresholds
-          -> review (a static page of the held-out ood scores)
+          -> explain (why each held-out ood edit was flagged)
+          -> review (a static page of the held-out ood scores, with the explanations)
 
 Each stage is a plain `editguard` command; the commands are printed, with the time each took,
 so they can be re-run by hand.
@@ -117,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (repo / "editguard" / "1").exists():
         run("export", str(model), "--repository", str(repo))
     serve_score_calibrate(out, repo)
+    run("explain", str(out / "ood/manifest.jsonl"), "--model-dir", str(model), "--out", str(out / "explain"),
+        "--thresholds", str(repo / "editguard" / "1" / "thresholds.json"))
     run("review", str(out / "results/ood.jsonl"), "--manifest", str(out / "ood/manifest.jsonl"), "--out",
         str(out / "review"), "--thresholds", str(repo), "--slice-by", "mask_kind", "--title",
-        "editguard demo: held-out ood set")
+        "editguard demo: held-out ood set", "--explanations", str(out / "explain"))
     print(f"\nopen {(out / 'review' / 'index.html').resolve()} in a browser to look at the flagged edits")
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; outputs under {out}/")
     return 0
