@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .preprocess import ImageSource, Preprocessor, collate
+from .repository import DEFAULT_THRESHOLD
 
 __all__ = ["Explainer", "Explanation", "ExplainResult", "explain_manifest", "PARTS", "METHODS"]
 
@@ -75,9 +76,9 @@ class Explainer:
                  grid: int = 8, device: str = "cpu"):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if not net.cfg.use_output_image or not net.cfg.use_input_image:
-            raise ValueError("explanations need a model that sees both images (the triple model); this one is "
-                             f"the {net.cfg.ablation!r} ablation")
+        if not (net.cfg.use_output_image and net.cfg.use_input_image and net.cfg.use_prompt):
+            raise ValueError("explanations need a model that sees both images and the prompt (the triple model); "
+                             f"this one is the {net.cfg.ablation!r} ablation")
         self.net, self.pre, self.device = net.eval(), pre, device
         self.method, self.steps, self.grid = method, steps, grid
         self.labels = list(net.cfg.labels)
@@ -95,7 +96,7 @@ class Explainer:
                 mask: ImageSource | None = None, categories: list[str] | None = None,
                 thresholds: dict[str, float] | None = None) -> list[Explanation]:
         """Explanations for ``categories`` (names), or, when None, for each category whose probability is at
-        least its threshold (``thresholds``, default 0.5): the flagged ones. Raises
+        least its threshold (``thresholds``, default ``DEFAULT_THRESHOLD``): the flagged ones. Raises
         :class:`~editguard.model.preprocess.PreprocessError` on a bad input, naming it."""
         import torch
 
@@ -112,7 +113,7 @@ class Explainer:
         probs = torch.sigmoid(logits).cpu().numpy()
         if categories is None:
             limits = thresholds or {}
-            categories = [c for i, c in enumerate(self.labels) if probs[i] >= limits.get(c, 0.5)]
+            categories = [c for i, c in enumerate(self.labels) if probs[i] >= limits.get(c, DEFAULT_THRESHOLD)]
         if not categories:
             return []
         columns = [self.labels.index(c) for c in categories]

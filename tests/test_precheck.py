@@ -153,5 +153,5 @@ def test_a_precheck_cannot_be_explained(precheck_dir, tmp_path):
 
     with pytest.raises(ValueError, match="pre-check"):
         export_version(ExportConfig(model_dir=str(precheck_dir), repository=str(tmp_path / "r"), explain=True))
-    with pytest.raises(ValueError, match="sees both images"):
+    with pytest.raises(ValueError, match="sees both images and the prompt"):
         Explainer.from_model_dir(precheck_dir)
