@@ -107,6 +107,10 @@ class PreprocessConfig:
     # a mask the pixels contradict (the images changed, but hardly anywhere inside it: an empty mask, or one
     # placed away from the change) is read as no mask, "anything may have changed" (Preprocessor.honest_mask)
     mask_check: bool = True
+    # with mask_check, every pixel that visibly changed (Preprocessor.CHANGED) is added to the mask the
+    # network sees, so a mask placed beside a change cannot hide it (docs/red-team.md). A model dir written
+    # before this field reads it as False and keeps the preprocessing it was trained and calibrated with.
+    mask_union: bool = True
     max_pixels: int = 50_000_000  # decoded width*height above this is refused (decompression bombs)
     max_image_bytes: int = 32 * 1024 * 1024  # encoded bytes above this are refused
     max_prompt_chars: int = 16000  # a longer prompt is refused before it is read (the windows bound it anyway)
@@ -189,7 +193,10 @@ class ModelConfig:
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            d = json.loads(Path(path).read_text())
+            if isinstance(d, dict) and isinstance(d.get("preprocess"), dict):
+                d["preprocess"].setdefault("mask_union", False)  # written before it: as trained
+            return cls.from_dict(d)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{path}: {e}") from e
 

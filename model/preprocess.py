@@ -266,7 +266,9 @@ class Preprocessor:
         """``mask`` (``uint8 [S, S]``, network size), or all 255 ("anything may have changed", the handling
         of a missing mask) when the pixels contradict it: under ``INSIDE_SHARE`` of the mask changed while
         over ``OUTSIDE_SHARE`` of the image outside it did (an empty mask, or one placed away from the
-        change). Off with ``preprocess.mask_check: false``. The served pixels path checks the same."""
+        change). With ``preprocess.mask_union`` every pixel that changed by over ``CHANGED`` joins the mask
+        (a mask beside the change cannot hide it). Off with ``preprocess.mask_check: false``. The served
+        pixels path checks the same."""
         if not self.cfg.mask_check:
             return mask
         changed = np.abs(output_image.astype(np.int16) - input_image.astype(np.int16)).max(-1) > self.CHANGED
@@ -275,7 +277,7 @@ class Preprocessor:
         share_in = (changed & inside).sum() / n_in if n_in else 0.0
         if share_in < self.INSIDE_SHARE and (changed & ~inside).sum() > self.OUTSIDE_SHARE * mask.size:
             return np.full_like(mask, 255)
-        return mask
+        return np.maximum(mask, changed.astype(np.uint8) * 255) if self.cfg.mask_union else mask
 
 
 def collate(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

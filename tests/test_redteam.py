@@ -140,6 +140,36 @@ def _contains(seq: list[int], sub: list[int]) -> bool:
     return any(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
 
 
+def test_the_mask_the_network_sees_holds_every_visible_change(tmp_path):
+    """A mask cannot hide a change: pixels that changed beyond codec noise join it (``mask_union``); a mask that
+    the pixels contradict outright is read as no mask; a model dir written before the union keeps its mask."""
+    from editguard.model.config import ModelConfig, PreprocessConfig, preset_config
+    from editguard.model.preprocess import Preprocessor
+
+    pre = Preprocessor(PreprocessConfig(image_size=32), tokenizer=None)
+    src = np.full((32, 32, 3), 100, np.uint8)
+    out = src.copy()
+    out[4:12, 4:12] = 220  # the change
+    out[20:22, 20:22] = 110  # codec-like noise: not a change
+    honest = np.zeros((32, 32), np.uint8)
+    honest[2:14, 2:14] = 255
+    np.testing.assert_array_equal(pre.honest_mask(src, out, honest), honest)  # covers the change: as sent
+    half = np.zeros((32, 32), np.uint8)
+    half[4:12, 4:8] = 255  # half of it
+    seen = pre.honest_mask(src, out, half)
+    assert (seen[4:12, 4:12] == 255).all() and seen.sum() == 64 * 255
+    away = np.zeros((32, 32), np.uint8)
+    away[20:30, 20:30] = 255  # beside the change, nothing changed under it: no mask
+    assert (pre.honest_mask(src, out, away) == 255).all()
+    legacy = Preprocessor(PreprocessConfig(image_size=32, mask_union=False), tokenizer=None)
+    np.testing.assert_array_equal(legacy.honest_mask(src, out, half), half)
+    cfg = preset_config("tiny").to_dict()
+    del cfg["preprocess"]["mask_union"]  # a config.json written before the field
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert ModelConfig.load(tmp_path / "config.json").preprocess.mask_union is False
+    assert preset_config("cpu").preprocess.mask_union is True
+
+
 # -- the same on every path ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_obfuscated_and_long_prompts_score_the_same_in_process_and_served(repository, triton, tiny_model_dir,
