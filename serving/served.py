@@ -94,8 +94,8 @@ class OnnxClassifier:
         prompt costs one window, not ``prompt_windows``); the others are zero rows, as in the graph."""
         feed = {n: np.concatenate([b[n] for b in batches]) if len(batches) > 1 else batches[0][n]
                 for n in self.inputs}
-        if self.windowed:
-            used = feed["attention_mask"][:, :, 0] > 0
+        used = feed["attention_mask"][:, :, 0] > 0 if self.windowed else None
+        if used is not None and used.any():  # (a caller's batch of nothing but padding runs whole, as before)
             filled = self.session.run(self.outputs, {n: a[used][:, None] for n, a in feed.items()})[0][:, 0]
             results = [np.zeros((*used.shape, filled.shape[-1]), filled.dtype)]
             results[0][used] = filled

@@ -111,6 +111,9 @@ def test_the_prompt_graph_runs_only_the_windows_a_prompt_fills(ensemble, frozen_
         assert shapes == [(filled, 1, att.shape[2])]
         np.testing.assert_allclose(windowed, whole, atol=1e-6 if version == "1" else 1e-3)
         assert not windowed[att[:, :, 0] == 0].any()
+        net.session.run = run
+        blank = net.run([net.check({"input_ids": ids, "attention_mask": np.zeros_like(att)})])[0]
+        assert blank["prompt_embedding"].shape == windowed.shape and not blank["prompt_embedding"].any()
     native = read_config(repo / PROMPT / "configs" / "onnxruntime.pbtxt")
     assert [list(i.dims) for i in native.input] == [[-1, pre.cfg.max_tokens]] * 2
 
