@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterable, Mapping
 
 from .call_state import Call, ClientSettings
-from .errors import EditGuardError
-from .protocol import (ImageInput, PixelsPrep, Triple, Verdict, as_request, as_triple, mapped_errors,
-                       published_specs)
+from .errors import EditGuardError, ServerError
+from .protocol import (ImageInput, PixelsPrep, Triple, Verdict, as_request, as_triple, explain_request, explanations,
+                       mapped_errors, no_explain_model, published_specs)
 from .session import AsyncEditSession
 
 __all__ = ["AsyncEditGuardClient"]
@@ -89,6 +89,25 @@ class AsyncEditGuardClient(ClientSettings):
                        headers: Mapping[str, str] | None = None) -> Verdict:
         """As :meth:`EditGuardClient.precheck`."""
         return (await self._call(self.precheck_model, [(input_image, prompt, None, mask)], timeout, id, headers))[0]
+
+    async def explain(self, input_image: ImageInput, prompt: str, output_image: ImageInput,
+                      mask: ImageInput | None = None, *, categories: Iterable[str] | None = None,
+                      timeout: float | None = None, headers: Mapping[str, str] | None = None) -> list[dict]:
+        """:meth:`EditGuardClient.explain <editguard.clients.client.EditGuardClient.explain>`, awaited."""
+        request = explain_request(self._aio, input_image, prompt, output_image, mask, categories)
+        client = self._pick()
+        try:
+            with mapped_errors():
+                return explanations(await client.infer(**request, model_version=self.version,
+                                                       headers=self._headers(headers),
+                                                       client_timeout=timeout or self.timeout))
+        except ServerError as e:
+            ready = True
+            with contextlib.suppress(Exception):  # the question may fail too: then the error stands as it is
+                ready = await client.is_model_ready(request["model_name"], self.version, headers=self._headers(headers))
+            if not ready:
+                raise no_explain_model(e) from e
+            raise
 
     async def _call(self, model: str, rows: list, timeout: float | None, item_id: str | None,
                     headers: Mapping[str, str] | None, thresholds: bool = False) -> list[Verdict]:

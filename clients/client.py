@@ -34,12 +34,11 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
-import numpy as np
-
 from .call_state import Call, ClientSettings
 from .errors import EditGuardError, ServerError
 from .protocol import (MAX_IMAGE_BYTES, ImageInput, PixelsPrep, Triple, Verdict, as_request, as_triple, build_inputs,
-                       encode_image, mapped_errors, parse_urls, published_specs, to_error)
+                       encode_image, explain_request, explanations, mapped_errors, no_explain_model, parse_urls,
+                       published_specs, to_error)
 from .session import EditSession
 
 __all__ = ["ClientSettings", "EditGuardClient", "Verdict", "Triple", "ImageInput", "encode_image", "parse_urls",
@@ -131,33 +130,19 @@ class EditGuardClient(ClientSettings):
         instead of refusing the whole edit. One call costs a torch pass and a backward pass on the server; it
         is not retried. Raises an :class:`EditGuardError` subclass: a server without ``editguard_explain``
         answers ServerError with what to do."""
-        import json
-
-        from ..model.repository import EXPLAIN
-
-        row = (encode_image(input_image, "input_image"), prompt, encode_image(output_image, "output_image"),
-               None if mask is None else encode_image(mask, "mask"))
-        inputs = build_inputs(self._grpc, *row)
-        if categories:
-            extra = self._grpc.InferInput("CATEGORIES", [1, 1], "BYTES")
-            extra.set_data_from_numpy(np.array([[",".join(categories).encode()]], dtype=np.object_))
-            inputs.append(extra)
+        request = explain_request(self._grpc, input_image, prompt, output_image, mask, categories)
         client = self._pick()
         try:
             with mapped_errors():
-                result = client.infer(EXPLAIN, inputs, model_version=self.version, headers=self._headers(headers),
-                                      outputs=[self._grpc.InferRequestedOutput("EXPLANATIONS")],
-                                      client_timeout=timeout or self.timeout)
+                return explanations(client.infer(**request, model_version=self.version, headers=self._headers(headers),
+                                                 client_timeout=timeout or self.timeout))
         except ServerError as e:
             ready = True
             with contextlib.suppress(Exception):  # the question may fail too: then the error stands as it is
-                ready = client.is_model_ready(EXPLAIN, self.version, headers=self._headers(headers))
+                ready = client.is_model_ready(request["model_name"], self.version, headers=self._headers(headers))
             if not ready:
-                raise ServerError(f"the server has no {EXPLAIN} ready ({e}); export the model with `editguard "
-                                  f"export MODEL_DIR --repository R --explain` and serve R again",
-                                  status=e.status) from e
+                raise no_explain_model(e) from e
             raise
-        return json.loads(result.as_numpy("EXPLANATIONS")[0][0])
 
     def _call(self, model: str, rows: list, timeout: float | None, item_id: str | None,
               headers: Mapping[str, str] | None, thresholds: bool = False) -> list[Verdict]:

@@ -11,7 +11,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence, Union
+from typing import Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -131,6 +131,36 @@ def build_batch_inputs(module, rows: Sequence[tuple[bytes, str, bytes | None, by
               (mask_name, [b"" if m is None else m for m in masks] if any(m is not None for m in masks) else None)]
     return _infer_inputs(module, [(name, np.array([[v] for v in col], dtype=np.object_))
                                   for name, col in fields if col is not None])
+
+
+def explain_request(module, input_image: ImageInput, prompt: str, output_image: ImageInput,
+                    mask: ImageInput | None, categories: Iterable[str] | None) -> dict:
+    """The arguments of an ``infer`` call to ``editguard_explain`` (``export --explain``): the encoded triple,
+    ``CATEGORIES`` when asked, and the one output, ``EXPLANATIONS``."""
+    from ..model.repository import EXPLAIN
+
+    inputs = build_inputs(module, encode_image(input_image, "input_image"), prompt,
+                          encode_image(output_image, "output_image"),
+                          None if mask is None else encode_image(mask, "mask"))
+    if categories:
+        names = np.array([[",".join(categories).encode()]], dtype=np.object_)
+        inputs += _infer_inputs(module, [("CATEGORIES", names)])
+    return {"model_name": EXPLAIN, "inputs": inputs, "outputs": [module.InferRequestedOutput("EXPLANATIONS")]}
+
+
+def explanations(result) -> list[dict]:
+    """The explanations of an ``editguard_explain`` answer (its one row)."""
+    import json
+
+    return json.loads(result.as_numpy("EXPLANATIONS")[0][0])
+
+
+def no_explain_model(e: EditGuardError) -> EditGuardError:
+    """The error for a server that serves no ``editguard_explain``: what to do about it."""
+    from ..model.repository import EXPLAIN
+
+    return ServerError(f"the server has no {EXPLAIN} ready ({e}); export the model with `editguard export MODEL_DIR "
+                       f"--repository R --explain` and serve R again", status=e.status)
 
 
 def is_decoded(image) -> bool:

@@ -106,7 +106,9 @@ def test_served_explanations_match_and_never_touch_the_verdict(tiny_model_dir, f
     peak, box and shares, at the installed thresholds' flagged categories by default; a bad request is refused
     naming its field and the server goes on; SCORES and FLAGGED are the same before and after. A server without
     it (the `triton` fixture's repository) refuses with what to do."""
-    from editguard.clients import EditGuardClient
+    import asyncio
+
+    from editguard.clients import AsyncEditGuardClient, EditGuardClient
     from editguard.clients.errors import InvalidInputError, ServerError
     from editguard.export.writer import ExportConfig, export_version
     from editguard.serving.triton import TritonServer, free_port
@@ -135,6 +137,11 @@ def test_served_explanations_match_and_never_touch_the_verdict(tiny_model_dir, f
             guard.explain(triples[0][0], "x", b"not an image")
         with pytest.raises(InvalidInputError, match="unknown categories"):
             guard.explain(*triples[0], categories=["nope"])
+        async def explained_async():
+            async with AsyncEditGuardClient(server.grpc_url, timeout=60) as aguard:
+                return await aguard.explain(*triples[1], categories=cats)
+
+        assert asyncio.run(explained_async()) == guard.explain(*triples[1], categories=cats)
         after = [guard.classify(*t) for t in triples]
         assert [v.scores for v in after] == [v.scores for v in before]
         assert [v.flagged for v in after] == [v.flagged for v in before]
