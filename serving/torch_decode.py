@@ -67,6 +67,8 @@ class TorchDecoder(Preprocessor):
         done = self._images(images)
         out = {f: arr for f, (arr, _) in done.items()}
         out["mask"] = self.mask(mask, done["input_image"][1])
+        if output_image is not None:  # the mask rules of the one definition, on every decode path
+            out["mask"] = self.honest_mask(out["input_image"], out["output_image"], out["mask"])
         return out
 
     def image(self, data: ImageSource, field: str = "image") -> np.ndarray:

@@ -79,8 +79,17 @@ def test_a_triple_keeps_the_mask_rules_and_other_formats_take_pillows_path(devic
     mask.paste(255, (20, 40, 120, 200))
     got = dev.pixels(jpeg(encode, src, 6), jpeg(encode, out, 6), png(mask))
     want = pre.pixels(jpeg(encode, src, 6), jpeg(encode, out, 6), png(mask))
-    np.testing.assert_array_equal(got["mask"], want["mask"])
     assert np.abs(got["output_image"].astype(int) - want["output_image"].astype(int)).mean() <= 1.5
+    # the same mask rules: the masks differ only where the two decoders' pixels put a change on either side of
+    # the "changed" level (mask_union adds the pixels that changed; the decoders round differently)
+    level = Preprocessor.CHANGED
+
+    def change(p):
+        return np.abs(p["output_image"].astype(int) - p["input_image"].astype(int)).max(-1)
+
+    differ = got["mask"] != want["mask"]
+    straddle = (np.minimum(change(got), change(want)) <= level) & (np.maximum(change(got), change(want)) > level)
+    assert (straddle | ~differ).all() and differ.mean() < 0.01
     with pytest.raises(PreprocessError, match="mask is 320x200 but the input image is 200x320"):
         dev.pixels(jpeg(encode, src, 6), jpeg(encode, out), png(mask.rotate(90, expand=True)))
     # PNG, WebP, CMYK JPEG, PIL images and arrays: Pillow's own pixels, bit for bit
