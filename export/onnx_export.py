@@ -8,7 +8,7 @@ A frozen prompt tower (``text_encoder.freeze``) is exported as a graph of its ow
 ``attention_mask`` to ``prompt_embedding`` (``float32 [B, H]``), and the classifier graph takes
 ``prompt_embedding`` instead of the ids: the server computes each distinct prompt's embedding once.
 The prompt graph's window axis is dynamic too (``[B, W, T]`` for any ``W``, ``[B, W, H]`` out), so the
-server runs only the windows a prompt fills (:class:`~editguard.serving.served.PromptEmbeddings`); the
+server runs only the windows a prompt fills (:meth:`~editguard.serving.served.OnnxClassifier.run`); the
 classifier graph takes all ``prompt_windows`` of them. Parity is then checked over the chain, prompt
 graph into classifier graph, against torch.
 """

@@ -29,14 +29,16 @@ one preprocessing definition, so the explained score is the one ``evaluate`` and
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from .preprocess import ImageSource, Preprocessor, collate
-from .repository import DEFAULT_THRESHOLD
+from .repository import DEFAULT_THRESHOLD, threshold_array
 
 __all__ = ["Explainer", "Explanation", "ExplainResult", "explain_manifest", "PARTS", "METHODS"]
 
@@ -94,9 +96,10 @@ class Explainer:
     # -- the public call -------------------------------------------------------------------------------
     def explain(self, input_image: ImageSource, prompt: str | bytes, output_image: ImageSource,
                 mask: ImageSource | None = None, categories: list[str] | None = None,
-                thresholds: dict[str, float] | None = None) -> list[Explanation]:
+                thresholds: Sequence[float] | None = None) -> list[Explanation]:
         """Explanations for ``categories`` (names), or, when None, for each category whose probability is at
-        least its threshold (``thresholds``, default ``DEFAULT_THRESHOLD``): the flagged ones. Raises
+        least its threshold (``thresholds``, in label order, as :meth:`read_thresholds` or a served version's
+        ``ThresholdsFile`` give them; default ``DEFAULT_THRESHOLD``): the flagged ones. Raises
         :class:`~editguard.model.preprocess.PreprocessError` on a bad input, naming it."""
         import torch
 
@@ -112,8 +115,8 @@ class Explainer:
             logits, combos = self._shapley_logits(batch, text)
         probs = torch.sigmoid(logits).cpu().numpy()
         if categories is None:
-            limits = thresholds or {}
-            categories = [c for i, c in enumerate(self.labels) if probs[i] >= limits.get(c, DEFAULT_THRESHOLD)]
+            limits = np.full(len(self.labels), DEFAULT_THRESHOLD) if thresholds is None else np.asarray(thresholds)
+            categories = [c for i, c in enumerate(self.labels) if probs[i] >= limits[i]]
         if not categories:
             return []
         columns = [self.labels.index(c) for c in categories]
@@ -129,6 +132,10 @@ class Explainer:
             shares = {k: (v / total if total > 0 else 0.0) for k, v in positive.items()}
             out.append(Explanation(c, float(probs[col]), peak, box, shares, contributions, heat))
         return out
+
+    def read_thresholds(self, path: str | Path) -> np.ndarray:
+        """A thresholds.json (a repository's ``editguard/N/thresholds.json``) in this model's label order."""
+        return threshold_array(json.loads(Path(path).read_text()), self.labels)
 
     # -- the parts --------------------------------------------------------------------------------------
     def _embeddings(self, batch: dict):
@@ -261,19 +268,13 @@ def explain_manifest(manifest: str | Path, model_dir: str | Path, out: str | Pat
     ``OUT/explanations.jsonl`` (``id``, :meth:`Explanation.record`, ``heatmap``: the PNG's path relative to
     OUT) and ``OUT/heatmaps/ID__CATEGORY.png``. An edit that cannot be read gets an ``error`` line naming
     the problem, and the others go on."""
-    import json
-
     from ..files import atomic_path
     from ..manifest import read_manifest
     from ..progress import progress as bar
     from .preprocess import PreprocessError
-    from .repository import threshold_array
 
     explainer = Explainer.from_model_dir(model_dir, device=device, method=method, steps=steps)
-    limits = None
-    if thresholds is not None:
-        values = threshold_array(json.loads(Path(thresholds).read_text()), explainer.labels)
-        limits = dict(zip(explainer.labels, map(float, values)))
+    limits = None if thresholds is None else explainer.read_thresholds(thresholds)
     records = read_manifest(manifest, require_labels=False, allow_outside_root=allow_outside_root)
     out = Path(out)
     (out / "heatmaps").mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,6 @@ from scipy import ndimage
 
 from editguard.manifest import read_manifest
 from editguard.model.explain import METHODS, Explainer
-from editguard.model.repository import threshold_array
 
 
 def _truth(root: Path, meta: dict, category: str) -> tuple[np.ndarray, list[int]] | None:
@@ -52,7 +51,7 @@ def _iou(a: list[int], b: list[int]) -> float:
     return inter / union if union else 0.0
 
 
-def measure(explainer: Explainer, records, root: Path, limits: dict, per_category: int) -> dict:
+def measure(explainer: Explainer, records, root: Path, limits, per_category: int) -> dict:
     rows: dict[str, dict[str, list]] = {}
     neutral, prompt_only, seconds, n = [], [], 0.0, 0
     counts: dict[str, int] = {}
@@ -119,7 +118,7 @@ def _markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _figure(explainer: Explainer, records, root: Path, limits: dict, path: Path, k: int = 6) -> None:
+def _figure(explainer: Explainer, records, root: Path, limits, path: Path, k: int = 6) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,10 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for method in a.methods.split(","):
         explainer = Explainer.from_model_dir(a.model_dir, method=method)
-        limits = None
-        if a.thresholds:
-            limits = dict(zip(explainer.labels, map(float, threshold_array(json.loads(Path(a.thresholds).read_text()),
-                                                                          explainer.labels))))
+        limits = explainer.read_thresholds(a.thresholds) if a.thresholds else None
         first = next(r for r in records if r.labels)
         explainer.explain(first.input_image, first.prompt, first.output_image, first.mask)  # warm-up
         results[method] = measure(explainer, records, manifest.parent, limits, a.per_category)

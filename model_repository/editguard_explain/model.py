@@ -60,7 +60,7 @@ class TritonPythonModel:
                            "explanation failed")
 
     def _run(self, works):
-        limits = dict(zip(self.explainer.labels, map(float, self.thresholds.values)))
+        limits = self.thresholds.values
         out = []
         for rows in works:
             texts = [json.dumps([e.record() for e in self.explainer.explain(src, prompt, output, mask, names, limits)])
