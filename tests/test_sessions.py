@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,11 @@ def test_a_turn_is_one_request_with_the_step_and_the_cumulative_triple(triton, r
         if first.unsafe:
             pytest.skip("the tiny model refused the first turn; the history would not advance")
         second = session.classify(turns[1]["prompt"], turns[1]["output"], turns[1]["mask"])
-        after = _stats(model_stats, triton)
+        # Triton counts a request in its statistics after it has answered it: read them until they stop moving
+        after, deadline = _stats(model_stats, triton), time.monotonic() + 10
+        while time.monotonic() < deadline and (after[0] - before[0], after[1] - before[1]) != (2, 3):
+            time.sleep(0.1)
+            after = _stats(model_stats, triton)
     assert (after[0] - before[0], after[1] - before[1]) == (2, 3)  # two requests, three triples
     assert second.turn == 2 and second.cumulative is not None
     step = _scores(served, turns[0]["output"], turns[1]["prompt"], turns[1]["output"], turns[1]["mask"])
