@@ -80,23 +80,20 @@ _LONG = ("We took this picture on a long walk by the river last summer, and the 
 
 
 def _with_long_prompt(example: dict[str, np.ndarray], pre) -> dict[str, np.ndarray]:
-    """Examples whose prompts are read in windows, the last one a prompt of several windows, so the parity
-    check covers the pooling. Token ids saved by a model dir before prompt windows (``[N, T]``) become the
-    first window of each prompt."""
+    """Examples whose prompts are read in windows, the last one a prompt of several windows and clauses, so
+    the parity check covers the pooling. Token ids saved with fewer windows than ``pre`` reads (``[N, T]``,
+    from a model dir before prompt windows, or before clause windows) are padded with empty windows."""
     if "input_ids" not in example:
         return example
     ids, att = pre.tokens([_LONG])
     example = dict(example)
     for k, long in (("input_ids", ids), ("attention_mask", att)):
-        a = example[k]
-        if a.ndim == 2:
-            lifted = np.full((a.shape[0], *long.shape[1:]), pre.tokenizer.padding["pad_id"] if k == "input_ids" else 0,
-                             a.dtype)
-            lifted[:, 0] = a
-            a = lifted
-        a = a.copy()
-        a[-1] = long[0]
-        example[k] = a
+        a = example[k] if example[k].ndim == 3 else example[k][:, None]
+        lifted = np.full((a.shape[0], *long.shape[1:]), pre.tokenizer.padding["pad_id"] if k == "input_ids" else 0,
+                         a.dtype)
+        lifted[:, :a.shape[1]] = a
+        lifted[-1] = long[0]
+        example[k] = lifted
     return example
 
 

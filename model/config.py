@@ -103,7 +103,16 @@ class PreprocessConfig:
     # every window is scored and each category takes its highest score, so an instruction anywhere in the
     # prompt counts as much as alone. A prompt that needs more windows than this is refused, never cut.
     prompt_windows: int = 16
+    # a prompt of several clauses (split at , . : ; ! ? brackets and dashes) is also read clause by clause, up
+    # to this many more windows (adjacent clauses merged, shortest first, where there are more), so a request
+    # framed by harmless words ("for an art class, ...") is scored as if alone. 0 = off: a model dir written
+    # before this field reads it as 0 and keeps the preprocessing it was trained and calibrated with.
+    clause_windows: int = 16
     normalize_prompt: bool = True  # fold obfuscated spellings first (editguard.model.normalize)
+    # undo typos: a word the model does not know, one edit from one it does (its training prompts' words,
+    # then its tokenizer's), becomes that word (normalize.Speller). A model dir written before this field
+    # reads it as False and keeps the preprocessing it was trained and calibrated with.
+    spelling: bool = True
     # a mask the pixels contradict (the images changed, but hardly anywhere inside it: an empty mask, or one
     # placed away from the change) is read as no mask, "anything may have changed" (Preprocessor.honest_mask)
     mask_check: bool = True
@@ -129,10 +138,17 @@ class PreprocessConfig:
             raise ValueError(f"preprocess.max_tokens must be at least 4, got {self.max_tokens}")
         if not 1 <= self.prompt_windows <= 256:
             raise ValueError(f"preprocess.prompt_windows must be 1..256, got {self.prompt_windows}")
+        if not 0 <= self.clause_windows <= 256:
+            raise ValueError(f"preprocess.clause_windows must be 0..256, got {self.clause_windows}")
         if self.reducing_gap is not None and self.reducing_gap < 1.0:
             raise ValueError(f"preprocess.reducing_gap must be >= 1.0 or null, got {self.reducing_gap}")
         self.mean = tuple(float(x) for x in self.mean)
         self.std = tuple(float(x) for x in self.std)
+
+    @property
+    def windows(self) -> int:
+        """The prompt's window axis: its token windows, then its clauses."""
+        return self.prompt_windows + self.clause_windows
 
     PIXEL_FIELDS = ("image_size", "resize", "pad_value", "reducing_gap")
 
@@ -195,7 +211,9 @@ class ModelConfig:
         try:
             d = json.loads(Path(path).read_text())
             if isinstance(d, dict) and isinstance(d.get("preprocess"), dict):
-                d["preprocess"].setdefault("mask_union", False)  # written before it: as trained
+                d["preprocess"].setdefault("mask_union", False)  # written before them: as trained
+                d["preprocess"].setdefault("spelling", False)
+                d["preprocess"].setdefault("clause_windows", 0)
             return cls.from_dict(d)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{path}: {e}") from e

@@ -76,7 +76,7 @@ def create_model(
         if hub_files(cfg):
             raise unavailable(cfg, e) from e
         raise
-    return net, Preprocessor(cfg.preprocess, load_tokenizer(tok_dir, cfg.preprocess.max_tokens))
+    return net, Preprocessor.load(cfg.preprocess, tok_dir)
 
 
 def save_model_dir(

@@ -352,7 +352,10 @@ class EditGuardNet(nn.Module):
         """A prompt read in windows (``[B, W, C]`` to ``[B, C]``): each category's highest logit over the
         prompt's windows, so a harm stated anywhere in a long prompt weighs as much as alone; for the
         categories of ``window_min`` (a change the prompt did not ask for) the lowest, since a change is
-        asked for when any part of the prompt asks for it. ``columns``: the labels ``logits`` has (a branch's)."""
+        asked for when any part of the prompt asks for it. Those take it over the prompt's own windows only,
+        not its clauses alone (``preprocess.clause_windows``): a clause cut from its sentence asks for less
+        than the sentence did, and the whole prompt's windows already hold every clause in its context.
+        ``columns``: the labels ``logits`` has (a branch's)."""
         if used is None:
             return logits
         info = torch.finfo(logits.dtype)
@@ -360,7 +363,8 @@ class EditGuardNet(nn.Module):
         highest = logits.masked_fill(unused, info.min).amax(1)
         if not self.cfg.window_min:
             return highest
-        lowest = logits.masked_fill(unused, info.max).amin(1)
+        own = used & (torch.arange(used.shape[1], device=used.device) < self.cfg.preprocess.prompt_windows)
+        lowest = logits.masked_fill(~own.unsqueeze(-1), info.max).amin(1)
         return torch.where(self.window_min[columns], lowest, highest)
 
     def features(self, **inputs: torch.Tensor | None) -> torch.Tensor:

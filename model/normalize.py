@@ -22,16 +22,24 @@ In order:
    half as many letters as stand-ins, and the stand-in touches a letter or another stand-in. Numbers, sizes and codes
    (``4k``, ``1080p``, ``h264``, ``2024``) have fewer letters and stay as they are.
 
-Misspellings and paraphrases are not undone here; the prompt tower's subword embeddings and the
-training-time obfuscations (``training.augment``) are what meet those.
+Paraphrases are not undone here; the prompt tower and the training-time obfuscations
+(``training.augment``) are what meet those. Misspellings are undone by :class:`Speller`, which needs
+the model's words (its tokenizer's vocabulary and its training prompts) and so runs after this, in
+:meth:`~editguard.model.preprocess.Preprocessor.prompt_text`, where ``preprocess.spelling`` is on.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
+from collections import Counter
+from pathlib import Path
+from typing import Iterable
 
-__all__ = ["normalize_prompt", "CONFUSABLES", "LEET"]
+__all__ = ["normalize_prompt", "CONFUSABLES", "LEET", "Speller", "LEXICON_FILE"]
+
+LEXICON_FILE = "lexicon.json"  # in a model dir's tokenizer/: the training prompts' words and their counts
 
 # Cyrillic and Greek letters drawn like a Latin letter (lower and upper case), after NFKC
 CONFUSABLES = {
@@ -112,3 +120,74 @@ def _leet(word: str) -> str:
             chars[i] = LEET[core[i]]
     start = word.index(core)
     return word[:start] + "".join(chars) + word[start + len(core):]
+
+
+_LETTERS = re.compile(r"(?<!\w)[A-Za-z]+(?!\w)")  # a whole word of Latin letters alone
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+
+
+class Speller:
+    """Typos undone: a word the model does not know, one edit (a letter dropped, added, replaced, or two
+    swapped) from one it does, becomes that word.
+
+    The known words are the training prompts' (the lexicon, ``tokenizer/lexicon.json``, written with the
+    tokenizer) and the tokenizer's whole-word vocabulary. Of several candidates, the lexicon's most
+    frequent wins, then the vocabulary's first (a WordPiece vocabulary lists common words first). Words of
+    under ``min_len`` letters, words with digits or non-Latin letters, and words the model knows stay as
+    they are, so a typo the training prompts themselves contain is read as the model learned it.
+    """
+
+    def __init__(self, lexicon: dict[str, int], vocab: Iterable[str] = (), min_len: int = 4):
+        self.min_len = min_len
+        self.rank: dict[str, tuple[int, int]] = {}
+        for i, w in enumerate(vocab):
+            if len(w) >= 3 and w.isascii() and w.isalpha() and w.islower():
+                self.rank.setdefault(w, (0, i))
+        for w, n in lexicon.items():
+            self.rank[w] = (-n, 0)
+
+    @classmethod
+    def build_lexicon(cls, prompts: Iterable[str], min_count: int = 2) -> dict[str, int]:
+        """The words (3+ Latin letters, lower-cased, after :func:`normalize_prompt`) seen at least
+        ``min_count`` times in ``prompts``."""
+        counts = Counter(w.lower() for p in prompts for w in _LETTERS.findall(normalize_prompt(p)) if len(w) >= 3)
+        return {w: n for w, n in sorted(counts.items()) if n >= min_count}
+
+    @classmethod
+    def load(cls, tokenizer_dir: str | Path, tokenizer) -> "Speller":
+        """The speller of a model dir's tokenizer: its lexicon file where there is one, and ``tokenizer``'s
+        vocabulary in id order."""
+        path = Path(tokenizer_dir) / LEXICON_FILE
+        lexicon = json.loads(path.read_text()) if path.exists() else {}
+        vocab = tokenizer.get_vocab() if tokenizer is not None else {}
+        return cls(lexicon, sorted(vocab, key=vocab.get))
+
+    def correct(self, text: str) -> str:
+        return _LETTERS.sub(lambda m: self._word(m.group(0)), text)
+
+    def _word(self, word: str) -> str:
+        low = word.lower()
+        if len(low) < self.min_len or low in self.rank:
+            return word
+        cands = [c for c in _edits(low) if c in self.rank]
+        if not cands:
+            return word
+        best = min(cands, key=lambda c: (self.rank[c], c))
+        if word.isupper():
+            return best.upper()
+        return best.capitalize() if word[0].isupper() else best
+
+
+def _edits(w: str) -> set[str]:
+    """Every string one edit from ``w``: a letter deleted, two neighbours swapped, one replaced or inserted."""
+    out: set[str] = set()
+    for i in range(len(w) + 1):
+        a, b = w[:i], w[i:]
+        if b:
+            out.add(a + b[1:])
+            out.update(a + c + b[1:] for c in _ALPHABET)
+        if len(b) > 1:
+            out.add(a + b[1] + b[0] + b[2:])
+        out.update(a + c + b for c in _ALPHABET)
+    out.discard(w)
+    return out

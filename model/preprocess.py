@@ -12,9 +12,11 @@ What the network receives (the ONNX inputs):
   a missing mask is all 255 ("anything may have changed"), and so is one the pixels contradict
   (:meth:`Preprocessor.honest_mask`);
 - prompt: ``int64 [W, T]`` token ids and attention mask: the prompt (normalised, see
-  :mod:`editguard.model.normalize`) in ``W = prompt_windows`` overlapping windows of ``T = max_tokens``
-  tokens, each starting half a window after the last; windows past the prompt's end are all padding
-  (attention 0). A prompt that needs more than ``W`` windows is refused, never cut.
+  :mod:`editguard.model.normalize`) in up to ``prompt_windows`` overlapping windows of ``T = max_tokens``
+  tokens, each starting half a window after the last, then, from window ``prompt_windows`` on, each of
+  its clauses alone (:func:`clauses`, up to ``clause_windows``); ``W = prompt_windows +
+  clause_windows``, and the windows a prompt does not fill are all padding (attention 0). A prompt
+  that needs more than ``prompt_windows`` windows is refused, never cut.
 
 Decisions on odd inputs (documented in the README): animated images use their
 first frame; EXIF orientation is honoured; alpha is composited onto black;
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +38,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import ModelConfig, PreprocessConfig
-from .normalize import normalize_prompt
+from .normalize import Speller, normalize_prompt
 
 __all__ = ["PreprocessError", "Preprocessor", "ImageSource"]
 
@@ -65,12 +68,18 @@ class Preprocessor:
 
     cfg: PreprocessConfig
     tokenizer: "object"  # a tokenizers.Tokenizer with truncation and padding set
+    speller: Speller | None = None  # typos undone (with preprocess.spelling); built by load()
 
     @classmethod
     def from_dir(cls, path: str | Path) -> "Preprocessor":
         path = Path(path)
-        cfg = ModelConfig.load(path / "config.json").preprocess
-        return cls(cfg, load_tokenizer(path / "tokenizer", cfg.max_tokens))
+        return cls.load(ModelConfig.load(path / "config.json").preprocess, path / "tokenizer")
+
+    @classmethod
+    def load(cls, cfg: PreprocessConfig, tokenizer_dir: str | Path) -> "Preprocessor":
+        """The preprocessor of ``cfg`` with the tokenizer (and its lexicon) in ``tokenizer_dir``."""
+        tok = load_tokenizer(tokenizer_dir, cfg.max_tokens)
+        return cls(cfg, tok, Speller.load(tokenizer_dir, tok) if cfg.spelling else None)
 
     # -- images ---------------------------------------------------------------
     def decode(self, data: ImageSource, field: str = "image") -> Image.Image:
@@ -192,7 +201,8 @@ class Preprocessor:
     # -- prompts ----------------------------------------------------------------
     def prompt_text(self, prompt: str | bytes, field: str = "prompt") -> str:
         """Validate and clean one prompt: UTF-8, no NULs or control characters, at most ``max_prompt_chars``
-        characters (a longer one is refused), its obfuscations folded when ``normalize_prompt`` is on."""
+        characters (a longer one is refused), its obfuscations folded when ``normalize_prompt`` is on and its
+        typos undone when ``spelling`` is."""
         if isinstance(prompt, (bytes, bytearray, memoryview)):
             try:
                 prompt = bytes(prompt).decode("utf-8")
@@ -205,6 +215,8 @@ class Preprocessor:
                                   f"{self.cfg.max_prompt_chars}; shorten it", "bad_prompt")
         if self.cfg.normalize_prompt:
             prompt = normalize_prompt(prompt)
+        if self.speller is not None:
+            prompt = self.speller.correct(prompt)
         return "".join(ch if ch.isprintable() or ch in " \t\n" else " " for ch in prompt)
 
     @property
@@ -215,13 +227,15 @@ class Preprocessor:
         return content + (self.cfg.prompt_windows - 1) * (content - content // 2)
 
     def tokens(self, prompts: list[str | bytes]) -> tuple[np.ndarray, np.ndarray]:
-        """Tokenize prompts: ``(input_ids, attention_mask)``, both ``int64 [B, prompt_windows, max_tokens]``
+        """Tokenize prompts: ``(input_ids, attention_mask)``, both ``int64 [B, windows, max_tokens]``
         (see the module docstring). A prompt longer than the windows cover raises :class:`PreprocessError`."""
         fields = [f"prompt[{i}]" if len(prompts) > 1 else "prompt" for i in range(len(prompts))]
         texts = [self.prompt_text(p, f) for p, f in zip(prompts, fields)]
         w, t = self.cfg.prompt_windows, self.cfg.max_tokens
-        ids = np.full((len(texts), w, t), self.tokenizer.padding["pad_id"], np.int64)
-        att = np.zeros((len(texts), w, t), np.int64)
+        ids = np.full((len(texts), self.cfg.windows, t), self.tokenizer.padding["pad_id"], np.int64)
+        att = np.zeros((len(texts), self.cfg.windows, t), np.int64)
+        parts = [clauses(x, self.cfg.clause_windows) for x in texts]
+        flat = self.tokenizer.encode_batch([c for cs in parts for c in cs]) if any(parts) else []
         for k, (e, field) in enumerate(zip(self.tokenizer.encode_batch(texts), fields)):
             windows = [e, *e.overflowing]
             if len(windows) > w:
@@ -229,6 +243,9 @@ class Preprocessor:
                                       f"reads ({w} windows of {t}); shorten it", "bad_prompt")
             for j, win in enumerate(windows):
                 ids[k, j], att[k, j] = win.ids, win.attention_mask
+            for j, win in enumerate(flat[:len(parts[k])], start=w):  # each clause's first window, from index w
+                ids[k, j], att[k, j] = win.ids, win.attention_mask
+            flat = flat[len(parts[k]):]
         return ids, att
 
     # -- whole triples ----------------------------------------------------------
@@ -278,6 +295,26 @@ class Preprocessor:
         if share_in < self.INSIDE_SHARE and (changed & ~inside).sum() > self.OUTSIDE_SHARE * mask.size:
             return np.full_like(mask, 255)
         return np.maximum(mask, changed.astype(np.uint8) * 255) if self.cfg.mask_union else mask
+
+
+_CLAUSE_BREAK = re.compile(r"[.!?;:,]+(?=\s|$)|[()\[\]{}\n]|\s[-\u2013\u2014]+\s")
+
+
+def clauses(text: str, most: int) -> list[str]:
+    """``text``'s clauses, for ``preprocess.clause_windows``: split at sentence and clause punctuation
+    followed by a space, brackets, line breaks and dashes between spaces; only those with a letter; none for a
+    prompt of one clause. Over ``most``, the two adjacent clauses with the fewest words between them are
+    joined until ``most`` remain."""
+    if most <= 0:
+        return []
+    parts = [c.strip() for c in _CLAUSE_BREAK.split(text)]
+    parts = [c for c in parts if any(ch.isalpha() for ch in c)]
+    if len(parts) < 2:
+        return []
+    while len(parts) > most:
+        i = min(range(len(parts) - 1), key=lambda j: len(parts[j].split()) + len(parts[j + 1].split()))
+        parts[i:i + 2] = [parts[i] + ", " + parts[i + 1]]
+    return parts
 
 
 def collate(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

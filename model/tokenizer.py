@@ -8,11 +8,13 @@ alone.
 
 from __future__ import annotations
 
+import json
 import string
 from pathlib import Path
 from typing import Iterable
 
 from .config import TextEncoderConfig, resolve_local
+from .normalize import LEXICON_FILE, Speller
 
 __all__ = ["build_tokenizer"]
 
@@ -27,10 +29,14 @@ def build_tokenizer(cfg: TextEncoderConfig, prompts: Iterable[str], out_dir: str
     most ``cfg.vocab_size`` tokens is built from ``prompts``; every printable
     ASCII character is in it, so unseen and obfuscated words ("cl0thes") split
     into characters rather than becoming ``[UNK]``.
+
+    Beside it goes ``lexicon.json``, the training prompts' words and their counts, which
+    :class:`~editguard.model.normalize.Speller` corrects typos toward.
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     out_dir = Path(out_dir)
+    prompts = list(prompts)
     if cfg.name is not None:
         tok = AutoTokenizer.from_pretrained(resolve_local(cfg.name), use_fast=True)
         if not tok.is_fast:
@@ -45,6 +51,7 @@ def build_tokenizer(cfg: TextEncoderConfig, prompts: Iterable[str], out_dir: str
             mask_token="[MASK]",
         )
     tok.save_pretrained(str(out_dir))
+    (out_dir / LEXICON_FILE).write_text(json.dumps(Speller.build_lexicon(prompts), indent=0) + "\n")
     return len(tok)
 
 

@@ -289,7 +289,7 @@ def step_tensorrt(c: Check) -> dict:
     from editguard.model.config import ModelConfig
 
     pre = ModelConfig.load(c.repo / "editguard" / "1" / "config.json").preprocess
-    windows = {k: (pre.prompt_windows, pre.max_tokens) for k in ("input_ids", "attention_mask")}
+    windows = {k: (pre.windows, pre.max_tokens) for k in ("input_ids", "attention_mask")}
     rows = []
     for model in (PROMPTS["editguard"], CLASSIFIER):
         t0 = time.perf_counter()

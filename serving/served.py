@@ -112,10 +112,10 @@ class OnnxClassifier:
 class PromptEmbeddings:
     """A frozen prompt tower's graph (``REPO/editguard_prompt/N``) behind an LRU of embeddings.
 
-    Keyed by a prompt's token ids and attention mask, so two spellings that tokenise alike share an
-    entry. ``size``: entries kept (default 4096, about 6 MB for MiniLM's 384 dims; the environment
-    variable ``EDITGUARD_PROMPT_CACHE`` overrides it, 0 turns the cache off). Only the windows a prompt
-    fills are run (:meth:`OnnxClassifier.run`).
+    Keyed by a window's token ids and attention mask (a whole prompt's, for a tower without a window
+    axis), so two spellings that tokenise alike share an entry. ``size``: entries kept (default 4096,
+    about 6 MB for MiniLM's 384 dims; the environment variable ``EDITGUARD_PROMPT_CACHE`` overrides it,
+    0 turns the cache off). Only the windows a prompt fills are run (:meth:`OnnxClassifier.run`).
     """
 
     def __init__(self, version_dir: str | Path, threads: int = 0, cuda_device: int | None = None,
@@ -126,7 +126,21 @@ class PromptEmbeddings:
         self.hits = self.misses = 0
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """``float32 [B, H]`` for ``int64 [B, T]`` ids and mask; each distinct uncached prompt runs once."""
+        """``float32 [B, H]`` for ``int64 [B, T]`` ids and mask, ``[B, W, H]`` for a prompt's windows
+        ``[B, W, T]``. A windowed tower's cache is kept per window: a window several prompts share (a clause
+        they have in common, a session's earlier turn prompts inside its cumulative prompt) runs once; the
+        windows past a prompt's end are zero rows, as in the graph."""
+        if self.net.windowed and input_ids.ndim == 3:
+            used = attention_mask[:, :, 0] > 0
+            if used.any():
+                rows = self._lookup(input_ids[used][:, None], attention_mask[used][:, None])[:, 0]
+                out = np.zeros((*used.shape, rows.shape[-1]), np.float32)
+                out[used] = rows
+                return out
+        return self._lookup(input_ids, attention_mask)
+
+    def _lookup(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """One cache entry per row; each distinct uncached row runs once."""
         keys = [i.tobytes() + a.tobytes() for i, a in zip(input_ids, attention_mask)]
         todo = {k: i for i, k in reversed(list(enumerate(keys))) if k not in self._cache}  # first row of each
         self.misses += len(todo)

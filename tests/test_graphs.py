@@ -76,15 +76,19 @@ def test_a_frozen_prompt_tower_is_exported_as_its_own_model(ensemble, few_triple
     assert [s.model_name for s in steps] == [PREPARE, PROMPT, CLASSIFIER, VERDICTS]
     meta = json.loads((repo / CLASSIFIER / "2" / "export.json").read_text())
     assert meta["parity_fp16"]["max_abs_prob"] <= 1e-2  # over the chain: prompt graph into classifier graph
-    # in-process (the inline graph), the prompt tower runs behind an LRU: each distinct prompt once
+    # in-process (the inline graph), the prompt tower runs behind an LRU: each distinct window once (a prompt's
+    # windows, then its clauses)
     served = ServedVersion.open(repo)
     triples = triple_bytes(few_triples, 8)
     items = [served.prepare(t["input"], t["prompt"], t["output"], t["mask"]) for t in triples]
     first = served.probabilities(items)
-    distinct = len({t["prompt"] for t in triples})
-    assert (served.prompt.misses, served.prompt.hits) == (distinct, len(items) - distinct)
+    windows = [(i.tobytes(), a.tobytes())
+               for it in items for i, a in zip(it["input_ids"], it["attention_mask"]) if a[0]]
+    distinct = len(set(windows))
+    assert distinct >= len({t["prompt"] for t in triples})
+    assert (served.prompt.misses, served.prompt.hits) == (distinct, len(windows) - distinct)
     np.testing.assert_array_equal(served.probabilities(items), first)
-    assert served.prompt.hits == 2 * len(items) - distinct
+    assert served.prompt.hits == 2 * len(windows) - distinct
 
 
 def test_the_prompt_graph_runs_only_the_windows_a_prompt_fills(ensemble, frozen_model):
@@ -100,7 +104,7 @@ def test_the_prompt_graph_runs_only_the_windows_a_prompt_fills(ensemble, frozen_
     batch = collate([pre.triple(np.zeros((8, 8, 3), np.uint8), p, np.zeros((8, 8, 3), np.uint8)) for p in prompts])
     ids, att = batch["input_ids"], batch["attention_mask"]
     filled = int((att[:, :, 0] > 0).sum())
-    assert att.shape[1] == pre.cfg.prompt_windows and 2 < filled < att.shape[0] * att.shape[1]
+    assert att.shape[1] == pre.cfg.windows and 2 < filled < att.shape[0] * att.shape[1]
     for version in ("1", "2"):
         net = OnnxClassifier(repo / PROMPT / version)
         assert net.windowed

@@ -133,10 +133,13 @@ def test_two_versions_side_by_side(triton, synth_sets, triple_bytes):
 
 
 def test_classifier_rejects_out_of_range_tokens(triton):
+    from editguard.model.config import PreprocessConfig
+
+    w = PreprocessConfig().windows  # the prompt's windows and its clauses
     with grpcclient.InferenceServerClient(triton.grpc_url) as c:
         arrays = {"input_image": np.zeros((1, 64, 64, 3), np.uint8), "output_image": np.zeros((1, 64, 64, 3), np.uint8),
-                  "mask": np.zeros((1, 64, 64), np.uint8), "input_ids": np.full((1, 16, 24), 10**6, np.int64),
-                  "attention_mask": np.ones((1, 16, 24), np.int64)}
+                  "mask": np.zeros((1, 64, 64), np.uint8), "input_ids": np.full((1, w, 24), 10**6, np.int64),
+                  "attention_mask": np.ones((1, w, 24), np.int64)}
         ins = []
         for k, v in arrays.items():
             x = grpcclient.InferInput(k, list(v.shape), {np.uint8: "UINT8", np.int64: "INT64"}[v.dtype.type])
