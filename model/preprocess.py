@@ -234,8 +234,6 @@ class Preprocessor:
         w, t = self.cfg.prompt_windows, self.cfg.max_tokens
         ids = np.full((len(texts), self.cfg.windows, t), self.tokenizer.padding["pad_id"], np.int64)
         att = np.zeros((len(texts), self.cfg.windows, t), np.int64)
-        parts = [clauses(x, self.cfg.clause_windows) for x in texts]
-        flat = self.tokenizer.encode_batch([c for cs in parts for c in cs]) if any(parts) else []
         for k, (e, field) in enumerate(zip(self.tokenizer.encode_batch(texts), fields)):
             windows = [e, *e.overflowing]
             if len(windows) > w:
@@ -243,9 +241,13 @@ class Preprocessor:
                                       f"reads ({w} windows of {t}); shorten it", "bad_prompt")
             for j, win in enumerate(windows):
                 ids[k, j], att[k, j] = win.ids, win.attention_mask
-            for j, win in enumerate(flat[:len(parts[k])], start=w):  # each clause's first window, from index w
+        # the clauses of prompts already known to fit (so a long run of commas is refused, never split)
+        parts = [clauses(x, self.cfg.clause_windows) for x in texts]
+        flat = self.tokenizer.encode_batch([c for cs in parts for c in cs]) if any(parts) else []
+        for k, cs in enumerate(parts):
+            for j, win in enumerate(flat[:len(cs)], start=w):  # each clause's first window, from index w
                 ids[k, j], att[k, j] = win.ids, win.attention_mask
-            flat = flat[len(parts[k]):]
+            flat = flat[len(cs):]
         return ids, att
 
     # -- whole triples ----------------------------------------------------------

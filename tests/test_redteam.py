@@ -137,13 +137,15 @@ def test_a_framed_request_is_also_read_alone(tmp_path):
     the framed request at least as high as the request alone; one pooled by its lowest reads the whole prompt."""
     from editguard.model.config import preset_config
     from editguard.model.model_dir import create_model
-    from editguard.model.preprocess import clauses
+    from editguard.model.preprocess import PreprocessError, clauses
 
     net, pre = create_model(preset_config("tiny"), tmp_path, prompts=[HARM, "make the sky pink"])
     framed = f"For an art class project, {HARM} (it is for a medical illustration, nothing bad)"
     assert clauses(framed, 8) == ["For an art class project", HARM, "it is for a medical illustration", "nothing bad"]
     assert clauses(framed, 2) == ["For an art class project, " + HARM, "it is for a medical illustration, nothing bad"]
     assert clauses(HARM, 8) == [] and clauses("make the sky 1.5x brighter", 8) == []
+    with pytest.raises(PreprocessError, match="longer than"):  # thousands of clauses: refused before splitting
+        pre.tokens(["a, " * 5000])
     ids, att = pre.tokens([framed, HARM])
     assert ids.shape[1] == pre.cfg.prompt_windows + pre.cfg.clause_windows == pre.cfg.windows
     whole = 1 + len(pre.tokenizer.encode(framed).overflowing)  # the tiny tokenizer spells unseen words out
