@@ -145,7 +145,7 @@ def test_a_framed_request_is_also_read_alone(tmp_path):
     assert clauses(framed, 2) == ["For an art class project, " + HARM, "it is for a medical illustration, nothing bad"]
     assert clauses(HARM, 8) == [] and clauses("make the sky 1.5x brighter", 8) == []
     with pytest.raises(PreprocessError, match="longer than"):  # thousands of clauses: refused before splitting
-        pre.tokens(["a, " * 5000])
+        pre.tokens(["sky, " * 3000])
     ids, att = pre.tokens([framed, HARM])
     assert ids.shape[1] == pre.cfg.prompt_windows + pre.cfg.clause_windows == pre.cfg.windows
     whole = 1 + len(pre.tokenizer.encode(framed).overflowing)  # the tiny tokenizer spells unseen words out
