@@ -159,7 +159,7 @@ class Speller:
         vocabulary in id order."""
         path = Path(tokenizer_dir) / LEXICON_FILE
         lexicon = json.loads(path.read_text()) if path.exists() else {}
-        vocab = tokenizer.get_vocab() if tokenizer is not None else {}
+        vocab = tokenizer.get_vocab()
         return cls(lexicon, sorted(vocab, key=vocab.get))
 
     def correct(self, text: str) -> str:

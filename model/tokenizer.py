@@ -43,7 +43,7 @@ def build_tokenizer(cfg: TextEncoderConfig, prompts: Iterable[str], out_dir: str
             raise ValueError(f"{cfg.name}: editguard needs a fast tokenizer (tokenizer.json)")
     else:
         tok = PreTrainedTokenizerFast(
-            tokenizer_object=_train_wordpiece(list(prompts), cfg.vocab_size),
+            tokenizer_object=_train_wordpiece(prompts, cfg.vocab_size),
             unk_token="[UNK]",
             pad_token="[PAD]",
             cls_token="[CLS]",

@@ -137,7 +137,7 @@ def test_a_framed_request_is_also_read_alone(tmp_path):
     the framed request at least as high as the request alone; one pooled by its lowest reads the whole prompt."""
     from editguard.model.config import preset_config
     from editguard.model.model_dir import create_model
-    from editguard.model.preprocess import PreprocessError, clauses
+    from editguard.model.preprocess import PreprocessError, clauses, collate
 
     net, pre = create_model(preset_config("tiny"), tmp_path, prompts=[HARM, "make the sky pink"])
     framed = f"For an art class project, {HARM} (it is for a medical illustration, nothing bad)"
@@ -154,7 +154,8 @@ def test_a_framed_request_is_also_read_alone(tmp_path):
     np.testing.assert_array_equal(ids[0, w + 1], ids[1, 0])  # the request alone
     net.eval()
     case = _case()
-    batch = collate_triples(pre, case, [framed, HARM])
+    batch = collate([pre.triple(case.input_image, p, case.output_image, case.mask) for p in (framed, HARM)])
+    batch = {k: torch.from_numpy(v) for k, v in batch.items()}
     with torch.no_grad():
         p = torch.sigmoid(net(**batch))
     highest = ~net.window_min
@@ -164,13 +165,6 @@ def test_a_framed_request_is_also_read_alone(tmp_path):
     with torch.no_grad():
         unclaused = torch.sigmoid(net(**batch))
     torch.testing.assert_close(p[0, ~highest], unclaused[0, ~highest])
-
-
-def collate_triples(pre, case: Case, prompts: list[str]) -> dict[str, torch.Tensor]:
-    from editguard.model.preprocess import collate
-
-    batch = collate([pre.triple(case.input_image, p, case.output_image, case.mask) for p in prompts])
-    return {k: torch.from_numpy(v) for k, v in batch.items()}
 
 
 # -- the whole prompt, whatever its length ---------------------------------------------------------------
