@@ -16,7 +16,10 @@ In order:
    word whose every non-Latin letter is such a look-alike (``rеmоvе`` with Cyrillic е and о). A
    word with letters of its own script (Russian ``одежда``) is left as it is.
 4. **Letters split apart** by spaces, dots, dashes, stars and the like (``r e m o v e``,
-   ``n.u.d.e``) are joined again when three or more single letters run in a row.
+   ``n.u.d.e``, ``b_l_0_0_d_y``) are joined again when three or more single letters or stand-ins run
+   in a row. Where the separator changes (``c*a*t d-o-g``) a space, or else the first of the two, is
+   the gap between two words; letters split by spaces alone run together (``themlook``), which the
+   :class:`Speller` splits again with the model's words.
 5. **Leetspeak inside words**: a digit or symbol standing for a letter (``cl0thes``, ``n4k3d``,
    ``$exy``, ``b00bs``) becomes that letter when the word has at least two real letters, at least
    half as many letters as stand-ins, and the stand-in touches a letter or another stand-in. Numbers, sizes and codes
@@ -31,6 +34,7 @@ the model's words (its tokenizer's vocabulary and its training prompts) and so r
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from collections import Counter
@@ -46,13 +50,16 @@ CONFUSABLES = {
     # Cyrillic
     "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c",
     "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "i", "ї": "i", "ј": "j", "һ": "h", "ԁ": "d", "ԛ": "q",
-    "ԝ": "w", "ɡ": "g", "ь": "b", "ӏ": "l", "ո": "n", "ս": "u",
+    "ԝ": "w", "ɡ": "g", "ь": "b", "ӏ": "l", "ո": "n", "ս": "u", "п": "n", "г": "r", "ѵ": "v",
     "А": "A", "В": "B", "Е": "E", "Ё": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C",
     "Т": "T", "У": "Y", "Х": "X", "Ѕ": "S", "І": "I", "Ї": "I", "Ј": "J", "Һ": "H", "Ԁ": "D", "Ԛ": "Q",
     "Ԝ": "W", "Ӏ": "I",
     # Greek
     "α": "a", "β": "b", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u",
-    "χ": "x", "γ": "y", "η": "n", "ω": "w",
+    "χ": "x", "γ": "y", "η": "n", "ω": "w", "σ": "o", "ς": "c", "ϲ": "c", "μ": "u", "ϳ": "j",
+    "Ϲ": "C", "Ϳ": "J",
+    # Latin letters from other blocks (IPA, dotless)
+    "ı": "i", "ɩ": "i", "ȷ": "j", "ɑ": "a", "ʋ": "u",
     "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O",
     "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
 }
@@ -63,8 +70,11 @@ LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9
 
 # characters that render as nothing (beyond category Cf, removed wholesale)
 _BLANKS = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800", "\u180e", "\u034f"}
-# three or more single letters with the same separator between each (the run ends where it changes)
-_SPLIT = re.compile(r"(?<![^\W_])([^\W\d_])([ .\-_*·•,/|~+'\"]{1,3})([^\W\d_])((?:\2[^\W\d_])+)(?![^\W_])")
+# three or more single characters (letters, digits, @ or $) with separators between them
+_UNIT = r"(?:[^\W_]|[@$])"
+_SEP = r"[ .\-_*·•,/|~+'\"]{1,3}"
+_SPLIT = re.compile(rf"(?<![^\W_@$]){_UNIT}(?:{_SEP}{_UNIT}){{2,}}(?![^\W_@$])")
+_SEPS = re.compile(_SEP)
 _WORD = re.compile(r"[^\s]+")
 
 
@@ -73,8 +83,31 @@ def normalize_prompt(text: str) -> str:
     unchanged, apart from NFKC and whitespace."""
     text = unicodedata.normalize("NFKC", text)
     text = _drop_invisible(text)
-    text = _SPLIT.sub(lambda m: m.group(1) + m.group(3) + m.group(4).replace(m.group(2), ""), text)
+    text = _SPLIT.sub(_join, text)
     return _WORD.sub(lambda m: _leet(_fold(m.group(0))), text)
+
+
+def _join(m: re.Match) -> str:
+    """A run of split letters joined, a word where the separator stays the same: where it changes, the
+    space (``c*a*t d-o-g``, ``c a t d.o.g``) or else the first of the two is the gap between words. A run of
+    under two letters (``1, 2, 3``) stays."""
+    run = m.group(0)
+    seps = _SEPS.findall(run)
+    units = _SEPS.split(run)
+    if sum(u.isalpha() for u in units) < 2:
+        return run
+    gaps = set()
+    for k in range(1, len(seps)):
+        if seps[k] != seps[k - 1]:
+            gaps.add(k if seps[k].isspace() or not seps[k - 1].isspace() else k - 1)
+    words, word = [], units[0]
+    for k, unit in enumerate(units[1:]):
+        if k in gaps:
+            words.append(word)
+            word = unit
+        else:
+            word += unit
+    return " ".join(words + [word])
 
 
 def _drop_invisible(text: str) -> str:
@@ -124,17 +157,39 @@ def _leet(word: str) -> str:
 
 _LETTERS = re.compile(r"(?<!\w)[A-Za-z]+(?!\w)")  # a whole word of Latin letters alone
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+# what a character may stand for inside a word: the leetspeak letters, and "i" and "l" for each other (a
+# Greek iota, a palochka, a capital I and a 1 are each read as either)
+_READINGS = {**{c: LEET[c] for c in LEET}, "1": "il", "!": "il", "|": "li", "i": "il", "l": "li"}
+# a word's letters and stand-ins (apostrophes and hyphens split it)
+_PIECE = re.compile(r"(?<!\w)[A-Za-z0-9@$|!+€£]+(?!\w)")
+_SHORT = ("a", "i", "an", "as", "at", "be", "by", "do", "go", "he", "if", "in", "is", "it", "me", "my", "no",
+          "of", "on", "or", "so", "to", "up", "us", "we")  # the short words a run of split letters may hold
+_MOST_READINGS = 64
 
 
 class Speller:
-    """Typos undone: a word the model does not know, one edit (a letter dropped, added, replaced, or two
-    swapped) from one it does, becomes that word.
+    """Words read as the model knows them: stand-ins and typos undone with the model's own words.
 
     The known words are the training prompts' (the lexicon, ``tokenizer/lexicon.json``, written with the
-    tokenizer) and the tokenizer's whole-word vocabulary. Of several candidates, the lexicon's most
-    frequent wins, then the vocabulary's first (a WordPiece vocabulary lists common words first). Words of
-    under ``min_len`` letters, words with digits or non-Latin letters, and words the model knows stay as
-    they are, so a typo the training prompts themselves contain is read as the model learned it.
+    tokenizer) and the tokenizer's whole-word vocabulary. A word the model does not know is read as, in
+    order:
+
+    1. a known word that its stand-ins spell (``7h3`` the, ``wal|`` wall, ``g1ow`` glow: a ``1``, ``!``,
+       ``|``, ``i`` or ``l`` may be either ``i`` or ``l``, which :func:`normalize_prompt` cannot tell apart);
+    2. the article and a known word (``akid``: letters split by spaces, ``a k i d``, joined with the word
+       before them);
+    3. a known word one edit away (a letter dropped, added, replaced, or two swapped), for words of
+       ``min_len`` or more letters: typos;
+    4. two to four known words run together, for words of 6 or more letters (``themlook``: letters split by
+       spaces that :func:`normalize_prompt` joined across a word boundary).
+
+    Of several candidates, one that keeps the word's first letter wins (typos rarely touch it, bar a swap
+    of the first two), then one with the same letters swapped, then one a letter dropped from (the
+    commonest typos), then the lexicon's most frequent, then the vocabulary's first (a WordPiece vocabulary
+    lists common words first). Words of three letters are read only as a training word a letter dropped
+    from (``bst`` best). Known words stay as they are, so a typo the training prompts themselves contain is
+    read as the model learned it, except that a word only the vocabulary knows is read as a training word
+    its stand-ins may spell (``pis`` pls). Words of non-Latin letters and numbers stay as they are.
     """
 
     def __init__(self, lexicon: dict[str, int], vocab: Iterable[str] = (), min_len: int = 4):
@@ -145,6 +200,8 @@ class Speller:
                 self.rank.setdefault(w, (0, i))
         for w, n in lexicon.items():
             self.rank[w] = (-n, 0)
+        # the words a run-together word may split into: the lexicon's, the vocabulary's of 4+ letters, short ones
+        self.parts = {w: max(0, -r[0]) for w, r in self.rank.items() if r[0] or len(w) >= 4} | {w: 1 for w in _SHORT}
 
     @classmethod
     def build_lexicon(cls, prompts: Iterable[str], min_count: int = 2) -> dict[str, int]:
@@ -163,19 +220,77 @@ class Speller:
         return cls(lexicon, sorted(vocab, key=vocab.get))
 
     def correct(self, text: str) -> str:
-        return _LETTERS.sub(lambda m: self._word(m.group(0)), text)
+        return _PIECE.sub(lambda m: self._piece(m.group(0)), text)
+
+    def _piece(self, piece: str) -> str:
+        word = piece.rstrip("!")  # exclamation marks after a word are punctuation
+        return (self._word(word) if word else "") + piece[len(word):]
 
     def _word(self, word: str) -> str:
         low = word.lower()
-        if len(low) < self.min_len or low in self.rank:
+        letters = sum(c.isalpha() for c in low)
+        if not letters or 2 * letters < len(low) - letters:
+            return word  # no letters (a number), or more stand-ins than letters can carry
+        if low in self.rank:  # known; a word only the vocabulary knows may stand for one the training prompts use
+            if self.rank[low][0] or not any(c in _READINGS for c in low):
+                return word
+            best = self._best([r for r in _readings(low) if self.rank.get(r, (0,))[0]], [low])
+            return word if best is None else best
+        readings = _readings(low)
+        best = self._best([r for r in readings if r in self.rank], readings)
+        if best is None and low[:1] == "a" and low[1:] in self.rank:
+            best = "a " + low[1:]  # the article run into its word (letters split by spaces: a k i d)
+        if best is None and len(low) >= self.min_len:
+            best = self._best([c for r in readings[:16] for c in _edits(r) if c in self.rank], readings)
+        elif best is None and len(low) == self.min_len - 1:  # a short word: only a letter dropped from a word
+            best = self._best([c for r in readings[:16] for c in _inserts(r) if self.rank.get(c, (0,))[0] < 0],
+                              readings)
+        if best is None and len(low) >= 6 and low.isalpha():
+            best = self._split(low)
+        if best is None:
             return word
-        cands = [c for c in _edits(low) if c in self.rank]
-        if not cands:
-            return word
-        best = min(cands, key=lambda c: (self.rank[c], c))
-        if word.isupper():
+        if word.isupper() and word.isalpha():
             return best.upper()
         return best.capitalize() if word[0].isupper() else best
+
+    def _best(self, cands: list[str], readings: list[str]) -> str | None:
+        if not cands:
+            return None
+        starts = {r[:1] for r in readings} | {r[1:2] for r in readings}  # a typo may swap the first two letters
+        letters = sorted(readings[0])
+
+        def key(c: str):  # the first letter kept; then two letters swapped, a letter dropped, the rest
+            return c[:1] not in starts, sorted(c) != letters, len(c) < len(readings[0]), self.rank[c], c
+        return min(cands, key=key)
+
+    def _split(self, w: str) -> str | None:
+        """``w`` as the fewest known words (2 to 4) run together, the most frequent of equals."""
+        best: list[tuple[int, float, list[str]] | None] = [None] * (len(w) + 1)
+        best[0] = (0, 0.0, [])
+        for end in range(1, len(w) + 1):
+            for start in range(max(0, end - 20), end):
+                part, prev = w[start:end], best[start]
+                if prev is None or part not in self.parts or prev[0] >= 4:
+                    continue
+                cand = (prev[0] + 1, prev[1] - math.log1p(self.parts[part]), prev[2] + [part])
+                if best[end] is None or cand[:2] < best[end][:2]:
+                    best[end] = cand
+        found = best[len(w)]
+        return " ".join(found[2]) if found is not None and found[0] >= 2 else None
+
+
+def _readings(w: str) -> list[str]:
+    """The spellings ``w``'s stand-ins may hide, the first reading of each first (at most 64)."""
+    out = [""]
+    for c in w:
+        options = _READINGS.get(c, c)
+        out = [o + x for o in out for x in options][:_MOST_READINGS]
+    return out
+
+
+def _inserts(w: str) -> set[str]:
+    """Every string with one more letter than ``w``."""
+    return {w[:i] + c + w[i:] for i in range(len(w) + 1) for c in _ALPHABET}
 
 
 def _edits(w: str) -> set[str]:
