@@ -70,12 +70,13 @@ LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9
 
 # characters that render as nothing (beyond category Cf, removed wholesale)
 _BLANKS = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800", "\u180e", "\u034f"}
-# three or more single characters (letters, digits, @ or $) with separators between them
-_UNIT = r"(?:[^\W_]|[@$])"
-_SEP = r"[ .\-_*·•,/|~+'\"]{1,3}"
-_SPLIT = re.compile(rf"(?<![^\W_@$]){_UNIT}(?:{_SEP}{_UNIT}){{2,}}(?![^\W_@$])")
+# three or more single characters (letters, digits, @ $ ! |) with separators between them
+_UNIT = r"(?:[^\W_]|[@$!|])"
+_SEP = r"[ .\-_*·•,/~+'\"]{1,3}"
+_SPLIT = re.compile(rf"(?<![^\W_@$!|]){_UNIT}(?:{_SEP}{_UNIT}){{2,}}(?![^\W_@$!|])")
 _SEPS = re.compile(_SEP)
 _WORD = re.compile(r"[^\s]+")
+_QUANTITY = re.compile(r"\d+[a-z]{0,2}")  # 100k, 1080p, 5th, 3d
 
 
 def normalize_prompt(text: str) -> str:
@@ -139,7 +140,7 @@ def _leet(word: str) -> str:
         return word
     letters = sum(c.isalpha() for c in core)
     stand_ins = [i for i, c in enumerate(core) if c in LEET]
-    if not stand_ins or letters < 2 or len(stand_ins) > 2 * letters:
+    if not stand_ins or letters < 2 or len(stand_ins) > 2 * letters or _QUANTITY.fullmatch(core.lower()):
         return word
     if any(not (c.isalpha() or c in LEET or c in "-'") for c in core):
         return word  # a code, a path or a number with units: not a spelled word
@@ -149,7 +150,7 @@ def _leet(word: str) -> str:
         left = i > 0 and (core[i - 1].isalpha() or core[i - 1] in LEET)
         right = i < last and (core[i + 1].isalpha() or core[i + 1] in LEET)
         if (left and right) or (i == 0 and right and core[1].isalpha()) or \
-                (i == last and core[i].isdigit() and core[i - 1].isalpha()):
+                (i == last and (core[i].isdigit() or core[i] == "|") and left):
             chars[i] = LEET[core[i]]
     start = word.index(core)
     return word[:start] + "".join(chars) + word[start + len(core):]
@@ -229,8 +230,9 @@ class Speller:
     def _word(self, word: str) -> str:
         low = word.lower()
         letters = sum(c.isalpha() for c in low)
-        if not letters or 2 * letters < len(low) - letters:
-            return word  # no letters (a number), or more stand-ins than letters can carry
+        if not letters or _QUANTITY.fullmatch(low):
+            return word  # a number, or one with its unit (100k, 1080p, 5th)
+        word_like = 2 * letters >= len(low) - letters  # at least half as many letters as stand-ins
         if low in self.rank:  # known; a word only the vocabulary knows may stand for one the training prompts use
             if self.rank[low][0] or not any(c in _READINGS for c in low):
                 return word
@@ -240,13 +242,15 @@ class Speller:
         best = self._best([r for r in readings if r in self.rank], readings)
         if best is None and low[:1] == "a" and low[1:] in self.rank:
             best = "a " + low[1:]  # the article run into its word (letters split by spaces: a k i d)
-        if best is None and len(low) >= self.min_len:
+        if best is None and word_like and len(low) >= self.min_len:
             best = self._best([c for r in readings[:16] for c in _edits(r) if c in self.rank], readings)
-        elif best is None and len(low) == self.min_len - 1:  # a short word: only a letter dropped from a word
+        elif best is None and word_like and len(low) == self.min_len - 1:  # only a letter dropped from a word
             best = self._best([c for r in readings[:16] for c in _inserts(r) if self.rank.get(c, (0,))[0] < 0],
                               readings)
         if best is None and len(low) >= 6 and low.isalpha():
             best = self._split(low)
+        if best is None and word_like and not low.isalpha() and low[0] != "@":  # (not a handle)
+            best = readings[0]  # a word the model has not seen, its stand-ins read as their first letters
         if best is None:
             return word
         if word.isupper() and word.isalpha():

@@ -93,7 +93,8 @@ def test_normalisation_joins_split_letters_across_separators_and_stand_ins():
     assert normalize_prompt("t h e m l o o k") == "themlook"  # one separator throughout: the speller splits it
     assert normalize_prompt("b_l_0_0_d_y and m*@*k*e") == "bloody and make"
     assert normalize_prompt("ѕσмε ϲlothes, ɩ mean") == "some clothes, i mean"  # sigma, lunate sigma, Latin iota
-    for plain in ("1, 2, 3", "a b", "plan A, B or C", "give them a 1980s haircut"):
+    assert normalize_prompt("5.u.p.r.3.m.@.c.!.5.7 and u.n.v.3.i.|") == "supremacist and unveil"
+    for plain in ("1, 2, 3", "a b", "plan A, B or C", "give them a 1980s haircut", "the 5th and 1st"):
         assert normalize_prompt(plain) == plain, plain
 
 
@@ -101,7 +102,7 @@ def test_the_speller_reads_stand_ins_typos_and_run_together_words_with_the_model
     from editguard.model.normalize import Speller
 
     lexicon = {"glow": 3, "grow": 9, "the": 50, "wall": 4, "them": 8, "look": 6, "best": 5, "east": 7, "turban": 2,
-               "turn": 9, "pls": 3, "make": 12}
+               "turn": 9, "pls": 3, "make": 12, "clothes": 4}
     speller = Speller(lexicon, vocab=["pis", "sin", "skin", "hello"])
     read = {
         "g1ow up": "glow up",  # a 1 is an i or an l: the reading the model knows wins over a typo of another word
@@ -113,10 +114,12 @@ def test_the_speller_reads_stand_ins_typos_and_run_together_words_with_the_model
         "Lose the turbn": "Lose the turban",  # a dropped letter rather than an extra one
         "bst": "best",  # a short word: a dropped letter only, and only to a training word
         "beautify pis": "beautify pls",  # a vocabulary-only word read as a training word through its stand-in
+        "|00k 8e57 c107h3$": "look best clothes",  # more stand-ins than letters, where a known word is spelled
+        "a 70dd|3r": "a toddler",  # an unknown word: its stand-ins read as their first letters
     }
     for typed, meant in read.items():
         assert speller.correct(typed) == meant, typed
-    for kept in ("100k followers", "hello!", "sin", "4k h264 1080p", "teh", "Straße café", "user@example.com"):
+    for kept in ("100k followers", "hello!", "sin", "4k h264 1080p", "teh", "Straße café", "ask @johnny"):
         assert speller.correct(kept) == kept, kept
 
 
@@ -228,7 +231,7 @@ def test_an_instruction_past_the_first_window_is_read(tmp_path):
         per_window = torch.stack([net(**{**batch, "input_ids": batch["input_ids"][:, j:j + 1],
                                          "attention_mask": batch["attention_mask"][:, j:j + 1]})
                                   for j in range(used)], 1)
-    assert net.cfg.window_min == ["identity_alteration", "religious_cultural", "unintended_change"]
+    assert net.cfg.window_min == ["identity_alteration", "unintended_change"]
     torch.testing.assert_close(pooled, torch.where(net.window_min, per_window.amin(1), per_window.amax(1)))
     with pytest.raises(PreprocessError, match="longer than the .* tokens this model reads"):
         pre.tokens([" ".join(["word"] * (pre.prompt_token_limit + 10))])
@@ -399,7 +402,8 @@ def test_training_rewrites_prompts_and_moves_masks_and_nothing_else(few_triples,
         changed += not np.array_equal(a["input_ids"], b["input_ids"])
         windows += int(b["attention_mask"][1:, 0].any())
         np.testing.assert_array_equal(b["input_ids"], rewritten[i]["input_ids"])  # seeded by (seed, epoch, item)
-    assert changed >= 0.6 * len(records) and windows >= 1  # leetspeak mostly folds back to the same tokens
+    # a framing or padding always changes the tokens; typos and leetspeak mostly read back as the same ones
+    assert changed >= 0.4 * len(records) and windows >= 1
 
     lied = TripleDataset(records, pre, names, augment=True, seed=3, mask_dropout=0.0, mask_lie=1.0)
     honest = TripleDataset(records, pre, names, augment=True, seed=3, mask_dropout=0.0)
