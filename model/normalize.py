@@ -185,9 +185,9 @@ class Speller:
        spaces that :func:`normalize_prompt` joined across a word boundary).
 
     Of several candidates, one that keeps the word's first letter wins (typos rarely touch it, bar a swap
-    of the first two), then one with the same letters swapped, then one a letter dropped from (the
-    commonest typos), then the lexicon's most frequent, then the vocabulary's first (a WordPiece vocabulary
-    lists common words first). Words of three letters are read only as a training word a letter dropped
+    of the first two), then a training word, then the likelier typo (a letter dropped, doubled or two
+    swapped, then one replaced, then one added), then the lexicon's most frequent, then the vocabulary's
+    first (a WordPiece vocabulary lists common words first). Words of three letters are read only as a training word a letter dropped
     from (``bst`` best). Known words stay as they are, so a typo the training prompts themselves contain is
     read as the model learned it, except that a word only the vocabulary knows is read as a training word
     its stand-ins may spell (``pis`` pls). Words of non-Latin letters and numbers stay as they are.
@@ -260,11 +260,11 @@ class Speller:
     def _best(self, cands: list[str], readings: list[str]) -> str | None:
         if not cands:
             return None
+        word = readings[0]
         starts = {r[:1] for r in readings} | {r[1:2] for r in readings}  # a typo may swap the first two letters
-        letters = sorted(readings[0])
 
-        def key(c: str):  # the first letter kept; then two letters swapped, a letter dropped, the rest
-            return c[:1] not in starts, sorted(c) != letters, len(c) < len(readings[0]), self.rank[c], c
+        def key(c: str):  # the first letter kept; a training word; the likelier typo; the most frequent
+            return c[:1] not in starts, self.rank[c][0] == 0, _typo(word, c), self.rank[c], c
         return min(cands, key=key)
 
     def _split(self, w: str) -> str | None:
@@ -290,6 +290,17 @@ def _readings(w: str) -> list[str]:
         options = _READINGS.get(c, c)
         out = [o + x for o in out for x in options][:_MOST_READINGS]
     return out
+
+
+def _typo(typed: str, meant: str) -> int:
+    """How unlikely a typo turns ``meant`` into ``typed``: 0 for a letter dropped, doubled, or two swapped
+    (the commonest), 1 for a letter replaced, 2 for a letter added."""
+    if len(typed) < len(meant) or sorted(typed) == sorted(meant):
+        return 0
+    if len(typed) > len(meant):
+        i = next((i for i, (a, b) in enumerate(zip(typed, meant)) if a != b), len(meant))
+        return 0 if i > 0 and typed[i] == typed[i - 1] else 2
+    return 1
 
 
 def _inserts(w: str) -> set[str]:
