@@ -13,10 +13,11 @@ set (precision >= 0.9 per category, installed), then:
 
 Variants:
 
-- `plain`: the training as it is (`editguard train --preset cpu`);
+- `plain`: no rewritten prompts (`editguard train --preset cpu --prompt-augment 0`);
 - `augmented`: `--prompt-augment 0.3 --mask-lie 0.1`: the prompts of 30% of the training items
-  rewritten (`editguard.training.augment`: typos, leetspeak, a benign framing, friendly padding), and
-  the masks of 10% moved away from the change (`editguard.training.data.misplace_mask`).
+  rewritten (`editguard.training.augment`: typos, leetspeak, a benign framing, friendly padding; the
+  default for the `cpu` model, not for the pre-check), and the masks of 10% moved away from the change
+  (`editguard.training.data.misplace_mask`).
 
 Writes OUT/redteam_variants.json and OUT/redteam_variants.md; models, repositories and reports are
 reused on a re-run.
@@ -32,7 +33,7 @@ import numpy as np
 
 from scripts.experiments import EPOCHS, parser, realistic_benchmark, run, write_table
 
-VARIANTS = {"plain": [], "augmented": ["--prompt-augment", "0.3", "--mask-lie", "0.1"]}
+VARIANTS = {"plain": ["--prompt-augment", "0"], "augmented": ["--prompt-augment", "0.3", "--mask-lie", "0.1"]}
 PER_CLASS = 400
 ATTACKS = "wording,long_prompt,mask"
 

@@ -3,6 +3,7 @@ path (training, in-process, served); `editguard redteam` against a real Triton w
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import subprocess
@@ -424,6 +425,19 @@ def test_training_rewrites_prompts_and_moves_masks_and_nothing_else(few_triples,
 
 
 @pytest.mark.slow
+def test_prompts_are_rewritten_by_default_for_the_post_check_only():
+    from editguard.training.train import PROMPT_AUGMENT, TrainConfig, with_prompt_augment
+
+    cfg = TrainConfig(train="t.jsonl", val="v.jsonl", out="out")
+    assert cfg.prompt_augment is None
+    assert with_prompt_augment(cfg, judges_output=True).prompt_augment == PROMPT_AUGMENT == 0.3
+    assert with_prompt_augment(cfg, judges_output=False).prompt_augment == 0.0
+    chosen = dataclasses.replace(cfg, prompt_augment=0.0)
+    assert with_prompt_augment(chosen, judges_output=True).prompt_augment == 0.0  # --prompt-augment 0 turns it off
+    with pytest.raises(ValueError, match="--prompt-augment is a share"):
+        TrainConfig(train="t.jsonl", val="v.jsonl", out="out", prompt_augment=1.5)
+
+
 def test_adversarial_training_runs(few_triples, tmp_path):
     """`train --adversarial 1` trains every batch on the carried perturbation and writes a model dir;
     `--prompt-augment` and `--mask-lie` rewrite prompts and move masks in the same run."""

@@ -37,6 +37,7 @@ from ..model.prompt_cache import PromptCache, with_cache
 from ..model.taxonomy import Taxonomy, appended_categories, load_taxonomy
 from .data import TripleDataset, collate_batch, label_matrix
 from .loop import TrainingRun, fit, optimizer_for, pos_weight, save_examples, setup_ranks
+from .train import with_prompt_augment
 
 _logger = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ def grow(cfg) -> dict:
     for p in _trainable(net) if cfg.tune == "all" else net.branches[-1].parameters():
         p.requires_grad_(True)
     out.mkdir(parents=True, exist_ok=True)
+    cfg = with_prompt_augment(cfg, net.cfg.use_output_image)
     write_json_atomic(out / "train_config.json", dataclasses.asdict(cfg))
     loader, val_loader = _loaders(cfg, recs, val_recs, pre, names, out)
     opt, sched = optimizer_for(net, cfg, cfg.epochs * len(loader))

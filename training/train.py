@@ -65,7 +65,9 @@ class TrainConfig:
     realistic_augment: bool = True  # codec/resample/blur/noise on the images, mask jitter, 1-px shifts
     adversarial: float = 0.0  # share of batches trained on a carried perturbation (model.adversarial; 0: off)
     adversarial_eps: float = 8.0  # its L-infinity bound, 0-255 scale
-    prompt_augment: float = 0.0  # share of items whose prompt is rewritten (training.augment; 0: off)
+    # share of items whose prompt is rewritten (training.augment; 0: off); None: PROMPT_AUGMENT for a model that
+    # judges the output, 0 for a pre-check (measured in docs/red-team.md)
+    prompt_augment: float | None = None
     mask_lie: float = 0.0  # share of items whose mask is moved away from the change (training.data.misplace_mask)
     seed: int = 0  # seeds init, shuffling and dropout
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
@@ -93,12 +95,24 @@ class TrainConfig:
             raise ValueError(f"--adversarial is a share of batches, 0 to 1 (got {self.adversarial}), and "
                              f"--adversarial-eps a positive bound (got {self.adversarial_eps})")
         for flag, share in (("--prompt-augment", self.prompt_augment), ("--mask-lie", self.mask_lie)):
-            if not 0.0 <= share <= 1.0:
+            if share is not None and not 0.0 <= share <= 1.0:
                 raise ValueError(f"{flag} is a share of items, 0 to 1 (got {share})")
         if self.tune not in ("branch", "towers", "all"):
             raise ValueError(f"tune must be 'branch', 'towers' or 'all', got {self.tune!r}")
         if self.replay_size < 0:
             raise ValueError(f"replay_size must be 0 or more, got {self.replay_size}")
+
+
+PROMPT_AUGMENT = 0.3  # the default --prompt-augment of a model that judges the output
+
+
+def with_prompt_augment(cfg: TrainConfig, judges_output: bool) -> TrainConfig:
+    """``cfg`` with its default ``prompt_augment`` resolved: :data:`PROMPT_AUGMENT` for a model that sees the
+    output (its long-prompt and framing attack success fell to a third at no clean cost), 0 for a pre-check
+    (its clean AUROC fell by 0.016 and an instruction mid-paragraph got through more often)."""
+    if cfg.prompt_augment is not None:
+        return cfg
+    return dataclasses.replace(cfg, prompt_augment=PROMPT_AUGMENT if judges_output else 0.0)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -112,6 +126,7 @@ def train(cfg: TrainConfig) -> dict:
     """
     if cfg.from_model:
         raise ValueError("a config with from_model grows a trained model: call editguard.training.grow.grow(cfg)")
+    cfg = with_prompt_augment(cfg, preset_config(cfg.preset, **ABLATIONS[cfg.ablation]).use_output_image)
     d = setup_ranks(cfg.device, cfg.seed)
     if cfg.batch_size % (d.world * cfg.grad_accum):
         raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of ranks x --grad-accum "

@@ -54,9 +54,10 @@ def add_train(sub) -> None:
                    "carried into the output outside the mask, found by a 2-step PGD (docs/red-team.md; default: 0)")
     g.add_argument("--adversarial-eps", type=float, default=8.0, metavar="EPS",
                    help="its L-infinity bound on the 0-255 scale (default: %(default)s)")
-    g.add_argument("--prompt-augment", type=float, default=0.0, metavar="SHARE",
+    g.add_argument("--prompt-augment", type=float, default=None, metavar="SHARE",
                    help="this share of training items (0-1) gets its prompt rewritten: typos, leetspeak, a benign "
-                   "framing, or friendly sentences around the instruction (docs/red-team.md; default: %(default)s)")
+                   "framing, or friendly sentences around the instruction, so long and framed prompts are read "
+                   "right (docs/red-team.md; default: 0.3 for a model that sees the output, 0 for a pre-check)")
     g.add_argument("--mask-lie", type=float, default=0.0, metavar="SHARE",
                    help="this share of training items (0-1) gets its mask moved away from the change, labels kept, so "
                    "the model does not trust a lying mask (docs/red-team.md; default: %(default)s)")
