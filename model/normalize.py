@@ -17,13 +17,13 @@ In order:
    word with letters of its own script (Russian ``одежда``) is left as it is.
 4. **Letters split apart** by spaces, dots, dashes, stars and the like (``r e m o v e``,
    ``n.u.d.e``, ``b_l_0_0_d_y``) are joined again when three or more single letters or stand-ins run
-   in a row. Where the separator changes (``c*a*t d-o-g``) a space, or else the first of the two, is
-   the gap between two words; letters split by spaces alone run together (``themlook``), which the
+   in a row. Where the separator changes (``c*a*t d-o-g``, ``c*a*t-d-o-g``) a space, or else the first
+   separator of the new kind, is the gap between two words; letters split by spaces alone run together (``themlook``), which the
    :class:`Speller` splits again with the model's words.
 5. **Leetspeak inside words**: a digit or symbol standing for a letter (``cl0thes``, ``n4k3d``,
    ``$exy``, ``b00bs``) becomes that letter when the word has at least two real letters, at least
-   half as many letters as stand-ins, and the stand-in touches a letter or another stand-in. Numbers, sizes and codes
-   (``4k``, ``1080p``, ``h264``, ``2024``) have fewer letters and stay as they are.
+   half as many letters as stand-ins, and the stand-in touches a letter or another stand-in. Numbers,
+   sizes and codes (``4k``, ``1080p``, ``5th``, ``h264``, ``2024``) stay as they are.
 
 Paraphrases are not undone here; the prompt tower and the training-time obfuscations
 (``training.augment``) are what meet those. Misspellings are undone by :class:`Speller`, which needs
@@ -90,8 +90,8 @@ def normalize_prompt(text: str) -> str:
 
 def _join(m: re.Match) -> str:
     """A run of split letters joined, a word where the separator stays the same: where it changes, the
-    space (``c*a*t d-o-g``, ``c a t d.o.g``) or else the first of the two is the gap between words. A run of
-    under two letters (``1, 2, 3``) stays."""
+    space (``c*a*t d-o-g``, ``c a t d.o.g``) or else the first separator of the new kind (``c*a*t-d-o-g``)
+    is the gap between words. A run of under two letters (``1, 2, 3``) stays."""
     run = m.group(0)
     seps = _SEPS.findall(run)
     units = _SEPS.split(run)
@@ -180,17 +180,20 @@ class Speller:
     2. the article and a known word (``akid``: letters split by spaces, ``a k i d``, joined with the word
        before them);
     3. a known word one edit away (a letter dropped, added, replaced, or two swapped), for words of
-       ``min_len`` or more letters: typos;
+       ``min_len`` or more letters; a word of one letter fewer only as a training word a letter was
+       dropped from (``bst`` best);
     4. two to four known words run together, for words of 6 or more letters (``themlook``: letters split by
-       spaces that :func:`normalize_prompt` joined across a word boundary).
+       spaces that :func:`normalize_prompt` joined across a word boundary);
+    5. its stand-ins read as their first letters (``70dd|3r`` toddler), when it has at least half as many
+       letters as stand-ins.
 
     Of several candidates, one that keeps the word's first letter wins (typos rarely touch it, bar a swap
     of the first two), then a training word, then the likelier typo (a letter dropped, doubled or two
     swapped, then one replaced, then one added), then the lexicon's most frequent, then the vocabulary's
-    first (a WordPiece vocabulary lists common words first). Words of three letters are read only as a training word a letter dropped
-    from (``bst`` best). Known words stay as they are, so a typo the training prompts themselves contain is
-    read as the model learned it, except that a word only the vocabulary knows is read as a training word
-    its stand-ins may spell (``pis`` pls). Words of non-Latin letters and numbers stay as they are.
+    first (a WordPiece vocabulary lists common words first). Known words stay as they are, so a typo the
+    training prompts themselves contain is read as the model learned it, except that a word only the
+    vocabulary knows is read as a training word its stand-ins may spell (``pis`` pls). Words of non-Latin
+    letters, numbers and numbers with units (``100k``, ``5th``) stay as they are.
     """
 
     def __init__(self, lexicon: dict[str, int], vocab: Iterable[str] = (), min_len: int = 4):
