@@ -424,7 +424,6 @@ def test_training_rewrites_prompts_and_moves_masks_and_nothing_else(few_triples,
     np.testing.assert_array_equal(misplace_mask(full, np.random.default_rng(0)), full)
 
 
-@pytest.mark.slow
 def test_prompts_are_rewritten_by_default_for_the_post_check_only():
     from editguard.training.train import PROMPT_AUGMENT, TrainConfig, with_prompt_augment
 
@@ -438,6 +437,7 @@ def test_prompts_are_rewritten_by_default_for_the_post_check_only():
         TrainConfig(train="t.jsonl", val="v.jsonl", out="out", prompt_augment=1.5)
 
 
+@pytest.mark.slow
 def test_adversarial_training_runs(few_triples, tmp_path):
     """`train --adversarial 1` trains every batch on the carried perturbation and writes a model dir;
     `--prompt-augment` and `--mask-lie` rewrite prompts and move masks in the same run."""

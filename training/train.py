@@ -108,8 +108,8 @@ PROMPT_AUGMENT = 0.3  # the default --prompt-augment of a model that judges the 
 
 def with_prompt_augment(cfg: TrainConfig, judges_output: bool) -> TrainConfig:
     """``cfg`` with its default ``prompt_augment`` resolved: :data:`PROMPT_AUGMENT` for a model that sees the
-    output (its long-prompt and framing attack success fell to a third at no clean cost), 0 for a pre-check
-    (its clean AUROC fell by 0.016 and an instruction mid-paragraph got through more often)."""
+    output (trained so, its long-prompt attack success fell from 7-10% to 1-6% at no clean cost), 0 for a
+    pre-check (its clean AUROC fell by 0.016 and an instruction mid-paragraph got through more often)."""
     if cfg.prompt_augment is not None:
         return cfg
     return dataclasses.replace(cfg, prompt_augment=PROMPT_AUGMENT if judges_output else 0.0)
