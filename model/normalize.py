@@ -18,8 +18,8 @@ In order:
 4. **Letters split apart** by spaces, dots, dashes, stars and the like (``r e m o v e``,
    ``n.u.d.e``, ``b_l_0_0_d_y``) are joined again when three or more single letters or stand-ins run
    in a row. Where the separator changes (``c*a*t d-o-g``, ``c*a*t-d-o-g``) a space, or else the first
-   separator of the new kind, is the gap between two words; letters split by spaces alone run together (``themlook``), which the
-   :class:`Speller` splits again with the model's words.
+   separator of the new kind, is the gap between two words; letters split by spaces alone run
+   together (``themlook``), which the :class:`Speller` splits again with the model's words.
 5. **Leetspeak inside words**: a digit or symbol standing for a letter (``cl0thes``, ``n4k3d``,
    ``$exy``, ``b00bs``) becomes that letter when the word has at least two real letters, at least
    half as many letters as stand-ins, and the stand-in touches a letter or another stand-in. Numbers,
@@ -313,14 +313,12 @@ def _inserts(w: str) -> set[str]:
 
 def _edits(w: str) -> set[str]:
     """Every string one edit from ``w``: a letter deleted, two neighbours swapped, one replaced or inserted."""
-    out: set[str] = set()
-    for i in range(len(w) + 1):
+    out = _inserts(w)
+    for i in range(len(w)):
         a, b = w[:i], w[i:]
-        if b:
-            out.add(a + b[1:])
-            out.update(a + c + b[1:] for c in _ALPHABET)
+        out.add(a + b[1:])
+        out.update(a + c + b[1:] for c in _ALPHABET)
         if len(b) > 1:
             out.add(a + b[1] + b[0] + b[2:])
-        out.update(a + c + b for c in _ALPHABET)
     out.discard(w)
     return out
