@@ -17,10 +17,11 @@ For one edit and one category, an :class:`Explanation` holds:
   shows: the image tower's view of it), ``change`` (input against output: the pair tower's view) and
   ``prompt`` (what was asked). Each part is ablated to a neutral baseline (the output replaced by the
   input, for the image tower and the pair tower apart; the prompt by the empty prompt) and the
-  category's logit is split over the three by their Shapley values (8 forward passes, exact). A share
-  is a part's positive contribution over the sum of the positive ones; ``contributions`` keeps the
-  signed values in logits. A model without a pair tower (the ``tiny`` preset) has no separate view of
-  the change: its ``change`` is 0, and its image tower's view of both images counts as ``output``.
+  category's logit is split over the three by their Shapley values (exact: the towers run once on each
+  image and each change, and the head scores the 8 combinations). A share is a part's positive
+  contribution over the sum of the positive ones; ``contributions`` keeps the signed values in logits. A
+  model without a pair tower (the ``tiny`` preset) has no separate view of the change: its ``change`` is
+  0, and its image tower's view of both images counts as ``output``.
 
 It runs the torch network of a model dir (:func:`~editguard.model.model_dir.load_model_dir`), with the
 one preprocessing definition, so the explained score is the one ``evaluate`` and the server give.
@@ -149,23 +150,43 @@ class Explainer:
 
     def _shapley_logits(self, batch: dict, text):
         """The logits of the whole triple (``[C]``) and of the 8 part subsets (``[8, C]``, subset ``k`` holds
-        part ``i`` when bit ``i`` of ``k`` is set, parts in :data:`PARTS` order)."""
+        part ``i`` when bit ``i`` of ``k`` is set, parts in :data:`PARTS` order). The towers run once on each
+        of the two images and the two changes (none, the edit); the 8 subsets only combine their embeddings."""
         import torch
 
         src, out = batch["input_image"], batch["output_image"]
         subsets = range(8)
-        image_out = torch.cat([out if k & 1 else src for k in subsets])
-        pair_out = torch.cat([out if k & 2 else src for k in subsets])
+        image = torch.tensor([k & 1 for k in subsets], device=self.device)  # 1: the output, 0: the input
+        change = torch.tensor([(k >> 1) & 1 for k in subsets], device=self.device)  # 1: the edit, 0: none
+        towers = [(e_in.expand(8, -1), e_outs[image], None if pairs is None else pairs[change])
+                  for e_in, e_outs, pairs in self._towers(src, torch.cat([src, out]), batch["mask"])]
         prompts = torch.stack([text[0] if k & 4 else text[1] for k in subsets])
-        logits = self.net(input_image=src.expand(8, -1, -1, -1), output_image=image_out,
-                          mask=batch["mask"].expand(8, -1, -1), prompt_embedding=prompts,
-                          pair_output_image=pair_out).float()
+        logits = self.net.logits_from_towers(towers, prompts).float()
         return logits[7], logits.cpu().numpy()
 
-    def _forward(self, src, outs, mask, text, pair_outs=None):
+    def _towers(self, src, outs, mask) -> list[tuple]:
+        """Per entry of the network's ``tower_parts``: the input image's embedding (``[1, width]``: it never
+        varies here, so it is computed once, in the same pass as the others), each of ``outs``' (``[n,
+        width]``) and the pair tower's of the change from ``src`` to each of ``outs`` (None without a pair
+        tower)."""
+        import torch
+
         n = outs.shape[0]
-        return self.net(input_image=src.expand(n, -1, -1, -1), output_image=outs, mask=mask.expand(n, -1, -1),
-                        prompt_embedding=text.expand(n, -1, -1), pair_output_image=pair_outs).float()
+        masks = mask.expand(n + 1, -1, -1)
+        images = torch.cat([src.to(outs.dtype), outs])
+        found = []
+        for parts in self.net.tower_parts:
+            e = self.net.image_embedding(parts, images, masks)
+            pairs = (self.net.pair_embedding(parts, src.expand(n, -1, -1, -1), outs, masks[1:])
+                     if self.net.use_pair else None)
+            found.append((e[:1], e[1:], pairs))
+        return found
+
+    def _forward(self, src, outs, mask, text):
+        """The logits ``[n, C]`` of the input image ``src`` edited into each of ``outs``, asked by ``text``."""
+        n = outs.shape[0]
+        towers = [(e_in.expand(n, -1), e_outs, pairs) for e_in, e_outs, pairs in self._towers(src, outs, mask)]
+        return self.net.logits_from_towers(towers, text.expand(n, *text.shape[1:])).float()
 
     def _integrated_gradients(self, batch: dict, text, columns: list[int]) -> list[np.ndarray]:
         """Per column, ``float [S, S]``: the change's pixels' attribution, positive part."""

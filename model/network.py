@@ -339,13 +339,38 @@ class EditGuardNet(nn.Module):
         probabilities).
         """
         text, used = self._text(input_ids, attention_mask, prompt_embedding)
-        x = self._fused(self, input_image, output_image, mask, text, pair_output_image)
+        towers = [self._towers(p, input_image, output_image, mask, pair_output_image) for p in self.tower_parts]
+        return self._logits(towers, text, used)
+
+    @property
+    def tower_parts(self) -> list[nn.Module]:
+        """The modules whose towers a forward runs: this network, then each branch with towers of its own."""
+        return [self] + [b for b in self.branches if b.towers]
+
+    def image_embedding(self, parts: nn.Module, image: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``parts``' (one of :attr:`tower_parts`) projected image-tower embedding of ``image``: ``[B, width]``."""
+        return parts.image_proj(parts.image(image, mask if self.use_mask else None))
+
+    def pair_embedding(self, parts: nn.Module, input_image: torch.Tensor, output_image: torch.Tensor,
+                       mask: torch.Tensor | None) -> torch.Tensor:
+        """``parts``' projected pair-tower embedding of the change from ``input_image`` to ``output_image``."""
+        m = mask if self.use_mask else torch.full_like(input_image[..., 0], 255)  # no mask: all may change
+        return parts.pair_proj(parts.pair(parts.image.normalize(input_image), parts.image.normalize(output_image), m))
+
+    def logits_from_towers(self, towers: list[tuple], prompt_embedding: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`forward`'s logits from the towers' embeddings computed apart: one ``(e_in, e_out, pair)``
+        per entry of :attr:`tower_parts` (``[B, width]`` each, or None where the model has no such input),
+        from :meth:`image_embedding` and :meth:`pair_embedding`. Explanations combine a few embeddings
+        in many ways (:mod:`~editguard.model.explain`) without running the towers again for each."""
+        return self._logits(towers, *self._text(None, None, prompt_embedding))
+
+    def _logits(self, towers: list[tuple], text, used) -> torch.Tensor:
+        x = self._fuse(self, *towers[0], text)
         logits = self.head.mlp(x)
         if len(self.branches):
-            logits = torch.cat([logits] + [
-                b.mlp(self._fused(b, input_image, output_image, mask, text, pair_output_image) if b.towers else x)
-                for b in self.branches],
-                -1)
+            own = iter(towers[1:])
+            logits = torch.cat([logits] + [b.mlp(self._fuse(b, *next(own), text) if b.towers else x)
+                                           for b in self.branches], -1)
         return self._pool(logits, used)
 
     def _pool(self, logits: torch.Tensor, used: torch.Tensor | None, columns: slice = slice(None)) -> torch.Tensor:
@@ -406,26 +431,29 @@ class EditGuardNet(nn.Module):
 
     def _fused(self, parts: nn.Module, input_image, output_image, mask, text, pair_output=None) -> torch.Tensor:
         """The fused features from ``parts``' towers and projections: this network's, or a branch's own."""
-        def encode(image, m):
-            return parts.image_proj(parts.image(image, m))
+        return self._fuse(parts, *self._towers(parts, input_image, output_image, mask, pair_output), text)
 
+    def _towers(self, parts: nn.Module, input_image, output_image, mask, pair_output=None) -> tuple:
+        """``(e_in, e_out, pair)``: ``parts``' projected embeddings of the images and of the change (None where
+        this configuration has no such input)."""
         if self.cfg.use_input_image and not self.cfg.use_output_image:  # the pre-check: the request only
-            e_in, e_out = encode(input_image, mask if self.use_mask else None), None
+            e_in, e_out = self.image_embedding(parts, input_image, mask), None
         elif self.cfg.use_input_image:
             # one backbone pass over both images: the tower is shared
             both = torch.cat([input_image, output_image], dim=0)
             m = torch.cat([mask, mask], dim=0) if self.use_mask else None
-            e_in, e_out = encode(both, m).chunk(2, dim=0)
+            e_in, e_out = self.image_embedding(parts, both, m).chunk(2, dim=0)
         elif self.cfg.use_output_image:
-            e_in, e_out = None, encode(output_image, None)
+            e_in, e_out = None, self.image_embedding(parts, output_image, None)
         else:
             e_in = e_out = None
         pair = None
         if self.use_pair:
-            m = mask if self.use_mask else torch.full_like(input_image[..., 0], 255)  # no mask: all may change
-            pair_output = output_image if pair_output is None else pair_output
-            pair = parts.pair_proj(parts.pair(parts.image.normalize(input_image), parts.image.normalize(pair_output),
-                                              m))
+            pair = self.pair_embedding(parts, input_image, output_image if pair_output is None else pair_output, mask)
+        return e_in, e_out, pair
+
+    def _fuse(self, parts: nn.Module, e_in, e_out, pair, text) -> torch.Tensor:
+        """The head's features from the towers' embeddings and the prompt's (before ``parts``' projection)."""
         t = parts.text_proj(text) if text is not None else None
         if t is not None and t.dim() == 3:  # a prompt in windows: the images' features beside each window's
             e_in, e_out, pair = (None if e is None else e.unsqueeze(1).expand(-1, t.shape[1], -1)

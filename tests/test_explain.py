@@ -69,6 +69,54 @@ def test_nothing_changed_points_nowhere(tiny_model_dir, tmp_path):
         assert e.shares["output"] == 0 and e.shares["change"] == 0  # an unchanged output carries nothing
 
 
+def test_the_parts_combine_as_the_network_scores(few_triples, tmp_path):
+    """Explanations run each tower once per image and per change, then combine the embeddings for the 8
+    ablations and the path steps. With a pair tower and a grown branch with towers of its own, the Shapley
+    values and the gradients equal those of the network's own forward run on each ablated triple."""
+    import torch
+
+    from editguard.manifest import read_manifest
+    from editguard.model.config import preset_config
+    from editguard.model.model_dir import create_model
+    from editguard.model.preprocess import collate
+    from editguard.model.taxonomy import Taxonomy, default_taxonomy
+    from editguard.training.grow import grow_network
+
+    records = read_manifest(few_triples, require_labels=False)
+    net, pre = create_model(preset_config("tiny", pair_encoder="test_resnet"), tmp_path,
+                            prompts=[r.prompt for r in records])
+    names = default_taxonomy().names + ["extra"]
+    net = grow_network(net, Taxonomy.from_dict({"categories": names}), prior=np.array([0.05]), towers=True).eval()
+    assert net.use_pair and len(net.tower_parts) == 2
+    explainer = Explainer(net, pre)
+    r = records[0]
+    batch = {k: torch.from_numpy(v) for k, v in collate([pre.triple(r.input_image, r.prompt, r.output_image,
+                                                                      r.mask)]).items()}
+    src, out, mask = batch["input_image"], batch["output_image"], batch["mask"]
+    with torch.no_grad():
+        text = explainer._embeddings(batch)
+        subsets = [net(input_image=src, output_image=out if k & 1 else src, mask=mask,
+                       prompt_embedding=text[0 if k & 4 else 1][None], pair_output_image=out if k & 2 else src)[0]
+                   for k in range(8)]
+    found = explainer.explain(r.input_image, r.prompt, r.output_image, r.mask, categories=names)
+    for col, e in enumerate(found):
+        expected = _shapley(np.array([float(v[col]) for v in subsets]))
+        assert e.contributions == pytest.approx(expected, abs=1e-4), e.category
+        assert e.score == pytest.approx(float(torch.sigmoid(subsets[7][col])), abs=1e-5)
+    # integrated gradients: the same gradients as through the whole network
+    steps = explainer.steps
+    path = (src.float() + ((torch.arange(steps) + 0.5) / steps).view(-1, 1, 1, 1) * (out.float() - src.float()))
+    path.requires_grad_(True)
+    logits = net(input_image=src.expand(steps, -1, -1, -1), output_image=path, mask=mask.expand(steps, -1, -1),
+                 prompt_embedding=text[0:1].expand(steps, *text.shape[1:]))
+    columns = [0, len(names) - 1]  # a category of the main head and the branch's
+    maps = explainer._integrated_gradients(batch, text[0:1], columns)
+    for col, m in zip(columns, maps):
+        (grad,) = torch.autograd.grad(logits[:, col].sum(), path, retain_graph=True)
+        expected = ((out.float() - src.float()) * grad.mean(0, keepdim=True)).sum(-1)[0].clamp_min(0)
+        np.testing.assert_allclose(m, expected.numpy(), rtol=1e-3, atol=1e-6 * float(expected.max()) + 1e-9)
+
+
 def test_explain_from_the_command_line_and_python_agree(tiny_model_dir, few_triples, tmp_path, read_jsonl):
     """`editguard explain` writes explanations.jsonl and the heatmaps; the Python call gives the same peak,
     box and shares; an unreadable edit gets an error line, the others go on (exit 3)."""
