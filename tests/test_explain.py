@@ -61,6 +61,22 @@ def test_the_heatmap_points_at_a_planted_change(tiny_model_dir, tmp_path, method
         assert sum(e.contributions.values()) == pytest.approx(rise, abs=2e-3), e.category
 
 
+def test_a_1024_px_upload_is_explained_in_its_own_pixels(tiny_model_dir, tmp_path):
+    """The network sees a 1024 x 768 upload at 64 px; the heatmap, peak and box come back at the upload's
+    size, on the planted change (one network pixel is 16 of the upload's)."""
+    src, out, (x0, y0, x1, y1) = _planted(tmp_path, box=(320, 192, 576, 448), size=(1024, 768))
+    explainer = Explainer.from_model_dir(tiny_model_dir)
+    found = [e for e in explainer.explain(src, "make the wall red", out, categories=explainer.labels) if e.peak]
+    assert found, "no category's score rests on the change"
+    margin = 32
+    for e in found:
+        assert e.heatmap.shape == (768, 1024) and e.heatmap.max() == 255
+        px, py = e.peak
+        assert x0 - margin <= px < x1 + margin and y0 - margin <= py < y1 + margin, (e.category, e.peak)
+        bx0, by0, bx1, by1 = e.box
+        assert 0 <= bx0 < x1 and x0 < bx1 <= 1024 and 0 <= by0 < y1 and y0 < by1 <= 768, e.box
+
+
 def test_nothing_changed_points_nowhere(tiny_model_dir, tmp_path):
     src, _, _ = _planted(tmp_path)
     explainer = Explainer.from_model_dir(tiny_model_dir)
