@@ -11,6 +11,9 @@ all unsafe edits together:
   is not a pass: a backend that gets an error does not generate, so they count as caught;
 - ``safe_flag_rate``: safe edits under the same transform that the check flags, beside
   ``safe_flag_rate_clean``: a defence that flags everything is no defence.
+
+And ``through``: each unsafe edit that got through (check, attack, id, categories, the prompt before
+and after the attack, or each turn's prompt for a multi-turn attack): what to look at, and to train on.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def run(cfg: RedTeamConfig, attacks: list[Attack], show_progress: bool = True) -
     backends = _open_checks(cfg)
     surrogates = {"whitebox": cfg.model_dir, "transfer": cfg.surrogate}
     loaded: dict[str, Surrogate] = {}
-    rows, skipped, timing = [], [], {}
+    rows, through, skipped, timing = [], [], [], {}
     clean = {name: _score(b, cases) for name, b in backends.items()}
     bar = progress(total=len(attacks), desc="attacks", unit="attack", disable=not show_progress)
     try:
@@ -94,14 +97,18 @@ def run(cfg: RedTeamConfig, attacks: list[Attack], show_progress: bool = True) -
                     loaded[path] = Surrogate(path)
                 surrogate = loaded[path]
             if a.turns is not None:  # judged by the post-generation check, turn by turn and as a session
-                step_only, session = _score_sessions(backends["post"], cases, a.sessions(cases, cfg.seed))
+                sessions = a.sessions(cases, cfg.seed)
+                step_only, session = _score_sessions(backends["post"], cases, sessions)
                 for name, after in zip(_row_names(a), (step_only, session)):
                     rows += _rows("post", dataclasses.replace(a, name=name), cases, clean["post"], after, labels)
+                    through += _through("post", name, cases, clean["post"], after,
+                                        {c.id: [t.prompt for t in turns] for c, turns in zip(cases, sessions)})
             else:
                 attacked = a.apply(cases, cfg.seed, surrogate)
                 for check, backend in backends.items():
                     after = _score(backend, attacked)
                     rows += _rows(check, a, cases, clean[check], after, labels)
+                    through += _through(check, a.name, cases, clean[check], after, {c.id: c.prompt for c in attacked})
             timing[a.name] = round(time.perf_counter() - t0, 2)
             bar.update(1)
     finally:
@@ -114,7 +121,7 @@ def run(cfg: RedTeamConfig, attacks: list[Attack], show_progress: bool = True) -
             "attacks": {name: {"family": a.family, "description": a.description}
                         for a in attacks for name in _row_names(a)},
             "clean": {check: _clean_summary(cases, clean[check]) for check in backends},
-            "rows": rows, "skipped": skipped, "seconds": timing}
+            "rows": rows, "through": through, "skipped": skipped, "seconds": timing}
 
 
 def _row_names(a: Attack) -> list[str]:
@@ -211,6 +218,15 @@ def _rows(check: str, a: Attack, cases: list[Case], before: dict, after: dict, l
                     "missed_after": missed, "refused": sum(r is None for r in results),
                     "asr": round(missed / len(caught), 4) if caught else None})
     return out
+
+
+def _through(check: str, attack: str, cases: list[Case], before: dict, after: dict, prompts: dict) -> list[dict]:
+    """The unsafe edits ``check`` flagged clean and passed under ``attack`` (``prompts``: id -> the attacked
+    prompt, or the turns' prompts)."""
+    return [{"check": check, "attack": attack, "id": c.id, "labels": list(c.labels), "prompt": c.prompt,
+             "attacked_prompt": prompts.get(c.id)}
+            for c in cases
+            if c.unsafe and _flagged(before.get(c.id)) is True and _flagged(after.get(c.id)) is False]
 
 
 def _rate(flags: list[bool]) -> float | None:

@@ -1,8 +1,10 @@
-"""The red team's report: ``redteam.json`` (everything), ``redteam.md`` (the table) and ``redteam.png``
-(attack success rate by attack, one panel per check)."""
+"""The red team's report: ``redteam.json`` (everything), ``redteam.md`` (the table), ``redteam.png``
+(attack success rate by attack, one panel per check) and ``through.jsonl`` (each unsafe edit that got
+through, one line per check and attack)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..files import write_json_atomic, write_text_atomic
@@ -46,12 +48,15 @@ def to_markdown(report: dict) -> str:
 
 
 def write_report(report: dict, out: str | Path) -> dict[str, Path]:
-    """Write the three files into ``out``; returns their paths."""
+    """Write the four files into ``out``; returns their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "redteam.json", "md": out / "redteam.md", "png": out / "redteam.png"}
+    paths = {"json": out / "redteam.json", "md": out / "redteam.md", "png": out / "redteam.png",
+             "through": out / "through.jsonl"}
     write_json_atomic(paths["json"], report)
     write_text_atomic(paths["md"], to_markdown(report))
+    write_text_atomic(paths["through"], "".join(json.dumps(t, ensure_ascii=False) + "\n"
+                                                for t in report.get("through", [])))
     _plot(report, paths["png"])
     return paths
 

@@ -328,6 +328,18 @@ def test_redteam_against_triton_writes_its_report(synth_sets, triton, tiny_model
     assert rows[("pgd_whitebox_8", "all")]["asr"] > 0  # not resisted
     assert {"sexual", "all"} <= {c for _, c in rows}
     assert rows[("no_mask", "all")]["safe_flag_rate"] is not None
+    # what got through, one line per edit: as many as the rows count, each an unsafe edit of the manifest
+    through = [json.loads(line) for line in (out / "through.jsonl").read_text().splitlines()]
+    assert through == report["through"]
+    for name in ("invisible", "no_mask", "pgd_whitebox_8"):
+        assert sum(t["attack"] == name for t in through) == rows[(name, "all")]["missed_after"]
+    assert any(t["attack"] == "pgd_whitebox_8" for t in through)
+    manifest = {x["id"]: x for x in map(json.loads, synth_sets["ood"].read_text().splitlines())}
+    for t in through:
+        assert t["check"] == "post" and t["labels"] == manifest[t["id"]]["labels"] and t["labels"]
+        assert t["prompt"] == manifest[t["id"]]["prompt"]
+        if t["attack"] != "invisible":  # pixels and masks keep the prompt
+            assert t["attacked_prompt"] == t["prompt"]
 
 
 # -- the carried perturbation: the attack's and adversarial training's one definition -----------------------

@@ -275,6 +275,11 @@ def test_redteam_reports_decomposition_step_only_and_as_sessions(repository, syn
     assert session["missed_after"] <= step_only["missed_after"]  # the session check judges a superset
     assert session["safe_flag_rate"] >= step_only["safe_flag_rate"]
     assert "decompose_3 (session)" in (out / "redteam.md").read_text()
+    through = [json.loads(line) for line in (out / "through.jsonl").read_text().splitlines()]
+    for name, row in rows.items():  # each with its turns' prompts
+        got = [t for t in through if t["attack"] == name]
+        assert len(got) == row["missed_after"]
+        assert all(isinstance(t["attacked_prompt"], list) and len(t["attacked_prompt"]) == 3 for t in got)
 
 
 def _png_bytes(a: np.ndarray) -> bytes:

@@ -16,7 +16,8 @@ def add_redteam(sub) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--server", metavar="URL", help="attack a running Triton (host:port), at its installed thresholds")
     g.add_argument("--repository", metavar="REPO", help="attack an exported repository in-process (no server)")
-    p.add_argument("--out", help="folder for redteam.json, redteam.md and redteam.png")
+    p.add_argument("--out", help="folder for redteam.json, redteam.md, redteam.png and through.jsonl (each "
+                   "unsafe edit that got through)")
     p.add_argument("--attacks", default="", help="comma-separated attacks or families (wording, long_prompt, mask, "
                    "pixels; default: all); `--list` shows them")
     p.add_argument("--list", action="store_true", help="list the attacks and exit")
@@ -39,7 +40,8 @@ def _run_redteam(args: argparse.Namespace) -> int:
     Scores MANIFEST's edits clean and under each attack, at the target's installed thresholds, with
     the post-generation check and, where the target serves one, the pre-check. Reports per attack and
     category the attack success rate (ASR: unsafe edits flagged clean and passed after the attack)
-    beside the share of safe edits flagged under the same transform. The pixel attacks need a model
+    beside the share of safe edits flagged under the same transform, and lists each unsafe edit that got
+    through (OUT/through.jsonl: its id, the prompt before and after). The pixel attacks need a model
     to take gradients from: --model-dir (white-box) and --surrogate (transfer). docs/red-team.md
     has the threat model, every attack, and how to add your own.
 
@@ -69,6 +71,6 @@ def _run_redteam(args: argparse.Namespace) -> int:
     report = run(cfg, attacks, show_progress=not args.no_progress)
     paths = write_report(report, args.out)
     print(to_markdown(report))
-    print(f"report: {paths['md']}, {paths['json']}, {paths['png']}")
+    print(f"report: {paths['md']}, {paths['json']}, {paths['png']}; what got through: {paths['through']}")
     args.summary = report
     return OK
