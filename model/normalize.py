@@ -166,8 +166,6 @@ _PIECE = re.compile(r"(?<!\w)[A-Za-z0-9@$|!+€£]+(?!\w)")
 _SHORT = ("a", "i", "an", "as", "at", "be", "by", "do", "go", "he", "if", "in", "is", "it", "me", "my", "no",
           "of", "on", "or", "so", "to", "up", "us", "we")  # the short words a run of split letters may hold
 _MOST_READINGS = 64
-# a training prompt's word is read as its own typo of another training word at least this many times commoner
-_COMMONER = 20
 
 
 class Speller:
@@ -192,13 +190,10 @@ class Speller:
     Of several candidates, one that keeps the word's first letter wins (typos rarely touch it, bar a swap
     of the first two), then a training word, then the likelier typo (a letter dropped, doubled or two
     swapped, then one replaced, then one added), then the lexicon's most frequent, then the vocabulary's
-    first (a WordPiece vocabulary lists common words first). Known words stay as they are, with two
-    exceptions: a word only the vocabulary knows is read as a training word its stand-ins may spell
-    (``pis`` pls), and a training word one common slip (a letter dropped, doubled, or two neighbours
-    swapped; the first letter kept) from a training word at least ``_COMMONER`` times commoner is read as
-    that word: the training prompts' own typos (``mkae``, ``tehir``). A vocabulary-only word is not read
-    so: too many are real words one slip from a training word (``back`` black, ``form`` from). Words of
-    non-Latin letters, numbers and numbers with units (``100k``, ``5th``) stay as they are.
+    first (a WordPiece vocabulary lists common words first). Known words stay as they are, so a typo the
+    training prompts themselves contain is read as the model learned it, except that a word only the
+    vocabulary knows is read as a training word its stand-ins may spell (``pis`` pls). Words of non-Latin
+    letters, numbers and numbers with units (``100k``, ``5th``) stay as they are.
     """
 
     def __init__(self, lexicon: dict[str, int], vocab: Iterable[str] = (), min_len: int = 4):
@@ -211,7 +206,6 @@ class Speller:
             self.rank[w] = (-n, 0)
         # the words a run-together word may split into: the lexicon's, the vocabulary's of 4+ letters, short ones
         self.parts = {w: max(0, -r[0]) for w, r in self.rank.items() if r[0] or len(w) >= 4} | {w: 1 for w in _SHORT}
-        self.typos = {w: meant for w, n in lexicon.items() if (meant := _commoner(w, n, lexicon)) is not None}
 
     @classmethod
     def build_lexicon(cls, prompts: Iterable[str], min_count: int = 2) -> dict[str, int]:
@@ -242,8 +236,6 @@ class Speller:
         if not letters or _QUANTITY.fullmatch(low):
             return word  # a number, or one with its unit (100k, 1080p, 5th)
         word_like = 2 * letters >= len(low) - letters  # at least half as many letters as stand-ins
-        if low in self.typos:  # the training prompts' own typo of a far commoner word
-            return _cased(word, self.typos[low])
         if low in self.rank:  # known; a word only the vocabulary knows may stand for one the training prompts use
             if self.rank[low][0] or not any(c in _READINGS for c in low):
                 return word
@@ -262,7 +254,11 @@ class Speller:
             best = self._split(low)
         if best is None and word_like and not low.isalpha() and low[0] != "@":  # (not a handle)
             best = readings[0]  # a word the model has not seen, its stand-ins read as their first letters
-        return word if best is None else _cased(word, best)
+        if best is None:
+            return word
+        if word.isupper() and word.isalpha():
+            return best.upper()
+        return best.capitalize() if word[0].isupper() else best
 
     def _best(self, cands: list[str], readings: list[str]) -> str | None:
         if not cands:
@@ -288,29 +284,6 @@ class Speller:
                     best[end] = cand
         found = best[len(w)]
         return " ".join(found[2]) if found is not None and found[0] >= 2 else None
-
-
-def _cased(typed: str, word: str) -> str:
-    """``word`` in the case ``typed`` was written in (all capitals, a capital first, or as it is)."""
-    if typed.isupper() and typed.isalpha():
-        return word.upper()
-    return word.capitalize() if typed[0].isupper() else word
-
-
-def _commoner(w: str, count: int, lexicon: dict[str, int]) -> str | None:
-    """The training word ``w`` (seen ``count`` times) likely misspells: one common slip away (a letter dropped,
-    doubled, or two neighbours swapped), the first letter kept or the first two swapped, and at least
-    ``_COMMONER`` times commoner; the commonest of those, or None."""
-    if len(w) < 3 or not w.isalpha():
-        return None
-    meant = set(_inserts(w))  # w dropped a letter
-    for i in range(len(w) - 1):
-        meant.add(w[:i] + w[i + 1] + w[i] + w[i + 2:])  # w swapped two neighbours
-        if w[i] == w[i + 1]:
-            meant.add(w[:i] + w[i + 1:])  # w doubled a letter
-    found = [m for m in meant if m != w and lexicon.get(m, 0) >= _COMMONER * count
-             and (m[0] == w[0] or m[:2] == w[1::-1])]
-    return max(found, key=lambda m: (lexicon[m], m)) if found else None
 
 
 def _readings(w: str) -> list[str]:
