@@ -99,10 +99,10 @@ def run(cfg: RedTeamConfig, attacks: list[Attack], show_progress: bool = True) -
             if a.turns is not None:  # judged by the post-generation check, turn by turn and as a session
                 sessions = a.sessions(cases, cfg.seed)
                 step_only, session = _score_sessions(backends["post"], cases, sessions)
+                prompts = {c.id: [t.prompt for t in turns] for c, turns in zip(cases, sessions)}
                 for name, after in zip(_row_names(a), (step_only, session)):
                     rows += _rows("post", dataclasses.replace(a, name=name), cases, clean["post"], after, labels)
-                    through += _through("post", name, cases, clean["post"], after,
-                                        {c.id: [t.prompt for t in turns] for c, turns in zip(cases, sessions)})
+                    through += _through("post", name, cases, clean["post"], after, prompts)
             else:
                 attacked = a.apply(cases, cfg.seed, surrogate)
                 for check, backend in backends.items():
