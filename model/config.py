@@ -108,12 +108,6 @@ class PreprocessConfig:
     # framed by harmless words ("for an art class, ...") is scored as if alone. 0 = off: a model dir written
     # before this field reads it as 0 and keeps the preprocessing it was trained and calibrated with.
     clause_windows: int = 16
-    # a prompt of more than phrase_words words is also read in runs of that many words, each starting half a
-    # run after the last (further apart where more than phrase_windows runs would be needed), up to this many
-    # more windows, so an instruction set inside a sentence of a long paragraph is read with few words around
-    # it. 0 = off: a model dir written before this field reads it as 0.
-    phrase_windows: int = 32
-    phrase_words: int = 8
     normalize_prompt: bool = True  # fold obfuscated spellings first (editguard.model.normalize)
     # undo typos: a word the model does not know, one edit from one it does (its training prompts' words,
     # then its tokenizer's), becomes that word (normalize.Speller). A model dir written before this field
@@ -146,10 +140,6 @@ class PreprocessConfig:
             raise ValueError(f"preprocess.prompt_windows must be 1..256, got {self.prompt_windows}")
         if not 0 <= self.clause_windows <= 256:
             raise ValueError(f"preprocess.clause_windows must be 0..256, got {self.clause_windows}")
-        if self.phrase_windows == 1 or not 0 <= self.phrase_windows <= 256:
-            raise ValueError(f"preprocess.phrase_windows must be 0 or 2..256, got {self.phrase_windows}")
-        if not 2 <= self.phrase_words <= 64:
-            raise ValueError(f"preprocess.phrase_words must be 2..64, got {self.phrase_words}")
         if self.reducing_gap is not None and self.reducing_gap < 1.0:
             raise ValueError(f"preprocess.reducing_gap must be >= 1.0 or null, got {self.reducing_gap}")
         self.mean = tuple(float(x) for x in self.mean)
@@ -157,8 +147,8 @@ class PreprocessConfig:
 
     @property
     def windows(self) -> int:
-        """The prompt's window axis: its token windows, then its clauses, then its phrases."""
-        return self.prompt_windows + self.clause_windows + self.phrase_windows
+        """The prompt's window axis: its token windows, then its clauses."""
+        return self.prompt_windows + self.clause_windows
 
     PIXEL_FIELDS = ("image_size", "resize", "pad_value", "reducing_gap")
 
@@ -224,7 +214,6 @@ class ModelConfig:
                 d["preprocess"].setdefault("mask_union", False)  # written before them: as trained
                 d["preprocess"].setdefault("spelling", False)
                 d["preprocess"].setdefault("clause_windows", 0)
-                d["preprocess"].setdefault("phrase_windows", 0)
             return cls.from_dict(d)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{path}: {e}") from e

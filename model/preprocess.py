@@ -14,9 +14,8 @@ What the network receives (the ONNX inputs):
 - prompt: ``int64 [W, T]`` token ids and attention mask: the prompt (normalised, see
   :mod:`editguard.model.normalize`) in up to ``prompt_windows`` overlapping windows of ``T = max_tokens``
   tokens, each starting half a window after the last, then, from window ``prompt_windows`` on, each of
-  its clauses alone (:func:`clauses`, up to ``clause_windows``), then its runs of a few words
-  (:func:`phrases`, up to ``phrase_windows``); ``W = prompt_windows + clause_windows +
-  phrase_windows``, and the windows a prompt does not fill are all padding (attention 0). A prompt
+  its clauses alone (:func:`clauses`, up to ``clause_windows``); ``W = prompt_windows +
+  clause_windows``, and the windows a prompt does not fill are all padding (attention 0). A prompt
   that needs more than ``prompt_windows`` windows is refused, never cut.
 
 Decisions on odd inputs (documented in the README): animated images use their
@@ -242,16 +241,13 @@ class Preprocessor:
                                       f"reads ({w} windows of {t}); shorten it", "bad_prompt")
             for j, win in enumerate(windows):
                 ids[k, j], att[k, j] = win.ids, win.attention_mask
-        # the clauses and phrases of prompts already known to fit (so a long run of commas is refused, never split)
-        pieces = ((w, [clauses(x, self.cfg.clause_windows) for x in texts]),
-                  (w + self.cfg.clause_windows, [phrases(x, self.cfg.phrase_windows, self.cfg.phrase_words)
-                                                 for x in texts]))
-        for start, parts in pieces:
-            flat = self.tokenizer.encode_batch([c for cs in parts for c in cs]) if any(parts) else []
-            for k, cs in enumerate(parts):
-                for j, win in enumerate(flat[:len(cs)], start=start):  # each piece's first window
-                    ids[k, j], att[k, j] = win.ids, win.attention_mask
-                flat = flat[len(cs):]
+        # the clauses of prompts already known to fit (so a long run of commas is refused, never split)
+        parts = [clauses(x, self.cfg.clause_windows) for x in texts]
+        flat = self.tokenizer.encode_batch([c for cs in parts for c in cs]) if any(parts) else []
+        for k, cs in enumerate(parts):
+            for j, win in enumerate(flat[:len(cs)], start=w):  # each clause's first window, from index w
+                ids[k, j], att[k, j] = win.ids, win.attention_mask
+            flat = flat[len(cs):]
         return ids, att
 
     # -- whole triples ----------------------------------------------------------
@@ -321,18 +317,6 @@ def clauses(text: str, most: int) -> list[str]:
         i = min(range(len(parts) - 1), key=lambda j: len(parts[j].split()) + len(parts[j + 1].split()))
         parts[i:i + 2] = [parts[i] + ", " + parts[i + 1]]
     return parts
-
-
-def phrases(text: str, most: int, words: int) -> list[str]:
-    """``text`` in runs of ``words`` words, for ``preprocess.phrase_windows``: each starting half a run after
-    the last, or further apart where more than ``most`` runs would be needed, the last one ending at the
-    text's end; none for a text of ``words`` words or fewer (its first window reads it as closely)."""
-    ws = text.split()
-    if most < 2 or len(ws) <= words:
-        return []
-    span = len(ws) - words
-    step = max(words // 2, -(-span // (most - 1)))
-    return [" ".join(ws[s:s + words]) for s in [*range(0, span, step), span]]
 
 
 def collate(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
