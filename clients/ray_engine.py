@@ -15,6 +15,9 @@ The pipeline::
   writer: the same Parquet parts (or JSONL), the same schema, the same exactly-once resume by id.
   The validated manifest is handed to Ray with ``from_items`` rather than read again with
   ``ray.data.read_json``, so there is one definition of a valid record and of path resolution.
+- A manifest with sessions: the driver adds each turn's cumulative triple (:mod:`editguard.model.session`)
+  as a row of its own, its origin and output as paths and the union of the turns' masks as PNG bytes,
+  and writes the turn's row once both triples are back, as the local engine does.
 - Without ``--ray-address`` a Ray cluster is started on the local machine for the run and stopped
   after it; with one (``auto``, ``ray://head:10001``) the job runs there, and every node needs
   ``pip install 'editguard[ray,serve]'`` and the repository at the same path (or the Triton URL).
@@ -31,7 +34,7 @@ from typing import Iterator
 import numpy as np
 
 from .backends import BackendConfig, Scored, open_backend
-from .protocol import Triple
+from .protocol import Triple, encode_image
 
 _logger = logging.getLogger(__name__)
 
@@ -47,9 +50,9 @@ class _ScoreActor:
         self.backend = open_backend(cfg, threads=max(1, int(cpus)), gpu=bool(ray.get_gpu_ids()))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        items = [Triple(str(i), str(a), str(p), str(b), str(m) if m else None)
-                 for i, a, p, b, m in zip(batch["id"], batch["input_image"], batch["prompt"], batch["output_image"],
-                                          batch["mask"])]
+        items = [Triple(str(i), str(a), str(p), str(b), str(m) if m else (bytes(png) if len(png) else None))
+                 for i, a, p, b, m, png in zip(batch["id"], batch["input_image"], batch["prompt"],
+                                               batch["output_image"], batch["mask"], batch["mask_png"])]
         results = np.empty(len(items), dtype=object)
         results[:] = list(self.backend.score(items))
         return {"scored": results}
@@ -88,6 +91,16 @@ def _pool(cfg: BackendConfig, workers: int | None, cpus_per_worker: float) -> tu
     return workers or fit, 1 if gpus else 0
 
 
+def _row(r) -> dict:
+    """A record as a Ray row: its image paths (the actors read the files), or for a session turn's cumulative
+    triple (:class:`~editguard.model.session.CumulativeTriple`) the union of the turns' masks, which the
+    driver made, as PNG bytes in ``mask_png``."""
+    union = isinstance(r.mask, np.ndarray)
+    return {"id": r.id, "input_image": str(r.input_image), "output_image": str(r.output_image), "prompt": r.prompt,
+            "mask": str(r.mask) if r.mask is not None and not union else "",
+            "mask_png": encode_image(r.mask, "mask") if union else b""}
+
+
 def ray_results(cfg: BackendConfig, todo: list, *, workers: int | None = None, cpus_per_worker: float = 1.0,
                 address: str | None = None) -> Iterator[Scored]:
     """Score ``todo`` (validated manifest records) on Ray with the backend ``cfg`` names, ``workers`` actors
@@ -101,8 +114,7 @@ def ray_results(cfg: BackendConfig, todo: list, *, workers: int | None = None, c
 
     try:
         actors, gpus = _pool(cfg, workers, cpus_per_worker)
-        items = [{"id": r.id, "input_image": str(r.input_image), "output_image": str(r.output_image),
-                  "prompt": r.prompt, "mask": str(r.mask) if r.mask else ""} for r in todo]
+        items = [_row(r) for r in todo]
         # blocks of a few batches each: enough of them to keep every actor busy and the results streaming
         blocks = min(len(items), max(4 * actors, math.ceil(len(items) / (4 * cfg.batch_size))))
         ds = ray.data.from_items(items, override_num_blocks=blocks)

@@ -121,9 +121,6 @@ def score(cfg: ScoreConfig) -> ScoreSummary:
     skipped, scored, failed = len(records) - len(todo), 0, 0
     by_id = {r.id: r for r in todo}
     items, cumulative = _with_cumulative(records, todo, cfg.precheck)
-    if cumulative and cfg.engine == "ray":
-        raise ValueError(f"{cfg.manifest} has sessions; --engine ray does not score their cumulative triples yet: "
-                         "use --engine local")
     waiting: dict[str, Scored] = {}  # a turn's step or cumulative result, until the other one comes
     bar = progress(total=len(items), unit="triple", desc="score", disable=not cfg.progress, smoothing=0.1)
     try:

@@ -26,7 +26,7 @@ def _assert_same(a: dict[str, dict], b: dict[str, dict], atol: float) -> None:
         rb = b[k]
         assert list(ra) == list(rb)  # same columns, same order
         for col, v in ra.items():
-            if col.startswith("score_"):
+            if col.startswith(("score_", "cumulative_score_")):
                 assert v == pytest.approx(rb[col], abs=atol), (k, col)
             elif col != "model_version":
                 assert v == rb[col], (k, col)
@@ -71,3 +71,19 @@ def test_ray_actors_can_score_through_triton(triton, repository, synth_sets, tmp
     _assert_same(_rows(tmp_path / "served"), _rows(tmp_path / "local"), atol=1e-4)
     err = read_jsonl(tmp_path / "served.errors.jsonl")[0]
     assert err["id"] == bad_id and err["error"] == "InvalidInputError" and "OUTPUT_IMAGE" in err["reason"]
+
+
+def test_ray_scores_sessions_as_the_local_engine_does(repository, tmp_path):
+    """A manifest of edit sessions: Ray scores each turn's step triple and its cumulative triple (the origin,
+    the turn prompts joined, the turn's output, the union of the turns' masks) and writes the same rows as the
+    local engine, cumulative scores and labels included."""
+    from editguard.training.synth.sessions import generate_sessions
+
+    manifest = generate_sessions(tmp_path / "s", 12, 5, "iid", image_size=96, workers=1, progress=False, clean=True)
+    kw = dict(manifest=str(manifest), repository=str(repository), progress=False)
+    local = score(ScoreConfig(out=str(tmp_path / "local.jsonl"), **kw))
+    on_ray = score(ScoreConfig(out=str(tmp_path / "ray.jsonl"), engine="ray", workers=2, batch_size=8, **kw))
+    assert on_ray.scored == local.scored == sum(1 for _ in manifest.open()) and on_ray.errors == 0
+    rows = _rows(tmp_path / "ray.jsonl")
+    assert any(r["turn"] > 1 and r["cumulative_score_sexual"] != r["score_sexual"] for r in rows.values())
+    _assert_same(rows, _rows(tmp_path / "local.jsonl"), atol=1e-6)
