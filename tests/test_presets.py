@@ -153,7 +153,7 @@ def test_every_preset_is_explained_in_its_own_pixels(preset_models, tmp_path, pl
     """`editguard explain` through each preset's own towers (ViT-S/16 and CLIP ViT-B/16 at 224 px, Lite0 at
     64): a 400 x 300 upload with a planted patch comes back as heatmaps at 400 x 300 that point at the patch,
     and the Shapley values add up to the logit's rise from the neutral triple (nothing asked, nothing
-    changed). Three categories: on 2 CPU cores each costs `base` about 1.5 s an edit."""
+    changed). Three categories only: each costs `base` about 1.5 s an edit on 2 CPU cores."""
     size, box = (400, 300), (160, 96, 240, 160)
     src, out, _ = planted(tmp_path, box=box, size=size)
     for preset in PRESETS:
