@@ -102,6 +102,7 @@ def grow(cfg) -> dict:
         raise ValueError("--from needs --taxonomy NEW.json: the parent's categories, then the ones to add")
     d = setup_ranks(cfg.device, cfg.seed)
     if d.world > 1:
+        d.close()
         raise ValueError("--from runs in one process: start it without torchrun")
     parent, out = Path(cfg.from_model), Path(cfg.out)
     if parent.resolve() == out.resolve():

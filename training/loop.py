@@ -41,6 +41,7 @@ class Ranks:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+    joined: bool = False  # setup_ranks joined the process group (and close leaves it)
 
     @property
     def main(self) -> bool:
@@ -50,13 +51,22 @@ class Ranks:
         if self.world > 1:
             dist.barrier()
 
+    def close(self) -> None:
+        """Leave the process group this run joined. A rank that exits with it still up can abort as its
+        communication threads are torn down ("terminate called without an active exception", now and then
+        on gloo), failing a run that had finished and written its model dir."""
+        if self.joined and dist.is_initialized():
+            dist.destroy_process_group()
+            self.joined = False
+
 
 def setup_ranks(device: str, seed: int) -> Ranks:
     """Join the process group ``torchrun`` set up (NCCL on CUDA, else gloo), pick the device and seed every
-    random generator."""
+    random generator. The caller leaves the group with :meth:`Ranks.close` when the run ends."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if world > 1 and not dist.is_initialized():
+    joined = world > 1 and not dist.is_initialized()
+    if joined:
         dist.init_process_group("nccl" if want_cuda else "gloo")
     rank = dist.get_rank() if world > 1 else 0
     if want_cuda:
@@ -68,7 +78,7 @@ def setup_ranks(device: str, seed: int) -> Ranks:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    return Ranks(rank, world, dev)
+    return Ranks(rank, world, dev, joined)
 
 
 def optimizer_for(net: torch.nn.Module, cfg, total_steps: int):

@@ -128,6 +128,13 @@ def train(cfg: TrainConfig) -> dict:
         raise ValueError("a config with from_model grows a trained model: call editguard.training.grow.grow(cfg)")
     cfg = with_prompt_augment(cfg, preset_config(cfg.preset, **ABLATIONS[cfg.ablation]).use_output_image)
     d = setup_ranks(cfg.device, cfg.seed)
+    try:
+        return _train(cfg, d)
+    finally:
+        d.close()
+
+
+def _train(cfg: TrainConfig, d: Ranks) -> dict:
     if cfg.batch_size % (d.world * cfg.grad_accum):
         raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of ranks x --grad-accum "
                          f"({d.world} x {cfg.grad_accum}) so that every micro-batch has the same size")
