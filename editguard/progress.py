@@ -106,11 +106,12 @@ def parallel_map(fn: Callable, jobs: list, *, workers: int | None = None, desc: 
             # spawn, not fork: forking a process that already runs threads (gRPC, say) can deadlock the child
             with mp.get_context("spawn").Pool(workers) as pool:
                 for out in pool.imap(fn, jobs, chunksize=chunksize):
+                    bar.update()  # before yielding: a caller that zips the results never resumes after the last
                     yield out
-                    bar.update()
         else:
             for job in jobs:
-                yield fn(job)
+                out = fn(job)
                 bar.update()
+                yield out
     finally:
         bar.close()

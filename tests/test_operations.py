@@ -73,6 +73,20 @@ def test_line_progress_methods_match_tqdms():
     assert len(lines) == 6 and lines[-1].startswith("score: 5/5 triple (100%)")
 
 
+def test_parallel_map_counts_the_last_job_when_the_caller_zips(monkeypatch, capsys):
+    """A caller that zips the results with a list of the same length stops after the last one without
+    resuming the generator: the bar must still end at 3/3 (the review page's heatmaps ended at 1024/1025)."""
+    from editguard.progress import parallel_map
+
+    monkeypatch.setenv("EDITGUARD_PROGRESS_SECONDS", "0")
+    assert [(a, b) for a, b in zip("abc", parallel_map(abs, [-1, -2, -3], workers=1, desc="maps", unit="map"))] == [
+        ("a", 1), ("b", 2), ("c", 3)]
+    import gc
+
+    gc.collect()  # the abandoned generator closes its bar
+    assert capsys.readouterr().err.splitlines()[-1].startswith("maps: 3/3 map (100%)")
+
+
 @pytest.mark.slow  # over 2 s: make test runs it, make test-fast does not
 def test_install_is_quiet(tmp_path):
     """Building the package (as `pip install` does) warns about nothing: package data is declared."""
