@@ -188,7 +188,7 @@ class ServedVersion:
         if decode_device:  # JPEGs decoded and letterboxed by torchvision there; the rest by Pillow
             from .torch_decode import TorchDecoder
 
-            self.pre = TorchDecoder(self.pre.cfg, self.pre.tokenizer, decode_device)
+            self.pre = TorchDecoder(self.pre.cfg, self.pre.tokenizer, decode_device, self.pre.speller)
         self.spec = self.pre.cfg.pixels_spec()
         self.net = OnnxClassifier(classifier_dir, threads, cuda_device) if classifier_dir is not None else None
         self.prompt = None

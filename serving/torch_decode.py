@@ -43,8 +43,8 @@ class TorchDecoder(Preprocessor):
     """A :class:`Preprocessor` that decodes and letterboxes JPEGs on ``device`` (``"cuda"``,
     ``"cuda:1"``, ``"cpu"``); everything else (prompts, masks, other formats) is inherited."""
 
-    def __init__(self, cfg: PreprocessConfig, tokenizer=None, device: str = "cuda"):
-        super().__init__(cfg, tokenizer)
+    def __init__(self, cfg: PreprocessConfig, tokenizer=None, device: str = "cuda", speller=None):
+        super().__init__(cfg, tokenizer, speller)
         try:
             import torch
             import torch.nn.functional as F

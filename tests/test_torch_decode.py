@@ -22,6 +22,7 @@ from editguard.model.config import PreprocessConfig
 from editguard.model.pbtxt import read_config
 from editguard.model.preprocess import PreprocessError, Preprocessor
 from editguard.model.repository import CLIENT_MODEL
+from editguard.serving.served import ServedVersion
 from editguard.serving.triton import TritonServer, free_port
 
 torch = pytest.importorskip("torch")
@@ -152,3 +153,11 @@ def test_served_front_decodes_on_the_torch_device(tiny_model_dir, synth_sets, tr
         assert "decoding JPEGs on cpu" in server.log_tail(400)
     for d, p in zip(by_device, by_pillow):
         assert d == pytest.approx(p, abs=0.03)
+    # the front that decodes on the device reads prompts as the Pillow front does: typos undone by the speller
+    plain = ServedVersion(repo / CLIENT_MODEL / "1")
+    device = ServedVersion(repo / CLIENT_MODEL / "1", decode_device="cpu")
+    assert isinstance(device.pre, TorchDecoder) and device.pre.speller is not None
+    rank = device.pre.speller.rank
+    word = max((w for w in rank if len(w) >= 6), key=lambda w: (-rank[w][0], w))  # a training word of 6+ letters
+    typo = f"make the {word[0] + word[2] + word[1] + word[3:]} brighter"  # its second and third letters swapped
+    assert device.pre.prompt_text(typo) == plain.pre.prompt_text(typo) == f"make the {word} brighter"
