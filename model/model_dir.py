@@ -5,7 +5,7 @@ Self-contained and loadable offline, with no pickles::
     config.json            ModelConfig (architecture, preprocessing, labels)
     labels.json            the taxonomy
     model.safetensors      all weights
-    tokenizer/             HF fast tokenizer (tokenizer.json, tokenizer_config.json, ...) and lexicon.json
+    tokenizer/             HF fast tokenizer (tokenizer.json, tokenizer_config.json, ...), lexicon.json, words.json
     text_encoder/          HF config of the text tower, to rebuild it without the hub
     metrics.json           validation metrics of the saved weights
     examples.safetensors   a few preprocessed validation triples (export parity checks)

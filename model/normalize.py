@@ -41,9 +41,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["normalize_prompt", "CONFUSABLES", "LEET", "Speller", "LEXICON_FILE"]
+__all__ = ["normalize_prompt", "CONFUSABLES", "LEET", "Speller", "LEXICON_FILE", "WORDS_FILE"]
 
 LEXICON_FILE = "lexicon.json"  # in a model dir's tokenizer/: the training prompts' words and their counts
+WORDS_FILE = "words.json"  # in a model dir's tokenizer/: English words, the commonest first (Speller.english)
 
 # Cyrillic and Greek letters drawn like a Latin letter (lower and upper case), after NFKC
 CONFUSABLES = {
@@ -172,8 +173,11 @@ class Speller:
     """Words read as the model knows them: stand-ins and typos undone with the model's own words.
 
     The known words are the training prompts' (the lexicon, ``tokenizer/lexicon.json``, written with the
-    tokenizer) and the tokenizer's whole-word vocabulary. A word the model does not know is read as, in
-    order:
+    tokenizer), an English word list (``tokenizer/words.json``, commonest first, written with the tokenizer
+    since it was added: :meth:`english`) and the tokenizer's whole-word vocabulary. The word list reads a
+    typo of a word that neither the training prompts nor the vocabulary hold (``todler`` toddler, ``whten``
+    whiten); a model dir written before it has none and reads prompts as it was trained to. A word the
+    model does not know is read as, in order:
 
     1. a known word that its stand-ins spell (``7h3`` the, ``wal|`` wall, ``g1ow`` glow: a ``1``, ``!``,
        ``|``, ``i`` or ``l`` may be either ``i`` or ``l``, which :func:`normalize_prompt` cannot tell apart);
@@ -188,24 +192,30 @@ class Speller:
        letters as stand-ins.
 
     Of several candidates, one that keeps the word's first letter wins (typos rarely touch it, bar a swap
-    of the first two), then a training word, then the likelier typo (a letter dropped, doubled or two
-    swapped, then one replaced, then one added), then the lexicon's most frequent, then the vocabulary's
-    first (a WordPiece vocabulary lists common words first). Known words stay as they are, so a typo the
-    training prompts themselves contain is read as the model learned it, except that a word only the
-    vocabulary knows is read as a training word its stand-ins may spell (``pis`` pls). Words of non-Latin
-    letters, numbers and numbers with units (``100k``, ``5th``) stay as they are.
+    of the first two), then the likelier typo (a letter dropped, doubled or two swapped, then one replaced,
+    then one added: ``htat`` is that, not hat), then a training word, then the lexicon's most frequent, then
+    the word list's commonest, then the vocabulary's first (a WordPiece vocabulary lists common words
+    first). Known words stay as they are, so a typo the training prompts themselves contain is read as the
+    model learned it, except that a word only the word list or the vocabulary knows is read as a training
+    word its stand-ins may spell (``pis`` pls). Words of non-Latin letters, numbers and numbers with units
+    (``100k``, ``5th``) stay as they are.
     """
 
-    def __init__(self, lexicon: dict[str, int], vocab: Iterable[str] = (), min_len: int = 4):
+    def __init__(self, lexicon: dict[str, int], vocab: Iterable[str] = (), min_len: int = 4,
+                 words: Iterable[str] = ()):
         self.min_len = min_len
         self.rank: dict[str, tuple[int, int]] = {}
+        words = [w for w in words if _plain(w)]
+        for i, w in enumerate(words):  # the word list, commonest first, then the vocabulary in id order
+            self.rank.setdefault(w, (0, i))
+        vocab = [w for w in vocab if _plain(w)]
         for i, w in enumerate(vocab):
-            if len(w) >= 3 and w.isascii() and w.isalpha() and w.islower():
-                self.rank.setdefault(w, (0, i))
+            self.rank.setdefault(w, (0, len(words) + i))
         for w, n in lexicon.items():
             self.rank[w] = (-n, 0)
         # the words a run-together word may split into: the lexicon's, the vocabulary's of 4+ letters, short ones
-        self.parts = {w: max(0, -r[0]) for w, r in self.rank.items() if r[0] or len(w) >= 4} | {w: 1 for w in _SHORT}
+        self.parts = {w: n for w, n in lexicon.items()} | {w: 0 for w in vocab if len(w) >= 4 and w not in lexicon} \
+            | {w: 1 for w in _SHORT}
 
     @classmethod
     def build_lexicon(cls, prompts: Iterable[str], min_count: int = 2) -> dict[str, int]:
@@ -218,10 +228,28 @@ class Speller:
     def load(cls, tokenizer_dir: str | Path, tokenizer) -> "Speller":
         """The speller of a model dir's tokenizer: its lexicon file where there is one, and ``tokenizer``'s
         vocabulary in id order."""
-        path = Path(tokenizer_dir) / LEXICON_FILE
+        path, words = Path(tokenizer_dir) / LEXICON_FILE, Path(tokenizer_dir) / WORDS_FILE
         lexicon = json.loads(path.read_text()) if path.exists() else {}
         vocab = tokenizer.get_vocab()
-        return cls(lexicon, sorted(vocab, key=vocab.get))
+        return cls(lexicon, sorted(vocab, key=vocab.get), words=json.loads(words.read_text()) if words.exists() else ())
+
+    @staticmethod
+    def english(min_count: int = 100) -> list[str]:
+        """English words of 3+ letters seen ``min_count`` times or more in pyspellchecker's word-frequency
+        list (from subtitles and Wikipedia), commonest first: about 44,000 at the default. ``train``
+        writes them to the model dir's ``tokenizer/words.json``, so served models read prompts as the
+        model was trained to, with no package to find at serving time."""
+        import gzip
+        from importlib import resources
+
+        try:
+            source = resources.files("spellchecker") / "resources" / "en.json.gz"
+        except ModuleNotFoundError as e:
+            raise ImportError("the speller's English word list comes from pyspellchecker: "
+                              "pip install 'editguard[train]'") from e
+        with source.open("rb") as f:
+            counts = json.loads(gzip.decompress(f.read()))
+        return [w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_count and _plain(w)]
 
     def correct(self, text: str) -> str:
         return _PIECE.sub(lambda m: self._piece(m.group(0)), text)
@@ -266,8 +294,8 @@ class Speller:
         word = readings[0]
         starts = {r[:1] for r in readings} | {r[1:2] for r in readings}  # a typo may swap the first two letters
 
-        def key(c: str):  # the first letter kept; a training word; the likelier typo; the most frequent
-            return c[:1] not in starts, self.rank[c][0] == 0, _typo(word, c), self.rank[c], c
+        def key(c: str):  # the first letter kept; the likelier typo; a training word; the most frequent
+            return c[:1] not in starts, _typo(word, c), self.rank[c][0] == 0, self.rank[c], c
         return min(cands, key=key)
 
     def _split(self, w: str) -> str | None:
@@ -284,6 +312,11 @@ class Speller:
                     best[end] = cand
         found = best[len(w)]
         return " ".join(found[2]) if found is not None and found[0] >= 2 else None
+
+
+def _plain(w: str) -> bool:
+    """A lower-case word of 3+ Latin letters: what the speller knows from a vocabulary or a word list."""
+    return len(w) >= 3 and w.isascii() and w.isalpha() and w.islower()
 
 
 def _readings(w: str) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .config import TextEncoderConfig, resolve_local
-from .normalize import LEXICON_FILE, Speller
+from .normalize import LEXICON_FILE, WORDS_FILE, Speller
 
 __all__ = ["build_tokenizer"]
 
@@ -30,7 +30,8 @@ def build_tokenizer(cfg: TextEncoderConfig, prompts: Iterable[str], out_dir: str
     ASCII character is in it, so unseen and obfuscated words ("cl0thes") split
     into characters rather than becoming ``[UNK]``.
 
-    Beside it goes ``lexicon.json``, the training prompts' words and their counts, which
+    Beside it go ``lexicon.json``, the training prompts' words and their counts, and ``words.json``, an
+    English word list (:meth:`~editguard.model.normalize.Speller.english`), which
     :class:`~editguard.model.normalize.Speller` corrects typos toward.
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -52,6 +53,7 @@ def build_tokenizer(cfg: TextEncoderConfig, prompts: Iterable[str], out_dir: str
         )
     tok.save_pretrained(str(out_dir))
     (out_dir / LEXICON_FILE).write_text(json.dumps(Speller.build_lexicon(prompts), indent=0) + "\n")
+    (out_dir / WORDS_FILE).write_text(json.dumps(Speller.english()) + "\n")
     return len(tok)
 
 

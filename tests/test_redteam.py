@@ -123,6 +123,15 @@ def test_the_speller_reads_stand_ins_typos_and_run_together_words_with_the_model
     for kept in ("100k followers", "hello!", "sin", "4k h264 1080p", "teh", "Straße café", "ask @johnny"):
         assert speller.correct(kept) == kept, kept
 
+    # an English word list reads typos of words that neither the training prompts nor the vocabulary hold
+    english = Speller(lexicon | {"hat": 30}, vocab=["pis", "sin", "skin", "hello"],
+                      words=["the", "that", "toddler", "whiten", "teeth"])
+    for typed, meant in {"a todler": "a toddler", "whten the teeth": "whiten the teeth", "g1ow up": "glow up",
+                         "put htat on": "put that on",  # two letters swapped, likelier than one added (hat)
+                         "Lose the turbn": "Lose the turban", "beautify pis": "beautify pls"}.items():
+        assert english.correct(typed) == meant, typed
+    assert speller.correct("whten the teth") == "whten the teth"  # without it, no word is one edit away
+
 
 def test_a_family_of_your_own_in_a_few_lines():
     @attack("wording", "shouting_test", "capitals and exclamation marks")
@@ -145,7 +154,7 @@ def test_typos_are_read_as_the_words_they_misspell(tmp_path):
     speller keeps reading prompts as it was trained to."""
     from editguard.model.config import ModelConfig, preset_config
     from editguard.model.model_dir import create_model
-    from editguard.model.normalize import LEXICON_FILE
+    from editguard.model.normalize import LEXICON_FILE, WORDS_FILE
 
     prompts = [HARM, "make the sky pink", "give her a turban", "give the teal wall a turban"] * 2
     _, pre = create_model(preset_config("tiny"), tmp_path, prompts=prompts)
@@ -158,6 +167,9 @@ def test_typos_are_read_as_the_words_they_misspell(tmp_path):
     for plain in ("give the teal wall a turban", "make teh sky 4k, h264", "Straße café"):
         assert pre.prompt_text(plain) == plain, plain
     assert pre.prompt_text("REMOV the turbn") == "REMOVE the turban"
+    words = json.loads((tmp_path / "tokenizer" / WORDS_FILE).read_text())
+    assert words[:3] == ["the", "you", "and"] and "toddler" in words  # an English word list, commonest first
+    assert pre.prompt_text("give the todler a turban") == "give the toddler a turban"
     # a model dir from before the speller and the clause windows reads prompts as it was trained to
     assert pre.cfg.spelling and pre.cfg.clause_windows > 0  # a new model has both
     legacy = ModelConfig().to_dict()
