@@ -161,7 +161,8 @@ _LETTERS = re.compile(r"(?<!\w)[A-Za-z]+(?!\w)")  # a whole word of Latin letter
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 # what a character may stand for inside a word: the leetspeak letters, and "i" and "l" for each other (a
 # Greek iota, a palochka, a capital I and a 1 are each read as either)
-_READINGS = {**{c: LEET[c] for c in LEET}, "1": "il", "!": "il", "|": "li", "i": "il", "l": "li"}
+_READINGS = {**{c: [LEET[c]] for c in LEET}, "1": ["i", "l"], "!": ["i", "l"], "|": ["l", "i"], "i": ["i", "l"],
+             "l": ["l", "i"], "8": ["b", "ate"]}  # (and an 8 is the sound "ate" in chat: h8, m8)
 # a word's letters and stand-ins (apostrophes and hyphens split it)
 _PIECE = re.compile(r"(?<!\w)[A-Za-z0-9@$|!+€£]+(?!\w)")
 _SHORT = ("a", "i", "an", "as", "at", "be", "by", "do", "go", "he", "if", "in", "is", "it", "me", "my", "no",

@@ -125,9 +125,10 @@ def test_the_speller_reads_stand_ins_typos_and_run_together_words_with_the_model
 
     # an English word list reads typos of words that neither the training prompts nor the vocabulary hold
     english = Speller(lexicon | {"hat": 30}, vocab=["pis", "sin", "skin", "hello"],
-                      words=["the", "that", "toddler", "whiten", "teeth"])
+                      words=["the", "that", "toddler", "whiten", "teeth", "hate"])
     for typed, meant in {"a todler": "a toddler", "whten the teeth": "whiten the teeth", "g1ow up": "glow up",
                          "put htat on": "put that on",  # two letters swapped, likelier than one added (hat)
+                         "h8 symbol": "hate symbol",  # an 8 may be the sound "ate"
                          "Lose the turbn": "Lose the turban", "beautify pis": "beautify pls"}.items():
         assert english.correct(typed) == meant, typed
     assert speller.correct("whten the teth") == "whten the teth"  # without it, no word is one edit away
