@@ -162,7 +162,8 @@ _ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 # what a character may stand for inside a word: the leetspeak letters, and "i" and "l" for each other (a
 # Greek iota, a palochka, a capital I and a 1 are each read as either)
 _READINGS = {**{c: [LEET[c]] for c in LEET}, "1": ["i", "l"], "!": ["i", "l"], "|": ["l", "i"], "i": ["i", "l"],
-             "l": ["l", "i"], "8": ["b", "ate"]}  # (and an 8 is the sound "ate" in chat: h8, m8)
+             "l": ["l", "i"]}
+_CHAT = {**_READINGS, "8": ["b", "ate"]}  # ... and, with a word list, an 8 for the sound "ate" (h8, m8)
 # a word's letters and stand-ins (apostrophes and hyphens split it)
 _PIECE = re.compile(r"(?<!\w)[A-Za-z0-9@$|!+€£]+(?!\w)")
 _SHORT = ("a", "i", "an", "as", "at", "be", "by", "do", "go", "he", "if", "in", "is", "it", "me", "my", "no",
@@ -214,6 +215,11 @@ class Speller:
             self.rank.setdefault(w, (0, len(words) + i))
         for w, n in lexicon.items():
             self.rank[w] = (-n, 0)
+        self.listed_only = set(words).difference(vocab, lexicon)  # words only the word list knows
+        # a speller with a word list (a model dir trained since it was added) also reads an 8 as "ate" and ranks
+        # the likelier typo above a training word; one without reads prompts as models before it were trained to
+        self.listed = bool(words)
+        self.readings = _CHAT if self.listed else _READINGS
         # the words a run-together word may split into: the lexicon's, the vocabulary's of 4+ letters, short ones
         self.parts = {w: n for w, n in lexicon.items()} | {w: 0 for w in vocab if len(w) >= 4 and w not in lexicon} \
             | {w: 1 for w in _SHORT}
@@ -266,13 +272,18 @@ class Speller:
             return word  # a number, or one with its unit (100k, 1080p, 5th)
         word_like = 2 * letters >= len(low) - letters  # at least half as many letters as stand-ins
         if low in self.rank:  # known; a word only the vocabulary knows may stand for one the training prompts use
+            if low in self.listed_only:  # ... and one only the word list knows may be a typo of a training word
+                best = self._best([c for c in _edits(low) if self.rank.get(c, (0,))[0] and _typo(low, c) == 0
+                                   and c[:1] in (low[:1], low[1:2])], [low])
+                if best is not None:
+                    return best
             if self.rank[low][0] or not any(c in _READINGS for c in low):
                 return word
-            best = self._best([r for r in _readings(low) if self.rank.get(r, (0,))[0]], [low])
+            best = self._best([r for r in _readings(low, self.readings) if self.rank.get(r, (0,))[0]], [low])
             return word if best is None else best
-        readings = _readings(low)
+        readings = _readings(low, self.readings)
         best = self._best([r for r in readings if r in self.rank], readings)
-        if best is None and low[:1] == "a" and low[1:] in self.rank:
+        if best is None and low[:1] == "a" and low[1:] in self.rank and low[1:] not in self.listed_only:
             best = "a " + low[1:]  # the article run into its word (letters split by spaces: a k i d)
         if best is None and word_like and len(low) >= self.min_len:
             best = self._best([c for r in readings[:16] for c in _edits(r) if c in self.rank], readings)
@@ -296,7 +307,9 @@ class Speller:
         starts = {r[:1] for r in readings} | {r[1:2] for r in readings}  # a typo may swap the first two letters
 
         def key(c: str):  # the first letter kept; the likelier typo; a training word; the most frequent
-            return c[:1] not in starts, _typo(word, c), self.rank[c][0] == 0, self.rank[c], c
+            if self.listed:
+                return c[:1] not in starts, _typo(word, c), self.rank[c][0] == 0, self.rank[c], c
+            return c[:1] not in starts, self.rank[c][0] == 0, _typo(word, c), self.rank[c], c
         return min(cands, key=key)
 
     def _split(self, w: str) -> str | None:
@@ -320,11 +333,11 @@ def _plain(w: str) -> bool:
     return len(w) >= 3 and w.isascii() and w.isalpha() and w.islower()
 
 
-def _readings(w: str) -> list[str]:
+def _readings(w: str, readings: dict[str, list[str]] = _READINGS) -> list[str]:
     """The spellings ``w``'s stand-ins may hide, the first reading of each first (at most 64)."""
     out = [""]
     for c in w:
-        options = _READINGS.get(c, c)
+        options = readings.get(c, c)
         out = [o + x for o in out for x in options][:_MOST_READINGS]
     return out
 

@@ -124,14 +124,21 @@ def test_the_speller_reads_stand_ins_typos_and_run_together_words_with_the_model
         assert speller.correct(kept) == kept, kept
 
     # an English word list reads typos of words that neither the training prompts nor the vocabulary hold
-    english = Speller(lexicon | {"hat": 30}, vocab=["pis", "sin", "skin", "hello"],
-                      words=["the", "that", "toddler", "whiten", "teeth", "hate"])
+    trained = lexicon | {"hat": 30, "teal": 4, "paint": 6}
+    english = Speller(trained, vocab=["pis", "sin", "skin", "hello"],
+                      words=["the", "that", "toddler", "whiten", "teeth", "hate", "tael", "pint"])
     for typed, meant in {"a todler": "a toddler", "whten the teeth": "whiten the teeth", "g1ow up": "glow up",
                          "put htat on": "put that on",  # two letters swapped, likelier than one added (hat)
                          "h8 symbol": "hate symbol",  # an 8 may be the sound "ate"
+                         "a tael box": "a teal box",  # a word only the list knows, two letters from a training word
+                         "apint it": "paint it",  # ... and not the article run into it (a pint)
                          "Lose the turbn": "Lose the turban", "beautify pis": "beautify pls"}.items():
         assert english.correct(typed) == meant, typed
-    assert speller.correct("whten the teth") == "whten the teth"  # without it, no word is one edit away
+    # without a list (a model dir trained before it), prompts are read as before: no word is one edit away from
+    # whten, a training word beats a likelier typo, and an 8 is a b
+    without = Speller(trained, vocab=["pis", "sin", "skin", "hello", "that"])
+    for typed, meant in {"whten the teth": "whten the teth", "put htat on": "put hat on", "h8": "hb"}.items():
+        assert without.correct(typed) == meant, typed
 
 
 def test_a_family_of_your_own_in_a_few_lines():
