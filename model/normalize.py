@@ -169,6 +169,7 @@ _PIECE = re.compile(r"(?<!\w)[A-Za-z0-9@$|!+€£]+(?!\w)")
 _SHORT = ("a", "i", "an", "as", "at", "be", "by", "do", "go", "he", "if", "in", "is", "it", "me", "my", "no",
           "of", "on", "or", "so", "to", "up", "us", "we")  # the short words a run of split letters may hold
 _MOST_READINGS = 64
+COMMON = 10_000  # a word list's commonest words: a typo is read as a rarer one only where it is likelier
 
 
 class Speller:
@@ -216,6 +217,7 @@ class Speller:
         for w, n in lexicon.items():
             self.rank[w] = (-n, 0)
         self.listed_only = set(words).difference(vocab, lexicon)  # words only the word list knows
+        self.rare = self.listed_only.difference(words[:COMMON])  # ... and not among its commonest
         # a speller with a word list (a model dir trained since it was added) also reads an 8 as "ate" and ranks
         # the likelier typo above a training word; one without reads prompts as models before it were trained to
         self.listed = bool(words)
@@ -307,8 +309,9 @@ class Speller:
         starts = {r[:1] for r in readings} | {r[1:2] for r in readings}  # a typo may swap the first two letters
 
         def key(c: str):  # the first letter kept; the likelier typo; a training word; the most frequent
-            if self.listed:
-                return c[:1] not in starts, _typo(word, c), self.rank[c][0] == 0, self.rank[c], c
+            if self.listed:  # the likelier typo of the commoner word: a typo's tier plus the word's rarity
+                rarity = 0 if self.rank[c][0] else 2 if c in self.rare else 1
+                return c[:1] not in starts, _typo(word, c) + rarity, rarity, self.rank[c], c
             return c[:1] not in starts, self.rank[c][0] == 0, _typo(word, c), self.rank[c], c
         return min(cands, key=key)
 
