@@ -195,13 +195,17 @@ class Speller:
        letters as stand-ins.
 
     Of several candidates, one that keeps the word's first letter wins (typos rarely touch it, bar a swap
-    of the first two), then the likelier typo (a letter dropped, doubled or two swapped, then one replaced,
-    then one added: ``htat`` is that, not hat), then a training word, then the lexicon's most frequent, then
-    the word list's commonest, then the vocabulary's first (a WordPiece vocabulary lists common words
-    first). Known words stay as they are, so a typo the training prompts themselves contain is read as the
+    of the first two). Then, without a word list, a training word, then the likelier typo (a letter
+    dropped, doubled or two swapped, then one replaced, then one added), then the lexicon's most frequent,
+    then the vocabulary's first (a WordPiece vocabulary lists common words first). With a word list, the
+    likelier typo of the commoner word: the typo's tier (0, 1, 2 as listed) plus the word's rarity (0 a
+    training word, 1 a vocabulary word or one of the list's 10,000 commonest, 2 a rarer one), so ``htat``
+    is that (a swap) and not hat (a letter added), and ``mnke`` make and not minke; then the commoner.
+    Known words stay as they are, so a typo the training prompts themselves contain is read as the
     model learned it, except that a word only the word list or the vocabulary knows is read as a training
-    word its stand-ins may spell (``pis`` pls). Words of non-Latin letters, numbers and numbers with units
-    (``100k``, ``5th``) stay as they are.
+    word its stand-ins may spell (``pis`` pls), and one only the word list knows as a training word two
+    swapped letters or one dropped or doubled away (``tael`` teal). Words of non-Latin letters, numbers
+    and numbers with units (``100k``, ``5th``) stay as they are.
     """
 
     def __init__(self, lexicon: dict[str, int], vocab: Iterable[str] = (), min_len: int = 4,

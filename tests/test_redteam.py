@@ -126,12 +126,13 @@ def test_the_speller_reads_stand_ins_typos_and_run_together_words_with_the_model
     # an English word list reads typos of words that neither the training prompts nor the vocabulary hold
     trained = lexicon | {"hat": 30, "teal": 4, "paint": 6}
     english = Speller(trained, vocab=["pis", "sin", "skin", "hello"],
-                      words=["the", "that", "toddler", "whiten", "teeth", "hate", "tael", "pint"])
+                      words=["the", "that", "toddler", "whiten", "teeth", "hate", "tael", "pint", "minke"])
     for typed, meant in {"a todler": "a toddler", "whten the teeth": "whiten the teeth", "g1ow up": "glow up",
                          "put htat on": "put that on",  # two letters swapped, likelier than one added (hat)
                          "h8 symbol": "hate symbol",  # an 8 may be the sound "ate"
                          "a tael box": "a teal box",  # a word only the list knows, two letters from a training word
                          "apint it": "paint it",  # ... and not the article run into it (a pint)
+                         "mnke it": "make it",  # a training word one letter off, over a word the list knows
                          "Lose the turbn": "Lose the turban", "beautify pis": "beautify pls"}.items():
         assert english.correct(typed) == meant, typed
     # without a list (a model dir trained before it), prompts are read as before: no word is one edit away from
