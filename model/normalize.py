@@ -169,7 +169,7 @@ _PIECE = re.compile(r"(?<!\w)[A-Za-z0-9@$|!+€£]+(?!\w)")
 _SHORT = ("a", "i", "an", "as", "at", "be", "by", "do", "go", "he", "if", "in", "is", "it", "me", "my", "no",
           "of", "on", "or", "so", "to", "up", "us", "we")  # the short words a run of split letters may hold
 _MOST_READINGS = 64
-COMMON = 10_000  # a word list's commonest words: a typo is read as a rarer one only where it is likelier
+COMMON = 30_000  # a word list's commonest words: a typo is read as a rarer one only where it is likelier
 
 
 class Speller:
@@ -199,7 +199,7 @@ class Speller:
     dropped, doubled or two swapped, then one replaced, then one added), then the lexicon's most frequent,
     then the vocabulary's first (a WordPiece vocabulary lists common words first). With a word list, the
     likelier typo of the commoner word: the typo's tier (0, 1, 2 as listed) plus the word's rarity (0 a
-    training word, 1 a vocabulary word or one of the list's 10,000 commonest, 2 a rarer one), so ``htat``
+    training word, 1 a vocabulary word or one of the list's 30,000 commonest, 2 a rarer one), so ``htat``
     is that (a swap) and not hat (a letter added), and ``mnke`` make and not minke; then the commoner.
     Known words stay as they are, so a typo the training prompts themselves contain is read as the
     model learned it, except that a word only the word list or the vocabulary knows is read as a training
