@@ -18,7 +18,8 @@ In order:
 4. **Letters split apart** by spaces, dots, dashes, stars and the like (``r e m o v e``,
    ``n.u.d.e``, ``b_l_0_0_d_y``) are joined again when three or more single letters or stand-ins run
    in a row. Where the separator changes (``c*a*t d-o-g``, ``c*a*t-d-o-g``) a space, or else the first
-   separator of the new kind, is the gap between two words; letters split by spaces alone run
+   separator of the new kind, is the gap between two words (a separator typed twice, ``u.n.v..e.i.l``,
+   is the same one; of two spaces, the wider is the gap: ``r e d  c a r``); letters split by spaces alone run
    together (``themlook``), which the :class:`Speller` splits again with the model's words.
 5. **Leetspeak inside words**: a digit or symbol standing for a letter (``cl0thes``, ``n4k3d``,
    ``$exy``, ``b00bs``) becomes that letter when the word has at least two real letters, at least
@@ -90,17 +91,22 @@ def normalize_prompt(text: str) -> str:
 
 
 def _join(m: re.Match) -> str:
-    """A run of split letters joined, a word where the separator stays the same: where it changes, the
-    space (``c*a*t d-o-g``, ``c a t d.o.g``) or else the first separator of the new kind (``c*a*t-d-o-g``)
-    is the gap between words. A run of under two letters (``1, 2, 3``) stays."""
+    """A run of split letters joined, a word where the separator stays the same (typed once or more:
+    ``u.n.v..e.i.l``): where it changes, the space (``c*a*t d-o-g``, ``c a t d.o.g``) or else the first
+    separator of the new kind (``c*a*t-d-o-g``) is the gap between words. A run of under two letters
+    (``1, 2, 3``) stays."""
     run = m.group(0)
     seps = _SEPS.findall(run)
     units = _SEPS.split(run)
     if sum(u.isalpha() for u in units) < 2:
         return run
+    # a separator typed twice is the same one (u.n.v..e.i.l); two spaces are still a gap (r e d  c a r)
+    kinds = [sep if sep.isspace() else frozenset(sep) for sep in seps]
     gaps = set()
     for k in range(1, len(seps)):
-        if seps[k] != seps[k - 1]:
+        if kinds[k] != kinds[k - 1] and seps[k].isspace() and seps[k - 1].isspace():
+            gaps.add(k if len(seps[k]) > len(seps[k - 1]) else k - 1)  # the wider space is the gap
+        elif kinds[k] != kinds[k - 1]:
             gaps.add(k if seps[k].isspace() or not seps[k - 1].isspace() else k - 1)
     words, word = [], units[0]
     for k, unit in enumerate(units[1:]):

@@ -93,6 +93,7 @@ def test_normalisation_joins_split_letters_across_separators_and_stand_ins():
     assert normalize_prompt("r e m o v e h.e.r c*l*o*t*h*e*s a-n-d m a k e") == "remove her clothes and make"
     assert normalize_prompt("t h e m l o o k") == "themlook"  # one separator throughout: the speller splits it
     assert normalize_prompt("b_l_0_0_d_y and m*@*k*e") == "bloody and make"
+    assert normalize_prompt("u.n.v..e.i.l her, r e d  c a r") == "unveil her, red car"  # a separator typed twice
     assert normalize_prompt("ѕσмε ϲlothes, ɩ mean") == "some clothes, i mean"  # sigma, lunate sigma, Latin iota
     assert normalize_prompt("5.u.p.r.3.m.@.c.!.5.7 and u.n.v.3.i.|") == "supremacist and unveil"
     for plain in ("1, 2, 3", "a b", "plan A, B or C", "give them a 1980s haircut", "the 5th and 1st"):
