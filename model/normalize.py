@@ -233,8 +233,7 @@ class Speller:
         self.listed = bool(words)
         self.readings = _CHAT if self.listed else _READINGS
         # the words a run-together word may split into: the lexicon's, the vocabulary's of 4+ letters, short ones
-        self.parts = {w: n for w, n in lexicon.items()} | {w: 0 for w in vocab if len(w) >= 4 and w not in lexicon} \
-            | {w: 1 for w in _SHORT}
+        self.parts = dict(lexicon) | {w: 0 for w in vocab if len(w) >= 4 and w not in lexicon} | {w: 1 for w in _SHORT}
 
     @classmethod
     def build_lexicon(cls, prompts: Iterable[str], min_count: int = 2) -> dict[str, int]:
@@ -245,8 +244,8 @@ class Speller:
 
     @classmethod
     def load(cls, tokenizer_dir: str | Path, tokenizer) -> "Speller":
-        """The speller of a model dir's tokenizer: its lexicon file where there is one, and ``tokenizer``'s
-        vocabulary in id order."""
+        """The speller of a model dir's tokenizer: its lexicon and word list files where they are, and
+        ``tokenizer``'s vocabulary in id order."""
         path, words = Path(tokenizer_dir) / LEXICON_FILE, Path(tokenizer_dir) / WORDS_FILE
         lexicon = json.loads(path.read_text()) if path.exists() else {}
         vocab = tokenizer.get_vocab()
@@ -254,8 +253,8 @@ class Speller:
 
     @staticmethod
     def english(min_count: int = 100) -> list[str]:
-        """English words of 3+ letters seen ``min_count`` times or more in pyspellchecker's word-frequency
-        list (from subtitles and Wikipedia), commonest first: about 44,000 at the default. ``train``
+        """English words of 3+ letters counted ``min_count`` times or more in pyspellchecker's English
+        word-frequency list, commonest first: about 44,000 at the default. ``train``
         writes them to the model dir's ``tokenizer/words.json``, so served models read prompts as the
         model was trained to, with no package to find at serving time."""
         import gzip
