@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The wheels that scripts/gpu_check.py needs on a GPU machine with no registry access, fetched on a
-# machine that reaches PyPI: the tritonserver binary (nvidia-pytriton), tritonclient, perf_analyzer
-# and onnxruntime-gpu (built for CUDA 13), for the GPU machine's Python (default 3.12; PYVER=3.11 ...).
+# machine that reaches PyPI: the tritonserver binary (nvidia-pytriton), tritonclient, perf_analyzer,
+# onnxruntime-gpu (built for CUDA 13) and pyspellchecker (the speller's word list, which training writes
+# into the model dir), for the GPU machine's Python (default 3.12; PYVER=3.11 ...).
 #
 #   scripts/gpu_wheels.sh [DIR]        # default DIR: .whl (ignored by git)
 #
@@ -19,7 +20,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$pyve
   --platform manylinux_2_38_x86_64 --platform manylinux_2_35_x86_64 --platform manylinux_2_28_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$dir" \
   "nvidia-pytriton==$(version nvidia-pytriton)" "tritonclient==$(version tritonclient)" "perf-analyzer==2.60.0" \
-  "onnxruntime-gpu==1.31.*"
+  "onnxruntime-gpu==1.31.*" "pyspellchecker==$(version pyspellchecker)"
 if [ -n "${SPLIT:-}" ]; then
   for whl in "$dir"/*.whl; do
     if [ "$(stat -c %s "$whl")" -gt "$(numfmt --from=iec "$SPLIT")" ]; then
