@@ -439,6 +439,17 @@ def test_training_rewrites_prompts_and_moves_masks_and_nothing_else(few_triples,
         np.testing.assert_array_equal(b["input_ids"], rewritten[i]["input_ids"])  # seeded by (seed, epoch, item)
     # a framing or padding always changes the tokens; typos and leetspeak mostly read back as the same ones
     assert changed >= 0.4 * len(records) and windows >= 1
+    padded_only = TripleDataset(records, pre, names, augment=True, seed=3, prompt_augment=1.0,
+                                prompt_kinds=("padding",))  # train --prompt-augment-kinds padding
+    grew = 0
+    for i in range(len(records)):
+        a, b = plain[i], padded_only[i]
+        np.testing.assert_array_equal(a["labels"], b["labels"])
+        if int(b["attention_mask"].sum()) > int(a["attention_mask"].sum()):
+            grew += 1
+        else:  # padded past what the model reads: the prompt stays as it was, never only misspelt
+            np.testing.assert_array_equal(a["input_ids"], b["input_ids"])
+    assert grew >= len(records) // 4  # the tiny preset reads fewer windows than the cpu presets
 
     lied = TripleDataset(records, pre, names, augment=True, seed=3, mask_dropout=0.0, mask_lie=1.0)
     honest = TripleDataset(records, pre, names, augment=True, seed=3, mask_dropout=0.0)
@@ -469,6 +480,22 @@ def test_prompts_are_rewritten_by_default_for_the_post_check_only():
     assert with_prompt_augment(chosen, judges_output=True).prompt_augment == 0.0  # --prompt-augment 0 turns it off
     with pytest.raises(ValueError, match="--prompt-augment is a share"):
         TrainConfig(train="t.jsonl", val="v.jsonl", out="out", prompt_augment=1.5)
+    assert cfg.prompt_augment_kinds == ("typos", "leet", "frame", "padding")
+    with pytest.raises(ValueError, match="--prompt-augment-kinds takes one or more of typos"):
+        TrainConfig(train="t.jsonl", val="v.jsonl", out="out", prompt_augment_kinds=("shouting",))
+
+
+def test_train_takes_the_kinds_of_rewrite_and_refuses_an_unknown_one(capsys):
+    from editguard.cli import build_parser, main
+
+    base = ["train", "--train", "t.jsonl", "--val", "v.jsonl", "--out", "out", "--preset", "cpu-precheck"]
+    args = build_parser().parse_args([*base, "--prompt-augment", "0.3", "--prompt-augment-kinds", "padding, frame"])
+    assert args.prompt_augment_kinds == ("padding", "frame")
+    assert build_parser().parse_args(base).prompt_augment_kinds == ("typos", "leet", "frame", "padding")
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--prompt-augment-kinds", "padding,shouting"])
+    assert e.value.code == 2
+    assert "unknown rewrite shouting; choose from typos, leet, frame, padding" in capsys.readouterr().err
 
 
 @pytest.mark.slow

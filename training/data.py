@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from ..manifest import Record
 from ..model.preprocess import PreprocessError, Preprocessor, collate
-from .augment import augment_prompt
+from .augment import KINDS, augment_prompt
 
 __all__ = ["TripleDataset", "collate_batch", "label_matrix", "degrade", "jitter_mask", "misplace_mask"]
 
@@ -99,12 +99,13 @@ class TripleDataset(Dataset):
 
     def __init__(self, records: list[Record], pre: Preprocessor, labels: list[str], *, cache: bool = True,
                  augment: bool = False, mask_dropout: float = 0.2, seed: int = 0, realistic: bool = False,
-                 prompt_augment: float = 0.0, mask_lie: float = 0.0):
+                 prompt_augment: float = 0.0, prompt_kinds: tuple[str, ...] = KINDS, mask_lie: float = 0.0):
         self.records, self.pre = records, pre
         self.y = label_matrix(records, labels)
         self.cache: dict[int, dict] | None = {} if cache else None
         self.augment, self.mask_dropout, self.seed, self.epoch = augment, mask_dropout, seed, 0
         self.realistic, self.prompt_augment, self.mask_lie = realistic, prompt_augment, mask_lie
+        self.prompt_kinds = tuple(prompt_kinds)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -141,7 +142,7 @@ class TripleDataset(Dataset):
 
     def _augment_prompt(self, item: dict, prompt: str, rng: np.random.Generator) -> None:
         try:
-            ids, att = self.pre.tokens([augment_prompt(prompt, rng)])
+            ids, att = self.pre.tokens([augment_prompt(prompt, rng, self.prompt_kinds)])
         except PreprocessError:  # longer than the model reads: the prompt as it was
             return
         item["input_ids"], item["attention_mask"] = ids[0], att[0]

@@ -160,7 +160,7 @@ def _loaders(cfg, recs: list, val_recs: list, pre, names: list[str], out: Path) 
     triples go into the model dir for export's parity check."""
     train_ds = TripleDataset(recs, pre, names, augment=True, mask_dropout=cfg.mask_dropout, seed=cfg.seed,
                              realistic=cfg.realistic_augment, prompt_augment=cfg.prompt_augment,
-                             mask_lie=cfg.mask_lie)
+                             prompt_kinds=cfg.prompt_augment_kinds, mask_lie=cfg.mask_lie)
     val_ds = TripleDataset(val_recs, pre, names, cache=False)
     g = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(train_ds, cfg.batch_size, shuffle=True, generator=g, collate_fn=collate_batch,

@@ -25,6 +25,7 @@ from ..model.model_dir import create_model, save_model_dir
 from ..model.prompt_cache import PromptCache, with_cache
 from ..model.taxonomy import Taxonomy, default_taxonomy, load_taxonomy
 from ..model.weight_pack import use_pack
+from .augment import KINDS
 from .data import TripleDataset, collate_batch, label_matrix
 from .loop import Ranks, TrainingRun, fit, load_checkpoint, optimizer_for, pos_weight, save_examples, setup_ranks
 
@@ -68,6 +69,7 @@ class TrainConfig:
     # share of items whose prompt is rewritten (training.augment; 0: off); None: PROMPT_AUGMENT for a model that
     # judges the output, 0 for a pre-check (measured in docs/red-team.md)
     prompt_augment: float | None = None
+    prompt_augment_kinds: tuple[str, ...] = KINDS  # which rewrites prompt_augment draws from (training.augment.KINDS)
     mask_lie: float = 0.0  # share of items whose mask is moved away from the change (training.data.misplace_mask)
     seed: int = 0  # seeds init, shuffling and dropout
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
@@ -97,6 +99,10 @@ class TrainConfig:
         for flag, share in (("--prompt-augment", self.prompt_augment), ("--mask-lie", self.mask_lie)):
             if share is not None and not 0.0 <= share <= 1.0:
                 raise ValueError(f"{flag} is a share of items, 0 to 1 (got {share})")
+        unknown = set(self.prompt_augment_kinds) - set(KINDS)
+        if unknown or not self.prompt_augment_kinds:
+            raise ValueError(f"--prompt-augment-kinds takes one or more of {', '.join(KINDS)} "
+                             f"(got {', '.join(self.prompt_augment_kinds) or 'none'})")
         if self.tune not in ("branch", "towers", "all"):
             raise ValueError(f"tune must be 'branch', 'towers' or 'all', got {self.tune!r}")
         if self.replay_size < 0:
@@ -144,7 +150,7 @@ def _train(cfg: TrainConfig, d: Ranks) -> dict:
     net, pre = _network(cfg, d, taxonomy, [r.prompt for r in train_recs])
     train_ds = TripleDataset(train_recs, pre, taxonomy.names, augment=True, mask_dropout=cfg.mask_dropout,
                              seed=cfg.seed, realistic=cfg.realistic_augment, prompt_augment=cfg.prompt_augment,
-                             mask_lie=cfg.mask_lie)
+                             prompt_kinds=cfg.prompt_augment_kinds, mask_lie=cfg.mask_lie)
     val_ds = TripleDataset(val_recs, pre, taxonomy.names, cache=False)
     # one process is a world of one: the same sampler gives every world size the same global batches
     sampler = DistributedSampler(train_ds, d.world, d.rank, shuffle=True, seed=cfg.seed)

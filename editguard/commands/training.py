@@ -58,6 +58,12 @@ def add_train(sub) -> None:
                    help="this share of training items (0-1) gets its prompt rewritten: typos, leetspeak, a benign "
                    "framing, or friendly sentences around the instruction, so long and framed prompts are read "
                    "right (docs/red-team.md; default: 0.3 for a model that sees the output, 0 for a pre-check)")
+    from editguard.training.augment import KINDS  # numpy only
+
+    g.add_argument("--prompt-augment-kinds", type=_augment_kinds, default=",".join(KINDS), metavar="KINDS",
+                   help="the rewrites --prompt-augment draws from, comma-separated: padding alone teaches a "
+                   "pre-check that chat around a request is safe, at a clean cost measured in docs/red-team.md "
+                   "(default: %(default)s)")
     g.add_argument("--mask-lie", type=float, default=0.0, metavar="SHARE",
                    help="this share of training items (0-1) gets its mask moved away from the change, labels kept, so "
                    "the model does not trust a lying mask (docs/red-team.md; default: %(default)s)")
@@ -83,6 +89,17 @@ def add_train(sub) -> None:
     g.add_argument("--replay", metavar="MANIFEST", help="items replayed as the new categories' negatives (default: "
                    "the parent's training manifest, from its train_config.json)")
     g.add_argument("--replay-size", type=int, default=2000, help=f"items drawn from --replay; 0: none {from_help}")
+
+
+def _augment_kinds(text: str) -> tuple[str, ...]:
+    from editguard.training.augment import KINDS
+
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"unknown rewrite {', '.join(unknown) or '(none given)'}; "
+                                         f"choose from {', '.join(KINDS)}")
+    return kinds
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -115,7 +132,8 @@ def _run_train(args: argparse.Namespace) -> int:
                       allow_outside_root=args.allow_outside_root, progress=not args.no_progress,
                       realistic_augment=not args.no_realistic_augment, overlays=args.overlay, weights=args.weights,
                       adversarial=args.adversarial, adversarial_eps=args.adversarial_eps,
-                      prompt_augment=args.prompt_augment, mask_lie=args.mask_lie)
+                      prompt_augment=args.prompt_augment, mask_lie=args.mask_lie,
+                      prompt_augment_kinds=args.prompt_augment_kinds)
     if cfg.from_model:
         from editguard.training.grow import grow
 
