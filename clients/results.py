@@ -154,8 +154,11 @@ class ErrorLog:
         self._f.flush()
 
     def close(self, succeeded: set[str]) -> None:
-        """Rewrite the file with only the ids that still fail."""
+        """Rewrite the file with only the ids that still fail; remove it when none does."""
         self._f.close()
         keep = [r for i, r in self.errors.items() if i not in succeeded]
-        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+        if keep:
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+        else:
+            self.path.unlink(missing_ok=True)
         self.errors = {r["id"]: r for r in keep}

@@ -155,6 +155,7 @@ def test_score_resumes_after_kill_9_exactly_once(triton, synth_sets, tmp_path, r
     s = score(ScoreConfig(manifest=str(synth_sets["val"]), out=str(out), server=triton.grpc_url, progress=False))
     ids = [r["id"] for r in read_results(out)]
     assert s.skipped >= partial and len(ids) == len(set(ids)) == 300
+    assert s.errors == 0 and not out.with_name(out.name + ".errors.jsonl").exists()  # nothing failed: no error file
     assert set(ids) == {r["id"] for r in read_jsonl(synth_sets["val"])}
     assert s.report["macro"]["auroc"] > 0.8
 
