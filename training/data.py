@@ -90,7 +90,8 @@ class TripleDataset(Dataset):
     DataLoader workers, and repeated exactly on resume. ``prompt_augment``
     is the share of items whose prompt is rewritten by
     :func:`~editguard.training.augment.augment_prompt` (typos, leetspeak, a
-    benign framing, friendly padding) and tokenized again; ``mask_lie`` the
+    benign framing, friendly padding; ``prompt_kinds`` says which of them)
+    and tokenized again; ``mask_lie`` the
     share whose mask is moved away from the change (:func:`misplace_mask`),
     labels kept, so the model does not take a caller's mask on trust. Each
     draws from a generator of its own, so the images' augmentation is the
