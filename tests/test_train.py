@@ -32,12 +32,13 @@ def test_seeded_training_is_reproducible_and_resumes_after_a_kill(synth_sets, tm
     from editguard.training.train import TrainConfig, train
 
     small = subset_manifest(synth_sets["train"], 300, tmp_path.name)
-    kw = dict(train=str(small), val=str(synth_sets["val"]), preset="tiny", epochs=3, patience=5, progress=False)
+    val = subset_manifest(synth_sets["val"], 100, tmp_path.name)
+    kw = dict(train=str(small), val=str(val), preset="tiny", epochs=3, patience=5, progress=False)
     a = train(TrainConfig(out=str(tmp_path / "a"), **kw))
     b = train(TrainConfig(out=str(tmp_path / "b"), **kw))
     assert a["macro"] == b["macro"]
     # a real interruption: kill -9 the run once its first checkpoint is on disk, then --resume
-    cmd = [sys.executable, "-m", "editguard", "train", "--train", str(small), "--val", str(synth_sets["val"]),
+    cmd = [sys.executable, "-m", "editguard", "train", "--train", str(small), "--val", str(val),
            "--out", str(tmp_path / "c"), "--preset", "tiny", "--epochs", "3", "--patience", "5", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "c" / "checkpoint" / "state.json"
