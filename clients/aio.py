@@ -110,7 +110,7 @@ class AsyncEditGuardClient(ClientSettings):
             raise
 
     async def _call(self, model: str, rows: list, timeout: float | None, item_id: str | None,
-                    headers: Mapping[str, str] | None, thresholds: bool = False) -> list[Verdict]:
+                    headers: Mapping[str, str] | None, thresholds: tuple[str, ...] = ()) -> list[Verdict]:
         """One request of ``rows`` (``(input, prompt, output, mask)`` each): a Verdict per row."""
         call = Call(self, model, self._aio, rows, timeout, item_id, headers, thresholds)
         while True:

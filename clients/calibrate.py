@@ -21,7 +21,8 @@ from ..model.repository import CLIENT_MODEL
 __all__ = ["CalibrateConfig", "CalibrationRun", "calibrate_results", "Target", "ThresholdChoice",
            "choose_threshold", "rates_at", "bootstrap_rates",
            "ProbabilityCalibrator", "expected_calibration_error", "calibrate", "slice_table", "UnmetTargetError",
-           "parse_target", "threshold_report", "check_thresholds", "format_check"]
+           "parse_target", "threshold_report", "check_thresholds", "format_check", "SessionThresholdChoice",
+           "choose_session_thresholds", "calibrate_sessions", "session_verdict_rows"]
 
 METRICS = ("precision", "recall")
 
@@ -114,6 +115,86 @@ def choose_threshold(y_true, y_score, *, target: Target, sample_weight=None) -> 
     rates = rates_at(y, s, t, sample_weight=sample_weight)
     return ThresholdChoice(t, str(target), bool(ok.size), rates["precision"], rates["recall"], rates["fpr"],
                            support, best)
+
+
+@dataclass
+class SessionThresholdChoice(ThresholdChoice):
+    """:func:`choose_session_thresholds`' pair: ``threshold`` is the step check's, ``cumulative`` the
+    cumulative check's; the rates are those of the session's verdict in this category."""
+
+    cumulative: float = 1.0
+
+
+SESSION_GRID = 400  # candidate thresholds per check (the scores themselves where fewer are distinct)
+
+
+def choose_session_thresholds(y_true, step, cumulative, *, target: Target, grid: int = SESSION_GRID
+                              ) -> SessionThresholdChoice:
+    """A category's step and cumulative thresholds, chosen together for a session-level ``target``.
+
+    ``y_true``: ``[S]`` whether each session is harmful in the category; ``step``, ``cumulative``: ``[S]``,
+    each session's highest step and cumulative score (``-inf`` where it has no cumulative check). A session is
+    flagged when ``step >= t_step`` or ``cumulative >= t_cumulative``. Every pair of candidate thresholds is
+    tried: ``precision>=p`` keeps the pair with the most recall (then the fewest false positives),
+    ``recall>=r`` the pair with the most precision. Where no pair meets the target, ``achieved`` is False
+    and the pair reaching the best value of the metric is kept. Each threshold is then set halfway to the
+    next lower score of its check, which flags the same sessions with the most margin.
+    """
+    y = np.asarray(y_true).astype(bool)
+    a, b = np.asarray(step, dtype=np.float64), np.asarray(cumulative, dtype=np.float64)
+    if not (y.shape == a.shape == b.shape) or y.ndim != 1:
+        raise ValueError(f"y_true {y.shape}, step {a.shape} and cumulative {b.shape} must be 1-D and the same shape")
+    support = int(y.sum())
+    if support == 0 or support == len(y):
+        warnings.warn(f"only one class present (support {support} of {len(y)}); keeping threshold 0.5", UserWarning)
+        flagged = (a >= 0.5) | (b >= 0.5)
+        r = rates_at(y, flagged.astype(float), 0.5)
+        return SessionThresholdChoice(0.5, str(target), False, r["precision"], r["recall"], r["fpr"], support, math.nan,
+                                      0.5)
+    ts, tc = _candidates(a, grid), _candidates(b, grid)
+    A = (a[:, None] >= ts[None, :]).astype(np.float64)  # [S, Gs]: flagged by the step check
+    B = (b[:, None] >= tc[None, :]).astype(np.float64)  # [S, Gc]: flagged by the cumulative check
+    pos, neg = y.astype(np.float64), (~y).astype(np.float64)
+    flagged = lambda w: (w @ A)[:, None] + (w @ B)[None, :] - (A * w[:, None]).T @ B  # noqa: E731  [Gs, Gc]
+    tp, fp = flagged(pos), flagged(neg)
+    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-12), 1.0)
+    recall = tp / support
+    metric, other = (precision, recall) if target.metric == "precision" else (recall, precision)
+    ok = metric >= target.value - 1e-12
+    best = float(metric.max())
+    pool = ok if ok.any() else metric >= best - 1e-12
+    i, j = _argbest(pool, other, fp, ts, tc)
+    t_step, t_cum = _margin(a, ts[i]), _margin(b, tc[j])
+    r = rates_at(y, ((a >= t_step) | (b >= t_cum)).astype(float), 0.5)
+    return SessionThresholdChoice(t_step, str(target), bool(ok.any()), r["precision"], r["recall"], r["fpr"], support,
+                                  best, t_cum)
+
+
+def _candidates(s: np.ndarray, grid: int) -> np.ndarray:
+    """Candidate thresholds of one check: its distinct finite scores (``grid`` quantiles of them where there are
+    more), and ``inf`` (the check flags nothing)."""
+    values = np.unique(s[np.isfinite(s)])
+    if len(values) > grid:
+        values = np.unique(np.quantile(values, np.linspace(0.0, 1.0, grid)))
+    return np.append(values, np.inf)
+
+
+def _argbest(pool: np.ndarray, other: np.ndarray, fp: np.ndarray, ts: np.ndarray, tc: np.ndarray) -> tuple[int, int]:
+    """The pair in ``pool`` with the best other figure, then the fewest false positives, then the highest
+    thresholds."""
+    idx = np.argwhere(pool)
+    keys = (np.minimum(ts[idx[:, 0]], 2.0) + np.minimum(tc[idx[:, 1]], 2.0), -fp[pool], other[pool])
+    k = np.lexsort(keys)[-1]
+    return int(idx[k, 0]), int(idx[k, 1])
+
+
+def _margin(s: np.ndarray, t: float) -> float:
+    """``t`` moved halfway to the next lower score in ``s`` (the same scores reach it), in [0, 1]; ``inf``
+    (nothing flagged) becomes 1.0."""
+    if not np.isfinite(t):
+        return 1.0
+    lower = s[np.isfinite(s) & (s < t)]
+    return float(min(1.0, (t + lower.max()) / 2.0 if lower.size else t / 2.0))
 
 
 def _max_margin(s: np.ndarray, thr: np.ndarray, p: np.ndarray, r: np.ndarray, i: int) -> float:
@@ -229,16 +310,53 @@ def calibrate(labels: list[str], y_true: np.ndarray, y_score: np.ndarray, *, tar
             ece[name] = {"before": expected_calibration_error(y, s), "after": expected_calibration_error(y, cal.transform(s))}
             entry["calibration"] = cal.to_dict()
         cats[name] = entry
-    unmet = {n: c.best for n, c in choices.items() if not c.achieved and not math.isnan(c.best)}
-    if unmet and not allow_unmet:
-        lines = "; ".join(f"{n}: {choices[n].target} is out of reach, the best is {b:.3f}" for n, b in unmet.items())
-        raise UnmetTargetError(f"{lines}. Lower the target (--target-for CATEGORY=METRIC=VALUE), add data, "
-                               "or pass --allow-unmet to use the best achievable threshold", unmet)
+    _check_unmet(choices, allow_unmet)
     doc = {"model_version": model_version, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "source": source, "n": int(len(y_true)), "categories": cats}
     if method:
         doc["calibration"] = {"method": method, "ece": ece}
     return CalibrationResult(doc, choices, ece, calibrators)
+
+
+def _check_unmet(choices: dict[str, ThresholdChoice], allow_unmet: bool) -> None:
+    unmet = {n: c.best for n, c in choices.items() if not c.achieved and not math.isnan(c.best)}
+    if unmet and not allow_unmet:
+        lines = "; ".join(f"{n}: {choices[n].target} is out of reach, the best is {b:.3f}" for n, b in unmet.items())
+        raise UnmetTargetError(f"{lines}. Lower the target (--target-for CATEGORY=METRIC=VALUE), add data, "
+                               "or pass --allow-unmet to use the best achievable threshold", unmet)
+
+
+def calibrate_sessions(labels: list[str], y_true: np.ndarray, step: np.ndarray, cumulative: np.ndarray, *,
+                       targets: dict[str, Target], allow_unmet: bool = False, model_version: str = "",
+                       source: str = "") -> CalibrationResult:
+    """An edit session's thresholds for every category of ``labels``: a step and a cumulative threshold each,
+    chosen together (:func:`choose_session_thresholds`) so that ``targets`` hold for the session's verdict.
+
+    ``y_true``, ``step``, ``cumulative``: ``[S, C]`` (:func:`~editguard.clients.results.session_arrays`).
+    The document has them as its ``sessions`` block; it leaves the one-shot thresholds out (``--install``
+    merges it over the installed ones). Raises :class:`UnmetTargetError` like :func:`calibrate`.
+    """
+    choices, cats = {}, {}
+    for j, name in enumerate(labels):
+        c = choose_session_thresholds(y_true[:, j], step[:, j], cumulative[:, j], target=targets[name])
+        choices[name] = c
+        cats[name] = {"step": c.threshold, "cumulative": c.cumulative, "target": c.target, "achieved": c.achieved,
+                      "precision": c.precision, "recall": c.recall, "fpr": c.fpr, "support": c.support,
+                      "best_achievable": c.best}
+    _check_unmet(choices, allow_unmet)
+    doc = {"model_version": model_version, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "source": source, "n": int(len(y_true)), "sessions": {"n": int(len(y_true)), "categories": cats}}
+    return CalibrationResult(doc, choices)
+
+
+def session_verdict_rows(rows: list[dict], labels: list[str], step: np.ndarray, cumulative: np.ndarray,
+                         choices: dict[str, "SessionThresholdChoice"]) -> list[dict]:
+    """:func:`~editguard.clients.results.session_rows` with each category's score replaced by the session's
+    verdict at the chosen pair (1.0 flagged, 0.0 not): the one-threshold reports judge them at 0.5."""
+    t_step = np.array([choices[c].threshold for c in labels])
+    t_cum = np.array([choices[c].cumulative for c in labels])
+    flagged = (step >= t_step) | (cumulative >= t_cum)
+    return [dict(r, **{f"score_{c}": float(f) for c, f in zip(labels, row)}) for r, row in zip(rows, flagged)]
 
 
 def slice_table(rows: list[dict], labels: list[str], thresholds: np.ndarray, field: str, *, factor: float = 2.0,
@@ -333,6 +451,8 @@ def format_check(name: str, check: dict, reference: dict) -> str:
 
 
 def format_thresholds(result: CalibrationResult) -> str:
+    if any(isinstance(c, SessionThresholdChoice) for c in result.choices.values()):
+        return _format_session_thresholds(result)
     rows = [f"{'category':<22} {'target':<16} {'thresh':>6} {'prec':>6} {'recall':>6} {'FPR':>6} {'support':>7}  "
             f"precision 95% CI"]
     for name, c in result.choices.items():
@@ -344,6 +464,16 @@ def format_thresholds(result: CalibrationResult) -> str:
         rows.append("")
         rows.append(f"{'category':<22} {'ECE before':>10} {'ECE after':>10}")
         rows += [f"{n:<22} {e['before']:10.4f} {e['after']:10.4f}" for n, e in result.ece.items()]
+    return "\n".join(rows)
+
+
+def _format_session_thresholds(result: CalibrationResult) -> str:
+    rows = [f"{'category':<22} {'target':<16} {'step':>6} {'cumul.':>6} {'prec':>6} {'recall':>6} {'FPR':>6} "
+            f"{'support':>7}   (per session)"]
+    for name, c in result.choices.items():
+        mark = "" if c.achieved else "  (not met)"
+        rows.append(f"{name:<22} {c.target:<16} {c.threshold:6.3f} {c.cumulative:6.3f} {c.precision:6.3f} "
+                    f"{c.recall:6.3f} {c.fpr:6.3f} {c.support:7d}{mark}")
     return "\n".join(rows)
 
 
@@ -366,7 +496,7 @@ class CalibrateConfig:
     shift_factor: float = 2.0  # warn where a ``check`` set's FPR is over this multiple of the calibration set's
     slice_by: str | None = None  # the unsafe-any decision per value of this meta field
     fpr_factor: float = 2.0  # flag slices whose FPR is over this multiple of the overall FPR
-    sessions: bool = False  # calibrate on session-level verdicts (results.session_rows): a target holds per session
+    sessions: bool = False  # an edit session's step and cumulative thresholds, for a target per session
 
 
 @dataclass
@@ -386,8 +516,8 @@ def calibrate_results(cfg: CalibrateConfig) -> CalibrationRun:
     """Read the results (with their overlays), choose each category's threshold for its target, and add the
     ``--only`` merge, the ``--check`` carry-over and the ``--slice-by`` table. Raises ValueError naming a
     bad category, target or file, and :class:`UnmetTargetError`."""
-    from ..model.repository import merge_thresholds
-    from .results import read_results, results_arrays, session_rows
+    from ..model.repository import merge_session_thresholds, merge_thresholds
+    from .results import read_results, results_arrays, session_arrays, session_rows
 
     rows = read_results(cfg.results)
     if not rows:
@@ -396,10 +526,14 @@ def calibrate_results(cfg: CalibrateConfig) -> CalibrationRun:
     if cfg.sessions:
         if not any(r.get("session") is not None for r in rows):
             raise ValueError(f"--sessions: {cfg.results} has no session turns; score a manifest with sessions")
+        if cfg.method:
+            raise ValueError("--sessions chooses thresholds only; fit --calibration on one-shot results")
         rows = session_rows(rows)
     labels, scores, y = results_arrays(rows)
     if y is None:
         raise ValueError(f"{cfg.results} has no labels: score a labelled manifest to calibrate")
+    if cfg.sessions:
+        _, _, step, cumulative = session_arrays(rows)
     only = [n for spec in cfg.only for n in spec.split(",") if n]
     if only:
         unknown = [n for n in only if n not in labels]
@@ -407,14 +541,27 @@ def calibrate_results(cfg: CalibrateConfig) -> CalibrationRun:
             raise ValueError(f"--only {','.join(unknown)}: not categories of {cfg.results} ({', '.join(labels)})")
         keep = [labels.index(n) for n in only]
         labels, scores, y = only, scores[:, keep], y[:, keep]
+        if cfg.sessions:
+            step, cumulative = step[:, keep], cumulative[:, keep]
     versions = sorted({str(r.get("model_version", "")) for r in rows})
     if len(versions) > 1 and not cfg.version:
         raise ValueError(f"{cfg.results} mixes model versions {versions}; calibrate one version (pass --version)")
-    result = calibrate(labels, y, scores, targets=_targets(cfg, labels), method=cfg.method, n_boot=cfg.n_boot,
-                       allow_unmet=cfg.allow_unmet, model_version=cfg.version or versions[0], source=str(cfg.results))
-    th = np.array([result.choices[n].threshold for n in labels])
-    if only:
-        result.thresholds = merge_thresholds(result.thresholds, cfg.installed, cfg.model)
+    version, source = cfg.version or versions[0], str(cfg.results)
+    if cfg.sessions:
+        result = calibrate_sessions(labels, y, step, cumulative, targets=_targets(cfg, labels),
+                                    allow_unmet=cfg.allow_unmet, model_version=version, source=source)
+        # the one-threshold reports below (--check, --slice-by) judge each session's verdict at 0.5
+        rows = session_verdict_rows(rows, labels, step, cumulative, result.choices)
+        scores = np.array([[r[f"score_{c}"] for c in labels] for r in rows])
+        th = np.full(len(labels), 0.5)
+        if cfg.installed:
+            result.thresholds = merge_session_thresholds(result.thresholds, cfg.installed, cfg.model)
+    else:
+        result = calibrate(labels, y, scores, targets=_targets(cfg, labels), method=cfg.method, n_boot=cfg.n_boot,
+                           allow_unmet=cfg.allow_unmet, model_version=version, source=source)
+        th = np.array([result.choices[n].threshold for n in labels])
+        if only:
+            result.thresholds = merge_thresholds(result.thresholds, cfg.installed, cfg.model)
     if cfg.check:
         _check_shift(cfg, labels, th, y, scores, result)
     slices = slice_table(rows, labels, th, cfg.slice_by, factor=cfg.fpr_factor) if cfg.slice_by else None
@@ -451,13 +598,16 @@ def _targets(cfg: CalibrateConfig, labels: list[str]) -> dict[str, Target]:
 def _check_shift(cfg: CalibrateConfig, labels: list[str], th: np.ndarray, y: np.ndarray, scores: np.ndarray,
                  result: CalibrationResult) -> None:
     """``--check``: the chosen thresholds on other labelled results, into ``result.thresholds``."""
-    from .results import read_results, results_arrays, session_rows
+    from .results import read_results, results_arrays, session_arrays, session_rows
 
     reference = threshold_report(labels, th, y, scores, n_boot=cfg.n_boot)
     checks = {}
     for path in cfg.check:
         rows = read_results(path)
-        rows = session_rows(rows) if cfg.sessions else rows
+        if cfg.sessions and rows:
+            rows = session_rows(rows)
+            _, _, step, cumulative = session_arrays(rows)
+            rows = session_verdict_rows(rows, labels, step, cumulative, result.choices)
         other_labels, other_scores, other_y = results_arrays(rows) if rows else ([], None, None)
         if other_y is None:
             raise ValueError(f"--check {path}: no labelled results there; score a labelled manifest with the same "

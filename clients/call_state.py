@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from ..model.repository import CLIENT_MODEL, PRECHECK, THRESHOLDS_OUTPUT
+from ..model.repository import CLIENT_MODEL, PRECHECK
 from ..model.session import MAX_HISTORY
 from .errors import EditGuardError, InvalidInputError, ServerError, ServerUnavailableError
 from .protocol import (
@@ -139,12 +139,13 @@ class Call:
     """
 
     def __init__(self, settings: ClientSettings, model: str, module, rows: Sequence[tuple], timeout: float | None,
-                 item_id: str | None, headers: Mapping[str, str] | None, thresholds: bool = False):
+                 item_id: str | None, headers: Mapping[str, str] | None, thresholds: tuple[str, ...] = ()):
         """``rows``: the request's items, ``(input_image, prompt, output_image, mask)`` each: one triple, or a
-        session turn's step and cumulative triple. ``thresholds``: also ask for the served thresholds (a
-        session's escalation needs them; a repository exported before them refuses the request)."""
+        session turn's step and cumulative triple. ``thresholds``: outputs to ask for besides the verdicts, the
+        served thresholds (THRESHOLDS, SESSION_THRESHOLDS: a session's checks and escalation need them; a
+        repository exported before them refuses the request)."""
         self.t0 = time.perf_counter()
-        self.outputs = (*OUTPUTS, THRESHOLDS_OUTPUT) if thresholds else OUTPUTS
+        self.outputs = (*OUTPUTS, *thresholds)
         self.settings, self.model, self.module, self.item_id = settings, model, module, item_id
         self.rows, self.headers = list(rows), headers
         self.pixels = settings.pixels and all(wants_pixels(i, o, m) for i, _, o, m in self.rows)

@@ -145,7 +145,7 @@ class EditGuardClient(ClientSettings):
             raise
 
     def _call(self, model: str, rows: list, timeout: float | None, item_id: str | None,
-              headers: Mapping[str, str] | None, thresholds: bool = False) -> list[Verdict]:
+              headers: Mapping[str, str] | None, thresholds: tuple[str, ...] = ()) -> list[Verdict]:
         """One request of ``rows`` (``(input, prompt, output, mask)`` each): a Verdict per row (with the served
         thresholds when asked: :class:`~editguard.clients.call_state.Call`)."""
         call = Call(self, model, self._grpc, rows, timeout, item_id, headers, thresholds)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..connection import missing_header
 from ..model.repository import (ENCODED_INPUTS, MAX_IMAGE_BYTES, MAX_PROMPT_BYTES, OUTPUTS, PIXELS_INPUTS, PIXELS_SPEC,
-                                PROMPT, THRESHOLDS_OUTPUT)
+                                PROMPT, SESSION_CHECKS, SESSION_THRESHOLDS_OUTPUT, THRESHOLDS_OUTPUT)
 from .errors import DeadlineExceededError, EditGuardError, InvalidInputError, ServerError, ServerUnavailableError
 
 __all__ = ["Verdict", "Triple", "ImageInput", "MAX_IMAGE_BYTES", "MAX_PROMPT_BYTES", "OUTPUTS", "encode_image",
@@ -41,6 +41,9 @@ class Verdict:
     id: str | None = None
     # the served thresholds ``flagged`` was judged at (asked for by sessions; empty otherwise)
     thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
+    # an edit session's thresholds, {"step": {category: t}, "cumulative": {...}} (asked for by sessions, from
+    # `calibrate --sessions`; the one-shot thresholds where none are installed; empty where not served)
+    session_thresholds: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     @property
     def flagged_categories(self) -> list[str]:
@@ -235,13 +238,16 @@ def spec_mismatch(err: EditGuardError) -> bool:
 # -- responses and errors ---------------------------------------------------------------------
 def make_verdict(result, model: str, latency_ms: float, item_id: str | None, row: int = 0) -> Verdict:
     """The verdict of row ``row`` of a response (a session turn's request carries two)."""
-    scores, flagged, unsafe, labels, thresholds = (result.as_numpy(n) for n in (*OUTPUTS, THRESHOLDS_OUTPUT))
+    scores, flagged, unsafe, labels, thresholds, session = (
+        result.as_numpy(n) for n in (*OUTPUTS, THRESHOLDS_OUTPUT, SESSION_THRESHOLDS_OUTPUT))
     labels = [x.decode() if isinstance(x, bytes) else str(x) for x in labels[row]]
     response = result.get_response()
-    return Verdict(bool(unsafe[row, 0]), {k: float(v) for k, v in zip(labels, scores[row])},
+    by_label = lambda values: {k: float(v) for k, v in zip(labels, values)}  # noqa: E731
+    return Verdict(bool(unsafe[row, 0]), by_label(scores[row]),
                    {k: bool(v) for k, v in zip(labels, flagged[row])}, response.model_name or model,
                    response.model_version, latency_ms, item_id,
-                   {k: float(v) for k, v in zip(labels, thresholds[row])} if thresholds is not None else {})
+                   by_label(thresholds[row]) if thresholds is not None else {},
+                   {c: by_label(session[row, i]) for i, c in enumerate(SESSION_CHECKS)} if session is not None else {})
 
 
 def parse_urls(url: str | Sequence[str]) -> list[str]:

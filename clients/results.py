@@ -22,7 +22,7 @@ import numpy as np
 
 from ..files import JsonlAppender, atomic_path, iter_jsonl, write_text_atomic
 
-__all__ = ["ResultWriter", "read_results", "results_arrays", "session_rows", "ErrorLog"]
+__all__ = ["ResultWriter", "read_results", "results_arrays", "session_rows", "session_arrays", "ErrorLog"]
 
 
 def _is_jsonl(path: Path) -> bool:
@@ -113,27 +113,46 @@ def session_rows(rows: list[dict]) -> list[dict]:
     """One row per session (rows without a session stay as they are): each category's score is the highest of
     its turns' step and cumulative scores, the labels those of any turn's step or cumulative triple. A session
     is flagged in a category when any of its checks is, so thresholds chosen on these rows hold for the
-    session's verdict. ``id`` is the session's; ``turns`` counts them."""
+    session's verdict. ``id`` is the session's; ``turns`` counts them. Each row also has ``step_score_<c>``,
+    its turns' highest step score, and ``cumulative_score_<c>``, the highest cumulative score of its turns from
+    the second on (None for a one-turn session: a first turn sends the step triple alone), for thresholds of
+    the two checks of their own (:func:`session_arrays`)."""
     out, by_session = [], {}
     for r in rows:
         sid = r.get("session")
         if sid is None:
-            out.append(r)
+            scores = [k for k in r if k.startswith("score_")]
+            out.append(dict(r, **{f"step_{k}": r[k] for k in scores}, **{f"cumulative_{k}": None for k in scores}))
             continue
-        merged = by_session.get(sid)
-        if merged is None:
-            merged = by_session[sid] = {"id": sid, "model_version": r.get("model_version"), "turns": 0}
-            if r.get("labels") is not None:
-                merged["labels"] = []
-            out.append(merged)
-        merged["turns"] += 1
-        for k, v in r.items():
-            if k.startswith("score_"):
-                merged[k] = max(merged.get(k, 0.0), v, r.get(f"cumulative_{k}", v))
-        if "labels" in merged:
-            merged["labels"] = sorted(set(merged["labels"]) | set(r.get("labels") or [])
-                                      | set(r.get("cumulative_labels") or []))
-    return out
+        by_session.setdefault(sid, []).append(r)
+        if len(by_session[sid]) == 1:
+            out.append(sid)
+    merged_rows = {sid: _merge_session(sid, turns) for sid, turns in by_session.items()}
+    return [merged_rows[r] if isinstance(r, str) else r for r in out]
+
+
+def _merge_session(sid: str, turns: list[dict]) -> dict:
+    turns = sorted(turns, key=lambda t: t.get("turn") or 0)
+    merged = {"id": sid, "model_version": turns[0].get("model_version"), "turns": len(turns)}
+    for k in (k for k in turns[0] if k.startswith("score_")):
+        step = max(t[k] for t in turns)
+        cumulative = max((t.get(f"cumulative_{k}", t[k]) for t in turns[1:]), default=None)
+        merged[k] = step if cumulative is None else max(step, cumulative)
+        merged[f"step_{k}"], merged[f"cumulative_{k}"] = step, cumulative
+    if turns[0].get("labels") is not None:
+        merged["labels"] = sorted({c for t in turns
+                                   for c in (t.get("labels") or []) + (t.get("cumulative_labels") or [])})
+    return merged
+
+
+def session_arrays(rows: list[dict]) -> tuple[list[str], np.ndarray | None, np.ndarray, np.ndarray]:
+    """From :func:`session_rows`: ``(labels, y_true [S, C] or None, step [S, C], cumulative [S, C])``, each
+    session's highest step and cumulative scores; ``-inf`` where a session has no cumulative check."""
+    labels, _, y = results_arrays(rows)
+    step = np.array([[r[f"step_score_{c}"] for c in labels] for r in rows], dtype=np.float64)
+    cum = np.array([[-np.inf if r[f"cumulative_score_{c}"] is None else r[f"cumulative_score_{c}"] for c in labels]
+                    for r in rows], dtype=np.float64)
+    return labels, y, step, cum
 
 
 class ErrorLog:

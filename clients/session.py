@@ -22,8 +22,11 @@ Policy (:class:`SessionPolicy`):
 
 - a refused turn does not advance the session: the next turn starts again from the last accepted
   output, and the refused prompt is not part of the history;
+- **thresholds**: each check is judged at the server's session thresholds for it (``SESSION_THRESHOLDS``,
+  installed by ``editguard calibrate --sessions``: a step and a cumulative threshold per category, chosen
+  together for a session-level target), or at the one-shot thresholds where none are installed;
 - **escalation**: after a refusal, later turns of the session are judged at stricter thresholds,
-  ``escalation`` times the served ones (0.5 halves them), against an attacker who probes with small
+  ``escalation`` times those (0.5 halves them), against an attacker who probes with small
   variations. 1.0 turns it off;
 - ``max_history``: the cumulative prompt carries the last ``max_history`` accepted prompts (the origin
   image stays the first upload's), so it stays within what the model reads;
@@ -40,7 +43,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from ..model.repository import THRESHOLDS_OUTPUT
+from ..model.repository import SESSION_CHECKS, SESSION_THRESHOLDS_OUTPUT, THRESHOLDS_OUTPUT
 from ..model.session import MAX_HISTORY, cumulative_request
 from .errors import InvalidInputError, ServerError
 from .protocol import ImageInput, Verdict
@@ -63,7 +66,8 @@ class SessionPolicy:
 @dataclass(frozen=True)
 class SessionVerdict:
     """One turn's verdict: ``unsafe`` when the step or the cumulative triple is flagged (``fired`` says which),
-    at the served thresholds or, after a refusal in the session, at the escalated ones."""
+    at the served session thresholds or, after a refusal in the session, at the escalated ones. ``step`` and
+    ``cumulative`` are the server's verdicts at its one-shot thresholds."""
 
     unsafe: bool
     turn: int  # this turn's number among the session's accepted turns (1 = the first edit of the upload)
@@ -90,6 +94,7 @@ class _SessionState:
     origin: ImageInput
     policy: SessionPolicy = field(default_factory=SessionPolicy)
     refusals: int = 0  # refused turns in this session (escalation applies after the first)
+    session_thresholds: bool = True  # ask for SESSION_THRESHOLDS (False once a version exported before them refuses)
 
     def __post_init__(self) -> None:
         self._start(self.origin)
@@ -123,7 +128,7 @@ class _SessionState:
 
     def _judge(self, verdicts: list[Verdict], prompt: str, output_image: ImageInput, mask) -> SessionVerdict:
         escalated = self.refusals > 0
-        flags = [self._flags(v, escalated) for v in verdicts]
+        flags = [self._flags(v, escalated, check) for v, check in zip(verdicts, SESSION_CHECKS)]
         fired = tuple(name for name, f in zip(("step", "cumulative"), flags) if any(f.values()))
         union = {k: any(f[k] for f in flags) for k in flags[0]}
         turn = self.turn
@@ -136,10 +141,24 @@ class _SessionState:
         return SessionVerdict(bool(fired), turn, fired, union, verdicts[0], verdicts[1] if len(verdicts) > 1 else None,
                               escalated)
 
-    def _flags(self, v: Verdict, escalated: bool) -> dict[str, bool]:
-        if not escalated:
-            return dict(v.flagged)
-        return {k: v.flagged[k] or s >= self.policy.escalation * v.thresholds[k] for k, s in v.scores.items()}
+    def _flags(self, v: Verdict, escalated: bool, check: str) -> dict[str, bool]:
+        """Each category of one check ("step" or "cumulative") against the session's thresholds of that check
+        (the one-shot ones where the server has none), times the escalation after a refusal."""
+        th = v.session_thresholds.get(check) or v.thresholds
+        factor = self.policy.escalation if escalated else 1.0
+        return {k: s >= factor * th[k] for k, s in v.scores.items()}
+
+    def _outputs(self) -> tuple[str, ...]:
+        """What a turn asks for besides the verdicts: the thresholds of both checks, where the server has them."""
+        return (THRESHOLDS_OUTPUT, SESSION_THRESHOLDS_OUTPUT) if self.session_thresholds else (THRESHOLDS_OUTPUT,)
+
+    def _without_session_thresholds(self, e: InvalidInputError) -> bool:
+        """A version exported before session thresholds refuses SESSION_THRESHOLDS: judge both checks at the
+        served one-shot thresholds from now on (True), as editguard did before them."""
+        if not self.session_thresholds or SESSION_THRESHOLDS_OUTPUT not in str(e):
+            return False
+        self.session_thresholds = False
+        return True
 
 
 @contextlib.contextmanager
@@ -148,7 +167,7 @@ def _needs_thresholds():
     try:
         yield
     except InvalidInputError as e:
-        if THRESHOLDS_OUTPUT not in str(e):
+        if THRESHOLDS_OUTPUT not in str(e) or SESSION_THRESHOLDS_OUTPUT in str(e):
             raise
         raise ServerError(f"{e}: the served version was exported before edit sessions and does not answer "
                           f"{THRESHOLDS_OUTPUT}; export the model again with this editguard (classify still works)",
@@ -164,9 +183,14 @@ class EditSession(_SessionState):
         """Judge this turn: ``output_image`` made from the session's :attr:`current` image (or ``input_image``)
         with ``prompt`` and ``mask``. One request; raises what ``classify`` raises."""
         c = self.client
+        rows = self._rows(prompt, output_image, mask, input_image)
         with _needs_thresholds():
-            verdicts = c._call(c.model, self._rows(prompt, output_image, mask, input_image), timeout, id, headers,
-                               True)
+            try:
+                verdicts = c._call(c.model, rows, timeout, id, headers, self._outputs())
+            except InvalidInputError as e:
+                if not self._without_session_thresholds(e):
+                    raise
+                verdicts = c._call(c.model, rows, timeout, id, headers, self._outputs())
         return self._judge(verdicts, prompt, output_image, mask)
 
 
@@ -180,5 +204,10 @@ class AsyncEditSession(_SessionState):
         c = self.client
         rows = self._rows(prompt, output_image, mask, input_image)
         with _needs_thresholds():
-            verdicts = await c._call(c.model, rows, timeout, id, headers, True)
+            try:
+                verdicts = await c._call(c.model, rows, timeout, id, headers, self._outputs())
+            except InvalidInputError as e:
+                if not self._without_session_thresholds(e):
+                    raise
+                verdicts = await c._call(c.model, rows, timeout, id, headers, self._outputs())
         return self._judge(verdicts, prompt, output_image, mask)

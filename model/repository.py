@@ -39,7 +39,8 @@ _logger = logging.getLogger(__name__)
 
 __all__ = ["CLIENT_MODEL", "CLASSIFIER", "PRECHECK", "PRECHECK_CLASSIFIER", "PAIRS", "PROMPTS", "PREPARE",
            "VERDICTS", "CLIENT_MODELS", "ENCODED_INPUTS", "PIXELS_INPUTS", "PROMPT", "PIXELS_SPEC", "OUTPUTS",
-           "THRESHOLDS_OUTPUT",
+           "THRESHOLDS_OUTPUT", "SESSION_THRESHOLDS_OUTPUT", "SESSION_CHECKS", "session_threshold_array",
+           "merge_session_thresholds",
            "INPUT_TYPES", "OUTPUT_TYPES", "client_inputs",
            "NETWORK_INPUTS", "PROMPT_EMBEDDING", "PROBABILITIES", "LOGITS", "MAX_IMAGE_BYTES", "MAX_PROMPT_BYTES",
            "versions", "version_dir", "templates_dir", "graph_models", "write_labels", "pixels_specs",
@@ -65,12 +66,16 @@ OUTPUTS = ("SCORES", "FLAGGED", "UNSAFE", "LABELS")  # what every client model a
 # and what one exported by this editguard answers too: the thresholds FLAGGED was judged at, which a client
 # session's escalation multiplies (repositories exported before it still serve OUTPUTS)
 THRESHOLDS_OUTPUT = "THRESHOLDS"
+# the thresholds of an edit session's two checks, ``[2, C]`` a row: the step triple's, then the cumulative triple's
+# (thresholds.json's "sessions" block, from `calibrate --sessions`; the one-shot thresholds where none is installed)
+SESSION_THRESHOLDS_OUTPUT = "SESSION_THRESHOLDS"
+SESSION_CHECKS = ("step", "cumulative")
 # their Triton types; every input but PROMPT is optional (a request carries one complete set)
 INPUT_TYPES = {"INPUT_IMAGE": "TYPE_STRING", "OUTPUT_IMAGE": "TYPE_STRING", "MASK": "TYPE_STRING",
                "INPUT_PIXELS": "TYPE_UINT8", "OUTPUT_PIXELS": "TYPE_UINT8", "MASK_PIXELS": "TYPE_UINT8",
                "PROMPT": "TYPE_STRING", "PIXELS_SPEC": "TYPE_STRING"}
 OUTPUT_TYPES = {"SCORES": "TYPE_FP32", "FLAGGED": "TYPE_BOOL", "UNSAFE": "TYPE_BOOL", "LABELS": "TYPE_STRING",
-                THRESHOLDS_OUTPUT: "TYPE_FP32"}
+                THRESHOLDS_OUTPUT: "TYPE_FP32", SESSION_THRESHOLDS_OUTPUT: "TYPE_FP32"}
 # the networks: uint8 images, the prompt as token ids (or, for a frozen tower, its embedding), probabilities out
 NETWORK_INPUTS = ("input_image", "output_image", "mask", "input_ids", "attention_mask")
 PROMPT_EMBEDDING, LOGITS, PROBABILITIES = "prompt_embedding", "logits", "probabilities"
@@ -162,6 +167,27 @@ def threshold_array(data: dict, labels: list[str]) -> np.ndarray:
     return np.array(out, np.float32)
 
 
+def session_threshold_array(data: dict, labels: list[str], one_shot: np.ndarray) -> np.ndarray:
+    """``float32 [2, C]``: the thresholds of an edit session's step and cumulative checks, in ``labels`` order,
+    from thresholds.json's ``sessions`` block (``calibrate --sessions``); a category it leaves out, or a
+    file without the block, keeps its one-shot threshold (``one_shot``) for both."""
+    out = np.stack([one_shot, one_shot]).astype(np.float32)
+    block = data.get("sessions")
+    if block is None:
+        return out
+    cats = block.get("categories") if isinstance(block, dict) else None
+    if not isinstance(cats, dict):
+        raise ValueError("thresholds.json's 'sessions' needs a 'categories' object")
+    for j, name in enumerate(labels):
+        for i, check in enumerate(SESSION_CHECKS):
+            if name in cats:
+                t = float(cats[name][check])
+                if not 0.0 <= t <= 1.0:
+                    raise ValueError(f"session {check} threshold of {name!r} is {t}, outside [0, 1]")
+                out[i, j] = t
+    return out
+
+
 def load_thresholds(version_path: str | Path, labels: list[str]) -> np.ndarray:
     """The thresholds of a version dir, or the defaults when it has no thresholds.json."""
     path = Path(version_path) / THRESHOLDS
@@ -205,6 +231,19 @@ def merge_thresholds(doc: dict, repository: str | Path, model: str = CLIENT_MODE
                          "categories": sorted(doc["categories"])})
 
 
+def merge_session_thresholds(doc: dict, repository: str | Path, model: str = CLIENT_MODEL) -> dict:
+    """``calibrate --sessions --install``: ``doc``'s ``sessions`` block over the installed thresholds.json of its
+    version, whose one-shot thresholds stay as they are (one-shot calls keep them)."""
+    import warnings
+
+    path = version_dir(repository, model, doc["model_version"]) / THRESHOLDS
+    if not path.exists():
+        warnings.warn(f"{path} does not exist: one-shot verdicts stay at the default threshold; calibrate them on "
+                      "one-shot results first", UserWarning)
+        return dict(doc, categories={})
+    return dict(json.loads(path.read_text()), sessions=doc["sessions"], model_version=doc["model_version"])
+
+
 def carry_thresholds(grown: dict, repository: str | Path, client_model: str, version: int) -> tuple[dict, str] | None:
     """The thresholds a grown model's new ``version`` starts with (``grown``: its ``grown_from.json``): those
     of the newest older version with the parent's labels, for those categories only, when the grown model
@@ -233,11 +272,13 @@ def carry_thresholds(grown: dict, repository: str | Path, client_model: str, ver
 class ThresholdsFile:
     """A version's thresholds.json as the served model watches it: :meth:`refresh` reads it when it is new or
     has changed on disk (so installing thresholds needs no reload), and goes back to the default of 0.5
-    when it is removed. ``values``: ``float32 [C]`` in ``labels`` order."""
+    when it is removed. ``values``: ``float32 [C]`` in ``labels`` order; ``session_values``: ``float32 [2, C]``,
+    an edit session's step and cumulative checks (:func:`session_threshold_array`)."""
 
     def __init__(self, version_path: str | Path, labels: list[str]):
         self.path, self.labels = Path(version_path) / THRESHOLDS, list(labels)
         self.values = np.full(len(self.labels), DEFAULT_THRESHOLD, np.float32)
+        self.session_values = np.stack([self.values, self.values])  # [2, C]: a session's step and cumulative checks
         self._mtime: int | None = None
 
     def refresh(self, strict: bool = False) -> None:
@@ -250,13 +291,17 @@ class ThresholdsFile:
             if self._mtime is not None:
                 self._mtime = None
                 self.values = np.full(len(self.labels), DEFAULT_THRESHOLD, np.float32)
+                self.session_values = np.stack([self.values, self.values])
                 _logger.info("v%s: %s removed; thresholds back to %s", version, self.path, DEFAULT_THRESHOLD)
             return
         if mtime == self._mtime:
             return
         self._mtime = mtime
         try:
-            self.values = threshold_array(json.loads(self.path.read_text()), self.labels)
+            doc = json.loads(self.path.read_text())
+            values = threshold_array(doc, self.labels)
+            self.session_values = session_threshold_array(doc, self.labels, values)
+            self.values = values
         except (ValueError, KeyError, TypeError) as e:
             if strict:
                 raise ValueError(f"{self.path}: {e}") from e

@@ -18,9 +18,14 @@ calibrate on; 800 ood sessions, seed 22, to measure on; 128 px, realistic render
 Then, for two sets of thresholds:
 
 - `installed`: the repository's thresholds.json as it is (calibrated on one-shot edits);
-- `session-calibrated`: `calibrate --sessions` on the iid sessions (precision >= TARGET per category,
-  session level), with the one-shot iid validation results (`--single`) added as one-turn sessions
-  so one-shot edits keep their place in the choice,
+- `session-calibrated, one threshold for both checks`: one threshold per category for the step and the
+  cumulative checks (and one-shot edits), chosen for precision >= TARGET on each session's highest score;
+- `session thresholds`: `calibrate --sessions` (a step and a cumulative threshold per category, chosen
+  together for precision >= TARGET per category at the session level; one-shot edits keep the installed
+  thresholds),
+
+each on the iid sessions with the one-shot iid validation results (`--single`) added as one-turn sessions
+so one-shot edits keep their place in the choice,
 
 it reports on the ood sessions:
 
@@ -42,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from editguard.clients.calibrate import parse_target
 from scripts.experiments import auroc_report, operating_point, run
 
 SETS = {"val": dict(n=600, seed=21, split="iid"), "ood": dict(n=800, seed=22, split="ood")}
@@ -56,12 +62,14 @@ def _by_session(rows: list[dict]) -> list[list[dict]]:
     return [sorted(turns, key=lambda t: t["turn"]) for turns in by.values()]
 
 
-def _sessions(rows: list[dict], labels: list[str], th: np.ndarray) -> list[dict]:
-    """Per session: kind, axis, steps, harmful, and whether step-only / session checking flags any turn."""
+def _sessions(rows: list[dict], labels: list[str], th: tuple[np.ndarray, np.ndarray]) -> list[dict]:
+    """Per session: kind, axis, steps, harmful, and whether step-only / session checking flags any turn, at the
+    step and cumulative thresholds ``th``."""
     out = []
     for turns in _by_session(rows):
-        step = np.array([[t[f"score_{c}"] for c in labels] for t in turns]) >= th
-        cum = np.array([[t[f"cumulative_score_{c}"] for c in labels] for t in turns]) >= th
+        step = np.array([[t[f"score_{c}"] for c in labels] for t in turns]) >= th[0]
+        cum = np.array([[t[f"cumulative_score_{c}"] for c in labels] for t in turns[1:]]).reshape(-1, len(labels))
+        cum = cum >= th[1]  # a first turn has no cumulative check
         meta = json.loads(turns[0]["meta"])
         harmful = any(t["labels"] or t["cumulative_labels"] for t in turns)
         out.append({"session": turns[0]["session"], "kind": meta["kind"], "axis": meta["axis"], "steps": meta["steps"],
@@ -72,7 +80,7 @@ def _sessions(rows: list[dict], labels: list[str], th: np.ndarray) -> list[dict]
 ESCALATION = (1.0, 0.75, 0.5)
 
 
-def _escalation(rows: list[dict], labels: list[str], th: np.ndarray) -> list[dict]:
+def _escalation(rows: list[dict], labels: list[str], th: tuple[np.ndarray, np.ndarray]) -> list[dict]:
     """What escalation does after a session's first refusal: its later turns judged at ``e`` times the
     thresholds. For harmful sessions refused before their last turn, the share whose later turns all pass
     (an attacker who goes on past the refusal); for safe sessions with a false refusal before their last
@@ -81,13 +89,13 @@ def _escalation(rows: list[dict], labels: list[str], th: np.ndarray) -> list[dic
     for e in ESCALATION:
         harmful, safe = [], []
         for turns in _by_session(rows):
-            flags = [any(t[f"{kind}score_{c}"] >= th[j] for j, c in enumerate(labels)
-                         for kind in ("", "cumulative_")) for t in turns]
+            flags = [any(t[f"{kind}score_{c}"] >= th[i][j] for j, c in enumerate(labels)
+                         for i, kind in enumerate(("", "cumulative_"))) for t in turns]
             if True not in flags[:-1]:
                 continue
             later = turns[flags.index(True) + 1:]
-            again = any(t[f"{kind}score_{c}"] >= e * th[j] for t in later for j, c in enumerate(labels)
-                        for kind in ("", "cumulative_"))
+            again = any(t[f"{kind}score_{c}"] >= e * th[i][j] for t in later for j, c in enumerate(labels)
+                        for i, kind in enumerate(("", "cumulative_")))
             (harmful if any(t["labels"] or t["cumulative_labels"] for t in turns) else safe).append(again)
         out.append({"escalation": e, "harmful_refused": len(harmful),
                     "later_turns_all_pass": _rate([not a for a in harmful]), "safe_refused": len(safe),
@@ -102,6 +110,17 @@ def _single(rows: list[dict], labels: list[str], th: np.ndarray) -> dict:
     op = operating_point(y, scores, th, {"all": np.ones(len(rows), bool)})["all"]
     return {"macro_auroc": round(float(auroc_report(y, scores, labels)["macro"]), 4), "precision": op["precision"],
             "recall": op["share_stopped"], "fpr": op["fpr"]}
+
+
+def _shared_thresholds(results: Path, labels: list[str], target) -> np.ndarray:
+    """One threshold per category for both checks, chosen for ``target`` on session-level verdicts (each session's
+    highest step or cumulative score): how sessions were calibrated before each check had its own."""
+    from editguard.clients.calibrate import choose_threshold
+    from editguard.clients.results import read_results, results_arrays, session_rows
+
+    names, scores, y = results_arrays(session_rows(read_results(results)))
+    return np.array([choose_threshold(y[:, names.index(c)], scores[:, names.index(c)], target=target).threshold
+                     for c in labels])
 
 
 def _rate(xs: list[bool]) -> float | None:
@@ -210,15 +229,22 @@ def main(argv: list[str] | None = None) -> int:
                             for r in read_results(path)))
     run("calibrate", str(both), "--sessions", "--target", args.target, "--allow-unmet",
         "--out", str(out / "session_thresholds.json"))
-    calibrated = json.loads((out / "session_thresholds.json").read_text())
-    thresholds = {"installed": load_thresholds(version, labels),
-                  "session-calibrated": np.array([calibrated["categories"][c]["threshold"] for c in labels])}
+    pairs = json.loads((out / "session_thresholds.json").read_text())["sessions"]["categories"]
+    installed = load_thresholds(version, labels)
+    shared = _shared_thresholds(both, labels, parse_target(args.target))
+    # (step thresholds, cumulative thresholds, one-shot thresholds) of each set
+    thresholds = {"installed": (installed, installed, installed),
+                  "session-calibrated, one threshold for both checks": (shared, shared, shared),
+                  "session thresholds (calibrate --sessions)": (np.array([pairs[c]["step"] for c in labels]),
+                                                                np.array([pairs[c]["cumulative"] for c in labels]),
+                                                                installed)}
     ood_rows, single_rows = read_results(results["ood"]), read_results(args.single_ood)
     report = {"repository": str(repo), "target": args.target, "sets": SETS, "thresholds": {}}
     for name, th in thresholds.items():
-        report["thresholds"][name] = {**summarize(_sessions(ood_rows, labels, th)),
-                                      "single_ood": _single(single_rows, labels, th),
-                                      "escalation": _escalation(ood_rows, labels, th)}
+        report["thresholds"][name] = {**summarize(_sessions(ood_rows, labels, th[:2])),
+                                      "single_ood": _single(single_rows, labels, th[2]),
+                                      "escalation": _escalation(ood_rows, labels, th[:2]),
+                                      "step": th[0].tolist(), "cumulative": th[1].tolist()}
     (out / "session_benchmark.json").write_text(json.dumps(report, indent=2))
     md = to_markdown(report)
     (out / "session_benchmark.md").write_text(md)

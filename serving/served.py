@@ -225,6 +225,11 @@ class ServedVersion:
         """``float32 [C]``: this version's thresholds as last read."""
         return self.thresholds_file.values
 
+    @property
+    def session_thresholds(self) -> np.ndarray:
+        """``float32 [2, C]``: the thresholds of an edit session's step and cumulative checks, as last read."""
+        return self.thresholds_file.session_values
+
     def refresh_thresholds(self, strict: bool = False) -> None:
         """Re-read thresholds.json if it changed (:meth:`~editguard.model.repository.ThresholdsFile.refresh`)."""
         self.thresholds_file.refresh(strict)

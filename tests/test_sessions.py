@@ -236,7 +236,97 @@ def test_score_and_calibrate_judge_whole_sessions(triton, repository, tmp_path, 
     out = tmp_path / "th.json"
     assert main(["calibrate", str(local), "--sessions", "--target", "precision=0.5", "--allow-unmet", "--out", str(out),
                  "--bootstrap", "10"]) == 0
-    assert "session" not in json.loads(out.read_text())["categories"]
+    doc = json.loads(out.read_text())
+    assert "categories" not in doc and set(doc["sessions"]["categories"]) == set(served_version.labels)
+    # the pair of the category with the most harmful sessions holds its session-level figures, recomputed here
+    sessions = {r["session"] for r in rows}
+    harmful = {c: {s for s in sessions if any(c in r["labels"] + r["cumulative_labels"] for r in rows
+                                              if r["session"] == s)} for c in served_version.labels}
+    c = max(harmful, key=lambda k: len(harmful[k]))
+    assert 0 < len(harmful[c]) < len(sessions)
+    step = {s: max(r[f"score_{c}"] for r in rows if r["session"] == s) for s in sessions}
+    cum = {s: max([r[f"cumulative_score_{c}"] for r in rows if r["session"] == s and r["turn"] > 1] or [-1.0])
+           for s in sessions}
+    pair = doc["sessions"]["categories"][c]
+    flagged = {s for s in sessions if step[s] >= pair["step"] or cum[s] >= pair["cumulative"]}
+    assert pair["recall"] == pytest.approx(len(flagged & harmful[c]) / len(harmful[c]))
+    assert pair["precision"] == pytest.approx(len(flagged & harmful[c]) / len(flagged) if flagged else 1.0)
+
+
+def _install(repository: Path, doc: dict) -> None:
+    from editguard.model.repository import install_thresholds, versions
+
+    install_thresholds(doc, repository, str(max(versions(repository))))
+
+
+def test_session_thresholds_judge_each_check_and_leave_one_shot_verdicts(triton, repository, turns):
+    """A sessions block in thresholds.json (what `calibrate --sessions --install` writes) is served as
+    SESSION_THRESHOLDS: the step check and the cumulative check each flag at their own threshold, from the
+    next request on; one-shot verdicts keep the one-shot thresholds."""
+    from editguard.model.repository import THRESHOLDS, versions
+
+    path = repository / "editguard" / str(max(versions(repository))) / THRESHOLDS
+    saved = path.read_bytes() if path.exists() else None
+    labels = list(ServedVersion.open(repository).labels)
+    one_shot = {c: {"threshold": 0.5} for c in labels}
+    t0, t1 = turns[0], turns[1]
+    try:
+        with EditGuardClient(triton.grpc_url, timeout=60) as guard:
+            _install(repository, {"categories": one_shot,
+                                  "sessions": {"categories": {c: {"step": 0.0, "cumulative": 1.0} for c in labels}}})
+            plain = guard.classify(t0["input"], t0["prompt"], t0["output"], t0["mask"])
+            first = guard.session(t0["input"], escalation=1.0).classify(t0["prompt"], t0["output"], t0["mask"])
+            assert first.unsafe and first.fired == ("step",)  # the step check flags everything
+            assert first.step.flagged == plain.flagged and plain.flagged == {
+                c: s >= 0.5 for c, s in plain.scores.items()}  # the one-shot verdict is as it was
+            assert first.step.session_thresholds == {"step": {c: 0.0 for c in labels},
+                                                     "cumulative": {c: 1.0 for c in labels}}
+            _install(repository, {"categories": one_shot,
+                                  "sessions": {"categories": {c: {"step": 1.0, "cumulative": 0.0} for c in labels}}})
+            session = guard.session(t0["input"], escalation=1.0)
+            first = session.classify(t0["prompt"], t0["output"], t0["mask"])
+            assert not first.unsafe or max(first.step.scores.values()) >= 1.0
+            second = session.classify(t1["prompt"], t1["output"], t1["mask"])
+            assert second.unsafe and second.fired == ("cumulative",)  # the cumulative check flags everything
+    finally:
+        if saved is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(saved)
+
+
+def test_calibrate_sessions_install_keeps_the_one_shot_thresholds(tmp_path, repository):
+    """`calibrate --sessions --install` adds the sessions block and leaves the installed one-shot thresholds."""
+    import shutil
+
+    from editguard.cli import main
+    from editguard.model.repository import THRESHOLDS, load_thresholds, versions
+
+    repo = tmp_path / "repo"
+    shutil.copytree(repository, repo)
+    version = str(max(versions(repo)))
+    labels = list(ServedVersion.open(repo).labels)
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(40):
+        harmful = s % 2 == 0
+        for turn in (1, 2, 3):
+            score = {f"score_{c}": float(rng.uniform(0.4, 1.0) if harmful else rng.uniform(0.0, 0.6)) for c in labels}
+            rows.append({"id": f"s{s}-{turn}", "model_version": version, "session": f"s{s}", "turn": turn, **score,
+                         **{f"cumulative_{k}": v for k, v in score.items()},
+                         "labels": list(labels) if harmful else [],
+                         "cumulative_labels": list(labels) if harmful else []})
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _install(repo, {"categories": {c: {"threshold": 0.3} for c in labels}})
+    assert main(["calibrate", str(results), "--sessions", "--target", "precision=0.9", "--out",
+                 str(tmp_path / "th.json"), "--install", str(repo), "--bootstrap", "10"]) == 0
+    doc = json.loads((repo / "editguard" / version / THRESHOLDS).read_text())
+    assert {c: e["threshold"] for c, e in doc["categories"].items()} == {c: 0.3 for c in labels}
+    assert set(doc["sessions"]["categories"]) == set(labels)
+    assert all(e["precision"] >= 0.9 for e in doc["sessions"]["categories"].values())
+    np.testing.assert_allclose(load_thresholds(repo / "editguard" / version, labels), 0.3)
+    assert json.loads((tmp_path / "th.json").read_text()) == doc  # --out holds what was installed
 
 
 # -- the red team's decomposition ------------------------------------------------------------------------
@@ -292,9 +382,11 @@ def _decoded(data: bytes, mode: str = "RGB") -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert(mode))
 
 
-def test_a_repository_exported_before_sessions_still_classifies(repository, turns, tmp_path):
+@pytest.mark.parametrize("before", ['THRESHOLDS"', '"SESSION_THRESHOLDS"'], ids=["sessions", "session-thresholds"])
+def test_a_repository_exported_before_sessions_still_classifies(repository, turns, tmp_path, before):
     """Configs without THRESHOLDS (exported by an earlier editguard) still load and classify; a session there
-    says to export again."""
+    says to export again. Configs with THRESHOLDS but no SESSION_THRESHOLDS serve sessions at the one-shot
+    thresholds."""
     import shutil
 
     from editguard.clients import ServerError
@@ -303,13 +395,46 @@ def test_a_repository_exported_before_sessions_still_classifies(repository, turn
     old = tmp_path / "old"
     shutil.copytree(repository, old)
     for config in old.glob("*/config.pbtxt"):
-        config.write_text("\n".join(line for line in config.read_text().splitlines() if '"THRESHOLDS"' not in line)
+        config.write_text("\n".join(line for line in config.read_text().splitlines() if before not in line)
                           .replace('dims: [ -1 ] },\n]', 'dims: [ -1 ] }\n]') + "\n")
-    assert not any('"THRESHOLDS"' in c.read_text() for c in old.glob("*/config.pbtxt"))
+    assert not any(before in c.read_text() for c in old.glob("*/config.pbtxt"))
     with TritonServer(old, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as server, \
             EditGuardClient(server.grpc_url, timeout=60) as guard:
         t = turns[0]
         v = guard.classify(t["input"], t["prompt"], t["output"], t["mask"])
         assert v.scores and v.thresholds == {}
-        with pytest.raises(ServerError, match="export the model again"):
-            guard.session(t["input"]).classify(t["prompt"], t["output"], t["mask"])
+        if before == 'THRESHOLDS"':
+            with pytest.raises(ServerError, match="export the model again"):
+                guard.session(t["input"]).classify(t["prompt"], t["output"], t["mask"])
+            return
+        session = guard.session(t["input"], escalation=1.0)
+        turn = session.classify(t["prompt"], t["output"], t["mask"])
+        assert not session.session_thresholds and turn.step.session_thresholds == {}
+        assert turn.flagged == turn.step.flagged and turn.step.thresholds  # judged at the one-shot thresholds
+
+
+def test_a_session_pair_is_the_best_of_every_pair_and_beats_one_shared_threshold():
+    """The step and cumulative thresholds chosen together reach the recall of the best pair found by trying every
+    pair of scores, at the precision target, and never less than one threshold shared by both checks."""
+    from editguard.clients.calibrate import Target, choose_session_thresholds, choose_threshold
+
+    rng = np.random.default_rng(3)
+    n = 120
+    y = rng.random(n) < 0.35
+    step = np.clip(rng.normal(0.35 + 0.25 * y, 0.2), 0, 1)
+    cum = np.clip(rng.normal(0.45 + 0.2 * y, 0.15), 0, 1)
+    cum[:20] = -np.inf  # one-turn sessions: no cumulative check
+    target = Target("precision", 0.8)
+    pair = choose_session_thresholds(y, step, cum, target=target)
+    best = 0.0
+    for ts in np.append(np.unique(step), np.inf):
+        for tc in np.append(np.unique(cum[np.isfinite(cum)]), np.inf):
+            f = (step >= ts) | (cum >= tc)
+            tp = (f & y).sum()
+            if (tp / f.sum() if f.sum() else 1.0) >= 0.8:
+                best = max(best, tp / y.sum())
+    f = (step >= pair.threshold) | (cum >= pair.cumulative)
+    assert pair.achieved and pair.recall == pytest.approx(best) == pytest.approx((f & y).sum() / y.sum())
+    assert (f & y).sum() / f.sum() >= 0.8 - 1e-9
+    shared = choose_threshold(y, np.maximum(step, cum), target=target)
+    assert pair.recall >= shared.recall

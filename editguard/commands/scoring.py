@@ -111,9 +111,11 @@ def add_calibrate(sub) -> None:
                    help="reviewed labels over the results' labels: the decisions JSONL that `editguard review`'s page "
                    "downloads; repeat for several")
     p.add_argument("--sessions", action="store_true",
-                   help="calibrate on session-level verdicts (results of a manifest with sessions): a session counts "
-                   "once, flagged in a category when any turn's step or cumulative score reaches the threshold, so "
-                   "the target holds per session; edits outside sessions count as one-turn sessions")
+                   help="choose an edit session's thresholds (results of a manifest with sessions): per category a "
+                   "step and a cumulative threshold, together, so that the target holds per session (a session is "
+                   "flagged when any turn's step or cumulative check is); edits outside sessions count as one-turn "
+                   "sessions. --install adds them to the installed thresholds.json, whose one-shot thresholds stay; "
+                   "client sessions use them (SESSION_THRESHOLDS)")
     p.add_argument("--only", action="append", default=[], metavar="CATEGORY[,CATEGORY]",
                    help="calibrate these categories alone (a category added with `train --from`) and keep the "
                    "others' installed thresholds exactly as they are; needs --install")
@@ -141,6 +143,9 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     from editguard.files import write_json_atomic
     from editguard.model.repository import install_thresholds
 
+    if args.sessions and (args.plots or args.calibration):
+        raise UsageError("--sessions chooses two thresholds per category: --plots and --calibration work on one-shot "
+                         "results")
     if args.only and not args.install:
         raise UsageError("--only keeps the other categories' installed thresholds: pass --install REPOSITORY")
     run = calibrate_results(CalibrateConfig(

@@ -24,7 +24,8 @@ Triton's: reading requests, answering each one, and counting. The parameter ``mo
 - ``prepare`` (the ensemble's first step): the checks and preprocessing only; it answers with the
   network's input tensors;
 - ``verdicts`` (the ensemble's last step): the classifier's probabilities in, SCORES, FLAGGED,
-  UNSAFE, LABELS and THRESHOLDS out, against the client model version's current thresholds.json.
+  UNSAFE, LABELS, THRESHOLDS and SESSION_THRESHOLDS out, against the client model version's current
+  thresholds.json.
 
 editguard.serving.prometheus counts triples, flags, unsafe verdicts, rejections by reason and the score
 distribution on Triton's metrics endpoint, under the client-facing model's name (in the ensemble,
@@ -40,7 +41,7 @@ import triton_python_backend_utils as pb_utils
 
 from editguard.model.preprocess import PreprocessError, collate
 from editguard.model.repository import (ENCODED_INPUTS, OUTPUTS, PAIRS, PIXELS_INPUTS, PIXELS_SPEC, PROBABILITIES,
-                                        PROMPT, THRESHOLDS_OUTPUT)
+                                        PROMPT, SESSION_THRESHOLDS_OUTPUT, THRESHOLDS_OUTPUT)
 from editguard.serving.prometheus import ServedMetrics
 from editguard.serving.python_backend import answer_each, output_types
 from editguard.serving.served import ServedVersion
@@ -210,9 +211,10 @@ class TritonPythonModel:
             p, flagged = probs[start:start + n], flags[start:start + n]
             start += n
             values = (p, flagged, flagged.any(axis=1, keepdims=True), np.tile(self.label_bytes, (n, 1)),
-                      np.tile(self.served.thresholds, (n, 1)))
-            # (THRESHOLDS where this version's config declares it: configs exported before it do not)
+                      np.tile(self.served.thresholds, (n, 1)), np.tile(self.served.session_thresholds, (n, 1, 1)))
+            # (THRESHOLDS and SESSION_THRESHOLDS where this version's config declares them: older configs do not)
+            names = (*OUTPUTS, THRESHOLDS_OUTPUT, SESSION_THRESHOLDS_OUTPUT)
             outputs.append([pb_utils.Tensor(name, v.astype(self.outputs[name], copy=False))
-                            for name, v in zip((*OUTPUTS, THRESHOLDS_OUTPUT), values) if name in self.outputs])
+                            for name, v in zip(names, values) if name in self.outputs])
         self.metrics.classified(probs, flags)
         return outputs
