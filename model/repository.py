@@ -233,7 +233,8 @@ def merge_thresholds(doc: dict, repository: str | Path, model: str = CLIENT_MODE
 
 def merge_session_thresholds(doc: dict, repository: str | Path, model: str = CLIENT_MODEL) -> dict:
     """``calibrate --sessions --install``: ``doc``'s ``sessions`` block over the installed thresholds.json of its
-    version, whose one-shot thresholds stay as they are (one-shot calls keep them)."""
+    version, whose one-shot thresholds stay as they are (one-shot calls keep them); the installed session
+    thresholds of categories ``doc`` leaves out (``--only``) stay too."""
     import warnings
 
     path = version_dir(repository, model, doc["model_version"]) / THRESHOLDS
@@ -241,7 +242,10 @@ def merge_session_thresholds(doc: dict, repository: str | Path, model: str = CLI
         warnings.warn(f"{path} does not exist: one-shot verdicts stay at the default threshold; calibrate them on "
                       "one-shot results first", UserWarning)
         return dict(doc, categories={})
-    return dict(json.loads(path.read_text()), sessions=doc["sessions"], model_version=doc["model_version"])
+    base = json.loads(path.read_text())
+    kept = (base.get("sessions") or {}).get("categories", {})
+    sessions = dict(doc["sessions"], categories={**kept, **doc["sessions"]["categories"]})
+    return dict(base, sessions=sessions, model_version=doc["model_version"])
 
 
 def carry_thresholds(grown: dict, repository: str | Path, client_model: str, version: int) -> tuple[dict, str] | None:

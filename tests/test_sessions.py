@@ -327,6 +327,14 @@ def test_calibrate_sessions_install_keeps_the_one_shot_thresholds(tmp_path, repo
     assert all(e["precision"] >= 0.9 for e in doc["sessions"]["categories"].values())
     np.testing.assert_allclose(load_thresholds(repo / "editguard" / version, labels), 0.3)
     assert json.loads((tmp_path / "th.json").read_text()) == doc  # --out holds what was installed
+    # --only recalibrates one category's pair and keeps the others' installed ones
+    assert main(["calibrate", str(results), "--sessions", "--only", labels[0], "--target", "precision=0.6", "--out",
+                 str(tmp_path / "th2.json"), "--install", str(repo), "--bootstrap", "10"]) == 0
+    again = json.loads((repo / "editguard" / version / THRESHOLDS).read_text())
+    assert again["sessions"]["categories"][labels[0]]["target"] == "precision>=0.6"
+    assert {c: again["sessions"]["categories"][c] for c in labels[1:]} == {
+        c: doc["sessions"]["categories"][c] for c in labels[1:]}
+    assert again["categories"] == doc["categories"]
 
 
 # -- the red team's decomposition ------------------------------------------------------------------------
