@@ -532,8 +532,6 @@ def calibrate_results(cfg: CalibrateConfig) -> CalibrationRun:
     labels, scores, y = results_arrays(rows)
     if y is None:
         raise ValueError(f"{cfg.results} has no labels: score a labelled manifest to calibrate")
-    if cfg.sessions:
-        _, _, step, cumulative = session_arrays(rows)
     only = [n for spec in cfg.only for n in spec.split(",") if n]
     if only:
         unknown = [n for n in only if n not in labels]
@@ -541,13 +539,12 @@ def calibrate_results(cfg: CalibrateConfig) -> CalibrationRun:
             raise ValueError(f"--only {','.join(unknown)}: not categories of {cfg.results} ({', '.join(labels)})")
         keep = [labels.index(n) for n in only]
         labels, scores, y = only, scores[:, keep], y[:, keep]
-        if cfg.sessions:
-            step, cumulative = step[:, keep], cumulative[:, keep]
     versions = sorted({str(r.get("model_version", "")) for r in rows})
     if len(versions) > 1 and not cfg.version:
         raise ValueError(f"{cfg.results} mixes model versions {versions}; calibrate one version (pass --version)")
     version, source = cfg.version or versions[0], str(cfg.results)
     if cfg.sessions:
+        _, _, step, cumulative = session_arrays(rows, labels)
         result = calibrate_sessions(labels, y, step, cumulative, targets=_targets(cfg, labels),
                                     allow_unmet=cfg.allow_unmet, model_version=version, source=source)
         # the one-threshold reports below (--check, --slice-by) judge each session's verdict at 0.5
@@ -606,7 +603,7 @@ def _check_shift(cfg: CalibrateConfig, labels: list[str], th: np.ndarray, y: np.
         rows = read_results(path)
         if cfg.sessions and rows:
             rows = session_rows(rows)
-            _, _, step, cumulative = session_arrays(rows)
+            _, _, step, cumulative = session_arrays(rows, labels)
             rows = session_verdict_rows(rows, labels, step, cumulative, result.choices)
         other_labels, other_scores, other_y = results_arrays(rows) if rows else ([], None, None)
         if other_y is None:

@@ -145,10 +145,16 @@ def _merge_session(sid: str, turns: list[dict]) -> dict:
     return merged
 
 
-def session_arrays(rows: list[dict]) -> tuple[list[str], np.ndarray | None, np.ndarray, np.ndarray]:
+def session_arrays(rows: list[dict], labels: list[str] | None = None
+                   ) -> tuple[list[str], np.ndarray | None, np.ndarray, np.ndarray]:
     """From :func:`session_rows`: ``(labels, y_true [S, C] or None, step [S, C], cumulative [S, C])``, each
-    session's highest step and cumulative scores; ``-inf`` where a session has no cumulative check."""
-    labels, _, y = results_arrays(rows)
+    session's highest step and cumulative scores, for ``labels`` (default: every category of the rows);
+    ``-inf`` where a session has no cumulative check."""
+    names, _, y = results_arrays(rows)
+    if labels is None:
+        labels = names
+    elif y is not None:
+        y = y[:, [names.index(c) for c in labels]]
     step = np.array([[r[f"step_score_{c}"] for c in labels] for r in rows], dtype=np.float64)
     cum = np.array([[-np.inf if r[f"cumulative_score_{c}"] is None else r[f"cumulative_score_{c}"] for c in labels]
                     for r in rows], dtype=np.float64)
