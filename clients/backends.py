@@ -32,10 +32,23 @@ class Scored:
     unsafe: bool = False
     error: str | None = None
     reason: str | None = None
+    # the served thresholds of an edit session's step and cumulative checks, in ``labels`` order; () where the
+    # backend did not say (a server exported before session thresholds)
+    session_thresholds: tuple[tuple[float, ...], ...] = ()
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def session_flags(self, check: str) -> tuple[bool, ...]:
+        """The flags of this triple judged as an edit session's ``check`` (``"step"`` or ``"cumulative"``) is, as a
+        client session judges it: each score against that check's threshold; the served verdict's own flags
+        where the backend gave no session thresholds."""
+        from ..model.repository import SESSION_CHECKS
+
+        if not self.session_thresholds:
+            return self.flagged
+        return tuple(s >= t for s, t in zip(self.scores, self.session_thresholds[SESSION_CHECKS.index(check)]))
 
     @classmethod
     def failure(cls, item_id: str, e: Exception) -> "Scored":
@@ -106,9 +119,10 @@ class InProcessBackend:
                 continue
             probs = s.probabilities(prepared)
             flags = s.flags(probs)
+            session = tuple(tuple(map(float, row)) for row in s.session_thresholds)
             for it, p, f in zip(good, probs, flags):
                 yield Scored(str(it.id), s.version, tuple(s.labels), tuple(map(float, p)), tuple(map(bool, f)),
-                             bool(f.any()))
+                             bool(f.any()), session_thresholds=session)
 
     def close(self) -> None:
         self.served = None
@@ -129,12 +143,20 @@ class ServerBackend:
     def score(self, items: Iterable[Item]) -> Iterator[Scored]:
         from .client import Triple, Verdict
 
+        from ..model.repository import SESSION_CHECKS, SESSION_THRESHOLDS_OUTPUT, THRESHOLDS_OUTPUT
+
         triples = (Triple(str(r.id), r.input_image, r.prompt, r.output_image, r.mask) for r in items)
-        many = self.client.precheck_many if self.precheck else self.client.classify_many
-        for item_id, res in many(triples, concurrency=self.concurrency):
+        if self.precheck:
+            results = self.client.precheck_many(triples, concurrency=self.concurrency)
+        else:  # with the session thresholds, for the turns of a manifest with sessions
+            results = self.client.classify_many(triples, concurrency=self.concurrency,
+                                                outputs=(THRESHOLDS_OUTPUT, SESSION_THRESHOLDS_OUTPUT))
+        for item_id, res in results:
             if isinstance(res, Verdict):
+                session = tuple(tuple(res.session_thresholds[c][k] for k in res.scores) for c in SESSION_CHECKS
+                                if c in res.session_thresholds)
                 yield Scored(item_id, res.model_version, tuple(res.scores), tuple(res.scores.values()),
-                             tuple(res.flagged.values()), res.unsafe)
+                             tuple(res.flagged.values()), res.unsafe, session_thresholds=session)
             else:
                 yield Scored.failure(item_id, res)
 

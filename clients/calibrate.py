@@ -516,7 +516,7 @@ def calibrate_results(cfg: CalibrateConfig) -> CalibrationRun:
     """Read the results (with their overlays), choose each category's threshold for its target, and add the
     ``--only`` merge, the ``--check`` carry-over and the ``--slice-by`` table. Raises ValueError naming a
     bad category, target or file, and :class:`UnmetTargetError`."""
-    from ..model.repository import merge_session_thresholds, merge_thresholds
+    from ..model.repository import keep_session_thresholds, merge_session_thresholds, merge_thresholds
     from .results import read_results, results_arrays, session_arrays, session_rows
 
     rows = read_results(cfg.results)
@@ -559,6 +559,8 @@ def calibrate_results(cfg: CalibrateConfig) -> CalibrationRun:
         th = np.array([result.choices[n].threshold for n in labels])
         if only:
             result.thresholds = merge_thresholds(result.thresholds, cfg.installed, cfg.model)
+        elif cfg.installed:  # the session thresholds installed beside them stay
+            result.thresholds = keep_session_thresholds(result.thresholds, cfg.installed, cfg.model)
     if cfg.check:
         _check_shift(cfg, labels, th, y, scores, result)
     slices = slice_table(rows, labels, th, cfg.slice_by, factor=cfg.fpr_factor) if cfg.slice_by else None

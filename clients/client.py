@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
 from .call_state import Call, ClientSettings
-from .errors import EditGuardError, ServerError
+from .errors import EditGuardError, InvalidInputError, ServerError
 from .protocol import (MAX_IMAGE_BYTES, ImageInput, PixelsPrep, Triple, Verdict, as_request, as_triple, build_inputs,
                        encode_image, explain_request, explanations, mapped_errors, no_explain_model, parse_urls,
                        published_specs, to_error)
@@ -157,15 +157,18 @@ class EditGuardClient(ClientSettings):
             except Exception as e:  # tritonclient raises InferenceServerException for gRPC errors
                 time.sleep(call.retry_after(e))
 
-    def classify_many(self, triples: Iterable[Triple | Mapping | tuple], *, concurrency: int = 8
-                      ) -> Iterator[tuple[str, Verdict | EditGuardError]]:
+    def classify_many(self, triples: Iterable[Triple | Mapping | tuple], *, concurrency: int = 8,
+                      outputs: tuple[str, ...] = ()) -> Iterator[tuple[str, Verdict | EditGuardError]]:
         """Classify many triples with at most ``concurrency`` requests in flight.
 
         Yields ``(id, verdict)`` or ``(id, error)`` in completion order: one bad item is an
         error for that item only. Concurrency is what lets Triton's dynamic batcher form batches.
         Items may be :class:`Triple`, dicts with the same keys, or ``(id, input, prompt, output[, mask])``.
+        ``outputs``: the served thresholds to return too (``"THRESHOLDS"``, ``"SESSION_THRESHOLDS"``), in each
+        verdict's ``thresholds`` and ``session_thresholds``; a server that does not answer them (a version
+        exported before them) is asked without them from then on, and those fields stay empty.
         """
-        return self._many((as_triple(t) for t in triples), concurrency, self.model)
+        return self._many((as_triple(t) for t in triples), concurrency, self.model, tuple(outputs))
 
     def precheck_many(self, requests: Iterable[Triple | Mapping | tuple], *, concurrency: int = 8
                       ) -> Iterator[tuple[str, Verdict | EditGuardError]]:
@@ -173,12 +176,20 @@ class EditGuardClient(ClientSettings):
         dicts with ``id``, ``input_image``, ``prompt`` and optional ``mask``, or ``(id, input, prompt[, mask])``."""
         return self._many((as_request(t) for t in requests), concurrency, self.precheck_model)
 
-    def _many(self, items: Iterator[Triple], concurrency: int, model: str):
+    def _many(self, items: Iterator[Triple], concurrency: int, model: str, outputs: tuple[str, ...] = ()):
         self._check_concurrency(concurrency)
+        asked = [outputs]  # emptied once the server refuses them
 
         def one(t: Triple) -> Verdict | EditGuardError:
+            extra = asked[0]
             try:
-                return self._call(model, [(t.input_image, t.prompt, t.output_image, t.mask)], None, t.id, None)[0]
+                return self._call(model, [(t.input_image, t.prompt, t.output_image, t.mask)], None, t.id, None,
+                                  extra)[0]
+            except InvalidInputError as e:
+                if extra and any(name in str(e) for name in extra):
+                    asked[0] = ()
+                    return one(t)
+                return e
             except EditGuardError as e:
                 return e
 

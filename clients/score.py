@@ -19,6 +19,9 @@ A manifest with sessions (``session`` and ``turn``) gets each turn's cumulative 
 same run and on the same backend: the turn's row adds ``session``, ``turn``,
 ``cumulative_score_<category>``, ``cumulative_flag_<category>``, ``cumulative_labels`` and
 ``session_unsafe`` (the step or the cumulative triple flagged). At turn 1 the two triples are one.
+Those flags are a client session's: the step's score against the served step thresholds, the cumulative
+one's against the cumulative thresholds (``calibrate --sessions``; the one-shot ones where none are
+installed). ``flag_<category>`` and ``unsafe`` stay the turn's verdict as a one-shot edit.
 """
 
 from __future__ import annotations
@@ -87,9 +90,12 @@ def _row(s: Scored, rec, cumulative: Scored | None = None, cumulative_labels: li
         row["meta"] = json.dumps(rec.meta, sort_keys=True)  # a JSON string, so Parquet parts share one schema
     if rec.session is not None:
         c = cumulative or s  # turn 1: the cumulative triple is the step
-        row.update(session=rec.session, turn=rec.turn, session_unsafe=bool(s.unsafe or c.unsafe))
+        # each check at its session threshold, as a client session judges the turn (turn 1: the step check alone)
+        step = s.session_flags("step")
+        flags = c.session_flags("cumulative") if cumulative is not None else step
+        row.update(session=rec.session, turn=rec.turn, session_unsafe=bool(any(step) or any(flags)))
         row.update({f"cumulative_score_{k}": float(v) for k, v in zip(c.labels, c.scores)})
-        row.update({f"cumulative_flag_{k}": bool(f) for k, f in zip(c.labels, c.flagged)})
+        row.update({f"cumulative_flag_{k}": bool(f) for k, f in zip(c.labels, flags)})
         if rec.has_labels:
             row["cumulative_labels"] = list(cumulative_labels if cumulative_labels is not None else rec.labels)
     return row

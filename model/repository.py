@@ -40,7 +40,7 @@ _logger = logging.getLogger(__name__)
 __all__ = ["CLIENT_MODEL", "CLASSIFIER", "PRECHECK", "PRECHECK_CLASSIFIER", "PAIRS", "PROMPTS", "PREPARE",
            "VERDICTS", "CLIENT_MODELS", "ENCODED_INPUTS", "PIXELS_INPUTS", "PROMPT", "PIXELS_SPEC", "OUTPUTS",
            "THRESHOLDS_OUTPUT", "SESSION_THRESHOLDS_OUTPUT", "SESSION_CHECKS", "session_threshold_array",
-           "merge_session_thresholds",
+           "merge_session_thresholds", "keep_session_thresholds",
            "INPUT_TYPES", "OUTPUT_TYPES", "client_inputs",
            "NETWORK_INPUTS", "PROMPT_EMBEDDING", "PROBABILITIES", "LOGITS", "MAX_IMAGE_BYTES", "MAX_PROMPT_BYTES",
            "versions", "version_dir", "templates_dir", "graph_models", "write_labels", "pixels_specs",
@@ -229,6 +229,16 @@ def merge_thresholds(doc: dict, repository: str | Path, model: str = CLIENT_MODE
                 model_version=doc["model_version"],
                 updated={"created": doc["created"], "source": doc["source"], "n": doc["n"],
                          "categories": sorted(doc["categories"])})
+
+
+def keep_session_thresholds(doc: dict, repository: str | Path, model: str = CLIENT_MODEL) -> dict:
+    """``calibrate --install`` of one-shot thresholds: ``doc`` with the ``sessions`` block of the installed
+    thresholds.json of its version, if it has one (``calibrate --sessions`` chose it apart, for sessions)."""
+    path = version_dir(repository, model, doc["model_version"]) / THRESHOLDS
+    if not path.exists():
+        return doc
+    block = json.loads(path.read_text()).get("sessions")
+    return dict(doc, sessions=block) if block else doc
 
 
 def merge_session_thresholds(doc: dict, repository: str | Path, model: str = CLIENT_MODEL) -> dict:

@@ -175,7 +175,9 @@ def _score_sessions(backend, cases: list[Case], sessions: list[list[Case]]) -> t
 
     def judged(case: Case, ids: list[str]) -> Scored:
         results = [scored.get(i) for i in ids]
-        if any(r is not None and r.ok and r.unsafe for r in results):
+        # each check at its served session threshold ("+": a cumulative triple), as a client session judges it
+        if any(r is not None and r.ok and any(r.session_flags("cumulative" if i.endswith("+") else "step"))
+               for i, r in zip(ids, results)):
             return Scored(case.id, unsafe=True)
         if any(r is None for r in results):
             return Scored(case.id, error="missing", reason="a turn was not scored")

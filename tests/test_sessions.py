@@ -295,6 +295,38 @@ def test_session_thresholds_judge_each_check_and_leave_one_shot_verdicts(triton,
             path.write_bytes(saved)
 
 
+def test_score_flags_session_turns_at_the_session_thresholds(triton, repository, tmp_path, read_jsonl):
+    """`score` on a manifest with sessions flags each check as a client session does, at the installed session
+    thresholds, in-process and through Triton; `flag_*` stays the turn's one-shot verdict."""
+    from editguard.cli import main
+    from editguard.model.repository import THRESHOLDS, versions
+    from editguard.training.synth.sessions import generate_sessions
+
+    manifest = generate_sessions(tmp_path / "s", 6, 5, "iid", image_size=96, workers=1, progress=False, clean=True)
+    path = repository / "editguard" / str(max(versions(repository))) / THRESHOLDS
+    saved = path.read_bytes() if path.exists() else None
+    labels = list(ServedVersion.open(repository).labels)
+    try:  # the step check flags nothing, the cumulative check everything
+        _install(repository, {"categories": {c: {"threshold": 0.5} for c in labels},
+                              "sessions": {"categories": {c: {"step": 1.0, "cumulative": 0.0} for c in labels}}})
+        for name, where in (("local", ["--repository", str(repository)]), ("served", ["--server", triton.grpc_url])):
+            out = tmp_path / f"{name}.jsonl"
+            assert main(["score", str(manifest), "--out", str(out), *where, "--no-progress"]) == 0
+            rows = read_jsonl(out)
+            assert {r["turn"] for r in rows} >= {1, 2}
+            for r in rows:
+                assert all(r[f"flag_{c}"] == (r[f"score_{c}"] >= 0.5) for c in labels), name
+                certain = any(r[f"score_{c}"] >= 1.0 for c in labels)  # a step score of 1.0 meets the step threshold
+                assert r["session_unsafe"] == (r["turn"] > 1 or certain), (name, r["id"])
+                if r["turn"] > 1:
+                    assert all(r[f"cumulative_flag_{c}"] for c in labels), (name, r["id"])
+    finally:
+        if saved is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(saved)
+
+
 def test_calibrate_sessions_install_keeps_the_one_shot_thresholds(tmp_path, repository):
     """`calibrate --sessions --install` adds the sessions block and leaves the installed one-shot thresholds."""
     import shutil
@@ -335,6 +367,12 @@ def test_calibrate_sessions_install_keeps_the_one_shot_thresholds(tmp_path, repo
     assert {c: again["sessions"]["categories"][c] for c in labels[1:]} == {
         c: doc["sessions"]["categories"][c] for c in labels[1:]}
     assert again["categories"] == doc["categories"]
+    # the one-shot thresholds calibrated again (every category) replace the one-shot ones and keep the session pairs
+    assert main(["calibrate", str(results), "--target", "precision=0.9", "--allow-unmet", "--out",
+                 str(tmp_path / "th3.json"), "--install", str(repo), "--bootstrap", "10"]) == 0
+    third = json.loads((repo / "editguard" / version / THRESHOLDS).read_text())
+    assert third["sessions"] == again["sessions"]
+    assert {c: e["threshold"] for c, e in third["categories"].items()} != {c: 0.3 for c in labels}
 
 
 # -- the red team's decomposition ------------------------------------------------------------------------

@@ -177,6 +177,9 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     if args.install:
         path = install_thresholds(result.thresholds, args.install, args.version, args.model)
         print(f"installed {path} (the served model uses it from its next request)")
+        if result.thresholds.get("sessions") and not args.sessions:
+            print("  kept its session thresholds (the 'sessions' block); `calibrate --sessions --install` chooses them "
+                  "again")
     return OK
 
 
