@@ -449,6 +449,12 @@ def test_a_repository_exported_before_sessions_still_classifies(repository, turn
         t = turns[0]
         v = guard.classify(t["input"], t["prompt"], t["output"], t["mask"])
         assert v.scores and v.thresholds == {}
+        # classify_many (score's server backend) asks for the thresholds, and goes on without those not served
+        many = dict(guard.classify_many([(f"t{i}", t["input"], t["prompt"], t["output"], t["mask"]) for i in range(4)],
+                                        concurrency=2, outputs=("THRESHOLDS", "SESSION_THRESHOLDS")))
+        assert sorted(many) == ["t0", "t1", "t2", "t3"]
+        assert all(m.scores == pytest.approx(v.scores, abs=1e-6) and m.session_thresholds == {}
+                   for m in many.values())
         if before == 'THRESHOLDS"':
             with pytest.raises(ServerError, match="export the model again"):
                 guard.session(t["input"]).classify(t["prompt"], t["output"], t["mask"])
