@@ -129,9 +129,11 @@ def bench_precheck(cfg: BenchConfig, triples: list[dict]) -> dict:
 def bench_sessions(cfg: BenchConfig, triples: list[dict]) -> dict:
     """A session turn (its step and cumulative triple in one request, ``guard.session``) beside a single
     triple, on the same 256 px PNG triples through the same client: c1 latency, and c16 throughput in
-    triples/s (a turn is two) and in calls/s. A session's cumulative prompt joins its history, so it is
-    new on every turn, and a frozen prompt tower runs for it; the single triple is measured with the
-    triples' own (repeating) prompts and with every prompt new."""
+    triples/s (a turn is two) and in calls/s. The single triple is measured with the triples' own (repeating)
+    prompts and with every prompt new. A turn's step prompt is a triple's own; its first turn's prompt is
+    new, and either the server never saw it (a joined cumulative prompt is new on every turn anyway) or that
+    first turn was judged just before, untimed, as in a real session (its c16 figures count both turns'
+    work: three triples in two requests)."""
     from ..clients import EditGuardClient
 
     rows, n, k = [], len(triples), 4096  # calls enough that no prompt made new repeats within a run
@@ -142,19 +144,31 @@ def bench_sessions(cfg: BenchConfig, triples: list[dict]) -> dict:
             session.prompts, session.masks, session.current = [first_prompt], [None], current
             return session.classify(prompt, output)
 
+        def first_turn(origin, first_prompt, current, prompt, output):
+            """Untimed: the session's first turn, judged (and accepted whatever its verdict)."""
+            session = guard.session(origin)
+            session.classify(first_prompt, current)
+            session.prompts, session.masks, session.current = [first_prompt], [None], current
+            return session, prompt, output
+
+        def next_turn(session, prompt, output):
+            return session.classify(prompt, output)
+
+        sessions = [(triples[i % n]["input"], f"{i} {triples[i % n]['prompt']}", triples[i % n]["output"],
+                     triples[(i + 1) % n]["prompt"], triples[(i + 1) % n]["output"]) for i in range(k)]
         calls = {"single triple, the triples' prompts": (guard.classify, [(t["input"], t["prompt"], t["output"])
-                                                                         for t in triples], 1),
+                                                                         for t in triples], 1, None),
                  "single triple, every prompt new": (guard.classify, [
                      (triples[i % n]["input"], f"{i} {triples[i % n]['prompt']}", triples[i % n]["output"])
-                     for i in range(k)], 1),
-                 "session turn (step + cumulative)": (turn, [
-                     (triples[i % n]["input"], f"{i} {triples[i % n]['prompt']}", triples[i % n]["output"],
-                      triples[(i + 1) % n]["prompt"], triples[(i + 1) % n]["output"]) for i in range(k)], 2)}
-        for name, (fn, args, per_call) in calls.items():
-            fn(*args[-1])  # warm-up
+                     for i in range(k)], 1, None),
+                 "session turn (step + cumulative), its first turn never seen": (turn, sessions, 2, None),
+                 "session turn (step + cumulative), its first turn judged before": (next_turn, sessions, 3,
+                                                                                    first_turn)}
+        for name, (fn, args, per_call, setup) in calls.items():
+            fn(*(setup(*args[-1]) if setup else args[-1]))  # warm-up
             half = len(args) // 2 if len(args) == k else 0  # the made-new prompts: other ones at c16
-            lat1, _ = closed_loop(fn, args[:half or None], 1, cfg.seconds)
-            lat16, wall = closed_loop(fn, args[half:], 16, cfg.seconds)
+            lat1, _ = closed_loop(fn, args[:half or None], 1, cfg.seconds, setup)
+            lat16, wall = closed_loop(fn, args[half:], 16, cfg.seconds, setup)
             rows.append({"call": name, "c1_p50_ms": pct(lat1)["p50_ms"], "c1_p95_ms": pct(lat1)["p95_ms"],
                          "c16_calls_s": round(len(lat16) / wall, 1),
                          "c16_triples_s": round(per_call * len(lat16) / wall, 1)})

@@ -32,8 +32,9 @@ def tile(batch: dict[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(np.concatenate([v] * reps)[:b]) for k, v in batch.items()}
 
 
-def closed_loop(fn, calls: list[tuple], c: int, seconds: float) -> tuple[list[float], float]:
-    """``c`` threads call ``fn(*calls[i])`` back to back for ``seconds``: latencies (ms), wall (s)."""
+def closed_loop(fn, calls: list[tuple], c: int, seconds: float, setup=None) -> tuple[list[float], float]:
+    """``c`` threads call ``fn(*calls[i])`` back to back for ``seconds``: latencies (ms), wall (s). ``setup``:
+    called untimed before each call, ``fn`` then takes what it returns (the wall includes it)."""
     lat: list[float] = []
     lock = threading.Lock()
     stop = time.perf_counter() + seconds
@@ -41,8 +42,11 @@ def closed_loop(fn, calls: list[tuple], c: int, seconds: float) -> tuple[list[fl
     def worker(k: int):
         i, mine = k, []
         while time.perf_counter() < stop or not mine:
+            args = calls[i % len(calls)]
+            if setup is not None:
+                args = setup(*args)
             t0 = time.perf_counter()
-            fn(*calls[i % len(calls)])
+            fn(*args)
             mine.append((time.perf_counter() - t0) * 1e3)
             i += c
         with lock:
