@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterable, Mapping
 
 from .call_state import Call, ClientSettings
-from .errors import EditGuardError, ServerError
+from .errors import EditGuardError, InvalidInputError, ServerError
 from .protocol import (ImageInput, PixelsPrep, Triple, Verdict, as_request, as_triple, explain_request, explanations,
                        mapped_errors, no_explain_model, published_specs)
 from .session import AsyncEditSession
@@ -110,9 +110,10 @@ class AsyncEditGuardClient(ClientSettings):
             raise
 
     async def _call(self, model: str, rows: list, timeout: float | None, item_id: str | None,
-                    headers: Mapping[str, str] | None, thresholds: tuple[str, ...] = ()) -> list[Verdict]:
+                    headers: Mapping[str, str] | None, thresholds: tuple[str, ...] = (),
+                    cumulative: tuple[bool, ...] = ()) -> list[Verdict]:
         """One request of ``rows`` (``(input, prompt, output, mask)`` each): a Verdict per row."""
-        call = Call(self, model, self._aio, rows, timeout, item_id, headers, thresholds)
+        call = Call(self, model, self._aio, rows, timeout, item_id, headers, thresholds, cumulative)
         while True:
             try:
                 if call.needs_pixels:
@@ -121,10 +122,11 @@ class AsyncEditGuardClient(ClientSettings):
             except Exception as e:  # tritonclient raises InferenceServerException for gRPC errors
                 await asyncio.sleep(call.retry_after(e))
 
-    async def classify_many(self, triples: Iterable, *, concurrency: int = 8
+    async def classify_many(self, triples: Iterable, *, concurrency: int = 8, outputs: tuple[str, ...] = ()
                             ) -> AsyncIterator[tuple[str, Verdict | EditGuardError]]:
-        """Async generator of ``(id, verdict or error)``, at most ``concurrency`` in flight."""
-        async for out in self._many((as_triple(t) for t in triples), concurrency, self.model):
+        """Async generator of ``(id, verdict or error)``, at most ``concurrency`` in flight; ``outputs`` as for
+        :meth:`EditGuardClient.classify_many`."""
+        async for out in self._many((as_triple(t) for t in triples), concurrency, self.model, tuple(outputs)):
             yield out
 
     async def precheck_many(self, requests: Iterable, *, concurrency: int = 8
@@ -133,14 +135,21 @@ class AsyncEditGuardClient(ClientSettings):
         async for out in self._many((as_request(t) for t in requests), concurrency, self.precheck_model):
             yield out
 
-    async def _many(self, items, concurrency: int, model: str):
+    async def _many(self, items, concurrency: int, model: str, outputs: tuple[str, ...] = ()):
         self._check_concurrency(concurrency)
         items = iter(items)
+        asked = [outputs]  # emptied once the server refuses them
 
         async def one(t: Triple):
+            extra = asked[0]
             try:
                 rows = [(t.input_image, t.prompt, t.output_image, t.mask)]
-                return t.id, (await self._call(model, rows, None, t.id, None))[0]
+                return t.id, (await self._call(model, rows, None, t.id, None, extra, (t.cumulative,)))[0]
+            except InvalidInputError as e:
+                if extra and any(name in str(e) for name in extra):
+                    asked[0] = ()
+                    return await one(t)
+                return t.id, e
             except EditGuardError as e:
                 return t.id, e
 

@@ -111,7 +111,8 @@ class InProcessBackend:
             good, prepared = [], []
             for it in items[start:start + self.batch_size]:
                 try:
-                    prepared.append(s.prepare(it.input_image, it.prompt, it.output_image, it.mask))
+                    prepared.append(s.prepare(it.input_image, it.prompt, it.output_image, it.mask,
+                                              getattr(it, "cumulative", False)))
                     good.append(it)
                 except PreprocessError as e:
                     yield Scored.failure(it.id, e)
@@ -145,7 +146,8 @@ class ServerBackend:
 
         from ..model.repository import SESSION_CHECKS, SESSION_THRESHOLDS_OUTPUT, THRESHOLDS_OUTPUT
 
-        triples = (Triple(str(r.id), r.input_image, r.prompt, r.output_image, r.mask) for r in items)
+        triples = (Triple(str(r.id), r.input_image, r.prompt, r.output_image, r.mask, getattr(r, "cumulative", False))
+                   for r in items)
         if self.precheck:
             results = self.client.precheck_many(triples, concurrency=self.concurrency)
         else:  # with the session thresholds, for the turns of a manifest with sessions

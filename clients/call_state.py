@@ -8,7 +8,10 @@ or runs out of time:
   ``retries`` times when that is set; never for a bad request;
 - each retry goes to the next endpoint when the client holds several;
 - on the pixels path, a refusal because the answering version prepares pixels differently (a
-  roll-out changed the input size) reads the served preprocessing again and retries at once, once.
+  roll-out changed the input size) reads the served preprocessing again and retries at once, once;
+- a version exported before sessions were read turn by turn refuses the CUMULATIVE input: the call is
+  sent again at once without it (that version reads the joined prompt, as it was trained to), and the
+  client stops sending it.
 
 Both clients drive it the same way, the asyncio one with ``await`` where the sync one blocks::
 
@@ -29,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from ..model.repository import CLIENT_MODEL, PRECHECK
+from ..model.repository import CLIENT_MODEL, CUMULATIVE, PRECHECK
 from ..model.session import MAX_HISTORY
 from .errors import EditGuardError, InvalidInputError, ServerError, ServerUnavailableError
 from .protocol import (
@@ -94,6 +97,7 @@ class ClientSettings:
         self._urls = parse_urls(self.url)
         self._prep: dict[str, PixelsPrep] = {}
         self._turns = itertools.count()  # next() on a count is atomic: no lock for the threads of classify_many
+        self._cumulative_refused = False  # the server refused CUMULATIVE once: sessions send the joined prompt alone
         return [self._conn.grpc_client(u, aio=aio) for u in self._urls]
 
     def _pick(self, offset: int = 0):
@@ -139,16 +143,19 @@ class Call:
     """
 
     def __init__(self, settings: ClientSettings, model: str, module, rows: Sequence[tuple], timeout: float | None,
-                 item_id: str | None, headers: Mapping[str, str] | None, thresholds: tuple[str, ...] = ()):
+                 item_id: str | None, headers: Mapping[str, str] | None, thresholds: tuple[str, ...] = (),
+                 cumulative: Sequence[bool] = ()):
         """``rows``: the request's items, ``(input_image, prompt, output_image, mask)`` each: one triple, or a
         session turn's step and cumulative triple. ``thresholds``: outputs to ask for besides the verdicts, the
         served thresholds (THRESHOLDS, SESSION_THRESHOLDS: a session's checks and escalation need them; a
-        repository exported before them refuses the request)."""
+        repository exported before them refuses the request). ``cumulative``: per row, whether it is a session's
+        cumulative triple (sent as CUMULATIVE)."""
         self.t0 = time.perf_counter()
         self.outputs = (*OUTPUTS, *thresholds)
         self.settings, self.model, self.module, self.item_id = settings, model, module, item_id
         self.rows, self.headers = list(rows), headers
         self.pixels = settings.pixels and all(wants_pixels(i, o, m) for i, _, o, m in self.rows)
+        self.cumulative = list(cumulative) if any(cumulative) and not settings._cumulative_refused else []
         try:
             if any(o is None for _, _, o, _ in self.rows) and model != settings.precheck_model:
                 raise InvalidInputError("output_image is required; before generation, use precheck()")
@@ -157,7 +164,8 @@ class Call:
                 for _, prompt, _, _ in self.rows:
                     check_prompt(prompt)
             else:
-                self.inputs = build_batch_inputs(module, [prepare(*row) for row in self.rows])
+                self.encoded = [prepare(*row) for row in self.rows]
+                self.inputs = build_batch_inputs(module, self.encoded, self.cumulative)
         except InvalidInputError as e:
             raise with_item_id(e, item_id)
         self.deadline = time.monotonic() + (timeout or settings.timeout)
@@ -172,7 +180,7 @@ class Call:
         """Letterbox the decoded images with ``prep`` (the answering version's preprocessing)."""
         arrays = [prep.arrays(i, o, m) for i, _, o, m in self.rows]
         self.inputs = prep.inputs(self.module, arrays, [p for _, p, _, _ in self.rows],
-                                  any(m is not None for *_, m in self.rows))
+                                  any(m is not None for *_, m in self.rows), self.cumulative)
 
     def request(self) -> dict:
         """Keyword arguments of tritonclient's ``infer`` for the next attempt."""
@@ -192,6 +200,11 @@ class Call:
         err = e if isinstance(e, EditGuardError) else to_error(e, self.item_id)
         if self.pixels and not self.refresh and spec_mismatch(err):
             self.refresh, self.inputs = True, None  # a roll-out changed the preprocessing: read it again, once
+            return 0.0
+        if self.cumulative and isinstance(err, InvalidInputError) and CUMULATIVE in str(err):
+            # a version exported before sessions were read turn by turn: it reads the joined prompt, as trained
+            self.settings._cumulative_refused, self.cumulative = True, []
+            self.inputs = None if self.pixels else build_batch_inputs(self.module, self.encoded)
             return 0.0
         self.attempt += 1
         retries = self.settings.retries

@@ -145,10 +145,12 @@ class EditGuardClient(ClientSettings):
             raise
 
     def _call(self, model: str, rows: list, timeout: float | None, item_id: str | None,
-              headers: Mapping[str, str] | None, thresholds: tuple[str, ...] = ()) -> list[Verdict]:
+              headers: Mapping[str, str] | None, thresholds: tuple[str, ...] = (),
+              cumulative: tuple[bool, ...] = ()) -> list[Verdict]:
         """One request of ``rows`` (``(input, prompt, output, mask)`` each): a Verdict per row (with the served
-        thresholds when asked: :class:`~editguard.clients.call_state.Call`)."""
-        call = Call(self, model, self._grpc, rows, timeout, item_id, headers, thresholds)
+        thresholds when asked; ``cumulative``: which rows are a session's cumulative triple:
+        :class:`~editguard.clients.call_state.Call`)."""
+        call = Call(self, model, self._grpc, rows, timeout, item_id, headers, thresholds, cumulative)
         while True:
             try:
                 if call.needs_pixels:
@@ -184,7 +186,7 @@ class EditGuardClient(ClientSettings):
             extra = asked[0]
             try:
                 return self._call(model, [(t.input_image, t.prompt, t.output_image, t.mask)], None, t.id, None,
-                                  extra)[0]
+                                  extra, (t.cumulative,))[0]
             except InvalidInputError as e:
                 if extra and any(name in str(e) for name in extra):
                     asked[0] = ()

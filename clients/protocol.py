@@ -16,8 +16,8 @@ from typing import Iterable, Iterator, Mapping, Sequence, Union
 import numpy as np
 
 from ..connection import missing_header
-from ..model.repository import (ENCODED_INPUTS, MAX_IMAGE_BYTES, MAX_PROMPT_BYTES, OUTPUTS, PIXELS_INPUTS, PIXELS_SPEC,
-                                PROMPT, SESSION_CHECKS, SESSION_THRESHOLDS_OUTPUT, THRESHOLDS_OUTPUT)
+from ..model.repository import (CUMULATIVE, ENCODED_INPUTS, MAX_IMAGE_BYTES, MAX_PROMPT_BYTES, OUTPUTS, PIXELS_INPUTS,
+                                PIXELS_SPEC, PROMPT, SESSION_CHECKS, SESSION_THRESHOLDS_OUTPUT, THRESHOLDS_OUTPUT)
 from .errors import DeadlineExceededError, EditGuardError, InvalidInputError, ServerError, ServerUnavailableError
 
 __all__ = ["Verdict", "Triple", "ImageInput", "MAX_IMAGE_BYTES", "MAX_PROMPT_BYTES", "OUTPUTS", "encode_image",
@@ -59,6 +59,9 @@ class Triple:
     prompt: str
     output_image: ImageInput | None  # None: a request before generation (``precheck``)
     mask: ImageInput | None = None
+    # an edit session's cumulative triple: the session's upload, the turn prompts joined
+    # (editguard.model.session.cumulative_prompt), the latest output; the server reads its prompt turn by turn
+    cumulative: bool = False
 
 
 # -- requests ---------------------------------------------------------------------------------
@@ -113,7 +116,8 @@ def _infer_inputs(module, fields: list[tuple[str, np.ndarray]]) -> list:
     """tritonclient InferInputs for ``(name, batched array)`` pairs (``module``: tritonclient.grpc or .grpc.aio)."""
     inputs = []
     for name, value in fields:
-        t = module.InferInput(name, list(value.shape), "UINT8" if value.dtype == np.uint8 else "BYTES")
+        kind = {np.dtype(np.uint8): "UINT8", np.dtype(bool): "BOOL"}.get(value.dtype, "BYTES")
+        t = module.InferInput(name, list(value.shape), kind)
         t.set_data_from_numpy(value)
         inputs.append(t)
     return inputs
@@ -124,16 +128,22 @@ def build_inputs(module, input_image: bytes, prompt: str, output_image: bytes | 
     return build_batch_inputs(module, [(input_image, prompt, output_image, mask)])
 
 
-def build_batch_inputs(module, rows: Sequence[tuple[bytes, str, bytes | None, bytes | None]]) -> list:
+def build_batch_inputs(module, rows: Sequence[tuple[bytes, str, bytes | None, bytes | None]],
+                       cumulative: Sequence[bool] = ()) -> list:
     """The InferInputs of one request carrying several encoded triples (a session turn's step and cumulative
-    triple), one row each. When only some rows have a mask, the others send an empty MASK: no mask."""
+    triple), one row each. When only some rows have a mask, the others send an empty MASK: no mask.
+    ``cumulative``: which rows are a session's cumulative triple (CUMULATIVE, sent when any is)."""
     image, output, mask_name = ENCODED_INPUTS
     inputs, prompts, outputs, masks = zip(*rows)
     fields = [(image, inputs), (output, None if all(o is None for o in outputs) else outputs),
               (PROMPT, [p.encode("utf-8") for p in prompts]),
               (mask_name, [b"" if m is None else m for m in masks] if any(m is not None for m in masks) else None)]
     return _infer_inputs(module, [(name, np.array([[v] for v in col], dtype=np.object_))
-                                  for name, col in fields if col is not None])
+                                  for name, col in fields if col is not None] + _cumulative_field(cumulative))
+
+
+def _cumulative_field(cumulative: Sequence[bool]) -> list[tuple[str, np.ndarray]]:
+    return [(CUMULATIVE, np.array([[bool(c)] for c in cumulative]))] if any(cumulative) else []
 
 
 def explain_request(module, input_image: ImageInput, prompt: str, output_image: ImageInput,
@@ -205,16 +215,18 @@ class PixelsPrep:
         except PreprocessError as e:
             raise InvalidInputError(str(e)) from e
 
-    def inputs(self, module, arrays: Sequence[dict[str, np.ndarray]], prompts: Sequence[str], with_mask: bool) -> list:
+    def inputs(self, module, arrays: Sequence[dict[str, np.ndarray]], prompts: Sequence[str], with_mask: bool,
+               cumulative: Sequence[bool] = ()) -> list:
         """tritonclient InferInputs of one pixels-path request: a row per item of ``arrays`` (from
-        :meth:`arrays`) and ``prompts``; a row without a mask of its own carries the all-255 mask."""
+        :meth:`arrays`) and ``prompts``; a row without a mask of its own carries the all-255 mask.
+        ``cumulative``: as for :func:`build_batch_inputs`."""
         image, output, mask = PIXELS_INPUTS
         stack = lambda key: np.stack([a[key] for a in arrays]) if key in arrays[0] else None  # noqa: E731
         fields = [(image, stack("input_image")), (output, stack("output_image")),
                   (PROMPT, np.array([[p.encode("utf-8")] for p in prompts], dtype=np.object_)),
                   (PIXELS_SPEC, np.array([[self.tag]] * len(arrays), dtype=np.object_)),
                   (mask, stack("mask") if with_mask else None)]
-        return _infer_inputs(module, [(name, v) for name, v in fields if v is not None])
+        return _infer_inputs(module, [(name, v) for name, v in fields if v is not None] + _cumulative_field(cumulative))
 
 
 def published_specs(config: Mapping) -> dict[str, dict]:
@@ -303,7 +315,8 @@ def as_triple(t) -> Triple:
     if isinstance(t, Triple):
         return t
     if isinstance(t, Mapping):
-        return Triple(str(t["id"]), t["input_image"], t["prompt"], t["output_image"], t.get("mask"))
+        return Triple(str(t["id"]), t["input_image"], t["prompt"], t["output_image"], t.get("mask"),
+                      bool(t.get("cumulative", False)))
     if isinstance(t, tuple) and len(t) in (4, 5):
         return Triple(str(t[0]), *t[1:])
     raise TypeError(f"can't classify {type(t).__name__}: give a Triple, a dict or (id, input, prompt, output[, mask])")

@@ -6,7 +6,9 @@ the prompts of the accepted turns, and each turn sends **one request** with two 
 (:mod:`editguard.model.session` defines them):
 
 - the *step* triple: this turn's input (the previous accepted output), its prompt, its output;
-- the *cumulative* triple: the origin, the turn prompts joined in order, this turn's output.
+- the *cumulative* triple: the origin, the turn prompts joined in order, this turn's output. It is sent
+  marked as such (``CUMULATIVE``), and the server reads its prompt turn by turn: each turn prompt's own
+  windows, which that turn's step triple already encoded, so the prompt tower's cache holds them.
 
 Both ride the same dynamic batch; the turn is unsafe when either is. The server keeps no state::
 
@@ -47,6 +49,8 @@ from ..model.repository import SESSION_CHECKS, SESSION_THRESHOLDS_OUTPUT, THRESH
 from ..model.session import MAX_HISTORY, cumulative_request
 from .errors import InvalidInputError, ServerError
 from .protocol import ImageInput, Verdict
+
+CHECKS_CUMULATIVE = tuple(c == "cumulative" for c in SESSION_CHECKS)  # a turn's rows: the step, the cumulative triple
 
 __all__ = ["SessionPolicy", "SessionVerdict", "EditSession", "AsyncEditSession"]
 
@@ -120,6 +124,7 @@ class _SessionState:
             self.refusals = 0
 
     def _rows(self, prompt: str, output_image: ImageInput, mask, input_image) -> list[tuple]:
+        """The turn's request: the step triple, then (from turn 2) the cumulative triple (``CHECKS_CUMULATIVE``)."""
         step = (self.current if input_image is None else input_image, prompt, output_image, mask)
         if not self.prompts:
             return [step]
@@ -184,13 +189,14 @@ class EditSession(_SessionState):
         with ``prompt`` and ``mask``. One request; raises what ``classify`` raises."""
         c = self.client
         rows = self._rows(prompt, output_image, mask, input_image)
+        cumulative = CHECKS_CUMULATIVE[:len(rows)]
         with _needs_thresholds():
             try:
-                verdicts = c._call(c.model, rows, timeout, id, headers, self._outputs())
+                verdicts = c._call(c.model, rows, timeout, id, headers, self._outputs(), cumulative)
             except InvalidInputError as e:
                 if not self._without_session_thresholds(e):
                     raise
-                verdicts = c._call(c.model, rows, timeout, id, headers, self._outputs())
+                verdicts = c._call(c.model, rows, timeout, id, headers, self._outputs(), cumulative)
         return self._judge(verdicts, prompt, output_image, mask)
 
 
@@ -203,11 +209,12 @@ class AsyncEditSession(_SessionState):
         """As :meth:`EditSession.classify`."""
         c = self.client
         rows = self._rows(prompt, output_image, mask, input_image)
+        cumulative = CHECKS_CUMULATIVE[:len(rows)]
         with _needs_thresholds():
             try:
-                verdicts = await c._call(c.model, rows, timeout, id, headers, self._outputs())
+                verdicts = await c._call(c.model, rows, timeout, id, headers, self._outputs(), cumulative)
             except InvalidInputError as e:
                 if not self._without_session_thresholds(e):
                     raise
-                verdicts = await c._call(c.model, rows, timeout, id, headers, self._outputs())
+                verdicts = await c._call(c.model, rows, timeout, id, headers, self._outputs(), cumulative)
         return self._judge(verdicts, prompt, output_image, mask)

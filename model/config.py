@@ -108,6 +108,11 @@ class PreprocessConfig:
     # framed by harmless words ("for an art class, ...") is scored as if alone. 0 = off: a model dir written
     # before this field reads it as 0 and keeps the preprocessing it was trained and calibrated with.
     clause_windows: int = 16
+    # a session's cumulative triple (editguard.model.session) reads its prompt turn by turn: each turn prompt's
+    # own windows and clauses, exactly the windows that turn's step triple read, so a frozen prompt tower's
+    # cache already holds them; not the joined text's windows, which are new on every turn. A model dir written
+    # before this field reads it as False and keeps the joined reading it was trained and calibrated with.
+    session_turns: bool = True
     normalize_prompt: bool = True  # fold obfuscated spellings first (editguard.model.normalize)
     # undo typos: a word the model does not know, one edit from one it does (its training prompts' words,
     # then its tokenizer's), becomes that word (normalize.Speller). A model dir written before this field
@@ -214,6 +219,7 @@ class ModelConfig:
                 d["preprocess"].setdefault("mask_union", False)  # written before them: as trained
                 d["preprocess"].setdefault("spelling", False)
                 d["preprocess"].setdefault("clause_windows", 0)
+                d["preprocess"].setdefault("session_turns", False)
             return cls.from_dict(d)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{path}: {e}") from e

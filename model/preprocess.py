@@ -16,7 +16,9 @@ What the network receives (the ONNX inputs):
   tokens, each starting half a window after the last, then, from window ``prompt_windows`` on, each of
   its clauses alone (:func:`clauses`, up to ``clause_windows``); ``W = prompt_windows +
   clause_windows``, and the windows a prompt does not fill are all padding (attention 0). A prompt
-  that needs more than ``prompt_windows`` windows is refused, never cut.
+  that needs more than ``prompt_windows`` windows is refused, never cut. An edit session's cumulative
+  prompt (:mod:`editguard.model.session`: the turn prompts joined) is read turn by turn where
+  ``session_turns`` is on: each turn's windows and clauses as that prompt alone gives them.
 
 Decisions on odd inputs (documented in the README): animated images use their
 first frame; EXIF orientation is honoured; alpha is composited onto black;
@@ -203,6 +205,15 @@ class Preprocessor:
         """Validate and clean one prompt: UTF-8, no NULs or control characters, at most ``max_prompt_chars``
         characters (a longer one is refused), its obfuscations folded when ``normalize_prompt`` is on and its
         typos undone when ``spelling`` is."""
+        prompt = self._checked_text(prompt, field)
+        if self.cfg.normalize_prompt:
+            prompt = normalize_prompt(prompt)
+        if self.speller is not None:
+            prompt = self.speller.correct(prompt)
+        return "".join(ch if ch.isprintable() or ch in " \t\n" else " " for ch in prompt)
+
+    def _checked_text(self, prompt: str | bytes, field: str) -> str:
+        """``prompt`` as text, checked: UTF-8, and at most ``max_prompt_chars`` characters."""
         if isinstance(prompt, (bytes, bytearray, memoryview)):
             try:
                 prompt = bytes(prompt).decode("utf-8")
@@ -213,11 +224,7 @@ class Preprocessor:
         if len(prompt) > self.cfg.max_prompt_chars:
             raise PreprocessError(field, f"prompt is {len(prompt)} characters, over the limit of "
                                   f"{self.cfg.max_prompt_chars}; shorten it", "bad_prompt")
-        if self.cfg.normalize_prompt:
-            prompt = normalize_prompt(prompt)
-        if self.speller is not None:
-            prompt = self.speller.correct(prompt)
-        return "".join(ch if ch.isprintable() or ch in " \t\n" else " " for ch in prompt)
+        return prompt
 
     @property
     def prompt_token_limit(self) -> int:
@@ -226,29 +233,53 @@ class Preprocessor:
         content = self.cfg.max_tokens - (post.num_special_tokens_to_add(False) if post else 0)
         return content + (self.cfg.prompt_windows - 1) * (content - content // 2)
 
-    def tokens(self, prompts: list[str | bytes]) -> tuple[np.ndarray, np.ndarray]:
+    def tokens(self, prompts: list[str | bytes], cumulative: list[bool] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """Tokenize prompts: ``(input_ids, attention_mask)``, both ``int64 [B, windows, max_tokens]``
-        (see the module docstring). A prompt longer than the windows cover raises :class:`PreprocessError`."""
+        (see the module docstring). A prompt longer than the windows cover raises :class:`PreprocessError`.
+        ``cumulative[k]``: prompt ``k`` is a session's cumulative prompt, read turn by turn with
+        ``preprocess.session_turns`` (:meth:`_turn_windows`)."""
         fields = [f"prompt[{i}]" if len(prompts) > 1 else "prompt" for i in range(len(prompts))]
-        texts = [self.prompt_text(p, f) for p, f in zip(prompts, fields)]
-        w, t = self.cfg.prompt_windows, self.cfg.max_tokens
-        ids = np.full((len(texts), self.cfg.windows, t), self.tokenizer.padding["pad_id"], np.int64)
-        att = np.zeros((len(texts), self.cfg.windows, t), np.int64)
-        for k, (e, field) in enumerate(zip(self.tokenizer.encode_batch(texts), fields)):
-            windows = [e, *e.overflowing]
-            if len(windows) > w:
-                raise PreprocessError(field, f"prompt is longer than the {self.prompt_token_limit} tokens this model "
-                                      f"reads ({w} windows of {t}); shorten it", "bad_prompt")
+        turns = cumulative if self.cfg.session_turns and cumulative is not None else [False] * len(prompts)
+        ids = np.full((len(prompts), self.cfg.windows, self.cfg.max_tokens), self.tokenizer.padding["pad_id"],
+                      np.int64)
+        att = np.zeros_like(ids)
+        for k, (p, f, by_turn) in enumerate(zip(prompts, fields, turns)):
+            windows, clause_windows = self._turn_windows(p, f) if by_turn else self._windows(self.prompt_text(p, f), f)
             for j, win in enumerate(windows):
                 ids[k, j], att[k, j] = win.ids, win.attention_mask
-        # the clauses of prompts already known to fit (so a long run of commas is refused, never split)
-        parts = [clauses(x, self.cfg.clause_windows) for x in texts]
-        flat = self.tokenizer.encode_batch([c for cs in parts for c in cs]) if any(parts) else []
-        for k, cs in enumerate(parts):
-            for j, win in enumerate(flat[:len(cs)], start=w):  # each clause's first window, from index w
+            for j, win in enumerate(clause_windows, start=self.cfg.prompt_windows):  # the clauses from index W
                 ids[k, j], att[k, j] = win.ids, win.attention_mask
-            flat = flat[len(cs):]
         return ids, att
+
+    def _windows(self, text: str, field: str) -> tuple[list, list]:
+        """One cleaned prompt's token windows and its clauses' (each clause's first window)."""
+        e = self.tokenizer.encode(text)
+        windows = [e, *e.overflowing]
+        w, t = self.cfg.prompt_windows, self.cfg.max_tokens
+        if len(windows) > w:
+            raise PreprocessError(field, f"prompt is longer than the {self.prompt_token_limit} tokens this model "
+                                  f"reads ({w} windows of {t}); shorten it", "bad_prompt")
+        # the clauses of a prompt already known to fit (so a long run of commas is refused, never split)
+        parts = clauses(text, self.cfg.clause_windows)
+        return windows, (self.tokenizer.encode_batch(parts) if parts else [])
+
+    def _turn_windows(self, prompt: str | bytes, field: str) -> tuple[list, list]:
+        """A session's cumulative prompt (the turn prompts joined by ``PROMPT_SEPARATOR``) read turn by turn: each
+        turn's windows and clauses as :meth:`_windows` reads that prompt alone, the turns' windows one after the
+        other, then their clauses. Where they do not all fit the window axis, the latest turns that do are kept."""
+        from .session import PROMPT_SEPARATOR
+
+        turns = [x for x in self._checked_text(prompt, field).split(PROMPT_SEPARATOR) if x.strip()] or [""]
+        windows: list = []
+        clause_windows: list = []
+        for part in reversed(turns):
+            own, cs = self._windows(self.prompt_text(part, field), field)
+            if len(windows) + len(own) > self.cfg.prompt_windows:
+                break
+            windows[:0] = own
+            clause_windows[:0] = cs
+        return windows, clause_windows[-self.cfg.clause_windows:] if self.cfg.clause_windows else []
 
     # -- whole triples ----------------------------------------------------------
     def triple(
@@ -257,10 +288,12 @@ class Preprocessor:
         prompt: str | bytes,
         output_image: ImageSource | None,
         mask: ImageSource | None = None,
+        cumulative: bool = False,
     ) -> dict[str, np.ndarray]:
         """One triple as unbatched network inputs (see the module docstring). ``output_image`` None:
-        a request before generation (the pre-check), without ``output_image``."""
-        ids, att = self.tokens([prompt])
+        a request before generation (the pre-check), without ``output_image``. ``cumulative``: a session's
+        cumulative triple (:meth:`tokens`)."""
+        ids, att = self.tokens([prompt], [cumulative])
         return {**self.pixels(input_image, output_image, mask), "input_ids": ids[0], "attention_mask": att[0]}
 
     def pixels(self, input_image: ImageSource, output_image: ImageSource | None,

@@ -38,7 +38,8 @@ from .config import ModelConfig, PreprocessConfig
 _logger = logging.getLogger(__name__)
 
 __all__ = ["CLIENT_MODEL", "CLASSIFIER", "PRECHECK", "PRECHECK_CLASSIFIER", "PAIRS", "PROMPTS", "PREPARE",
-           "VERDICTS", "CLIENT_MODELS", "ENCODED_INPUTS", "PIXELS_INPUTS", "PROMPT", "PIXELS_SPEC", "OUTPUTS",
+           "VERDICTS", "CLIENT_MODELS", "ENCODED_INPUTS", "PIXELS_INPUTS", "PROMPT", "PIXELS_SPEC", "CUMULATIVE",
+           "OUTPUTS",
            "THRESHOLDS_OUTPUT", "SESSION_THRESHOLDS_OUTPUT", "SESSION_CHECKS", "session_threshold_array",
            "merge_session_thresholds", "keep_session_thresholds",
            "INPUT_TYPES", "OUTPUT_TYPES", "client_inputs",
@@ -62,6 +63,9 @@ PREPARE, VERDICTS = "editguard_prepare", "editguard_verdicts"
 ENCODED_INPUTS = ("INPUT_IMAGE", "OUTPUT_IMAGE", "MASK")
 PIXELS_INPUTS = ("INPUT_PIXELS", "OUTPUT_PIXELS", "MASK_PIXELS")
 PROMPT, PIXELS_SPEC = "PROMPT", "PIXELS_SPEC"
+# TYPE_BOOL [1], optional, the triple model only: true where the item is an edit session's cumulative triple, whose
+# prompt (the turn prompts joined) the model reads turn by turn (model.preprocess, ``session_turns``)
+CUMULATIVE = "CUMULATIVE"
 OUTPUTS = ("SCORES", "FLAGGED", "UNSAFE", "LABELS")  # what every client model answers
 # and what one exported by this editguard answers too: the thresholds FLAGGED was judged at, which a client
 # session's escalation multiplies (repositories exported before it still serve OUTPUTS)
@@ -73,7 +77,7 @@ SESSION_CHECKS = ("step", "cumulative")
 # their Triton types; every input but PROMPT is optional (a request carries one complete set)
 INPUT_TYPES = {"INPUT_IMAGE": "TYPE_STRING", "OUTPUT_IMAGE": "TYPE_STRING", "MASK": "TYPE_STRING",
                "INPUT_PIXELS": "TYPE_UINT8", "OUTPUT_PIXELS": "TYPE_UINT8", "MASK_PIXELS": "TYPE_UINT8",
-               "PROMPT": "TYPE_STRING", "PIXELS_SPEC": "TYPE_STRING"}
+               "PROMPT": "TYPE_STRING", "PIXELS_SPEC": "TYPE_STRING", CUMULATIVE: "TYPE_BOOL"}
 OUTPUT_TYPES = {"SCORES": "TYPE_FP32", "FLAGGED": "TYPE_BOOL", "UNSAFE": "TYPE_BOOL", "LABELS": "TYPE_STRING",
                 THRESHOLDS_OUTPUT: "TYPE_FP32", SESSION_THRESHOLDS_OUTPUT: "TYPE_FP32"}
 # the networks: uint8 images, the prompt as token ids (or, for a frozen tower, its embedding), probabilities out
@@ -88,7 +92,7 @@ MAX_PROMPT_BYTES = 64 * 1024  # a prompt's UTF-8 bytes, checked by the client be
 # -- layout -----------------------------------------------------------------------------------------------
 def client_inputs(client_model: str) -> dict[str, str]:
     """``{input: Triton type}`` a client model declares: the pre-check takes no output image."""
-    skip = ("OUTPUT_IMAGE", "OUTPUT_PIXELS") if client_model == PRECHECK else ()
+    skip = ("OUTPUT_IMAGE", "OUTPUT_PIXELS", CUMULATIVE) if client_model == PRECHECK else ()
     return {k: v for k, v in INPUT_TYPES.items() if k not in skip}
 
 

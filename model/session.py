@@ -79,6 +79,7 @@ class CumulativeTriple:
     output_image: Path  # turn k's output
     mask: np.ndarray | None  # the union of the turns' masks (uint8, the images' size); None when a turn had none
     labels: list[str]  # the turn's cumulative_labels, else the union of turns 1..k's labels
+    cumulative: bool = True  # what the model is told: its prompt is read turn by turn (preprocess.session_turns)
 
 
 def cumulative_triples(records: list, max_history: int = MAX_HISTORY) -> list[CumulativeTriple]:

@@ -43,6 +43,7 @@ class Case:
     mask: bytes | None = None
     labels: tuple[str, ...] = ()
     meta: dict = field(default_factory=dict, compare=False)
+    cumulative: bool = False  # an edit session's cumulative triple (the decomposition family builds them)
 
     @property
     def unsafe(self) -> bool:

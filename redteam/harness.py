@@ -170,7 +170,8 @@ def _score_sessions(backend, cases: list[Case], sessions: list[list[Case]]) -> t
         for j in range(1, len(turns)):
             prompt, mask = cumulative_request([t.prompt for t in turns[:j + 1]], [t.mask for t in turns[:j + 1]])
             items.append(dataclasses.replace(turns[j], id=turns[j].id + "+", input_image=turns[0].input_image,
-                                             prompt=prompt, mask=None if mask is None else encode_image(mask, "mask")))
+                                             prompt=prompt, mask=None if mask is None else encode_image(mask, "mask"),
+                                             cumulative=True))
     scored = _score(backend, items)
 
     def judged(case: Case, ids: list[str]) -> Scored:

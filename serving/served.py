@@ -236,10 +236,12 @@ class ServedVersion:
 
     # -- the work ----------------------------------------------------------------------------
     def prepare(self, input_image: ImageSource, prompt: str | bytes, output_image: ImageSource | None,
-                mask: ImageSource | None = None) -> dict[str, np.ndarray]:
+                mask: ImageSource | None = None, cumulative: bool = False) -> dict[str, np.ndarray]:
         """One request's network inputs (:meth:`Preprocessor.triple`); a pre-check never reads the output
-        image. Raises :class:`~editguard.model.preprocess.PreprocessError` naming the input."""
-        return self.pre.triple(input_image, prompt, None if self.precheck else output_image, mask)
+        image. ``cumulative``: a session's cumulative triple, its prompt read turn by turn where this version
+        does. Raises :class:`~editguard.model.preprocess.PreprocessError` naming the input."""
+        return self.pre.triple(input_image, prompt, None if self.precheck else output_image, mask,
+                               cumulative=cumulative and not self.precheck)
 
     def probabilities(self, items: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
         """``float32 [B, C]`` for prepared items, run as one checked onnxruntime call. Raises RuntimeError

@@ -323,3 +323,27 @@ def test_the_native_graphs_need_nvidias_triton(tmp_path):
     (tmp_path / "repo").mkdir()
     with pytest.raises(TritonError, match="NVIDIA's Triton container.*--graph ensemble"):
         TritonServer(tmp_path / "repo", graph="tensorrt").start()
+
+
+def test_a_session_turn_reads_its_cumulative_prompt_from_the_cache(ensemble, few_triples, triple_bytes):
+    """A session turn's cumulative prompt is read turn by turn: after the steps, it runs no new prompt window
+    in-process (the joined text would), and the ensemble, told which row is cumulative, gives the same scores."""
+    from editguard.model.session import cumulative_prompt
+
+    repo = Path(ensemble.repository)
+    served = ServedVersion.open(repo)
+    t = triple_bytes(few_triples, 3)
+    prompts = [x["prompt"] for x in t]
+    served.probabilities([served.prepare(x["input"], x["prompt"], x["output"], x["mask"]) for x in t])  # the steps
+    misses = served.prompt.misses
+    joined = cumulative_prompt(prompts)
+    want = served.probabilities([served.prepare(t[0]["input"], joined, t[2]["output"], None, cumulative=True)])[0]
+    assert served.prompt.misses == misses
+    as_text = served.probabilities([served.prepare(t[0]["input"], joined, t[2]["output"], None)])[0]
+    assert served.prompt.misses > misses  # the joined text's windows are new
+    assert np.abs(as_text - want).max() > 1e-5  # so the scores below tell the two readings apart
+    with EditGuardClient(ensemble.grpc_url, timeout=60) as guard:
+        session = guard.session(t[0]["input"], escalation=1.0)
+        session.prompts, session.masks, session.current = prompts[:2], [None, None], t[1]["output"]
+        turn = session.classify(prompts[2], t[2]["output"])
+    np.testing.assert_allclose(list(turn.cumulative.scores.values()), want, atol=1e-6)

@@ -28,8 +28,8 @@ def turns(synth_sets, read_jsonl) -> list[dict]:
              "mask": (root / r["mask"]).read_bytes(), "prompt": r["prompt"]} for r in rows]
 
 
-def _scores(served: ServedVersion, input_image, prompt, output_image, mask) -> np.ndarray:
-    return served.probabilities([served.prepare(input_image, prompt, output_image, mask)])[0]
+def _scores(served: ServedVersion, input_image, prompt, output_image, mask, cumulative: bool = False) -> np.ndarray:
+    return served.probabilities([served.prepare(input_image, prompt, output_image, mask, cumulative)])[0]
 
 
 def _stats(model_stats, triton) -> tuple[int, int]:
@@ -61,7 +61,7 @@ def test_a_turn_is_one_request_with_the_step_and_the_cumulative_triple(triton, r
     step = _scores(served, turns[0]["output"], turns[1]["prompt"], turns[1]["output"], turns[1]["mask"])
     both = cumulative_mask([turns[0]["mask"], turns[1]["mask"]])
     cumulative = _scores(served, origin, cumulative_prompt([turns[0]["prompt"], turns[1]["prompt"]]),
-                         turns[1]["output"], both)
+                         turns[1]["output"], both, cumulative=True)
     np.testing.assert_allclose(list(second.step.scores.values()), step, atol=1e-6)
     np.testing.assert_allclose(list(second.cumulative.scores.values()), cumulative, atol=1e-6)
     assert second.unsafe == bool(second.fired) and set(second.fired) <= {"step", "cumulative"}
@@ -81,7 +81,8 @@ def test_pixels_async_and_partial_masks_give_the_same_scores(triton, repository,
             s.prompts, s.masks, s.current = [t0["prompt"]], [t0["mask"]], dec(t0["output"])  # an accepted turn 1
         v_bytes = by_bytes.classify(t1["prompt"], t1["output"])  # no mask this turn
         v_pixels = by_pixels.classify(t1["prompt"], decoded(t1["output"]))
-    want_cum = _scores(served, t0["input"], cumulative_prompt([t0["prompt"], t1["prompt"]]), t1["output"], None)
+    want_cum = _scores(served, t0["input"], cumulative_prompt([t0["prompt"], t1["prompt"]]), t1["output"], None,
+                       cumulative=True)
     np.testing.assert_allclose(list(v_bytes.cumulative.scores.values()), want_cum, atol=1e-6)
     np.testing.assert_allclose(list(v_pixels.cumulative.scores.values()), want_cum, atol=1e-5)
     np.testing.assert_allclose(list(v_pixels.step.scores.values()), list(v_bytes.step.scores.values()), atol=1e-5)
@@ -146,7 +147,7 @@ def test_a_restart_starts_a_new_origin_and_history(triton, repository, turns):
         v = s.classify(turns[6]["prompt"], turns[6]["output"], turns[6]["mask"])
     mask = cumulative_mask([turns[5]["mask"], turns[6]["mask"]])
     want = _scores(served, turns[5]["input"], cumulative_prompt([turns[5]["prompt"], turns[6]["prompt"]]),
-                   turns[6]["output"], mask)
+                   turns[6]["output"], mask, cumulative=True)
     np.testing.assert_allclose(list(v.cumulative.scores.values()), want, atol=1e-6)
 
 
@@ -228,7 +229,7 @@ def test_score_and_calibrate_judge_whole_sessions(triton, repository, tmp_path, 
     turns = sorted((x for x in records.values() if x["session"] == third["session"]), key=lambda x: x["turn"])[:3]
     mask = cumulative_mask([root / t["mask"] for t in turns])
     want = _scores(served_version, root / turns[0]["input_image"], cumulative_prompt([t["prompt"] for t in turns]),
-                   root / turns[2]["output_image"], mask)
+                   root / turns[2]["output_image"], mask, cumulative=True)
     np.testing.assert_allclose([third[f"cumulative_score_{c}"] for c in served_version.labels], want, atol=1e-6)
     # calibration on session-level verdicts: one row per session, flagged when any check of any turn is
     collapsed = session_rows(rows)
@@ -428,11 +429,13 @@ def _decoded(data: bytes, mode: str = "RGB") -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert(mode))
 
 
-@pytest.mark.parametrize("before", ['THRESHOLDS"', '"SESSION_THRESHOLDS"'], ids=["sessions", "session-thresholds"])
+@pytest.mark.parametrize("before", ['THRESHOLDS"', '"SESSION_THRESHOLDS"', '"CUMULATIVE"'],
+                         ids=["sessions", "session-thresholds", "turn-reading"])
 def test_a_repository_exported_before_sessions_still_classifies(repository, turns, tmp_path, before):
     """Configs without THRESHOLDS (exported by an earlier editguard) still load and classify; a session there
     says to export again. Configs with THRESHOLDS but no SESSION_THRESHOLDS serve sessions at the one-shot
-    thresholds."""
+    thresholds. None of them takes CUMULATIVE (their models read the joined prompt): a session turn is sent
+    again without it, and its cumulative triple is read as that version reads it."""
     import shutil
 
     from editguard.clients import ServerError
@@ -441,8 +444,13 @@ def test_a_repository_exported_before_sessions_still_classifies(repository, turn
     old = tmp_path / "old"
     shutil.copytree(repository, old)
     for config in old.glob("*/config.pbtxt"):
-        config.write_text("\n".join(line for line in config.read_text().splitlines() if before not in line)
-                          .replace('dims: [ -1 ] },\n]', 'dims: [ -1 ] }\n]') + "\n")
+        kept = [line for line in config.read_text().splitlines() if before not in line and '"CUMULATIVE"' not in line]
+        config.write_text("\n".join(kept).replace('dims: [ -1 ] },\n]', 'dims: [ -1 ] }\n]')
+                          .replace('optional: true },\n]', 'optional: true }\n]') + "\n")
+    for config in old.glob("editguard/*/config.json"):  # written before the turn reading: the joined prompt
+        d = json.loads(config.read_text())
+        del d["preprocess"]["session_turns"]
+        config.write_text(json.dumps(d))
     assert not any(before in c.read_text() for c in old.glob("*/config.pbtxt"))
     with TritonServer(old, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port()) as server, \
             EditGuardClient(server.grpc_url, timeout=60) as guard:
@@ -453,7 +461,8 @@ def test_a_repository_exported_before_sessions_still_classifies(repository, turn
         many = dict(guard.classify_many([(f"t{i}", t["input"], t["prompt"], t["output"], t["mask"]) for i in range(4)],
                                         concurrency=2, outputs=("THRESHOLDS", "SESSION_THRESHOLDS")))
         assert sorted(many) == ["t0", "t1", "t2", "t3"]
-        assert all(m.scores == pytest.approx(v.scores, abs=1e-6) and m.session_thresholds == {}
+        served_pairs = before == '"CUMULATIVE"'  # exported with SESSION_THRESHOLDS
+        assert all(m.scores == pytest.approx(v.scores, abs=1e-6) and bool(m.session_thresholds) == served_pairs
                    for m in many.values())
         if before == 'THRESHOLDS"':
             with pytest.raises(ServerError, match="export the model again"):
@@ -461,8 +470,17 @@ def test_a_repository_exported_before_sessions_still_classifies(repository, turn
             return
         session = guard.session(t["input"], escalation=1.0)
         turn = session.classify(t["prompt"], t["output"], t["mask"])
-        assert not session.session_thresholds and turn.step.session_thresholds == {}
-        assert turn.flagged == turn.step.flagged and turn.step.thresholds  # judged at the one-shot thresholds
+        if before != '"CUMULATIVE"':
+            assert not session.session_thresholds and turn.step.session_thresholds == {}
+            assert turn.flagged == turn.step.flagged and turn.step.thresholds  # judged at the one-shot thresholds
+        # a second turn: its cumulative triple, refused with CUMULATIVE, goes again without it
+        u, again = turns[1], guard.session(t["input"], escalation=1.0)
+        again.prompts, again.masks, again.current = [t["prompt"]], [None], t["output"]
+        second = again.classify(u["prompt"], u["output"])
+        assert guard._cumulative_refused
+        want = _scores(ServedVersion.open(old), t["input"], cumulative_prompt([t["prompt"], u["prompt"]]), u["output"],
+                       None, cumulative=True)
+        np.testing.assert_allclose(list(second.cumulative.scores.values()), want, atol=1e-6)
 
 
 def test_a_session_pair_is_the_best_of_every_pair_and_beats_one_shared_threshold():
@@ -490,3 +508,45 @@ def test_a_session_pair_is_the_best_of_every_pair_and_beats_one_shared_threshold
     assert (f & y).sum() / f.sum() >= 0.8 - 1e-9
     shared = choose_threshold(y, np.maximum(step, cum), target=target)
     assert pair.recall >= shared.recall
+
+
+def test_a_cumulative_prompt_is_read_turn_by_turn(tiny_model_dir, tmp_path):
+    """A cumulative triple's prompt is read as its turns were: every window is one a step triple read (so a frozen
+    prompt tower's cache holds it), the latest turns where they do not all fit; a model dir written before reads
+    the joined text, as it was trained."""
+    import dataclasses
+
+    from editguard.model.config import ModelConfig
+    from editguard.model.preprocess import Preprocessor
+
+    pre = Preprocessor.from_dir(tiny_model_dir)
+    assert pre.cfg.session_turns
+
+    def windows(ids, att):
+        return [(i.tobytes(), a.tobytes()) for i, a in zip(ids, att) if a[0]]
+
+    def read(prompts, cumulative=None):
+        ids, att = pre.tokens(prompts, cumulative)
+        return [windows(i, a) for i, a in zip(ids, att)]
+
+    turns = ["make the shirt a bit shorter", "warm up the skin tone slightly, please", "", "adjust the nose; a little"]
+    joined = cumulative_prompt(turns)
+    by_turn, whole = read([joined, joined], [True, False])
+    steps = {w for ws in read(turns) for w in ws}
+    assert set(by_turn) <= steps and len(by_turn) >= 3
+    assert not set(whole) <= steps  # the joined text's windows are new
+    # more turns than the window axis holds: the latest that fit, each whole
+    long = [f"turn {k} " + "make it a little warmer and brighter " * 6 for k in range(12)]
+    kept = read([cumulative_prompt(long)], [True])[0]
+    per_turn = read(long)
+    assert len(kept) <= pre.cfg.prompt_windows + pre.cfg.clause_windows
+    assert set(per_turn[-1]) <= set(kept) and not set(per_turn[0]) & set(kept) - set(per_turn[-1])
+    # the step triples and one-shot edits read as before
+    np.testing.assert_array_equal(pre.tokens([joined], [False])[0], pre.tokens([joined])[0])
+    # a model dir written before: the joined reading, as trained
+    d = json.loads((tiny_model_dir / "config.json").read_text())
+    del d["preprocess"]["session_turns"]
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    assert not ModelConfig.load(tmp_path / "config.json").preprocess.session_turns
+    before = Preprocessor(dataclasses.replace(pre.cfg, session_turns=False), pre.tokenizer, pre.speller)
+    np.testing.assert_array_equal(before.tokens([joined], [True])[0], before.tokens([joined])[0])

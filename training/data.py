@@ -118,7 +118,7 @@ class TripleDataset(Dataset):
         item = self.cache.get(i) if self.cache is not None else None
         if item is None:
             r = self.records[i]
-            item = self.pre.triple(r.input_image, r.prompt, r.output_image, r.mask)
+            item = self.pre.triple(r.input_image, r.prompt, r.output_image, r.mask, getattr(r, "cumulative", False))
             if self.cache is not None:
                 self.cache[i] = item
         item = dict(item, labels=self.y[i])
@@ -134,16 +134,17 @@ class TripleDataset(Dataset):
             if self.prompt_augment:
                 words = np.random.default_rng((self.seed, self.epoch, i, 1))
                 if words.random() < self.prompt_augment:
-                    self._augment_prompt(item, self.records[i].prompt, words)
+                    self._augment_prompt(item, self.records[i], words)
             if self.mask_lie:
                 lie = np.random.default_rng((self.seed, self.epoch, i, 2))
                 if lie.random() < self.mask_lie:
                     item["mask"] = misplace_mask(item["mask"], lie)
         return item
 
-    def _augment_prompt(self, item: dict, prompt: str, rng: np.random.Generator) -> None:
+    def _augment_prompt(self, item: dict, record, rng: np.random.Generator) -> None:
         try:
-            ids, att = self.pre.tokens([augment_prompt(prompt, rng, self.prompt_kinds)])
+            ids, att = self.pre.tokens([augment_prompt(record.prompt, rng, self.prompt_kinds)],
+                                       [getattr(record, "cumulative", False)])
         except PreprocessError:  # longer than the model reads: the prompt as it was
             return
         item["input_ids"], item["attention_mask"] = ids[0], att[0]

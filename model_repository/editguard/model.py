@@ -40,8 +40,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from editguard.model.preprocess import PreprocessError, collate
-from editguard.model.repository import (ENCODED_INPUTS, OUTPUTS, PAIRS, PIXELS_INPUTS, PIXELS_SPEC, PROBABILITIES,
-                                        PROMPT, SESSION_THRESHOLDS_OUTPUT, THRESHOLDS_OUTPUT)
+from editguard.model.repository import (CUMULATIVE, ENCODED_INPUTS, OUTPUTS, PAIRS, PIXELS_INPUTS, PIXELS_SPEC,
+                                        PROBABILITIES, PROMPT, SESSION_THRESHOLDS_OUTPUT, THRESHOLDS_OUTPUT)
 from editguard.serving.prometheus import ServedMetrics
 from editguard.serving.python_backend import answer_each, output_types
 from editguard.serving.served import ServedVersion
@@ -105,9 +105,10 @@ class TritonPythonModel:
         PreprocessError."""
         get = lambda name: pb_utils.get_input_tensor_by_name(request, name)
         prompt = get(PROMPT).as_numpy().reshape(-1)
+        cumulative = self._cumulative(get, len(prompt))
         # (a pre-check's config declares no OUTPUT_* inputs: Triton refuses them before they get here)
         if get(INPUT_PIXELS) is not None or get(OUTPUT_PIXELS) is not None:
-            return self._pixels(get, prompt)
+            return self._pixels(get, prompt, cumulative)
         if any(get(n) is None for n in self.encoded):
             raise PreprocessError(INPUT_IMAGE, f"a request needs {' and '.join(self.encoded)} (encoded images), or "
                                   f"{', '.join(self.pixels)} and {PIXELS_SPEC} (prepared pixels)", "bad_request")
@@ -122,13 +123,24 @@ class TritonPythonModel:
         items = []
         for k in range(len(src)):
             try:
-                items.append(self.served.prepare(src[k], prompt[k], out[k], mask[k]))
+                items.append(self.served.prepare(src[k], prompt[k], out[k], mask[k], cumulative[k]))
             except PreprocessError as e:
                 where = f" (item {k} of the request)" if len(src) > 1 else ""
                 raise PreprocessError(e.field.upper(), e.reason + where, e.kind) from e
         return items
 
-    def _pixels(self, get, prompt):
+    @staticmethod
+    def _cumulative(get, n):
+        """Which of a request's ``n`` items are a session's cumulative triple (the optional CUMULATIVE input)."""
+        flags = get(CUMULATIVE)
+        if flags is None:
+            return [False] * n
+        flags = flags.as_numpy().reshape(-1)
+        if len(flags) != n:
+            raise PreprocessError(CUMULATIVE, f"{len(flags)} flags for {n} items; send one per item", "bad_request")
+        return [bool(f) for f in flags]
+
+    def _pixels(self, get, prompt, cumulative):
         """A pixels-path request: check the spec and the shapes, then tokenize; nothing is decoded."""
         for name in ENCODED_INPUTS:
             if get(name) is not None:
@@ -162,7 +174,7 @@ class TritonPythonModel:
         if any(len(a) != len(prompt) for a in arrays.values()):
             raise PreprocessError(INPUT_PIXELS, f"the pixels inputs and {PROMPT} disagree on the batch size",
                                   "bad_pixels")
-        ids, att = self.served.pre.tokens(list(prompt))
+        ids, att = self.served.pre.tokens(list(prompt), None if self.served.precheck else cumulative)
         items = [{**{k: a[i] for k, a in arrays.items()}, "input_ids": ids[i], "attention_mask": att[i]}
                  for i in range(n)]
         if "output_image" in arrays:  # the caller's mask is checked against its pixels, as on the encoded path
