@@ -43,7 +43,9 @@ def test_every_config_parses_with_tritons_schema(repository):
         assert cfg.name == folder.name and cfg.max_batch_size > 0, p
     client_config = read_config(Path(repository) / CLIENT_MODEL / "config.pbtxt")
     assert [i.name for i in client_config.input] == ["INPUT_IMAGE", "OUTPUT_IMAGE", "PROMPT", "MASK", "INPUT_PIXELS",
-                                             "OUTPUT_PIXELS", "MASK_PIXELS", "PIXELS_SPEC"]
+                                             "OUTPUT_PIXELS", "MASK_PIXELS", "PIXELS_SPEC", "CUMULATIVE"]
+    cumulative = client_config.input[-1]
+    assert cumulative.data_type == 1 and list(cumulative.dims) == [1]  # TYPE_BOOL [1]
     encoded = [i for i in client_config.input
                if i.name in ("INPUT_IMAGE", "OUTPUT_IMAGE", "PROMPT", "MASK", "PIXELS_SPEC")]
     assert all(i.data_type == 13 and list(i.dims) == [1] for i in encoded)  # TYPE_STRING [1]

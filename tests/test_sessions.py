@@ -550,3 +550,22 @@ def test_a_cumulative_prompt_is_read_turn_by_turn(tiny_model_dir, tmp_path):
     assert not ModelConfig.load(tmp_path / "config.json").preprocess.session_turns
     before = Preprocessor(dataclasses.replace(pre.cfg, session_turns=False), pre.tokenizer, pre.speller)
     np.testing.assert_array_equal(before.tokens([joined], [True])[0], before.tokens([joined])[0])
+
+
+def test_a_bad_cumulative_flag_is_refused_and_the_server_goes_on(triton, turns):
+    """CUMULATIVE is untrusted like every input: a flag per item or the request is refused, naming it."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from editguard.clients.protocol import build_batch_inputs
+
+    t = turns[0]
+    rows = [(t["input"], t["prompt"], t["output"], t["mask"])] * 2
+    inputs = build_batch_inputs(grpcclient, rows)
+    flag = grpcclient.InferInput("CUMULATIVE", [1, 1], "BOOL")  # one flag for two items
+    flag.set_data_from_numpy(np.array([[True]]))
+    with grpcclient.InferenceServerClient(triton.grpc_url) as c:
+        with pytest.raises(InferenceServerException, match="CUMULATIVE|batch"):
+            c.infer("editguard", inputs + [flag])
+    with EditGuardClient(triton.grpc_url, timeout=60) as guard:
+        assert guard.classify(t["input"], t["prompt"], t["output"], t["mask"]).scores
