@@ -50,9 +50,10 @@ class _ScoreActor:
         self.backend = open_backend(cfg, threads=max(1, int(cpus)), gpu=bool(ray.get_gpu_ids()))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        items = [Triple(str(i), str(a), str(p), str(b), str(m) if m else (bytes(png) if len(png) else None))
-                 for i, a, p, b, m, png in zip(batch["id"], batch["input_image"], batch["prompt"],
-                                               batch["output_image"], batch["mask"], batch["mask_png"])]
+        items = [Triple(str(i), str(a), str(p), str(b), str(m) if m else (bytes(png) if len(png) else None), bool(c))
+                 for i, a, p, b, m, png, c in zip(batch["id"], batch["input_image"], batch["prompt"],
+                                                  batch["output_image"], batch["mask"], batch["mask_png"],
+                                                  batch["cumulative"])]
         results = np.empty(len(items), dtype=object)
         results[:] = list(self.backend.score(items))
         return {"scored": results}
@@ -94,11 +95,12 @@ def _pool(cfg: BackendConfig, workers: int | None, cpus_per_worker: float) -> tu
 def _row(r) -> dict:
     """A record as a Ray row: its image paths (the actors read the files), or for a session turn's cumulative
     triple (:class:`~editguard.model.session.CumulativeTriple`) the union of the turns' masks, which the
-    driver made, as PNG bytes in ``mask_png``."""
+    driver made, as PNG bytes in ``mask_png``, and ``cumulative`` set (its prompt is read turn by turn)."""
     union = isinstance(r.mask, np.ndarray)
     return {"id": r.id, "input_image": str(r.input_image), "output_image": str(r.output_image), "prompt": r.prompt,
             "mask": str(r.mask) if r.mask is not None and not union else "",
-            "mask_png": encode_image(r.mask, "mask") if union else b""}
+            "mask_png": encode_image(r.mask, "mask") if union else b"",
+            "cumulative": bool(getattr(r, "cumulative", False))}
 
 
 def ray_results(cfg: BackendConfig, todo: list, *, workers: int | None = None, cpus_per_worker: float = 1.0,

@@ -159,7 +159,7 @@ def test_a_session_turn_rides_the_ensemble_as_one_request(ensemble, few_triples,
     mask = cumulative_mask([t0["mask"], t1["mask"]])
     expected = inline.probabilities([inline.prepare(t0["output"], t1["prompt"], t1["output"], t1["mask"]),
                                      inline.prepare(t0["input"], cumulative_prompt([t0["prompt"], t1["prompt"]]),
-                                                    t1["output"], mask)])
+                                                    t1["output"], mask, cumulative=True)])
     before = _stats(model_stats, ensemble, PREPARE)
     with EditGuardClient(ensemble.grpc_url, timeout=60) as guard:
         session = guard.session(t0["input"], escalation=1.0)
