@@ -28,10 +28,13 @@ must have the same size as the input image.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -42,7 +45,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .config import ModelConfig, PreprocessConfig
 from .normalize import Speller, normalize_prompt
 
-__all__ = ["PreprocessError", "Preprocessor", "ImageSource"]
+__all__ = ["PreprocessError", "Preprocessor", "ImageSource", "DecodedImages"]
 
 ImageSource = Union[bytes, bytearray, memoryview, str, Path, Image.Image, np.ndarray]
 
@@ -71,6 +74,7 @@ class Preprocessor:
     cfg: PreprocessConfig
     tokenizer: "object"  # a tokenizers.Tokenizer with truncation and padding set
     speller: Speller | None = None  # typos undone (with preprocess.spelling); built by load()
+    images: "DecodedImages | None" = None  # encoded images already decoded, by content (a server sets one)
 
     @classmethod
     def from_dir(cls, path: str | Path) -> "Preprocessor":
@@ -300,14 +304,24 @@ class Preprocessor:
                mask: ImageSource | None = None) -> dict[str, np.ndarray]:
         """The image half of :meth:`triple` (``input_image``, ``output_image`` unless None, ``mask``):
         what a client on the pixels path computes on its side. Needs no tokenizer."""
-        src = self.decode(input_image, "input_image")
-        out = {"input_image": self.resize(src, Image.BILINEAR)}
+        images = {"input_image": input_image}
         if output_image is not None:
-            out["output_image"] = self.resize(self.decode(output_image, "output_image"), Image.BILINEAR)
-        out["mask"] = self.mask(mask, src.info.get("source_size", src.size))
-        if output_image is not None:
+            images["output_image"] = output_image
+        done = self._images(images) if self.images is None else self.images.lookup(images, self._images)
+        out = {f: arr for f, (arr, _) in done.items()}
+        out["mask"] = self.mask(mask, done["input_image"][1])
+        if output_image is not None:  # the mask rules hold on every decode path
             out["mask"] = self.honest_mask(out["input_image"], out["output_image"], out["mask"])
         return out
+
+    def _images(self, images: dict[str, ImageSource]) -> dict[str, tuple[np.ndarray, tuple[int, int]]]:
+        """``{field: (uint8 [S, S, 3], source size)}``: each image decoded and resized; the source size (before
+        any JPEG draft, after EXIF rotation) is what a mask must match."""
+        done = {}
+        for field, data in images.items():
+            img = self.decode(data, field)
+            done[field] = (self.resize(img, Image.BILINEAR), img.info.get("source_size", img.size))
+        return done
 
     # a pixel "changed" when a channel moved by more than this (0-255): over codec and regeneration noise
     CHANGED = 24
@@ -330,6 +344,71 @@ class Preprocessor:
         if share_in < self.INSIDE_SHARE and (changed & ~inside).sum() > self.OUTSIDE_SHARE * mask.size:
             return np.full_like(mask, 255)
         return np.maximum(mask, changed.astype(np.uint8) * 255) if self.cfg.mask_union else mask
+
+
+class DecodedImages:
+    """An LRU of decoded images keyed by their encoded bytes' content (a BLAKE2b digest), so bytes a server
+    already turned into pixels are not decoded again: an edit session's origin and its previous output
+    come back on every turn, and a turn's step and cumulative triples share one output. A pure
+    memo: a hit returns exactly what decoding the bytes returns, so no verdict depends on what is in it.
+    Only encoded bytes are kept (not paths, arrays or PIL images), read-only, and bytes that fail to
+    decode are never kept. ``size``: entries kept (each ``3 * S * S`` bytes: 150 KB at 224 px). ``shared``:
+    a store the other processes of the server read too (``get(key)``, ``put(key, value)`` on bytes:
+    :class:`~editguard.serving.shared_cache.SharedCache`), looked up on a miss here."""
+
+    def __init__(self, size: int, shared=None):
+        self.size, self.shared = size, shared
+        self._cache: OrderedDict[bytes, tuple[np.ndarray, tuple[int, int]]] = OrderedDict()
+        self.hits = self.misses = 0  # hits: here or in the shared store; misses: decoded
+        self._lock = threading.Lock()  # a served instance prepares a batch's requests on several threads
+
+    def lookup(self, images: dict[str, ImageSource], decode) -> dict[str, tuple[np.ndarray, tuple[int, int]]]:
+        """What ``decode(images)`` returns (``{field: (pixels, source size)}``), taking what is cached and
+        decoding the rest, the same bytes once."""
+        keys = {f: b"image:" + hashlib.blake2b(bytes(d), digest_size=16).digest()
+                if isinstance(d, (bytes, bytearray, memoryview)) else None for f, d in images.items()}
+        done, todo, first = {}, {}, {}
+        with self._lock:
+            for f, k in keys.items():
+                if k is not None and k in self._cache:
+                    self._cache.move_to_end(k)
+                    done[f] = self._cache[k]
+        for f, k in keys.items():
+            if f in done:
+                continue
+            entry = _unpack(self.shared.get(k)) if k is not None and self.shared is not None else None
+            if entry is not None:
+                done[f] = entry
+            elif k is None or k not in first:
+                todo[f] = images[f]
+                first.setdefault(k, f)
+        fresh = decode(todo) if todo else {}  # (outside the lock: other threads decode meanwhile)
+        for f, entry in fresh.items():
+            entry[0].flags.writeable = False
+            if keys[f] is not None and self.shared is not None:
+                self.shared.put(keys[f], _pack(entry))
+        with self._lock:
+            self.misses += len(fresh)
+            self.hits += len(images) - len(fresh)
+            for f, entry in [*fresh.items(), *done.items()]:
+                if keys[f] is not None and self.size:
+                    self._cache[keys[f]] = entry
+            while len(self._cache) > self.size:
+                self._cache.popitem(last=False)
+        return {f: done[f] if f in done else fresh[f] if f in fresh else fresh[first[keys[f]]] for f in images}
+
+
+def _pack(entry: tuple[np.ndarray, tuple[int, int]]) -> bytes:
+    arr, (w, h) = entry
+    return np.array([w, h, *arr.shape], "<u4").tobytes() + arr.tobytes()
+
+
+def _unpack(value: bytes | None) -> tuple[np.ndarray, tuple[int, int]] | None:
+    if value is None or len(value) < 20:
+        return None
+    w, h, *shape = np.frombuffer(value[:20], "<u4").tolist()
+    arr = np.frombuffer(value[20:], np.uint8)
+    return (arr.reshape(shape), (w, h)) if arr.size == int(np.prod(shape)) else None
 
 
 _CLAUSE_BREAK = re.compile(r"[.!?;:,]+(?=\s|$)|[()\[\]{}\n]|\s[-\u2013\u2014]+\s")

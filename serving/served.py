@@ -15,6 +15,7 @@ as served" holds by construction. It needs numpy, Pillow, tokenizers and onnxrun
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,12 +26,24 @@ from typing import Sequence
 import numpy as np
 
 from ..model.config import ModelConfig
-from ..model.preprocess import ImageSource, Preprocessor, collate
+from ..model.preprocess import DecodedImages, ImageSource, Preprocessor, collate
 from ..model.repository import CLIENT_MODEL, PAIRS, PROBABILITIES, PROMPT_EMBEDDING, PROMPTS, ThresholdsFile, versions
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["OnnxClassifier", "PromptEmbeddings", "ServedVersion"]
+__all__ = ["OnnxClassifier", "PromptEmbeddings", "ServedVersion", "IMAGE_CACHE", "PROMPT_CACHE"]
+
+# decoded images a served version keeps (DecodedImages): 256 of them are 38 MB at 224 px; prompt windows'
+# embeddings (PromptEmbeddings): 4096 are 6 MB at MiniLM's 384 dims
+IMAGE_CACHE, PROMPT_CACHE = 256, 4096
+
+
+def _image_cache() -> int:
+    return int(os.environ.get("EDITGUARD_IMAGE_CACHE", IMAGE_CACHE))
+
+
+def _prompt_cache(size: int | None = None) -> int:
+    return int(os.environ.get("EDITGUARD_PROMPT_CACHE", PROMPT_CACHE if size is None else size))
 
 
 class OnnxClassifier:
@@ -119,9 +132,12 @@ class PromptEmbeddings:
     """
 
     def __init__(self, version_dir: str | Path, threads: int = 0, cuda_device: int | None = None,
-                 size: int | None = None):
+                 size: int | None = None, shared=None, width: int | None = None):
         self.net = OnnxClassifier(version_dir, threads, cuda_device)
-        self.size = int(os.environ.get("EDITGUARD_PROMPT_CACHE", 4096 if size is None else size))
+        self.size = _prompt_cache(size)
+        # a SharedCache the server's other instances read and write, looked up on a miss here; ``width``: the
+        # embedding's size (the classifier's), without which it is not used (a value of another length is a miss)
+        self.shared, self._bytes = (shared, 4 * width) if isinstance(width, int) else (None, 0)
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self.hits = self.misses = 0
 
@@ -143,14 +159,23 @@ class PromptEmbeddings:
         """One cache entry per row; each distinct uncached row runs once."""
         keys = [i.tobytes() + a.tobytes() for i, a in zip(input_ids, attention_mask)]
         todo = {k: i for i, k in reversed(list(enumerate(keys))) if k not in self._cache}  # first row of each
+        fresh = {}
+        if self.shared is not None:
+            for k in list(todo):
+                value = self.shared.get(b"prompt:" + hashlib.blake2b(k, digest_size=16).digest())
+                if value is not None and len(value) == self._bytes:
+                    fresh[k] = np.frombuffer(value, np.float32).reshape(*input_ids.shape[1:-1], -1)
+                    del todo[k]
         self.misses += len(todo)
         self.hits += len(keys) - len(todo)
-        fresh = {}
         if todo:
             rows = sorted(todo.values())
             batch = self.net.check({"input_ids": input_ids[rows], "attention_mask": attention_mask[rows]})
             out = self.net.run([batch])[0][PROMPT_EMBEDDING].astype(np.float32)
-            fresh = {keys[r]: e for r, e in zip(rows, out)}
+            for r, e in zip(rows, out):
+                fresh[keys[r]] = e
+                if self.shared is not None:
+                    self.shared.put(b"prompt:" + hashlib.blake2b(keys[r], digest_size=16).digest(), e.tobytes())
         rows = []
         for k in keys:
             e = fresh.get(k)
@@ -175,12 +200,26 @@ class ServedVersion:
     classifier that takes ``prompt_embedding`` comes with its prompt tower (the same version of the
     client model's prompt model), run here behind an LRU (:class:`PromptEmbeddings`). ``decode_device``:
     decode JPEG uploads with torchvision on that torch device ("cuda": nvJPEG) instead of Pillow.
+
+    Encoded images are decoded once by content (:class:`~editguard.model.preprocess.DecodedImages`, an LRU
+    of ``IMAGE_CACHE`` entries; the environment variable ``EDITGUARD_IMAGE_CACHE`` overrides it, 0 turns it
+    off): an edit session sends its origin and its previous output again on every turn, and a turn's two
+    triples share one output. ``shared_dir``: where the server's instances of this version share both
+    caches (:mod:`~editguard.serving.shared_cache`), so a session's next turn finds its earlier work
+    whichever instance takes it.
     """
 
     def __init__(self, client_dir: str | Path, classifier_dir: str | Path | None = None, *, threads: int = 0,
-                 cuda_device: int | None = None, decode_device: str = ""):
+                 cuda_device: int | None = None, decode_device: str = "", shared_dir: str | Path | None = None):
         self.dir = Path(client_dir)
         self.version = self.dir.name
+        shared = {}
+        if shared_dir is not None:  # the caches the server's instances of this version share
+            from .shared_cache import SharedCache
+
+            name = f"{self.dir.parent.name}-{self.version}"
+            shared = {what: SharedCache(Path(shared_dir) / f"{name}-{what}.sqlite", size)
+                      for what, size in (("images", _image_cache()), ("prompts", _prompt_cache()))}
         config = ModelConfig.load(self.dir / "config.json")
         self.labels: list[str] = list(config.labels)
         self.precheck = config.ablation == "precheck"  # the request only: no output image
@@ -189,6 +228,7 @@ class ServedVersion:
             from .torch_decode import TorchDecoder
 
             self.pre = TorchDecoder(self.pre.cfg, self.pre.tokenizer, decode_device, self.pre.speller)
+        self.pre.images = DecodedImages(_image_cache(), shared.get("images"))
         self.spec = self.pre.cfg.pixels_spec()
         self.net = OnnxClassifier(classifier_dir, threads, cuda_device) if classifier_dir is not None else None
         self.prompt = None
@@ -197,7 +237,8 @@ class ServedVersion:
             if not (prompt_dir / "model.onnx").exists():
                 raise FileNotFoundError(f"{classifier_dir} takes {PROMPT_EMBEDDING}, but its prompt tower "
                                         f"{prompt_dir}/model.onnx is missing; export the model dir again")
-            self.prompt = PromptEmbeddings(prompt_dir, threads, cuda_device)
+            self.prompt = PromptEmbeddings(prompt_dir, threads, cuda_device, shared=shared.get("prompts"),
+                                           width=self.net.inputs[PROMPT_EMBEDDING][-1])
         self.thresholds_file = ThresholdsFile(self.dir, self.labels)
 
     @classmethod

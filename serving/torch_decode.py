@@ -29,7 +29,6 @@ libjpeg-turbo: no faster than Pillow, but it runs the same code where there is n
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
 from ..model.config import PreprocessConfig
 from ..model.preprocess import ImageSource, Preprocessor
@@ -57,19 +56,6 @@ class TorchDecoder(Preprocessor):
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"decode_device is {device!r} but torch sees no CUDA device here; leave "
                                "decode_device empty to decode with Pillow")
-
-    def pixels(self, input_image: ImageSource, output_image: ImageSource | None,
-               mask: ImageSource | None = None) -> dict[str, np.ndarray]:
-        """What :meth:`Preprocessor.pixels` returns, with the JPEGs among the images decoded on the device."""
-        images = {"input_image": input_image}
-        if output_image is not None:
-            images["output_image"] = output_image
-        done = self._images(images)
-        out = {f: arr for f, (arr, _) in done.items()}
-        out["mask"] = self.mask(mask, done["input_image"][1])
-        if output_image is not None:  # the mask rules of the one definition, on every decode path
-            out["mask"] = self.honest_mask(out["input_image"], out["output_image"], out["mask"])
-        return out
 
     def image(self, data: ImageSource, field: str = "image") -> np.ndarray:
         """One image, ``uint8 [S, S, 3]`` (what :meth:`Preprocessor.image` returns)."""
@@ -102,15 +88,11 @@ class TorchDecoder(Preprocessor):
         orientation = {f: self._orientation(data, f) for f, data in images.items()}
         ready = [f for f, o in orientation.items() if o is not None]
         decoded = dict(zip(ready, self._decode([images[f] for f in ready]) or []))
-        done = {}
-        for f, data in images.items():
-            if f in decoded:
-                t = _orient(decoded[f], orientation[f])
-                done[f] = (self._letterbox(t), (t.shape[2], t.shape[1]))
-            else:
-                img = self.decode(data, f)
-                done[f] = (self.resize(img, Image.BILINEAR), img.info.get("source_size", img.size))
-        return done
+        done = super()._images({f: data for f, data in images.items() if f not in decoded})
+        for f in decoded:
+            t = _orient(decoded[f], orientation[f])
+            done[f] = (self._letterbox(t), (t.shape[2], t.shape[1]))
+        return {f: done[f] for f in images}
 
     def _decode(self, blobs: list[bytes | bytearray | memoryview]):
         """Decoded ``uint8 [3, H, W]`` tensors on the device, or None when the decoder refuses any of

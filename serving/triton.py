@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .shared_cache import cache_dir_path
+
 _logger = logging.getLogger(__name__)
 
 __all__ = ["TritonServer", "TritonError", "find_tritonserver", "port_free"]
@@ -298,6 +300,7 @@ class TritonServer:
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait()
         self._log.close()  # the log stays in the temp dir for post-mortems
+        shutil.rmtree(cache_dir_path(self._proc.pid), ignore_errors=True)  # its instances' shared caches
         return self._proc.returncode
 
     def kill(self) -> None:

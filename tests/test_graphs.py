@@ -4,6 +4,7 @@ of the classifier, and every config checked against the graph it serves. A real 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -347,3 +348,23 @@ def test_a_session_turn_reads_its_cumulative_prompt_from_the_cache(ensemble, few
         session.prompts, session.masks, session.current = prompts[:2], [None, None], t[1]["output"]
         turn = session.classify(prompts[2], t[2]["output"])
     np.testing.assert_allclose(list(turn.cumulative.scores.values()), want, atol=1e-6)
+
+
+def test_two_instances_share_decoded_images_and_prompt_windows(frozen_model, synth_sets, triple_bytes, tmp_path):
+    """Two served instances of a version (Triton's processes) on one shared directory: the second decodes
+    nothing and runs no prompt window the first did, and the scores are those of an instance on its own."""
+    from editguard.serving.shared_cache import server_cache_dir
+
+    t = triple_bytes(synth_sets["test"], 1)[0]
+    src, out = t["input"], t["output"]
+    shared = server_cache_dir(os.getpid(), tmp_path)
+    export_version(ExportConfig(model_dir=str(frozen_model), repository=str(tmp_path / "repo"), max_batch=4))
+    front, classifier = tmp_path / "repo" / CLIENT_MODEL / "1", tmp_path / "repo" / CLASSIFIER / "1"
+    a, b = (ServedVersion(front, classifier, shared_dir=shared) for _ in range(2))
+    alone = ServedVersion(front, classifier)
+    prompts = ["make the sky pink", "make the sky pink. then give them a hat"]
+    scores = [[v.probabilities([v.prepare(src, p, out)]) for p in prompts] for v in (a, b, alone)]
+    assert b.pre.images.misses == 0 and b.pre.images.hits == 4 and a.pre.images.misses == 2
+    np.testing.assert_array_equal(np.array(scores[0]), np.array(scores[1]))
+    np.testing.assert_array_equal(np.array(scores[0]), np.array(scores[2]))
+    assert b.prompt.misses == 0 and a.prompt.misses > 0  # the frozen prompt tower's windows are shared too

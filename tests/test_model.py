@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -137,6 +138,42 @@ def test_preprocess_letterbox_and_mask_rules(encode):
         pre.decode(b"", "input_image")
     with pytest.raises(PreprocessError, match="not a decodable image"):
         pre.decode(b"\x89PNG garbage", "output_image")
+
+
+def test_decoded_images_are_a_pure_memo_by_content(encode):
+    """A server decodes bytes once by content: a hit gives exactly what decoding gives (read-only), the
+    same bytes in one call decode once, bytes that fail are never kept, and the LRU keeps ``size``."""
+    from editguard.model.preprocess import DecodedImages
+
+    class NoTok:
+        pass
+
+    cfg = preset_config("tiny").preprocess
+    plain = Preprocessor(cfg, NoTok())
+    pre = Preprocessor(cfg, NoTok(), images=DecodedImages(2))
+    rng = np.random.default_rng(0)
+    a, b, c = (encode(Image.fromarray(rng.integers(0, 255, (40, 60, 3), np.uint8))) for _ in range(3))
+    mask = encode(Image.fromarray(np.full((40, 60), 255, np.uint8)))
+    want = plain.pixels(a, b, mask)
+    first = pre.pixels(a, b, mask)
+    assert (pre.images.hits, pre.images.misses) == (0, 2)
+    again = pre.pixels(b, b)  # b is cached; the same bytes twice in one call decode once
+    assert (pre.images.hits, pre.images.misses) == (2, 2)
+    assert all((first[k] == want[k]).all() for k in want)
+    assert (again["input_image"] == want["output_image"]).all() and not again["input_image"].flags.writeable
+    assert (pre.pixels(bytearray(a), b)["input_image"] == want["input_image"]).all()  # the content is the key
+    assert pre.images.misses == 2
+    broken = a[: len(a) // 2]
+    for _ in range(2):
+        with pytest.raises(PreprocessError, match="input_image: corrupt or truncated"):
+            pre.pixels(broken, b)
+    assert len(pre.images._cache) == 2
+    pre.pixels(c, c)  # a third image: the least recently used (a) goes
+    pre.pixels(a, c)
+    assert pre.images.misses == 4
+    arr = np.asarray(Image.open(io.BytesIO(a)).convert("RGB"))
+    pre.pixels(arr, c)  # arrays (and paths, PIL images) are not kept
+    assert len(pre.images._cache) == 2 and pre.images.misses == 5
 
 
 def test_pretrained_text_tower_loads_from_a_local_dir(tmp_path):

@@ -4,6 +4,7 @@ the cumulative triple in one request to a real Triton; the scores are the in-pro
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import time
@@ -17,6 +18,7 @@ from editguard.clients import EditGuardClient, SessionPolicy
 from editguard.clients.aio import AsyncEditGuardClient
 from editguard.model.session import cumulative_mask, cumulative_prompt
 from editguard.serving.served import ServedVersion
+from editguard.serving.shared_cache import SharedCache, cache_dir_path
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +68,11 @@ def test_a_turn_is_one_request_with_the_step_and_the_cumulative_triple(triton, r
     np.testing.assert_allclose(list(second.cumulative.scores.values()), cumulative, atol=1e-6)
     assert second.unsafe == bool(second.fired) and set(second.fired) <= {"step", "cumulative"}
     assert second.step.thresholds and set(second.step.thresholds) == set(second.step.scores)
+    # the server's instances decoded each of the session's images once, into the cache they share (a turn may
+    # go to either instance): the origin, both outputs and the earlier tests' images, each once
+    shared = SharedCache(cache_dir_path(triton.pid) / "editguard-2-images.sqlite", 0)
+    assert all(shared.get(b"image:" + hashlib.blake2b(t, digest_size=16).digest()) is not None
+               for t in (origin, turns[0]["output"], turns[1]["output"]))
 
 
 def test_pixels_async_and_partial_masks_give_the_same_scores(triton, repository, turns):

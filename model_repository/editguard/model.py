@@ -18,7 +18,8 @@ Triton's: reading requests, answering each one, and counting. The parameter ``mo
   the client already letterboxed with the same module (INPUT_PIXELS, OUTPUT_PIXELS, optional
   MASK_PIXELS, and PIXELS_SPEC: the preprocessing it used, which must be this version's). A request
   that fails gets an INVALID_ARG error naming the input and the problem. The valid items run as one
-  batch through onnxruntime in this process (a frozen prompt tower behind its LRU), and this version's
+  batch through onnxruntime in this process (a frozen prompt tower behind its LRU; it and the decoded
+  images are cached by content, shared by the server's instances: editguard.serving.shared_cache), and this version's
   thresholds.json (re-read when it changes on disk, so installing thresholds needs no reload) turns
   scores into FLAGGED and UNSAFE;
 - ``prepare`` (the ensemble's first step): the checks and preprocessing only; it answers with the
@@ -34,6 +35,7 @@ editguard_prepare counts the rejections and editguard_verdicts the verdicts).
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,7 @@ from editguard.model.repository import (CUMULATIVE, ENCODED_INPUTS, OUTPUTS, PAI
 from editguard.serving.prometheus import ServedMetrics
 from editguard.serving.python_backend import answer_each, output_types
 from editguard.serving.served import ServedVersion
+from editguard.serving.shared_cache import server_cache_dir
 
 INPUT_IMAGE, OUTPUT_IMAGE, MASK = ENCODED_INPUTS
 INPUT_PIXELS, OUTPUT_PIXELS, MASK_PIXELS = PIXELS_INPUTS
@@ -84,10 +87,13 @@ class TritonPythonModel:
             import torch
 
             torch.set_num_threads(1)  # like onnxruntime here: the instances already run side by side
+        # the caches of decoded images and prompt embeddings, shared by this server's instances of the version
+        # (a session's next turn may go to another instance); EDITGUARD_SHARED_CACHE=0 keeps them per instance
+        shared = server_cache_dir() if os.environ.get("EDITGUARD_SHARED_CACHE", "1") != "0" else None
         # one onnxruntime thread per instance: the instances (processes) already run side by side
         self.served = ServedVersion(repo / client_model / version,
                                     repo / self.classifier / version if self.mode == "inline" else None,
-                                    threads=1, decode_device=device)
+                                    threads=1, decode_device=device, shared_dir=shared)
         if device:
             pb_utils.Logger.log_info(f"{args['model_name']} v{version}: decoding JPEGs on {device}")
         self.version = int(version)
