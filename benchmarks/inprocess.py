@@ -11,7 +11,7 @@ import numpy as np
 
 from ..model.prompt_cache import PromptCache, with_cache
 from .config import BenchConfig
-from .timing import tile, timed
+from .timing import new_uploads, tile, timed
 from .workloads import PROMPT_POOL, ZIPF_S, encode_upload, prompt_stream, upload_images
 
 
@@ -82,7 +82,8 @@ def bench_inprocess(cfg: BenchConfig, triples: list[dict], workdir: Path) -> dic
     items = [triples[i % len(triples)] for i in range(b)]
 
     def pipeline():
-        served.flags(served.probabilities([served.prepare(t["input"], t["prompt"], t["output"]) for t in items]))
+        served.flags(served.probabilities([served.prepare(*new_uploads((t["input"], t["prompt"], t["output"])))
+                                           for t in items]))
 
     rows.append({"runtime": "pipeline: the served version in-process", "batch": b, **timed(pipeline, cfg.seconds, b)})
     return {"rows": rows, "prompts": f"zipf: Zipf(s={ZIPF_S}) over {PROMPT_POOL} distinct prompts, LRU of 4096"}

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..model.prompt_cache import PromptCache, with_cache
 from .config import BenchConfig
 from .served import ServedTarget
-from .timing import closed_loop, pct, timed
+from .timing import closed_loop, new_uploads, pct, timed
 from .workloads import collate_bytes
 
 
@@ -68,7 +68,8 @@ def bench_presets(cfg: BenchConfig, triples: list[dict], workdir: Path) -> dict:
             row[f"ORT b{b} triples/s"] = timed(lambda: sess.run(None, feed), cfg.seconds, b)["triples_s"]
         items = triples[:8]
         row["pipeline b8 triples/s"] = timed(lambda: served.flags(served.probabilities(
-            [served.prepare(t["input"], t["prompt"], t["output"]) for t in items])), cfg.seconds, 8)["triples_s"]
+            [served.prepare(*new_uploads((t["input"], t["prompt"], t["output"]))) for t in items])), cfg.seconds,
+            8)["triples_s"]
         calls = [(t["input"], t["prompt"], t["output"]) for t in triples]
         with ServedTarget(str(repo)) as (url, conn), EditGuardClient(url, timeout=120, **conn.client_options()) as guard:
             guard.classify(*calls[0])  # warm-up

@@ -130,10 +130,11 @@ def bench_sessions(cfg: BenchConfig, triples: list[dict]) -> dict:
     """A session turn (its step and cumulative triple in one request, ``guard.session``) beside a single
     triple, on the same 256 px PNG triples through the same client: c1 latency, and c16 throughput in
     triples/s (a turn is two) and in calls/s. The single triple is measured with the triples' own (repeating)
-    prompts and with every prompt new. A turn's step prompt is a triple's own; its first turn's prompt is
-    new, and either the server never saw it (a joined cumulative prompt is new on every turn anyway) or that
-    first turn was judged just before, untimed, as in a real session (its c16 figures count both turns'
-    work: three triples in two requests)."""
+    prompts and with every prompt new; every call's images are new uploads (:func:`new_uploads`). A turn's
+    step prompt is a triple's own; its first turn's prompt is new, and either the server never saw it nor the
+    turn's origin and input, or that first turn was judged just before, untimed, as in a real session (the
+    server has decoded its images and encoded its prompt, on whichever instance; the c16 figures count both
+    turns' work: three triples in two requests)."""
     from ..clients import EditGuardClient
 
     rows, n, k = [], len(triples), 4096  # calls enough that no prompt made new repeats within a run
@@ -154,7 +155,8 @@ def bench_sessions(cfg: BenchConfig, triples: list[dict]) -> dict:
         def next_turn(session, prompt, output):
             return session.classify(prompt, output)
 
-        sessions = [(triples[i % n]["input"], f"{i} {triples[i % n]['prompt']}", triples[i % n]["output"],
+        # (first prompts of their own: the "every prompt new" calls before must not have cached them)
+        sessions = [(triples[i % n]["input"], f"{i} then {triples[i % n]['prompt']}", triples[i % n]["output"],
                      triples[(i + 1) % n]["prompt"], triples[(i + 1) % n]["output"]) for i in range(k)]
         calls = {"single triple, the triples' prompts": (guard.classify, [(t["input"], t["prompt"], t["output"])
                                                                          for t in triples], 1, None),

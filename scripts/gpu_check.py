@@ -190,7 +190,7 @@ def step_inprocess(c: Check) -> dict:
 
 
 def step_served(c: Check) -> dict:
-    from editguard.benchmarks.timing import closed_loop, pct, timed
+    from editguard.benchmarks.timing import closed_loop, new_uploads, pct, timed
     from editguard.benchmarks.workloads import encoded_triples
     from editguard.clients import EditGuardClient
     from editguard.model.pbtxt import read_config, write_config
@@ -212,10 +212,10 @@ def step_served(c: Check) -> dict:
     items = [triples[i % len(triples)] for i in range(high)]
 
     def pipeline():
-        served.probabilities([served.prepare(t["input"], t["prompt"], t["output"]) for t in items])
+        served.probabilities([served.prepare(*new_uploads((t["input"], t["prompt"], t["output"]))) for t in items])
 
     inproc = timed(pipeline, seconds, high)
-    inproc1 = timed(lambda: served.probabilities([served.prepare(*calls[0])]), seconds, 1)
+    inproc1 = timed(lambda: served.probabilities([served.prepare(*new_uploads(calls[0]))]), seconds, 1)
     rows = [{"graph": "in-process pipeline", f"c{high}_triples_s": inproc["triples_s"], "c1_p50_ms": inproc1["p50_ms"],
              "c1_p99_ms": inproc1["p99_ms"]}]
     for graph in ("inline", "ensemble"):
