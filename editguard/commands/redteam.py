@@ -19,7 +19,7 @@ def add_redteam(sub) -> None:
     p.add_argument("--out", help="folder for redteam.json, redteam.md, redteam.png and through.jsonl (each "
                    "unsafe edit that got through)")
     p.add_argument("--attacks", default="", help="comma-separated attacks or families (wording, long_prompt, mask, "
-                   "pixels; default: all); `--list` shows them")
+                   "pixels, decomposition; default: all); `--list` shows them")
     p.add_argument("--list", action="store_true", help="list the attacks and exit")
     p.add_argument("--model-dir", metavar="DIR", help="the target's own model dir: enables the white-box pixel "
                    "attacks (needs torch: the [train] extra)")
