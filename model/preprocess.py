@@ -360,7 +360,7 @@ class DecodedImages:
         self.size, self.shared = size, shared
         self._cache: OrderedDict[bytes, tuple[np.ndarray, tuple[int, int]]] = OrderedDict()
         self.hits = self.misses = 0  # hits: here or in the shared store; misses: decoded
-        self._lock = threading.Lock()  # a served instance prepares a batch's requests on several threads
+        self._lock = threading.Lock()  # (callers may share one between threads)
 
     def lookup(self, images: dict[str, ImageSource], decode) -> dict[str, tuple[np.ndarray, tuple[int, int]]]:
         """What ``decode(images)`` returns (``{field: (pixels, source size)}``), taking what is cached and
