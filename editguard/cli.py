@@ -44,6 +44,8 @@ ENVIRONMENT = {
     "EDITGUARD_WEIGHTS": "train: the weights folder the pretrained towers load from (as --weights)",
     "EDITGUARD_ORT_THREADS": "served and in-process scoring: onnxruntime's threads per session",
     "EDITGUARD_PROMPT_CACHE": "served and in-process scoring: prompt embeddings kept per process (default 4096)",
+    "EDITGUARD_IMAGE_CACHE": "served and in-process scoring: decoded images kept per process, by content (default 256)",
+    "EDITGUARD_SHARED_CACHE": "served: 0 keeps those caches per front process, not shared by the server's instances",
     "EDITGUARD_PROGRESS_SECONDS": "seconds between progress lines when the output is not a terminal (default 10)",
     "TRITON_BACKENDS_DIR": "serve: the backends of NVIDIA's tritonserver on PATH (default /opt/tritonserver/backends)",
 }
