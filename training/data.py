@@ -85,9 +85,7 @@ class TripleDataset(Dataset):
     so a served model copes with requests that send none. With ``realistic``
     too, the images go through :func:`degrade` (the output more often than
     the input), the mask through :func:`jitter_mask`, and the output is
-    sometimes shifted by a pixel; a session's cumulative triple's output goes
-    through up to three more (a longer session than the data's went through a
-    round trip at every turn). The augmentation of item ``i`` depends only
+    sometimes shifted by a pixel. The augmentation of item ``i`` depends only
     on ``(seed, epoch, i)``: the same whatever the number of ranks or
     DataLoader workers, and repeated exactly on resume. ``prompt_augment``
     is the share of items whose prompt is rewritten by
@@ -129,7 +127,7 @@ class TripleDataset(Dataset):
             if self.mask_dropout and rng.random() < self.mask_dropout:
                 item["mask"] = np.full_like(item["mask"], 255)
             if self.realistic:
-                self._realistic(item, rng, getattr(self.records[i], "cumulative", False))
+                self._realistic(item, rng)
             if rng.random() < 0.5:  # flip the whole triple together
                 for k in ("input_image", "output_image", "mask"):
                     item[k] = np.ascontiguousarray(item[k][:, ::-1])
@@ -152,15 +150,12 @@ class TripleDataset(Dataset):
         item["input_ids"], item["attention_mask"] = ids[0], att[0]
 
     @staticmethod
-    def _realistic(item: dict, rng: np.random.Generator, cumulative: bool = False) -> None:
+    def _realistic(item: dict, rng: np.random.Generator) -> None:
         item["mask"] = jitter_mask(item["mask"], rng)
         if rng.random() < 0.4:
             item["input_image"] = degrade(item["input_image"], rng)
         if rng.random() < 0.8:
             item["output_image"] = degrade(item["output_image"], rng)
-        if cumulative:  # a longer session than the data's: its output went through a round trip at every turn
-            for _ in range(int(rng.integers(0, 4))):
-                item["output_image"] = degrade(item["output_image"], rng)
         if rng.random() < 0.15:
             item["output_image"] = np.roll(item["output_image"], tuple(int(v) for v in rng.integers(-1, 2, 2)), (0, 1))
 
