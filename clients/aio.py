@@ -111,14 +111,14 @@ class AsyncEditGuardClient(ClientSettings):
 
     async def _call(self, model: str, rows: list, timeout: float | None, item_id: str | None,
                     headers: Mapping[str, str] | None, thresholds: tuple[str, ...] = (),
-                    cumulative: tuple[bool, ...] = ()) -> list[Verdict]:
+                    cumulative: tuple[bool, ...] = (), home: int | None = None) -> list[Verdict]:
         """One request of ``rows`` (``(input, prompt, output, mask)`` each): a Verdict per row."""
         call = Call(self, model, self._aio, rows, timeout, item_id, headers, thresholds, cumulative)
         while True:
             try:
                 if call.needs_pixels:
                     call.use_pixels(await self.pixels_prep(call.refresh, call.offset, model))
-                return call.verdicts(await self._pick(call.offset).infer(**call.request()))
+                return call.verdicts(await self._pick(call.offset, home).infer(**call.request()))
             except Exception as e:  # tritonclient raises InferenceServerException for gRPC errors
                 await asyncio.sleep(call.retry_after(e))
 

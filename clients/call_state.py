@@ -100,9 +100,10 @@ class ClientSettings:
         self._cumulative_refused = False  # the server refused CUMULATIVE once: sessions send the joined prompt alone
         return [self._conn.grpc_client(u, aio=aio) for u in self._urls]
 
-    def _pick(self, offset: int = 0):
-        """The next endpoint's tritonclient client, round-robin (``offset``: how many further along)."""
-        return self._clients[(next(self._turns) + offset) % len(self._clients)]
+    def _pick(self, offset: int = 0, home: int | None = None):
+        """The next endpoint's tritonclient client, round-robin (``offset``: how many further along); ``home``:
+        start from that endpoint instead (an edit session keeps its turns on one)."""
+        return self._clients[((next(self._turns) if home is None else home) + offset) % len(self._clients)]
 
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict | None:
         return self._conn.call_headers(extra)

@@ -146,7 +146,7 @@ class EditGuardClient(ClientSettings):
 
     def _call(self, model: str, rows: list, timeout: float | None, item_id: str | None,
               headers: Mapping[str, str] | None, thresholds: tuple[str, ...] = (),
-              cumulative: tuple[bool, ...] = ()) -> list[Verdict]:
+              cumulative: tuple[bool, ...] = (), home: int | None = None) -> list[Verdict]:
         """One request of ``rows`` (``(input, prompt, output, mask)`` each): a Verdict per row (with the served
         thresholds when asked; ``cumulative``: which rows are a session's cumulative triple:
         :class:`~editguard.clients.call_state.Call`)."""
@@ -155,7 +155,7 @@ class EditGuardClient(ClientSettings):
             try:
                 if call.needs_pixels:
                     call.use_pixels(self.pixels_prep(call.refresh, call.offset, model))
-                return call.verdicts(self._pick(call.offset).infer(**call.request()))
+                return call.verdicts(self._pick(call.offset, home).infer(**call.request()))
             except Exception as e:  # tritonclient raises InferenceServerException for gRPC errors
                 time.sleep(call.retry_after(e))
 

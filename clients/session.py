@@ -36,7 +36,8 @@ Policy (:class:`SessionPolicy`):
   refusals, and so the escalation, stay unless ``keep_escalation=False``.
 
 A session is one conversation: judge its turns one at a time (it is not shared between threads);
-the client under it is shared as usual.
+the client under it is shared as usual. A client with several endpoints sends a session's turns to
+one of them (the server there has its earlier turns' images and prompt windows in its caches).
 """
 
 from __future__ import annotations
@@ -102,6 +103,9 @@ class _SessionState:
 
     def __post_init__(self) -> None:
         self._start(self.origin)
+        # the endpoint this session's turns go to (the next one round-robin; a failed call moves on): the
+        # server there keeps the earlier turns' decoded images and prompt windows in its caches
+        self.home = next(self.client._turns)
 
     def _start(self, upload: ImageInput) -> None:
         if upload is None:
@@ -192,11 +196,11 @@ class EditSession(_SessionState):
         cumulative = CHECKS_CUMULATIVE[:len(rows)]
         with _needs_thresholds():
             try:
-                verdicts = c._call(c.model, rows, timeout, id, headers, self._outputs(), cumulative)
+                verdicts = c._call(c.model, rows, timeout, id, headers, self._outputs(), cumulative, self.home)
             except InvalidInputError as e:
                 if not self._without_session_thresholds(e):
                     raise
-                verdicts = c._call(c.model, rows, timeout, id, headers, self._outputs(), cumulative)
+                verdicts = c._call(c.model, rows, timeout, id, headers, self._outputs(), cumulative, self.home)
         return self._judge(verdicts, prompt, output_image, mask)
 
 
@@ -212,9 +216,9 @@ class AsyncEditSession(_SessionState):
         cumulative = CHECKS_CUMULATIVE[:len(rows)]
         with _needs_thresholds():
             try:
-                verdicts = await c._call(c.model, rows, timeout, id, headers, self._outputs(), cumulative)
+                verdicts = await c._call(c.model, rows, timeout, id, headers, self._outputs(), cumulative, self.home)
             except InvalidInputError as e:
                 if not self._without_session_thresholds(e):
                     raise
-                verdicts = await c._call(c.model, rows, timeout, id, headers, self._outputs(), cumulative)
+                verdicts = await c._call(c.model, rows, timeout, id, headers, self._outputs(), cumulative, self.home)
         return self._judge(verdicts, prompt, output_image, mask)

@@ -48,8 +48,10 @@ def test_triton_killed_mid_score_loses_and_duplicates_nothing(repository, synth_
     assert not lost and duplicated == 0, (len(lost), duplicated)
 
 
-def test_zero_downtime_version_update_across_two_replicas(tiny_model_dir, synth_sets, tmp_path, triple_bytes):
-    """Two Tritons on one repository; clients hold both endpoints; new versions roll across them."""
+def test_zero_downtime_version_update_across_two_replicas(tiny_model_dir, synth_sets, tmp_path, triple_bytes,
+                                                          model_stats):
+    """Two Tritons on one repository; clients hold both endpoints; new versions roll across them. An edit
+    session's turns stay on one of them (where its earlier work is cached)."""
     repo = tmp_path / "repo"
     export_version(ExportConfig(model_dir=str(tiny_model_dir), repository=str(repo)))
     triples = triple_bytes(synth_sets["test"], 8)
@@ -81,6 +83,18 @@ def test_zero_downtime_version_update_across_two_replicas(tiny_model_dir, synth_
         stop.set()
         for th in threads:
             th.join()
+        served = lambda: [sum(int(m["inference_stats"].get("success", {}).get("count", 0))  # noqa: E731
+                              for m in model_stats(server, CLIENT_MODEL)) for server in (a, b)]
+        before = served()
+        with EditGuardClient(urls, timeout=30) as guard:
+            for _ in range(2):  # two sessions, on one endpoint each
+                session = guard.session(triples[0]["input"], escalation=1.0)
+                turns = [session.classify(t["prompt"], t["output"]) for t in triples[1:4]]
+                assert len(turns) == 3
+        deadline, after = time.monotonic() + 10, served()
+        while time.monotonic() < deadline and sum(after) - sum(before) < 6:  # (counted after the answer)
+            time.sleep(0.1)
+            after = served()
         ready = []
         conn = a.connection()  # the repository index is an admin protocol
         for url in urls:
@@ -90,6 +104,7 @@ def test_zero_downtime_version_update_across_two_replicas(tiny_model_dir, synth_
     assert failures == [], failures[:3]
     assert {"1", "2", "3"} <= set(seen) and seen[-1] == "3" and all(seen)
     assert ready == [{"2", "3"}, {"2", "3"}]
+    assert sorted(x - y for x, y in zip(after, before)) == [3, 3]  # each session's 3 turns on one replica
     print(f"version roll-out across 2 replicas under load: {len(seen)} requests, 0 failed, "
           f"versions {sorted(set(seen))}")
 
