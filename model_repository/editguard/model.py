@@ -18,10 +18,10 @@ Triton's: reading requests, answering each one, and counting. The parameter ``mo
   the client already letterboxed with the same module (INPUT_PIXELS, OUTPUT_PIXELS, optional
   MASK_PIXELS, and PIXELS_SPEC: the preprocessing it used, which must be this version's). A request
   that fails gets an INVALID_ARG error naming the input and the problem. The valid items run as one
-  batch through onnxruntime in this process (a frozen prompt tower behind its LRU; it and the decoded
-  images are cached by content, shared by the server's instances: editguard.serving.shared_cache), and this version's
-  thresholds.json (re-read when it changes on disk, so installing thresholds needs no reload) turns
-  scores into FLAGGED and UNSAFE;
+  batch through onnxruntime in this process (a frozen prompt tower behind its LRU; its embeddings and
+  the decoded images are cached by content and shared by the server's instances:
+  editguard.serving.shared_cache), and this version's thresholds.json (re-read when it changes on
+  disk, so installing thresholds needs no reload) turns scores into FLAGGED and UNSAFE;
 - ``prepare`` (the ensemble's first step): the checks and preprocessing only; it answers with the
   network's input tensors;
 - ``verdicts`` (the ensemble's last step): the classifier's probabilities in, SCORES, FLAGGED,
