@@ -159,10 +159,11 @@ class PromptEmbeddings:
         """One cache entry per row; each distinct uncached row runs once."""
         keys = [i.tobytes() + a.tobytes() for i, a in zip(input_ids, attention_mask)]
         todo = {k: i for i, k in reversed(list(enumerate(keys))) if k not in self._cache}  # first row of each
-        fresh = {}
+        fresh, shared_keys = {}, {}  # shared_keys: each missing row's key in the shared store, hashed once
         if self.shared is not None:
-            for k in list(todo):
-                value = self.shared.get(b"prompt:" + hashlib.blake2b(k, digest_size=16).digest())
+            shared_keys = {k: b"prompt:" + hashlib.blake2b(k, digest_size=16).digest() for k in todo}
+            for k, shared_key in shared_keys.items():
+                value = self.shared.get(shared_key)
                 if value is not None and len(value) == self._bytes:
                     fresh[k] = np.frombuffer(value, np.float32).reshape(*input_ids.shape[1:-1], -1)
                     del todo[k]
@@ -174,8 +175,8 @@ class PromptEmbeddings:
             out = self.net.run([batch])[0][PROMPT_EMBEDDING].astype(np.float32)
             for r, e in zip(rows, out):
                 fresh[keys[r]] = e
-                if self.shared is not None:
-                    self.shared.put(b"prompt:" + hashlib.blake2b(keys[r], digest_size=16).digest(), e.tobytes())
+                if shared_keys:
+                    self.shared.put(shared_keys[keys[r]], e.tobytes())
         rows = []
         for k in keys:
             e = fresh.get(k)
