@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterable, Mapping
 
-from .call_state import Call, ClientSettings
+from .call_state import Call, ClientSettings, Home
 from .errors import EditGuardError, InvalidInputError, ServerError
 from .protocol import (ImageInput, PixelsPrep, Triple, Verdict, as_request, as_triple, explain_request, explanations,
                        mapped_errors, no_explain_model, published_specs)
@@ -111,9 +111,9 @@ class AsyncEditGuardClient(ClientSettings):
 
     async def _call(self, model: str, rows: list, timeout: float | None, item_id: str | None,
                     headers: Mapping[str, str] | None, thresholds: tuple[str, ...] = (),
-                    cumulative: tuple[bool, ...] = (), home: int | None = None) -> list[Verdict]:
+                    cumulative: tuple[bool, ...] = (), home: Home | None = None) -> list[Verdict]:
         """One request of ``rows`` (``(input, prompt, output, mask)`` each): a Verdict per row."""
-        call = Call(self, model, self._aio, rows, timeout, item_id, headers, thresholds, cumulative)
+        call = Call(self, model, self._aio, rows, timeout, item_id, headers, thresholds, cumulative, home)
         while True:
             try:
                 if call.needs_pixels:

@@ -100,10 +100,14 @@ class ClientSettings:
         self._cumulative_refused = False  # the server refused CUMULATIVE once: sessions send the joined prompt alone
         return [self._conn.grpc_client(u, aio=aio) for u in self._urls]
 
-    def _pick(self, offset: int = 0, home: int | None = None):
+    def _home(self) -> Home:
+        """A :class:`Home` at the next endpoint round-robin."""
+        return Home(next(self._turns))
+
+    def _pick(self, offset: int = 0, home: Home | None = None):
         """The next endpoint's tritonclient client, round-robin (``offset``: how many further along); ``home``:
         start from that endpoint instead (an edit session keeps its turns on one)."""
-        return self._clients[((next(self._turns) if home is None else home) + offset) % len(self._clients)]
+        return self._clients[((next(self._turns) if home is None else home.index) + offset) % len(self._clients)]
 
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict | None:
         return self._conn.call_headers(extra)
@@ -136,6 +140,15 @@ class ClientSettings:
         return self._prep[model]
 
 
+@dataclass
+class Home:
+    """The endpoint a run of calls keeps to (an edit session's turns: the server there caches their earlier
+    work), as an index into the client's endpoints. A call that another endpoint answered moves it there, so
+    a session whose endpoint went down pays the failed attempt once, not on every turn."""
+
+    index: int
+
+
 class Call:
     """One classify or precheck call: its inputs, where it goes next, and what follows a failure.
 
@@ -145,13 +158,15 @@ class Call:
 
     def __init__(self, settings: ClientSettings, model: str, module, rows: Sequence[tuple], timeout: float | None,
                  item_id: str | None, headers: Mapping[str, str] | None, thresholds: tuple[str, ...] = (),
-                 cumulative: Sequence[bool] = ()):
+                 cumulative: Sequence[bool] = (), home: Home | None = None):
         """``rows``: the request's items, ``(input_image, prompt, output_image, mask)`` each: one triple, or a
         session turn's step and cumulative triple. ``thresholds``: outputs to ask for besides the verdicts, the
         served thresholds (THRESHOLDS, SESSION_THRESHOLDS: a session's checks and escalation need them; a
         repository exported before them refuses the request). ``cumulative``: per row, whether it is a session's
-        cumulative triple (sent as CUMULATIVE)."""
+        cumulative triple (sent as CUMULATIVE). ``home``: the endpoint the call starts from (:class:`Home`),
+        moved to the one that answers."""
         self.t0 = time.perf_counter()
+        self.home = home
         self.outputs = (*OUTPUTS, *thresholds)
         self.settings, self.model, self.module, self.item_id = settings, model, module, item_id
         self.rows, self.headers = list(rows), headers
@@ -193,6 +208,8 @@ class Call:
     def verdicts(self, result) -> list:
         """One :class:`~editguard.clients.protocol.Verdict` per row of the request."""
         ms = (time.perf_counter() - self.t0) * 1e3
+        if self.home is not None:
+            self.home.index += self.offset
         return [make_verdict(result, self.model, ms, self.item_id, k) for k in range(len(self.rows))]
 
     def retry_after(self, e: Exception) -> float:

@@ -34,7 +34,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
-from .call_state import Call, ClientSettings
+from .call_state import Call, ClientSettings, Home
 from .errors import EditGuardError, InvalidInputError, ServerError
 from .protocol import (MAX_IMAGE_BYTES, ImageInput, PixelsPrep, Triple, Verdict, as_request, as_triple, build_inputs,
                        encode_image, explain_request, explanations, mapped_errors, no_explain_model, parse_urls,
@@ -146,11 +146,11 @@ class EditGuardClient(ClientSettings):
 
     def _call(self, model: str, rows: list, timeout: float | None, item_id: str | None,
               headers: Mapping[str, str] | None, thresholds: tuple[str, ...] = (),
-              cumulative: tuple[bool, ...] = (), home: int | None = None) -> list[Verdict]:
+              cumulative: tuple[bool, ...] = (), home: Home | None = None) -> list[Verdict]:
         """One request of ``rows`` (``(input, prompt, output, mask)`` each): a Verdict per row (with the served
         thresholds when asked; ``cumulative``: which rows are a session's cumulative triple:
         :class:`~editguard.clients.call_state.Call`)."""
-        call = Call(self, model, self._grpc, rows, timeout, item_id, headers, thresholds, cumulative)
+        call = Call(self, model, self._grpc, rows, timeout, item_id, headers, thresholds, cumulative, home)
         while True:
             try:
                 if call.needs_pixels:

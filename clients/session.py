@@ -103,9 +103,9 @@ class _SessionState:
 
     def __post_init__(self) -> None:
         self._start(self.origin)
-        # the endpoint this session's turns go to (the next one round-robin; a failed call moves on): the
-        # server there keeps the earlier turns' decoded images and prompt windows in its caches
-        self.home = next(self.client._turns)
+        # the endpoint this session's turns go to (the next one round-robin, then the one that answered the
+        # last turn): the server there keeps the earlier turns' decoded images and prompt windows in its caches
+        self.home = self.client._home()
 
     def _start(self, upload: ImageInput) -> None:
         if upload is None:
@@ -114,6 +114,12 @@ class _SessionState:
         self.current: ImageInput = upload  # the last accepted output: the next turn's input
         self.prompts: list[str] = []  # accepted turn prompts
         self.masks: list = []  # accepted turn masks (None: that turn had none)
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint (``host:port``) this session's next turn goes to first."""
+        urls = self.client._urls
+        return urls[self.home.index % len(urls)]
 
     @property
     def turn(self) -> int:

@@ -159,6 +159,30 @@ def test_a_restart_starts_a_new_origin_and_history(triton, repository, turns):
     np.testing.assert_allclose(list(v.cumulative.scores.values()), want, atol=1e-6)
 
 
+def test_a_session_whose_endpoint_is_down_moves_to_the_one_that_answered(triton, turns):
+    """Two endpoints, the first with nothing listening: the session's first turn fails there and is answered by
+    the other, and its later turns go straight to the one that answered, sync and asyncio alike."""
+    from editguard.serving.triton import free_port
+
+    down = f"127.0.0.1:{free_port()}"
+    with EditGuardClient([down, triton.grpc_url], timeout=30, backoff=0.01) as guard:
+        s = guard.session(turns[0]["input"], escalation=1.0)
+        assert s.endpoint == down  # the first endpoint round-robin
+        for t in turns[:3]:
+            v = s.classify(t["prompt"], t["output"], t["mask"])
+            assert v.step.model_version and s.endpoint == triton.grpc_url
+
+    async def run():
+        async with AsyncEditGuardClient([down, triton.grpc_url], timeout=30, backoff=0.01) as guard:
+            s = guard.session(turns[0]["input"], escalation=1.0)
+            assert s.endpoint == down
+            for t in turns[:2]:
+                await s.classify(t["prompt"], t["output"], t["mask"])
+                assert s.endpoint == triton.grpc_url
+
+    asyncio.run(run())
+
+
 def test_session_policy_and_the_cumulative_triple():
     assert cumulative_prompt(["make it warmer", "", " a bit more "]) == "make it warmer; a bit more"
     a, b = np.zeros((4, 5), np.uint8), np.zeros((4, 5), np.uint8)
