@@ -109,13 +109,15 @@ def _ratios_precheck(r: dict, out: dict) -> None:
 
 def _ratios_sessions(r: dict, out: dict) -> None:
     if "sessions" in r:
-        repeated, new, unseen, seen = r["sessions"]["rows"]
-        for turn_name, turn in (("", unseen), ("_first_turn_judged", seen)):
-            for name, single in (("repeated_prompts", repeated), ("new_prompts", new)):
-                out[f"session_turn{turn_name}_c1_over_single_c1_{name}"] = round(
-                    turn["c1_p50_ms"] / single["c1_p50_ms"], 2)
-                out[f"session{turn_name}_c16_triples_s_over_single_{name}"] = round(
-                    turn["c16_triples_s"] / single["c16_triples_s"], 2)
+        repeated, new, unseen, seen, *large = r["sessions"]["rows"]
+        pairs = [(turn_name, turn, name, single) for turn_name, turn in (("", unseen), ("_first_turn_judged", seen))
+                 for name, single in (("repeated_prompts", repeated), ("new_prompts", new))]
+        if large:  # the same at 1024 px uploads
+            pairs.append(("_first_turn_judged", large[1], "repeated_prompts_1024px", large[0]))
+        for turn_name, turn, name, single in pairs:
+            out[f"session_turn{turn_name}_c1_over_single_c1_{name}"] = round(turn["c1_p50_ms"] / single["c1_p50_ms"], 2)
+            out[f"session{turn_name}_c16_triples_s_over_single_{name}"] = round(
+                turn["c16_triples_s"] / single["c16_triples_s"], 2)
 
 
 def _ratios_explain(r: dict, out: dict) -> None:

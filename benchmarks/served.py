@@ -10,7 +10,7 @@ from pathlib import Path
 from ..model.repository import CLASSIFIER, CLIENT_MODEL, PREPARE, PROMPTS, VERDICTS
 from .config import BenchConfig
 from .timing import closed_loop, pct
-from .workloads import PROMPT_POOL, UPLOAD_FORMS, ZIPF_S, prompt_stream, upload_calls
+from .workloads import PROMPT_POOL, UPLOAD_FORMS, ZIPF_S, prompt_stream, upload_calls, upload_triples
 
 
 def _stats(client, model: str, headers: dict) -> dict[str, float]:
@@ -126,6 +126,9 @@ def bench_precheck(cfg: BenchConfig, triples: list[dict]) -> dict:
     return {"rows": rows}
 
 
+UPLOAD_SIDE = 1024  # the sessions section's large uploads, in px
+
+
 def bench_sessions(cfg: BenchConfig, triples: list[dict]) -> dict:
     """A session turn (its step and cumulative triple in one request, ``guard.session``) beside a single
     triple, on the same 256 px PNG triples through the same client: c1 latency, and c16 throughput in
@@ -134,7 +137,9 @@ def bench_sessions(cfg: BenchConfig, triples: list[dict]) -> dict:
     step prompt is a triple's own; its first turn's prompt is new, and either the server never saw it nor the
     turn's origin and input, or that first turn was judged just before, untimed, as in a real session (the
     server has decoded its images and encoded its prompt, on whichever instance; the c16 figures count both
-    turns' work: three triples in two requests)."""
+    turns' work: three triples in two requests). The last two rows repeat a cached single triple and a real
+    session's turn on photo-like PNG uploads of ``UPLOAD_SIDE`` px (about 1.7 MB each), where decoding weighs
+    more."""
     from ..clients import EditGuardClient
 
     rows, n, k = [], len(triples), 4096  # calls enough that no prompt made new repeats within a run
@@ -155,17 +160,24 @@ def bench_sessions(cfg: BenchConfig, triples: list[dict]) -> dict:
         def next_turn(session, prompt, output):
             return session.classify(prompt, output)
 
-        # (first prompts of their own: the "every prompt new" calls before must not have cached them)
-        sessions = [(triples[i % n]["input"], f"{i} then {triples[i % n]['prompt']}", triples[i % n]["output"],
-                     triples[(i + 1) % n]["prompt"], triples[(i + 1) % n]["output"]) for i in range(k)]
+        def sessions(ts: list[dict]) -> list[tuple]:  # first prompts of their own: no call before cached them
+            m = len(ts)
+            return [(ts[i % m]["input"], f"{i} then {ts[i % m]['prompt']}", ts[i % m]["output"],
+                     ts[(i + 1) % m]["prompt"], ts[(i + 1) % m]["output"]) for i in range(k)]
+
+        big = upload_triples(UPLOAD_SIDE, triples)
         calls = {"single triple, the triples' prompts": (guard.classify, [(t["input"], t["prompt"], t["output"])
                                                                          for t in triples], 1, None),
                  "single triple, every prompt new": (guard.classify, [
                      (triples[i % n]["input"], f"{i} {triples[i % n]['prompt']}", triples[i % n]["output"])
                      for i in range(k)], 1, None),
-                 "session turn (step + cumulative), its first turn never seen": (turn, sessions, 2, None),
-                 "session turn (step + cumulative), its first turn judged before": (next_turn, sessions, 3,
-                                                                                    first_turn)}
+                 "session turn (step + cumulative), its first turn never seen": (turn, sessions(triples), 2, None),
+                 "session turn (step + cumulative), its first turn judged before": (next_turn, sessions(triples), 3,
+                                                                                    first_turn),
+                 f"single triple, the triples' prompts, {UPLOAD_SIDE} px photos": (
+                     guard.classify, [(t["input"], t["prompt"], t["output"]) for t in big], 1, None),
+                 f"session turn, its first turn judged before, {UPLOAD_SIDE} px photos": (
+                     next_turn, sessions(big), 3, first_turn)}
         for name, (fn, args, per_call, setup) in calls.items():
             fn(*(setup(*args[-1]) if setup else args[-1]))  # warm-up
             half = len(args) // 2 if len(args) == k else 0  # the made-new prompts: other ones at c16

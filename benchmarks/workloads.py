@@ -83,6 +83,14 @@ def upload_calls(size: int, form: str) -> list[tuple]:
             for i in range(len(imgs))]
 
 
+def upload_triples(size: int, triples: list[dict], n: int = 8) -> list[dict]:
+    """Triples of photo-like PNG uploads of ``size`` px (:func:`upload_images`; each output another photo),
+    with the prompts of ``triples``."""
+    pngs = [encode_upload(im, "PNG") for im in upload_images(size, n)]
+    return [{"input": pngs[i], "prompt": triples[i % len(triples)]["prompt"], "output": pngs[(i + 1) % n]}
+            for i in range(n)]
+
+
 def box_mask(size: int, k: int):
     """A user-drawn box mask (mode L) over a quarter of the image."""
     from PIL import Image, ImageDraw
