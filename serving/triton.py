@@ -271,8 +271,9 @@ class TritonServer:
             finally:
                 client.close()
             time.sleep(0.25)
+        tail = self.log_tail()
         self.stop()
-        raise TritonError(f"tritonserver was not ready after {timeout:.0f} s:\n{self.log_tail()}")
+        raise TritonError(f"tritonserver was not ready after {timeout:.0f} s:\n{tail}")
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -299,9 +300,21 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait()
-        self._log.close()  # the log stays in the temp dir for post-mortems
+        self._log.close()
         shutil.rmtree(cache_dir_path(self._proc.pid), ignore_errors=True)  # its instances' shared caches
+        self._remove_workdir()
         return self._proc.returncode
+
+    def _remove_workdir(self) -> None:
+        """The temp dir (the wheel's backends, the default log) goes with a clean exit; after any other, the
+        log stays there for a post-mortem, and the warning names it."""
+        if self._workdir is None or not self._workdir.exists():
+            return
+        if self._proc.returncode == 0 or self.log_file:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            return
+        shutil.rmtree(self._workdir / "backends", ignore_errors=True)
+        _logger.warning("tritonserver exited with code %s; its log stays in %s", self._proc.returncode, self.log_path)
 
     def kill(self) -> None:
         """SIGKILL the whole process group (Triton and its Python stubs), as a crash would."""

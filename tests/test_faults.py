@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -34,6 +36,9 @@ def test_triton_killed_mid_score_loses_and_duplicates_nothing(repository, synth_
     while proc.poll() is None and (not out.exists() or out.read_text().count("\n") < 60):
         time.sleep(0.02)
     server.kill()  # SIGKILL Triton and its stubs mid-run
+    # stopped after a crash, the server's temp dir keeps Triton's log for a post-mortem, and nothing else
+    assert server.stop() == -signal.SIGKILL and [p.name for p in server.log_path.parent.iterdir()] == ["triton.log"]
+    shutil.rmtree(server.log_path.parent)
     time.sleep(1.0)
     restarted = TritonServer(repository, **ports).start()
     try:
@@ -42,6 +47,7 @@ def test_triton_killed_mid_score_loses_and_duplicates_nothing(repository, synth_
         score(ScoreConfig(manifest=str(synth_sets["val"]), out=str(out), server=restarted.grpc_url, progress=False))
     finally:
         restarted.stop()
+    assert not restarted.log_path.parent.exists()  # a clean stop leaves nothing behind
     ids = [r["id"] for r in read_results(out)]
     expected = {r["id"] for r in read_jsonl(synth_sets["val"])}
     lost, duplicated = expected - set(ids), len(ids) - len(set(ids))

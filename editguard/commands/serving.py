@@ -96,6 +96,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         time.sleep(0.2)
     if not server.running:
         print(f"editguard serve: tritonserver exited unexpectedly:\n{server.log_tail()}", file=sys.stderr)
+        server.stop()  # its shared caches go; its log stays (the warning names it)
         return ERROR
     print("stopping Triton ...", flush=True)
     code = server.stop()
