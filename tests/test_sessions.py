@@ -620,3 +620,24 @@ def test_a_bad_cumulative_flag_is_refused_and_the_server_goes_on(triton, turns):
             c.infer("editguard", inputs + [flag])
     with EditGuardClient(triton.grpc_url, timeout=60) as guard:
         assert guard.classify(t["input"], t["prompt"], t["output"], t["mask"]).scores
+
+
+def test_the_bench_reads_a_sessions_section_with_or_without_its_large_uploads():
+    """`editguard bench --sections sessions` rows: the 256-px four, then (since 1024-px uploads were timed) a
+    single triple and a session turn on large uploads; a bench.json written before them still gives its ratios."""
+    from editguard.benchmarks.report import ratios
+    from editguard.benchmarks.workloads import upload_triples
+
+    def row(ms, triples_s):
+        return {"c1_p50_ms": ms, "c16_triples_s": triples_s}
+
+    four = [row(8.0, 300.0), row(16.0, 160.0), row(20.0, 240.0), row(9.6, 390.0)]
+    before = ratios({"sessions": {"rows": four}})
+    assert before["session_turn_first_turn_judged_c1_over_single_c1_repeated_prompts"] == 1.2
+    assert not any("1024" in k for k in before)
+    now = ratios({"sessions": {"rows": four + [row(50.0, 36.0), row(45.0, 48.0)]}})
+    assert now["session_turn_first_turn_judged_c1_over_single_c1_repeated_prompts_1024px"] == 0.9
+    assert now["session_first_turn_judged_c16_triples_s_over_single_repeated_prompts_1024px"] == 1.33
+    big = upload_triples(64, [{"prompt": "a"}, {"prompt": "b"}], n=3)
+    assert [t["prompt"] for t in big] == ["a", "b", "a"] and big[0]["output"] == big[1]["input"]
+    assert Image.open(io.BytesIO(big[0]["input"])).size == (64, 64)
