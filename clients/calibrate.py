@@ -24,7 +24,7 @@ __all__ = ["CalibrateConfig", "CalibrationRun", "calibrate_results", "Target", "
            "parse_target", "threshold_report", "check_thresholds", "format_check", "SessionThresholdChoice",
            "choose_session_thresholds", "calibrate_sessions", "session_verdict_rows"]
 
-METRICS = ("precision", "recall")
+METRICS = ("precision", "recall", "fpr")  # fpr: a ceiling (fpr<=v); the others are floors
 
 
 class UnmetTargetError(ValueError):
@@ -37,26 +37,26 @@ class UnmetTargetError(ValueError):
 
 @dataclass(frozen=True)
 class Target:
-    metric: str  # "precision" or "recall"
-    value: float  # the minimum to reach, in (0, 1]
+    metric: str  # "precision", "recall" or "fpr"
+    value: float  # the minimum to reach (precision, recall) or the most to allow (fpr), in (0, 1]
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
-            raise ValueError(f"target metric must be 'precision' or 'recall', got {self.metric!r}")
+            raise ValueError(f"target metric must be 'precision', 'recall' or 'fpr', got {self.metric!r}")
         if not 0.0 < self.value <= 1.0:
             raise ValueError(f"target value must be in (0, 1], got {self.value!r}")
 
     def __str__(self) -> str:
-        return f"{self.metric}>={self.value:g}"
+        return f"{self.metric}{'<=' if self.metric == 'fpr' else '>='}{self.value:g}"
 
 
 def parse_target(text: str) -> Target:
-    """``"precision=0.95"`` -> Target("precision", 0.95)."""
+    """``"precision=0.95"`` -> Target("precision", 0.95); ``"fpr=0.01"``: a false-positive rate of at most 1%."""
     metric, sep, value = text.partition("=")
     try:
         return Target(metric.strip(), float(value))
     except ValueError as e:
-        raise ValueError(f"bad target {text!r}: write METRIC=VALUE, e.g. precision=0.95 or recall=0.9 ({e})") from None
+        raise ValueError(f"bad target {text!r}: write METRIC=VALUE, e.g. precision=0.95, recall=0.9 or fpr=0.01 ({e})") from None
 
 
 @dataclass
@@ -87,8 +87,9 @@ def choose_threshold(y_true, y_score, *, target: Target, sample_weight=None) -> 
 
     ``precision>=p``: the lowest threshold with precision >= p (most recall).
     ``recall>=r``: the highest threshold with recall >= r (most precision).
+    ``fpr<=f``: the lowest threshold with a false-positive rate <= f (most recall).
     When no threshold meets the target, ``achieved`` is False and the threshold is the one
-    reaching ``best``, the highest value of the metric.
+    reaching ``best``, the best value of the metric (the highest; for ``fpr``, the lowest).
     """
     from sklearn.metrics import precision_recall_curve
 
@@ -103,14 +104,16 @@ def choose_threshold(y_true, y_score, *, target: Target, sample_weight=None) -> 
         return ThresholdChoice(0.5, str(target), False, r["precision"], r["recall"], r["fpr"], support, math.nan)
     p, r, thr = precision_recall_curve(y, s, sample_weight=sample_weight)
     p, r = p[:-1], r[:-1]  # the last point (recall 0) has no threshold
-    metric = p if target.metric == "precision" else r
-    ok = np.flatnonzero(metric >= target.value - 1e-12)
-    best = float(metric.max())
+    if target.metric == "fpr":
+        metric, other = _fpr_curve(y.astype(bool), s, thr, sample_weight), r
+        ok, best = np.flatnonzero(metric <= target.value + 1e-12), float(metric.min())
+    else:
+        metric, other = (p, r) if target.metric == "precision" else (r, p)
+        ok, best = np.flatnonzero(metric >= target.value - 1e-12), float(metric.max())
     if ok.size:
-        other = r if target.metric == "precision" else p
         i = ok[np.lexsort((thr[ok], other[ok]))[-1]]  # best other figure; ties -> higher threshold
     else:
-        i = int(np.flatnonzero(metric == metric.max())[-1])
+        i = int(np.flatnonzero(metric == best)[-1])
     t = _max_margin(s, thr, p, r, i)
     rates = rates_at(y, s, t, sample_weight=sample_weight)
     return ThresholdChoice(t, str(target), bool(ok.size), rates["precision"], rates["recall"], rates["fpr"],
@@ -135,8 +138,8 @@ def choose_session_thresholds(y_true, step, cumulative, *, target: Target, grid:
     ``y_true``: ``[S]`` whether each session is harmful in the category; ``step``, ``cumulative``: ``[S]``,
     each session's highest step and cumulative score (``-inf`` where it has no cumulative check). A session is
     flagged when ``step >= t_step`` or ``cumulative >= t_cumulative``. Every pair of candidate thresholds is
-    tried: ``precision>=p`` keeps the pair with the most recall (then the fewest false positives),
-    ``recall>=r`` the pair with the most precision. Where no pair meets the target, ``achieved`` is False
+    tried: ``precision>=p`` and ``fpr<=f`` keep the pair with the most recall (then the fewest false
+    positives), ``recall>=r`` the pair with the most precision. Where no pair meets the target, ``achieved`` is False
     and the pair reaching the best value of the metric is kept. Each threshold is then set halfway to the
     next lower score of its check, which flags the same sessions with the most margin.
     """
@@ -159,15 +162,28 @@ def choose_session_thresholds(y_true, step, cumulative, *, target: Target, grid:
     tp, fp = flagged(pos), flagged(neg)
     precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-12), 1.0)
     recall = tp / support
-    metric, other = (precision, recall) if target.metric == "precision" else (recall, precision)
-    ok = metric >= target.value - 1e-12
-    best = float(metric.max())
-    pool = ok if ok.any() else metric >= best - 1e-12
+    if target.metric == "fpr":
+        metric, other = fp / max(float((~y).sum()), 1.0), recall
+        ok, best = metric <= target.value + 1e-12, float(metric.min())
+        pool = ok if ok.any() else metric <= best + 1e-12
+    else:
+        metric, other = (precision, recall) if target.metric == "precision" else (recall, precision)
+        ok, best = metric >= target.value - 1e-12, float(metric.max())
+        pool = ok if ok.any() else metric >= best - 1e-12
     i, j = _argbest(pool, other, fp, ts, tc)
     t_step, t_cum = _margin(a, ts[i]), _margin(b, tc[j])
     r = rates_at(y, ((a >= t_step) | (b >= t_cum)).astype(float), 0.5)
     return SessionThresholdChoice(t_step, str(target), bool(ok.any()), r["precision"], r["recall"], r["fpr"], support,
                                   best, t_cum)
+
+
+def _fpr_curve(y: np.ndarray, s: np.ndarray, thr: np.ndarray, sample_weight=None) -> np.ndarray:
+    """The false-positive rate of ``s >= t`` for each ``t`` in ``thr`` (``y``: bool)."""
+    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    order = np.argsort(s[~y], kind="stable")
+    neg, wn = s[~y][order], w[~y][order]
+    at_or_above = np.append(np.cumsum(wn[::-1])[::-1], 0.0)  # [k]: the weight of negatives from index k on
+    return at_or_above[np.searchsorted(neg, thr, side="left")] / wn.sum()
 
 
 def _candidates(s: np.ndarray, grid: int) -> np.ndarray:

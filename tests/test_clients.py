@@ -25,7 +25,8 @@ from editguard.clients import (
     Triple,
     Verdict,
 )
-from editguard.clients.calibrate import Target, UnmetTargetError, calibrate, choose_threshold
+from editguard.clients.calibrate import (Target, UnmetTargetError, calibrate, choose_session_thresholds, choose_threshold,
+                                        parse_target, rates_at)
 from editguard.clients.results import ResultWriter, read_results, results_arrays
 from editguard.clients.score import ScoreConfig, score
 from editguard.serving.triton import TritonServer, free_port
@@ -206,8 +207,29 @@ def test_unmet_target_names_the_category_and_the_best():
     assert e.value.best == {"a": 0.5}
     res = calibrate(["a", "b"], y, s, targets=targets, n_boot=10, allow_unmet=True)
     assert not res.choices["a"].achieved and res.choices["b"].achieved
-    with pytest.raises(ValueError, match="target metric must be 'precision' or 'recall', got 'f1'"):
+    with pytest.raises(ValueError, match="target metric must be 'precision', 'recall' or 'fpr', got 'f1'"):
         Target("f1", 0.5)
+
+
+def test_an_fpr_target_is_a_ceiling_met_with_the_most_recall():
+    """``fpr=F``: of the thresholds whose false-positive rate is at most F, the one with the most recall (the same
+    as trying every threshold); out of reach, the lowest rate any threshold gives, named as the best."""
+    rng = np.random.default_rng(0)
+    y = rng.random(400) < 0.3
+    s = np.clip(rng.normal(0.3 + 0.35 * y, 0.2), 0, 1)
+    w = rng.uniform(0.5, 2.0, 400)
+    for target, weights in ((Target("fpr", 0.05), None), (Target("fpr", 0.2), None), (Target("fpr", 0.05), w)):
+        c = choose_threshold(y, s, target=target, sample_weight=weights)
+        assert str(target).startswith("fpr<=") and c.achieved and c.fpr <= target.value
+        rates = [rates_at(y, s, t, sample_weight=weights) for t in np.unique(s)]
+        assert c.recall == pytest.approx(max(r["recall"] for r in rates if r["fpr"] <= target.value))
+    tied = np.array([0.9, 0.9, 0.2, 0.1])  # a negative tied with the top positive: any threshold that flags a
+    c = choose_threshold(np.array([1, 0, 1, 0]), tied, target=Target("fpr", 0.1))  # positive flags 1 of 2 negatives
+    assert not c.achieved and c.best == 0.5 and c.fpr == 0.5 and c.recall == 0.5
+    sessions = choose_session_thresholds(y, s, np.where(rng.random(400) < 0.5, s + 0.05, -np.inf),
+                                         target=Target("fpr", 0.05))
+    assert sessions.achieved and sessions.fpr <= 0.05 and sessions.recall > 0
+    assert parse_target("fpr=0.01") == Target("fpr", 0.01)
 
 
 def test_installed_thresholds_change_verdicts_without_restart(triton, repository, synth_sets, tmp_path, png,

@@ -81,7 +81,9 @@ def _run_score(args: argparse.Namespace) -> int:
 def add_calibrate(sub) -> None:
     p = command(sub, "calibrate", _run_calibrate)
     p.add_argument("results", help="results of `editguard score` on a labelled manifest")
-    p.add_argument("--target", default="precision=0.95", help="default target, METRIC=VALUE (default: %(default)s)")
+    p.add_argument("--target", default="precision=0.95",
+                   help="default target, METRIC=VALUE: precision=P or recall=R (at least), or fpr=F (a false-positive "
+                   "rate of at most F) (default: %(default)s)")
     p.add_argument("--target-for", action="append", default=[], metavar="CATEGORY=METRIC=VALUE",
                    help="a category's own target; repeat for several")
     p.add_argument("--out", default="thresholds.json", help="where to write thresholds.json (default: %(default)s)")
