@@ -56,7 +56,8 @@ def parse_target(text: str) -> Target:
     try:
         return Target(metric.strip(), float(value))
     except ValueError as e:
-        raise ValueError(f"bad target {text!r}: write METRIC=VALUE, e.g. precision=0.95, recall=0.9 or fpr=0.01 ({e})") from None
+        raise ValueError(f"bad target {text!r}: write METRIC=VALUE, e.g. precision=0.95, recall=0.9 or fpr=0.01 "
+                         f"({e})") from None
 
 
 @dataclass

@@ -25,8 +25,8 @@ from editguard.clients import (
     Triple,
     Verdict,
 )
-from editguard.clients.calibrate import (Target, UnmetTargetError, calibrate, choose_session_thresholds, choose_threshold,
-                                        parse_target, rates_at)
+from editguard.clients.calibrate import (Target, UnmetTargetError, calibrate, choose_session_thresholds,
+                                        choose_threshold, parse_target, rates_at)
 from editguard.clients.results import ResultWriter, read_results, results_arrays
 from editguard.clients.score import ScoreConfig, score
 from editguard.serving.triton import TritonServer, free_port
