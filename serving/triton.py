@@ -308,12 +308,13 @@ class TritonServer:
     def _remove_workdir(self) -> None:
         """The temp dir (the wheel's backends, the default log) goes with a clean exit; after any other, the
         log stays there for a post-mortem, and the warning names it."""
-        if self._workdir is None or not self._workdir.exists():
+        workdir, self._workdir = self._workdir, None  # handled once: a second stop() neither removes nor warns
+        if workdir is None or not workdir.exists():
             return
         if self._proc.returncode == 0 or self.log_file:
-            shutil.rmtree(self._workdir, ignore_errors=True)
+            shutil.rmtree(workdir, ignore_errors=True)
             return
-        shutil.rmtree(self._workdir / "backends", ignore_errors=True)
+        shutil.rmtree(workdir / "backends", ignore_errors=True)
         _logger.warning("tritonserver exited with code %s; its log stays in %s", self._proc.returncode, self.log_path)
 
     def kill(self) -> None:
